@@ -1,0 +1,1 @@
+"""One module per ``sentinel`` subcommand; see :mod:`sentinel.cli`."""
