@@ -1,0 +1,319 @@
+"""The typed field registry: every field a condition or output may name.
+
+A field's type decides how a right-hand value is read at compile time (``fd.num >= 0`` is an
+integer comparison, ``fd.snet in (10.0.0.0/8)`` a CIDR test, ``evt.arg.flags contains O_TRUNC``
+a flag test), so type errors surface when rules load, not per event. ``sensor`` says whether
+Sentinel's kernel sensor fills the field; a rule may still use one it does not fill (the check is
+then false, as Falco does for a missing value), and ``sentinel validate`` warns about it.
+
+Names and meanings follow Falco's syscall fields (``falco --list``) so rules port unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+class FieldType(str, Enum):
+    STRING = "string"
+    INT = "int64"
+    UINT = "uint64"
+    BOOL = "bool"
+    IPADDR = "ipaddr"
+    IPNET = "ipnet"
+    PORT = "port"
+    FLAGS = "flags"
+    ABSTIME = "abstime"
+    RELTIME = "reltime"
+    BYTES = "bytebuf"
+    CHAR = "char"
+
+
+class Kind(str, Enum):
+    """How a field holds values."""
+
+    SCALAR = "scalar"
+    LIST = "list"  # several values; `in` is subset, `intersects` overlap, others: any value
+    ANCESTORS = "ancestors"  # proc.aname & co: without index any ancestor matches; [N] selects
+
+
+class Arg(str, Enum):
+    NONE = "none"
+    INDEX = "index"  # [N], a non-negative integer
+    OPTIONAL = "optional"  # free-form argument allowed but not required
+    REQUIRED = "required"
+
+
+NUMERIC = frozenset({FieldType.INT, FieldType.UINT, FieldType.PORT, FieldType.ABSTIME})
+NUMERIC |= {FieldType.RELTIME}
+
+FILE_EVENTS = frozenset({"open", "openat", "openat2", "creat"})
+NET_EVENTS = frozenset({"connect", "accept", "accept4", "bind", "listen", "sendto", "recvfrom"})
+FD_EVENTS = FILE_EVENTS | NET_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class FieldInfo:
+    name: str
+    type: FieldType
+    desc: str
+    kind: Kind = Kind.SCALAR
+    arg: Arg = Arg.NONE
+    sensor: bool = True
+    event_types: frozenset[str] | None = None  # None: every event type
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in NUMERIC
+
+
+S, I, U, B = FieldType.STRING, FieldType.INT, FieldType.UINT, FieldType.BOOL
+_F: list[FieldInfo] = []
+
+
+def _add(
+    name: str,
+    typ: FieldType,
+    desc: str,
+    *,
+    kind: Kind = Kind.SCALAR,
+    arg: Arg = Arg.NONE,
+    sensor: bool = True,
+    ev: frozenset[str] | None = None,
+) -> None:
+    _F.append(FieldInfo(name, typ, desc, kind, arg, sensor, ev))
+
+
+# ---- evt ---------------------------------------------------------------------------------------
+_add("evt.num", U, "event number (a per-run sequence)")
+_add("evt.time", FieldType.ABSTIME, "event timestamp, ns since the epoch")
+_add("evt.rawtime", FieldType.ABSTIME, "event timestamp, ns since the epoch")
+_add("evt.datetime", S, "event timestamp as a date-time string")
+_add("evt.type", S, "event (syscall) name: execve, openat, connect, ...")
+_add("evt.dir", S, "direction: '<' exit (Sentinel's events are exit events), '>' enter")
+_add("evt.category", S, "event category: process, file, net")
+_add("evt.cpu", I, "CPU the event was seen on")
+_add("evt.res", S, "result: SUCCESS or an errno name (ENOENT, EACCES...)")
+_add("evt.rawres", I, "result as a number (fd, 0, or -errno)")
+_add("evt.failed", B, "true if the syscall failed")
+_add("evt.is_open_read", B, "open with read intent", ev=FILE_EVENTS)
+_add("evt.is_open_write", B, "open with write intent", ev=FILE_EVENTS)
+_add("evt.is_open_exec", B, "open of a file to execute it", ev=FILE_EVENTS)
+_add("evt.is_open_create", B, "open that created the file", ev=FILE_EVENTS)
+_add("evt.args", S, "all event arguments as text")
+_add("evt.arg", S, "an event argument by name or index: evt.arg[0]", arg=Arg.REQUIRED)
+_add("evt.rawarg", S, "an event argument's raw value by name", arg=Arg.REQUIRED, sensor=False)
+for _n, _t in [
+    ("flags", FieldType.FLAGS),
+    ("mode", S),
+    ("fd", I),
+    ("name", S),
+    ("path", S),
+    ("filename", S),
+    ("pathname", S),
+    ("newpath", S),
+    ("oldpath", S),
+    ("linkpath", S),
+    ("target", S),
+    ("uid", U),
+    ("gid", U),
+    ("cmd", S),
+    ("request", S),
+    ("domain", S),
+    ("dirfd", I),
+    ("res", I),
+    ("addr", S),
+    ("tuple", S),
+    ("data", S),
+    ("exe", S),
+    ("args", S),
+    ("pid", I),
+]:
+    _sensor = _n in {"flags", "mode", "fd", "name", "path", "filename", "res", "dirfd", "tuple"}
+    _add(f"evt.arg.{_n}", _t, f"the event's '{_n}' argument", sensor=_sensor)
+_add("evt.buffer", FieldType.BYTES, "read/write data buffer", sensor=False)
+_add("evt.buflen", U, "read/write buffer length", sensor=False)
+_add("evt.hostname", S, "host name the event was seen on")
+_add("evt.source", S, "event source (syscall)")
+_add("evt.latency", FieldType.RELTIME, "syscall latency in ns", sensor=False)
+_add("evt.plugininfo", S, "plugin event info", sensor=False)
+_add("evt.is_async", B, "asynchronous event", sensor=False)
+_add("evt.count", U, "always 1, for aggregations")
+
+# ---- proc / thread -----------------------------------------------------------------------------
+_add("proc.pid", I, "process id (thread group id)")
+_add("proc.vpid", I, "process id as seen in its pid namespace")
+_add("proc.ppid", I, "parent process id")
+_add("proc.vpgid", I, "process group id in its pid namespace")
+_add("proc.pgid", I, "process group id")
+_add("proc.sid", I, "session id")
+_add("proc.name", S, "process name (comm; the executable's basename, 15 chars max)")
+_add("proc.exe", S, "argv[0] of the process")
+_add("proc.exepath", S, "full path of the executable")
+_add("proc.cmdline", S, "name and arguments: 'bash -c id'")
+_add("proc.cmdnargs", U, "number of command-line arguments")
+_add("proc.cmdlenargs", U, "total length of command-line arguments")
+_add("proc.args", S, "arguments, space-separated (without the name)")
+_add("proc.env", S, "environment variables", sensor=False)
+_add("proc.cwd", S, "current working directory")
+_add("proc.tty", I, "controlling terminal (0 when none)")
+_add("proc.loginshellid", I, "pid of the oldest shell ancestor")
+_add("proc.duration", FieldType.RELTIME, "ns since the process started")
+_add("proc.start_ts", FieldType.ABSTIME, "process start time, ns since the epoch")
+_add("proc.pname", S, "parent process name")
+_add("proc.pexe", S, "parent's argv[0]")
+_add("proc.pexepath", S, "parent's executable path")
+_add("proc.pcmdline", S, "parent's command line")
+_add("proc.aname", S, "ancestor names; [N]: N-th ancestor (0 self, 1 parent)", kind=Kind.ANCESTORS)
+_add("proc.aexe", S, "ancestor argv[0]s; [N]: N-th ancestor", kind=Kind.ANCESTORS)
+_add("proc.aexepath", S, "ancestor executable paths; [N]: N-th ancestor", kind=Kind.ANCESTORS)
+_add("proc.acmdline", S, "ancestor command lines; [N]: N-th ancestor", kind=Kind.ANCESTORS)
+_add("proc.apid", I, "ancestor pids; [N]: N-th ancestor", kind=Kind.ANCESTORS)
+_add("proc.sname", S, "name of the session leader")
+_add("proc.sid.exe", S, "session leader's argv[0]")
+_add("proc.sid.exepath", S, "session leader's executable path")
+_add("proc.vpgid.name", S, "process group leader's name")
+_add("proc.vpgid.exe", S, "process group leader's argv[0]")
+_add("proc.vpgid.exepath", S, "process group leader's executable path")
+_add("proc.is_vpgid_leader", B, "true if the process leads its process group")
+_add("proc.is_sid_leader", B, "true if the process leads its session")
+_add("proc.is_exe_writable", B, "the executable is writable by the process's user", sensor=False)
+_add("proc.is_exe_upper_layer", B, "executable in an overlayfs upper layer", sensor=False)
+_add("proc.is_exe_from_memfd", B, "executable is a memfd", sensor=False)
+_add("proc.is_container_healthcheck", B, "container health check process", sensor=False)
+_add("proc.is_container_liveness_probe", B, "liveness probe", sensor=False)
+_add("proc.is_container_readiness_probe", B, "readiness probe", sensor=False)
+_add("proc.exe_ino", U, "executable inode", sensor=False)
+_add("proc.exe_ino.ctime", FieldType.ABSTIME, "executable inode ctime", sensor=False)
+_add("proc.exe_ino.mtime", FieldType.ABSTIME, "executable inode mtime", sensor=False)
+_add("proc.exe_ino.ctime_duration_proc_start", FieldType.RELTIME, "ctime to start", sensor=False)
+_add("proc.exe_ino.ctime_duration_pidns_start", FieldType.RELTIME, "ctime to ns", sensor=False)
+_add("proc.pidns_init_start_ts", FieldType.ABSTIME, "pid namespace init start", sensor=False)
+_add("proc.nthreads", U, "number of threads", sensor=False)
+_add("proc.fdopencount", U, "open file descriptors", sensor=False)
+_add("thread.tid", I, "thread id")
+_add("thread.vtid", I, "thread id in its pid namespace")
+_add("thread.ismain", B, "true for the main thread")
+_add("thread.cap_permitted", S, "permitted capabilities", sensor=False)
+_add("thread.cap_effective", S, "effective capabilities", sensor=False)
+_add("thread.cap_inheritable", S, "inheritable capabilities", sensor=False)
+
+# ---- user / group ------------------------------------------------------------------------------
+_add("user.uid", U, "user id")
+_add("user.name", S, "user name (from the host's passwd)")
+_add("user.homedir", S, "home directory")
+_add("user.shell", S, "login shell")
+_add("user.loginuid", I, "audit login uid (-1 when unset)")
+_add("user.loginname", S, "audit login user name")
+_add("group.gid", U, "group id")
+_add("group.name", S, "group name")
+
+# ---- fd ----------------------------------------------------------------------------------------
+_FD = FD_EVENTS
+_add("fd.num", I, "file descriptor number (-1 when the call failed)", ev=_FD)
+_add("fd.type", S, "file, directory, ipv4, ipv6, unix, ...", ev=_FD)
+_add("fd.typechar", FieldType.CHAR, "f file, 4 ipv4, 6 ipv6, u unix, d directory", ev=_FD)
+_add("fd.name", S, "absolute path, or the connection tuple for sockets", ev=_FD)
+_add("fd.nameraw", S, "the path as passed to the syscall", ev=_FD)
+_add("fd.directory", S, "directory part of fd.name", ev=FILE_EVENTS)
+_add("fd.filename", S, "file part of fd.name", ev=FILE_EVENTS)
+_add("fd.name_changed", B, "fd.name differs from the name at open", ev=_FD, sensor=False)
+_add("fd.ino", U, "inode number", ev=_FD, sensor=False)
+_add("fd.dev", U, "device number", ev=_FD, sensor=False)
+_add("fd.cip", FieldType.IPADDR, "client IP", ev=NET_EVENTS)
+_add("fd.sip", FieldType.IPADDR, "server IP", ev=NET_EVENTS)
+_add("fd.lip", FieldType.IPADDR, "local IP", ev=NET_EVENTS)
+_add("fd.rip", FieldType.IPADDR, "remote IP", ev=NET_EVENTS)
+_add("fd.ip", FieldType.IPADDR, "either IP (matches client or server)", ev=NET_EVENTS)
+_add("fd.cport", FieldType.PORT, "client port", ev=NET_EVENTS)
+_add("fd.sport", FieldType.PORT, "server port", ev=NET_EVENTS)
+_add("fd.lport", FieldType.PORT, "local port", ev=NET_EVENTS)
+_add("fd.rport", FieldType.PORT, "remote port", ev=NET_EVENTS)
+_add("fd.port", FieldType.PORT, "either port", ev=NET_EVENTS)
+_add("fd.dport", FieldType.PORT, "destination port of a connect", ev=NET_EVENTS)
+_add("fd.dip", FieldType.IPADDR, "destination IP of a connect", ev=NET_EVENTS)
+_add("fd.cnet", FieldType.IPNET, "client IP, matched against CIDRs", ev=NET_EVENTS)
+_add("fd.snet", FieldType.IPNET, "server IP, matched against CIDRs", ev=NET_EVENTS)
+_add("fd.lnet", FieldType.IPNET, "local IP, matched against CIDRs", ev=NET_EVENTS)
+_add("fd.rnet", FieldType.IPNET, "remote IP, matched against CIDRs", ev=NET_EVENTS)
+_add("fd.net", FieldType.IPNET, "either IP, matched against CIDRs", ev=NET_EVENTS)
+_add("fd.cip.name", S, "client domain name", ev=NET_EVENTS, sensor=False)
+_add("fd.sip.name", S, "server domain name", ev=NET_EVENTS, sensor=False)
+_add("fd.lip.name", S, "local domain name", ev=NET_EVENTS, sensor=False)
+_add("fd.rip.name", S, "remote domain name", ev=NET_EVENTS, sensor=False)
+_add("fd.l4proto", S, "tcp, udp, icmp, raw", ev=NET_EVENTS)
+_add("fd.sockfamily", S, "ip or unix", ev=NET_EVENTS)
+_add("fd.is_server", B, "the process is the server end", ev=NET_EVENTS)
+_add("fd.connected", B, "the socket is connected", ev=NET_EVENTS)
+_add("fd.uid", S, "unique fd id (pid + fd)", ev=_FD, sensor=False)
+_add("fd.containername", S, "container name + fd name", ev=_FD, sensor=False)
+_add("fd.containerdirectory", S, "container name + directory", ev=_FD, sensor=False)
+_add("fs.path.name", S, "path of a filesystem event", sensor=False)
+_add("fs.path.nameraw", S, "raw path of a filesystem event", sensor=False)
+_add("fs.path.source", S, "source path of a rename/link", sensor=False)
+_add("fs.path.target", S, "target path of a rename/link", sensor=False)
+
+# ---- container / k8s ---------------------------------------------------------------------------
+_add("container.id", S, "12-hex short container id, 'host' outside containers")
+_add("container.full_id", S, "full 64-hex container id")
+_add("container.name", S, "container name")
+_add("container.image", S, "image name with tag")
+_add("container.image.id", S, "image id")
+_add("container.image.repository", S, "image repository")
+_add("container.image.tag", S, "image tag")
+_add("container.image.digest", S, "image digest", sensor=False)
+_add("container.type", S, "docker, podman, containerd, cri-o")
+_add("container.privileged", B, "true for a privileged container")
+_add("container.mounts", S, "mounts as source:dest:mode:rdrw:propagation, comma-separated")
+_add("container.mount", S, "a mount by index or source", arg=Arg.REQUIRED)
+_add("container.mount.source", S, "mount source by index or dest", arg=Arg.REQUIRED)
+_add("container.mount.dest", S, "mount dest by index or source glob", arg=Arg.REQUIRED)
+_add("container.mount.mode", S, "mount mode by index or source", arg=Arg.REQUIRED, sensor=False)
+_add("container.mount.rdwr", S, "mount rdwr by index or source", arg=Arg.REQUIRED, sensor=False)
+_add("container.start_ts", FieldType.ABSTIME, "container start, ns since the epoch")
+_add("container.duration", FieldType.RELTIME, "ns since the container started")
+_add("container.healthcheck", S, "health check command", sensor=False)
+_add("container.liveness_probe", S, "liveness probe command", sensor=False)
+_add("container.readiness_probe", S, "readiness probe command", sensor=False)
+_add("container.ip", FieldType.IPADDR, "container IP", sensor=False)
+_add("container.cni.json", S, "CNI result", sensor=False)
+_add("container.host_pid", B, "shares the host pid namespace", sensor=False)
+_add("container.host_network", B, "shares the host network namespace", sensor=False)
+_add("container.host_ipc", B, "shares the host ipc namespace", sensor=False)
+_add("container.label", S, "a container label by name", arg=Arg.REQUIRED)
+_add("container.labels", S, "all labels as key:value, comma-separated")
+_add("k8s.ns.name", S, "Kubernetes namespace")
+_add("k8s.pod.name", S, "Kubernetes pod name")
+_add("k8s.pod.uid", S, "Kubernetes pod uid")
+_add("k8s.pod.label", S, "a pod label by name", arg=Arg.REQUIRED)
+_add("k8s.pod.labels", S, "pod labels")
+_add("k8s.pod.ip", FieldType.IPADDR, "pod IP", sensor=False)
+_add("k8s.pod.cni.json", S, "pod CNI result", sensor=False)
+_add("k8s.pod.sandbox_id", S, "pod sandbox id", sensor=False)
+_add("k8s.pod.full_sandbox_id", S, "pod full sandbox id", sensor=False)
+
+# ---- Sentinel's own ----------------------------------------------------------------------------
+_add("sentinel.rule_action", S, "action of the rule that matched (alert or deny)")
+
+FIELDS: dict[str, FieldInfo] = {f.name: f for f in _F}
+
+# Falco event (syscall) names the engine knows about: used to index rules and to answer
+# "which event types can this rule set match" when a rule does not restrict evt.type.
+EVENT_TYPES: frozenset[str] = frozenset(
+    """
+    execve execveat clone clone3 fork vfork procexit open openat openat2 creat connect accept
+    accept4 bind listen socket sendto recvfrom sendmsg recvmsg read write pread pwrite readv
+    writev close dup dup2 dup3 chmod fchmod fchmodat chown fchown fchownat lchown unlink unlinkat
+    rename renameat renameat2 link linkat symlink symlinkat mkdir mkdirat rmdir truncate
+    ftruncate mount umount umount2 ptrace setuid setgid setresuid setresgid setreuid setregid
+    capset init_module finit_module delete_module bpf memfd_create mmap mprotect userfaultfd
+    prctl kill tgkill tkill chdir fchdir chroot pivot_root unshare setns io_uring_setup
+    io_uring_enter io_uring_register sethostname setdomainname container signaldeliver
+    sendfile splice process_vm_writev process_vm_readv fcntl ioctl
+    """.split()
+)
+
+
+def lookup(name: str) -> FieldInfo | None:
+    return FIELDS.get(name)
