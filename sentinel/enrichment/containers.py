@@ -1,0 +1,236 @@
+"""Container identity and metadata for events: the ``container.*`` and ``k8s.*`` fields.
+
+The kernel sensor hands us a cgroup v2 id (from ``bpf_get_current_cgroup_id()``) or a pid; we
+answer with a :class:`ContainerInfo` whose :meth:`ContainerInfo.fields` gives Falco's field
+names. Identity (``container.id``) comes from the cgroup name alone, synchronously and cheaply;
+metadata (name, image, privileged, ...) comes from the runtime's API in a background thread
+and appears in ``fields()`` as soon as it is cached. The event path never waits for it.
+
+Usage from the sensor::
+
+    resolver = ContainerResolver()            # or ContainerResolver("/run/podman/podman.sock")
+    info = resolver.resolve_cgroup_id(cgid) or resolver.resolve_pid(pid)
+    event.update(info.fields() if info else {})
+
+``resolve_*`` return ``None`` only when they cannot tell (unknown cgroup id, vanished pid);
+host processes get :data:`HOST`, whose ``container.id`` is ``host`` as in Falco.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from sentinel.enrichment.container_cgroup import (
+    CgroupIndex,
+    match_cgroup_path,
+    parse_cgroup_path,
+    parse_proc_cgroup,
+)
+from sentinel.enrichment.container_meta import DEFAULT_SOCKETS, MetadataFetcher
+
+__all__ = [
+    "HOST",
+    "ContainerInfo",
+    "ContainerResolver",
+    "parse_cgroup_path",
+]
+
+SHORT_ID_LEN = 12  # what Falco (and docker ps) print as container.id
+
+
+class ContainerInfo:
+    """One container (or the host). Metadata is read from the fetcher's cache at call time,
+    so an info object obtained before the lookup finished shows the fields once it has."""
+
+    __slots__ = ("_meta", "cgroup_path", "full_id", "pod_uid", "runtime")
+
+    def __init__(
+        self,
+        full_id: str,
+        runtime: str,
+        *,
+        cgroup_path: str | None = None,
+        pod_uid: str | None = None,
+        meta: MetadataFetcher | None = None,
+    ) -> None:
+        self.full_id = full_id
+        self.runtime = runtime
+        self.cgroup_path = cgroup_path
+        self.pod_uid = pod_uid
+        self._meta = meta
+
+    @property
+    def id(self) -> str:
+        """The 12-hex short id, or ``host``."""
+        return self.full_id[:SHORT_ID_LEN] if not self.is_host else "host"
+
+    @property
+    def is_host(self) -> bool:
+        return self.full_id == "host"
+
+    @property
+    def metadata_state(self) -> str | None:
+        """``pending``, ``done``, ``unavailable``, or None (no lookup asked, or host)."""
+        if self._meta is None or self.is_host:
+            return None
+        return self._meta.state(self.full_id)
+
+    def fields(self) -> dict[str, Any]:
+        """Falco field name -> value; metadata fields only when known (missing otherwise)."""
+        if self.is_host:
+            return {"container.id": "host", "container.full_id": "host", "container.name": "host"}
+        out: dict[str, Any] = {
+            "container.id": self.id,
+            "container.full_id": self.full_id,
+            "container.type": self.runtime,
+        }
+        if self.pod_uid:
+            out["k8s.pod.uid"] = self.pod_uid
+        if self._meta is not None:
+            meta = self._meta.get(self.full_id)
+            if meta:
+                out.update(meta)
+        return out
+
+    def __repr__(self) -> str:
+        return f"ContainerInfo({self.id!r}, runtime={self.runtime!r})"
+
+
+HOST = ContainerInfo("host", "host")
+
+
+class ContainerResolver:
+    """cgroup id / pid / cgroup path -> :class:`ContainerInfo`, with async metadata.
+
+    ``runtime_socket``: the Docker-compatible API socket; None tries podman's and docker's
+    usual sockets. ``fetch_metadata=False`` gives identity only (no threads at all).
+    """
+
+    def __init__(
+        self,
+        runtime_socket: str | None = None,
+        *,
+        cgroup_root: str | None = None,
+        fetch_metadata: bool = True,
+        follow_events: bool = True,
+        proc_root: str = "/proc",
+        max_cached: int = 16384,
+    ) -> None:
+        self.index = CgroupIndex(cgroup_root)
+        self.proc_root = proc_root
+        self.max_cached = max_cached
+        self.meta: MetadataFetcher | None = None
+        if fetch_metadata:
+            self.meta = MetadataFetcher(
+                runtime_socket,
+                candidates=DEFAULT_SOCKETS,
+                follow_events=follow_events,
+                on_container_event=self._on_runtime_event,
+            )
+        self._by_cgid: OrderedDict[int, ContainerInfo] = OrderedDict()
+        self._by_id: dict[str, ContainerInfo] = {}
+        self._lock = threading.Lock()
+
+    parse_cgroup_path = staticmethod(parse_cgroup_path)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the metadata threads now (otherwise they start at the first container) and
+        index the cgroup tree, so the first events do not pay for the walk."""
+        if self.meta is not None:
+            self.meta.start()
+        self.index.rescan()
+
+    def close(self) -> None:
+        if self.meta is not None:
+            self.meta.close()
+
+    def __enter__(self) -> ContainerResolver:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- resolving -------------------------------------------------------------------------
+    def resolve_cgroup_id(self, cgid: int) -> ContainerInfo | None:
+        """By cgroup v2 id (= inode in the cgroup2 mount). None when the id is unknown."""
+        with self._lock:
+            info = self._by_cgid.get(cgid)
+        if info is not None:
+            return info
+        path = self.index.lookup(cgid)
+        if path is None:
+            return None
+        info = self.resolve_cgroup_path(path)
+        with self._lock:
+            self._by_cgid[cgid] = info
+            while len(self._by_cgid) > self.max_cached:
+                self._by_cgid.popitem(last=False)
+        return info
+
+    def resolve_pid(self, pid: int) -> ContainerInfo | None:
+        """From /proc/PID/cgroup (v2 line first, then v1 lines). None when the pid is gone."""
+        try:
+            with open(f"{self.proc_root}/{pid}/cgroup", encoding="utf-8") as f:
+                text = f.read()
+        except OSError:
+            return None
+        for _hierarchy, path in parse_proc_cgroup(text):
+            if match_cgroup_path(path) is not None:
+                return self.resolve_cgroup_path(path)
+        return HOST
+
+    def resolve_cgroup_path(self, path: str) -> ContainerInfo:
+        """By cgroup path (as in /proc/PID/cgroup or from a BPF-read cgroup name)."""
+        m = match_cgroup_path(path)
+        if m is None:
+            return HOST
+        with self._lock:
+            info = self._by_id.get(m.full_id)
+            if info is None:
+                info = ContainerInfo(
+                    m.full_id, m.runtime, cgroup_path=path, pod_uid=m.pod_uid, meta=self.meta
+                )
+                self._by_id[m.full_id] = info
+        if self.meta is not None:
+            self.meta.request(m.full_id)
+        return info
+
+    # -- metadata helpers ------------------------------------------------------------------
+    def wait_metadata(self, info: ContainerInfo, timeout: float) -> bool:
+        """Block until ``info``'s metadata lookup finished (True: fields known). For tests and
+        for callers that defer an event off the event path; the event path must not call it."""
+        if self.meta is None or info.is_host:
+            return False
+        self.meta.request(info.full_id)
+        return self.meta.wait(info.full_id, timeout)
+
+    def add_metadata_listener(self, callback: Callable[[str], None]) -> None:
+        """``callback(full_id)`` after each metadata lookup finishes (worker thread)."""
+        if self.meta is not None:
+            self.meta.add_listener(callback)
+
+    def _on_runtime_event(self, action: str, full_id: str) -> None:
+        # The container's cgroup exists from "init" on: index it now, so that its id still
+        # resolves if the container is gone before its first event is processed.
+        if action in ("init", "start"):
+            self.index.rescan()
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "cgroup_scans": self.index.scans,
+            "cgroup_last_scan_seconds": self.index.last_scan_seconds,
+            "containers": len(self._by_id),
+            "metadata_fetches": self.meta.fetches if self.meta else 0,
+            "metadata_failures": self.meta.failures if self.meta else 0,
+        }
