@@ -1,0 +1,288 @@
+"""The dispatcher: alerts go to the spool, one worker thread per output delivers them.
+
+``emit`` only appends to the spool (a local file write), so a slow or dead SIEM never stalls
+the event path, and one output never stalls another: each worker has its own cursor and reads
+the spool at its own pace. A worker advances its cursor only after the sink acknowledged every
+alert of the batch (delivered or dead-lettered), which is what makes delivery at-least-once
+across crashes: anything not acknowledged is read again after a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from sentinel.alerts import Alert, format_time
+from sentinel.outputs.base import Outcome, Sink, TransientError
+from sentinel.outputs.config import (
+    FileOutput,
+    HttpOutput,
+    OutputConfig,
+    OutputsConfig,
+    RetryConfig,
+    StdoutOutput,
+    SyslogOutput,
+    output_name,
+)
+from sentinel.outputs.spool import Record, Spool, SpoolError
+
+log = structlog.get_logger("sentinel.outputs")
+
+COUNTERS = ("sent", "retried", "spooled", "dead_lettered", "dropped")
+
+
+def encode_alert(alert: Alert) -> bytes:
+    """Spool payload: every Alert field, so the alert is rebuilt exactly (id, time_ns)."""
+    return json.dumps(
+        asdict(alert), ensure_ascii=False, separators=(",", ":"), default=str
+    ).encode()
+
+
+def decode_alert(payload: bytes) -> Alert:
+    return Alert(**json.loads(payload))
+
+
+def build_sink(cfg: OutputConfig) -> Sink:
+    # Imported here so that a config with only local outputs never loads ssl/http.client.
+    if isinstance(cfg, StdoutOutput):
+        from sentinel.outputs.local import StdoutSink
+
+        return StdoutSink(cfg)
+    if isinstance(cfg, FileOutput):
+        from sentinel.outputs.local import FileSink
+
+        return FileSink(cfg)
+    if isinstance(cfg, SyslogOutput):
+        from sentinel.outputs.syslog import SyslogSink
+
+        return SyslogSink(cfg)
+    if isinstance(cfg, HttpOutput):
+        from sentinel.outputs.http import HttpSink
+
+        return HttpSink(cfg)
+    raise TypeError(f"unknown output {cfg!r}")  # pragma: no cover - the union is closed
+
+
+class Backoff:
+    """Capped exponential backoff with jitter (a fraction of each delay is random, so that
+    many Sentinels recovering from the same SIEM outage do not retry in lockstep)."""
+
+    def __init__(self, cfg: RetryConfig) -> None:
+        self.cfg = cfg
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        base = min(
+            self.cfg.max_backoff, self.cfg.initial_backoff * self.cfg.multiplier**self.attempt
+        )
+        self.attempt += 1
+        return base * (1 - self.cfg.jitter * random.random())
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+class Counters:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.values = dict.fromkeys(COUNTERS, 0)
+
+    def add(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self.values[key] += n
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.values)
+
+
+class Worker(threading.Thread):
+    def __init__(
+        self, name: str, cfg: OutputConfig, sink: Sink, spool: Spool, counters: Counters, dead: Path
+    ) -> None:
+        super().__init__(name=f"output-{name}", daemon=True)
+        self.output = name
+        self.cfg = cfg
+        self.sink = sink
+        self.spool = spool
+        self.counters = counters
+        self.dead_path = dead
+        self.stop_now = threading.Event()  # abandon in-flight work (it stays spooled)
+        self.draining = threading.Event()  # finish when nothing is pending
+        self.backoff = Backoff(cfg.retry)
+        self.last_error: str | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.stop_now.is_set():
+                if self.draining.is_set() and self.spool.pending(self.output) <= 0:
+                    break
+                batch = self.spool.read(
+                    self.output,
+                    self.sink.max_count,
+                    self.sink.max_bytes,
+                    wait=0.2,
+                    linger=0.0 if self.draining.is_set() else self.sink.linger,
+                    stop=self.stop_now,
+                )
+                if batch:
+                    self.deliver(batch)
+        except SpoolError:
+            pass  # the spool closed under us: nothing acknowledged is lost
+        except Exception:  # pragma: no cover - a bug must not kill delivery silently
+            log.exception("output_worker_crashed", output=self.output)
+        finally:
+            try:
+                self.sink.close()
+            except Exception:  # pragma: no cover
+                log.exception("output_close_failed", output=self.output)
+
+    def deliver(self, batch: list[Record]) -> None:
+        alerts: list[Alert] = []
+        for rec in batch:
+            try:
+                alerts.append(decode_alert(rec.payload))
+            except (ValueError, TypeError) as exc:
+                self.dead_letter(None, f"undecodable spool record {rec.seq}: {exc}", None, rec)
+        pending = list(range(len(alerts)))
+        while pending:
+            if self.stop_now.is_set():
+                return  # not acknowledged: delivered again after the next start
+            try:
+                outcomes = self.sink.send([alerts[i] for i in pending])
+                if len(outcomes) != len(pending):  # pragma: no cover - sink bug
+                    raise TransientError(f"sink returned {len(outcomes)} results")
+            except (TransientError, OSError) as exc:
+                outcomes = [Outcome("retry", str(exc))] * len(pending)
+            retry: list[int] = []
+            for i, outcome in zip(pending, outcomes, strict=True):
+                if outcome.kind == "ok":
+                    self.counters.add("sent")
+                elif outcome.kind == "dead":
+                    self.dead_letter(alerts[i], outcome.reason, outcome.status, None)
+                else:
+                    retry.append(i)
+            if retry:
+                self.counters.add("retried", len(retry))
+                delay = self.backoff.next_delay()
+                reason = next(o.reason for o in outcomes if o.kind == "retry")
+                if reason != self.last_error:
+                    log.warning("output_retry", output=self.output, alerts=len(retry), error=reason)
+                    self.last_error = reason
+                self.stop_now.wait(delay)
+            else:
+                if self.last_error is not None:
+                    log.info("output_recovered", output=self.output)
+                self.last_error = None
+                self.backoff.reset()
+            pending = retry
+        self.spool.ack(self.output, batch[-1].end)
+
+    def dead_letter(
+        self, alert: Alert | None, reason: str, status: int | None, rec: Record | None
+    ) -> None:
+        entry: dict[str, Any] = {
+            "time": format_time(time.time_ns()),
+            "output": self.output,
+            "reason": reason,
+            "status": status,
+            "alert": alert.to_dict() if alert else None,
+        }
+        if rec is not None:
+            entry["raw"] = rec.payload.decode(errors="replace")
+        line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()
+        fd = os.open(self.dead_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self.counters.add("dead_lettered")
+        log.error(
+            "output_dead_letter",
+            output=self.output,
+            alert_id=alert.id if alert else None,
+            status=status,
+            reason=reason[:300],
+            file=str(self.dead_path),
+        )
+
+
+class Dispatcher:
+    """Fans alerts out to every configured output, through the spool."""
+
+    def __init__(self, config: OutputsConfig) -> None:
+        self.config = config
+        self.names = [output_name(o) for o in config.outputs]
+        self._counters = {n: Counters() for n in self.names}
+        self._spool: Spool | None = None
+        self._workers: list[Worker] = []
+
+    def start(self) -> None:
+        if self._spool is not None:
+            return
+        spool = Spool(self.config.spool, self.names, on_drop=self._on_drop)
+        self._spool = spool
+        try:
+            for name, cfg in zip(self.names, self.config.outputs, strict=True):
+                dead = cfg.dead_letter or spool.dir / f"{name}.dead"
+                Path(dead).parent.mkdir(parents=True, exist_ok=True)
+                worker = Worker(name, cfg, build_sink(cfg), spool, self._counters[name], Path(dead))
+                self._workers.append(worker)
+        except BaseException:
+            spool.close()
+            self._spool = None
+            raise
+        for worker in self._workers:
+            worker.start()
+        backlog = {n: spool.pending(n) for n in self.names}
+        log.info("outputs_started", outputs=self.names, backlog=backlog, spool=str(spool.dir))
+
+    def _on_drop(self, name: str, count: int) -> None:
+        self._counters[name].add("dropped", count)
+
+    def emit(self, alert: Alert) -> None:
+        """Persist ``alert`` for every output. Never waits for the network; waits for space
+        only under the ``block`` full policy."""
+        if self._spool is None:
+            raise SpoolError("Dispatcher.emit before start()")
+        self._spool.append(encode_alert(alert))
+        for counters in self._counters.values():
+            counters.add("spooled")
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Deliver what is pending for up to ``timeout`` seconds; the rest stays spooled."""
+        spool = self._spool
+        if spool is None:
+            return
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.draining.set()
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        for worker in self._workers:
+            worker.stop_now.set()
+        for worker in self._workers:
+            worker.join(1.0)
+        left = {n: spool.pending(n) for n in self.names}
+        if any(left.values()):
+            log.warning("outputs_closed_with_backlog", pending=left, spool=str(spool.dir))
+        spool.close()
+        self._spool = None
+        self._workers = []
+
+    def metrics(self) -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for name in self.names:
+            values = self._counters[name].snapshot()
+            values["queue_depth"] = self._spool.pending(name) if self._spool is not None else 0
+            out[name] = values
+        return out
