@@ -225,6 +225,7 @@ class Dispatcher:
         self._counters = {n: Counters() for n in self.names}
         self._spool: Spool | None = None
         self._workers: list[Worker] = []
+        self._left: dict[str, int] = dict.fromkeys(self.names, 0)  # backlog at the last close
 
     def start(self) -> None:
         if self._spool is not None:
@@ -273,6 +274,7 @@ class Dispatcher:
         for worker in self._workers:
             worker.join(1.0)
         left = {n: spool.pending(n) for n in self.names}
+        self._left = left
         if any(left.values()):
             log.warning("outputs_closed_with_backlog", pending=left, spool=str(spool.dir))
         spool.close()
@@ -283,6 +285,7 @@ class Dispatcher:
         out: dict[str, dict[str, int]] = {}
         for name in self.names:
             values = self._counters[name].snapshot()
-            values["queue_depth"] = self._spool.pending(name) if self._spool is not None else 0
+            spool = self._spool
+            values["queue_depth"] = spool.pending(name) if spool is not None else self._left[name]
             out[name] = values
         return out

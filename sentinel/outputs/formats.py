@@ -455,19 +455,18 @@ def to_cef(alert: Alert) -> str:
         ("dpt", _int(_f(alert, "fd.sport"))),
         ("src", _f(alert, "fd.cip")),
         ("spt", _int(_f(alert, "fd.cport"))),
-        ("cs1Label", "tags"),
-        ("cs1", ",".join(alert.tags)),
-        ("cs2Label", "containerId"),
-        ("cs2", _f(alert, "container.id")),
-        ("cs3Label", "cmdline"),
-        ("cs3", _f(alert, "proc.cmdline")),
-        ("cs4Label", "evtType"),
-        ("cs4", evt_type),
-        ("cs5Label", "priority"),
-        ("cs5", alert.priority),
-        ("cs6Label", "outputFields"),
-        ("cs6", _dumps(alert.output_fields)),
     ]
+    custom = [
+        ("tags", ",".join(alert.tags)),
+        ("containerId", _f(alert, "container.id")),
+        ("cmdline", _f(alert, "proc.cmdline")),
+        ("evtType", evt_type),
+        ("priority", alert.priority),
+        ("outputFields", _dumps(alert.output_fields)),
+    ]
+    for i, (label, value) in enumerate(custom, start=1):
+        if value not in (None, ""):  # a label without its value would mislead the parser
+            ext += [(f"cs{i}Label", label), (f"cs{i}", value)]
     extension = " ".join(f"{k}={cef_ext_escape(str(v))}" for k, v in ext if v not in (None, ""))
     header = "|".join(
         cef_header_escape(x)

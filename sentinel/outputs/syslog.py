@@ -177,4 +177,9 @@ class SyslogSink:
             self._sock = None
 
     def close(self) -> None:
+        if isinstance(self._sock, ssl.SSLSocket):
+            # close_notify, so the receiver logs a clean end rather than a truncation.
+            with contextlib.suppress(OSError, ValueError):
+                self._sock.settimeout(1.0)
+                self._sock.unwrap()
         self._drop()
