@@ -1,0 +1,455 @@
+"""BPF LSM enforcement: load ``bpf/lsm.c``, fill its maps from a DenyPolicy, stream denials.
+
+Why in the kernel: a deny decision cannot wait for Python, so the whole decision lives in BPF
+maps and LSM hooks that return ``-EPERM`` before the operation happens; user space only hears
+about it afterwards (one ring-buffer event per denial, handed to ``on_deny``). How paths are
+matched (identities + dentry walk, not strings) is explained in :mod:`lsm_policy`; which hooks
+exist on this kernel comes from BTF (:mod:`lsm_btf`); whether BPF LSM works at all is
+:func:`lsm_available` (:mod:`lsm_probe`).
+
+Hooks used (see ``bpf/lsm.c``): ``bprm_check_security``; ``file_open`` (FMODE_WRITE or
+O_TRUNC), ``file_permission`` (writes through descriptors opened earlier), ``path_truncate``,
+``file_truncate`` (6.2+), ``path_unlink``, ``path_rename`` (source and target),
+``path_link``, ``path_symlink``, ``path_mknod`` (also open(O_CREAT) of a new file),
+``path_mkdir``, ``path_rmdir``, ``path_chmod``, ``path_chown``, ``inode_setattr``,
+``inode_setxattr``, ``inode_removexattr``, ``inode_set_acl``/``inode_remove_acl`` (6.2+),
+``mmap_file`` and ``file_mprotect`` (shared writable mappings); ``socket_connect``.
+
+Known limits: a shared writable mapping made before the policy loaded keeps working (the
+kernel does not revoke mappings); ``sendto``/``sendmsg`` with an address on an unconnected
+UDP socket is not a connect and is not covered; paths deeper than 32 levels below the
+match are not recognised (the walk is bounded for the verifier).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ipaddress
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from dataclasses import dataclass
+from typing import Any
+
+from sentinel.kernel.btf import Btf, BtfError, vmlinux_btf
+from sentinel.kernel.lsm_btf import arg_index, lsm_hooks
+from sentinel.kernel.lsm_policy import (
+    ConnectDeny,
+    DenyPolicy,
+    Ident,
+    MapPlan,
+    PolicyError,
+    build_plan,
+)
+from sentinel.kernel.lsm_probe import lsm_available
+from sentinel.paths import BPF_DIR
+
+__all__ = [
+    "HOOKS",
+    "OPERATIONS",
+    "ConnectDeny",
+    "DenyEvent",
+    "DenyPolicy",
+    "LsmEnforcer",
+    "LsmError",
+    "PolicyError",
+    "lsm_available",
+]
+
+# Hook ids and operation ids exactly as in bpf/lsm.c.
+HOOKS: dict[int, str] = {
+    1: "bprm_check_security",
+    2: "file_open",
+    3: "file_permission",
+    4: "path_truncate",
+    5: "file_truncate",
+    6: "path_unlink",
+    7: "path_rename",
+    8: "path_link",
+    9: "path_symlink",
+    10: "path_mknod",
+    11: "path_mkdir",
+    12: "path_rmdir",
+    13: "path_chmod",
+    14: "path_chown",
+    15: "inode_setattr",
+    16: "inode_setxattr",
+    17: "inode_removexattr",
+    18: "mmap_file",
+    19: "file_mprotect",
+    20: "socket_connect",
+    21: "inode_set_acl",
+    22: "inode_remove_acl",
+}
+OPERATIONS: dict[int, str] = {
+    1: "exec",
+    2: "open_write",
+    3: "open_trunc",
+    4: "write",
+    5: "truncate",
+    6: "unlink",
+    7: "rename_from",
+    8: "rename_to",
+    9: "link_from",
+    10: "link_to",
+    11: "symlink",
+    12: "mknod",
+    13: "mkdir",
+    14: "rmdir",
+    15: "chmod",
+    16: "chown",
+    17: "setattr",
+    18: "setxattr",
+    19: "removexattr",
+    20: "mmap_shared_write",
+    21: "mprotect_shared_write",
+    22: "connect",
+    23: "set_acl",
+    24: "remove_acl",
+}
+# Falco event type a denial corresponds to (for the alert's evt.type).
+EVT_TYPES: dict[str, str] = {
+    "exec": "execve",
+    "open_write": "openat",
+    "open_trunc": "openat",
+    "write": "write",
+    "truncate": "truncate",
+    "unlink": "unlinkat",
+    "rename_from": "renameat2",
+    "rename_to": "renameat2",
+    "link_from": "linkat",
+    "link_to": "linkat",
+    "symlink": "symlinkat",
+    "mknod": "mknodat",
+    "mkdir": "mkdirat",
+    "rmdir": "unlinkat",
+    "chmod": "fchmodat",
+    "chown": "fchownat",
+    "setattr": "utimensat",
+    "setxattr": "setxattr",
+    "removexattr": "removexattr",
+    "mmap_shared_write": "mmap",
+    "mprotect_shared_write": "mprotect",
+    "connect": "connect",
+    "set_acl": "setxattr",
+    "remove_acl": "removexattr",
+}
+# Hooks compiled only if the kernel has them; absence is reported, never fatal.
+OPTIONAL_HOOKS = ("file_truncate", "inode_set_acl", "inode_remove_acl")
+REQUIRED_HOOKS = tuple(h for h in HOOKS.values() if h not in OPTIONAL_HOOKS)
+
+# struct field offsets read by bpf/lsm.c: macro -> (struct, member path).
+OFFSETS: dict[str, tuple[str, str]] = {
+    "OFF_FILE_F_PATH_DENTRY": ("file", "f_path.dentry"),
+    "OFF_FILE_F_PATH_MNT": ("file", "f_path.mnt"),
+    "OFF_FILE_F_MODE": ("file", "f_mode"),
+    "OFF_FILE_F_FLAGS": ("file", "f_flags"),
+    "OFF_PATH_DENTRY": ("path", "dentry"),
+    "OFF_PATH_MNT": ("path", "mnt"),
+    "OFF_DENTRY_D_PARENT": ("dentry", "d_parent"),
+    "OFF_DENTRY_D_INODE": ("dentry", "d_inode"),
+    "OFF_DENTRY_D_SB": ("dentry", "d_sb"),
+    "OFF_DENTRY_D_NAME_NAME": ("dentry", "d_name.name"),
+    "OFF_SB_S_DEV": ("super_block", "s_dev"),
+    "OFF_INODE_I_INO": ("inode", "i_ino"),
+    "OFF_MOUNT_MNT": ("mount", "mnt"),
+    "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
+    "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
+    "OFF_BPRM_FILE": ("linux_binprm", "file"),
+    "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "OFF_TASK_TGID": ("task_struct", "tgid"),
+    "OFF_VMA_VM_FILE": ("vm_area_struct", "vm_file"),
+    "OFF_VMA_VM_FLAGS": ("vm_area_struct", "vm_flags"),
+}
+# Sizes the C code assumes for the fields it reads by value.
+SIZES: dict[tuple[str, str], int] = {
+    ("file", "f_mode"): 4,
+    ("file", "f_flags"): 4,
+    ("super_block", "s_dev"): 4,
+    ("inode", "i_ino"): 8,
+    ("task_struct", "tgid"): 4,
+    ("vm_area_struct", "vm_flags"): 8,
+}
+# Hooks whose argument lists differ between kernels: macro -> (hook, argument name, allowed).
+ARG_POSITIONS: dict[str, tuple[str, str, tuple[int, ...]]] = {
+    "SETATTR_DENTRY_ARG": ("inode_setattr", "dentry", (0, 1)),
+    "SETXATTR_DENTRY_ARG": ("inode_setxattr", "dentry", (0, 1)),
+    "REMOVEXATTR_DENTRY_ARG": ("inode_removexattr", "dentry", (0, 1)),
+}
+
+MAX_IDENTS = 65536
+MAX_NETS = 4096
+MAX_NET_PORTS = 16384
+NAME_LEN = 64
+
+
+class LsmError(RuntimeError):
+    """BPF LSM enforcement cannot be set up (message says why and what to do)."""
+
+
+class _Event(ctypes.Structure):
+    """Mirror of ``struct deny_event`` in bpf/lsm.c."""
+
+    _fields_ = [
+        ("ident_ino", ctypes.c_uint64),
+        ("ident_dev", ctypes.c_uint32),
+        ("rule", ctypes.c_uint32),
+        ("pid", ctypes.c_uint32),
+        ("tid", ctypes.c_uint32),
+        ("ppid", ctypes.c_uint32),
+        ("uid", ctypes.c_uint32),
+        ("hook", ctypes.c_uint8),
+        ("op", ctypes.c_uint8),
+        ("family", ctypes.c_uint8),
+        ("nnames", ctypes.c_uint8),
+        ("port", ctypes.c_uint16),
+        ("truncated", ctypes.c_uint8),
+        ("pad", ctypes.c_uint8),
+        ("addr", ctypes.c_uint8 * 16),
+        ("comm", ctypes.c_char * 16),
+        ("names", (ctypes.c_char * NAME_LEN) * 8),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class DenyEvent:
+    """One operation the kernel denied. ``path`` for file/exec denials, address for connect."""
+
+    rule: str
+    hook: str
+    operation: str
+    pid: int
+    tid: int
+    ppid: int
+    uid: int
+    comm: str
+    time_ns: int
+    path: str | None = None
+    address: str | None = None
+    port: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """The denial as a flat Falco-style event (what the engine and alerts consume)."""
+        out: dict[str, Any] = {
+            "evt.type": EVT_TYPES.get(self.operation, self.operation),
+            "evt.time": self.time_ns,
+            "proc.pid": self.pid,
+            "thread.tid": self.tid,
+            "proc.ppid": self.ppid,
+            "proc.name": self.comm,
+            "user.uid": self.uid,
+            "sentinel.lsm.hook": self.hook,
+            "sentinel.lsm.operation": self.operation,
+        }
+        if self.path is not None:
+            out["fd.name"] = self.path
+            if self.operation == "exec":
+                out["proc.exepath"] = self.path
+        if self.address is not None:
+            out["fd.sip"] = self.address
+            out["fd.sport"] = self.port
+            out["fd.name"] = (
+                f"[{self.address}]:{self.port}"
+                if ":" in self.address
+                else f"{self.address}:{self.port}"
+            )
+        return out
+
+
+def _cflags(btf: Btf, hooks: dict[str, list[str]]) -> tuple[list[str], list[str]]:
+    """-D flags for bpf/lsm.c, and the optional hooks this kernel lacks."""
+    missing_required = [h for h in REQUIRED_HOOKS if h not in hooks]
+    if missing_required:
+        raise LsmError(f"this kernel lacks BPF LSM hooks Sentinel needs: {missing_required}")
+    try:
+        flags = btf.cflags(OFFSETS)
+        for (s, m), size in SIZES.items():
+            if btf.member_size(s, m) != size:
+                raise LsmError(f"struct {s}.{m} is {btf.member_size(s, m)} bytes, expected {size}")
+        for macro, (hook, arg, allowed) in ARG_POSITIONS.items():
+            pos = arg_index(hooks, hook, arg)
+            if pos not in allowed:
+                raise LsmError(f"BPF LSM hook {hook}: argument {arg!r} at unexpected {pos}")
+            flags.append(f"-D{macro}={pos}")
+    except BtfError as exc:
+        raise LsmError(f"kernel BTF does not describe what bpf/lsm.c reads: {exc}") from exc
+    lacking = []
+    for hook in OPTIONAL_HOOKS:
+        if hook in hooks and (hook == "file_truncate" or arg_index(hooks, hook, "dentry") == 1):
+            flags.append(f"-DHAVE_{hook}=1")
+        else:
+            lacking.append(hook)
+    flags += [
+        f"-DMAX_IDENTS={MAX_IDENTS}",
+        f"-DMAX_NETS={MAX_NETS}",
+        f"-DMAX_NET_PORTS={MAX_NET_PORTS}",
+    ]
+    return flags, lacking
+
+
+def _names(ev: _Event) -> Iterator[str]:
+    for i in range(min(ev.nnames, 8)):
+        yield ev.names[i].value.decode("utf-8", "surrogateescape")
+
+
+class LsmEnforcer:
+    """Loads the LSM programs for ``policy`` and reports each denial to ``on_deny``.
+
+    Enforcement starts when the constructor returns and ends at :meth:`close` (which detaches
+    and unloads every program). Events are delivered from a background thread unless
+    ``thread=False``, in which case the caller calls :meth:`poll`. ``lost_events`` counts
+    denials whose event did not fit the ring buffer (the operation was still denied).
+    """
+
+    def __init__(
+        self,
+        policy: DenyPolicy,
+        on_deny: Callable[[DenyEvent], None],
+        *,
+        thread: bool = True,
+        ring_pages: int = 64,
+        check_available: bool = True,
+    ) -> None:
+        self.plan: MapPlan = build_plan(policy)
+        self._on_deny = on_deny
+        if check_available:
+            ok, why = lsm_available()
+            if not ok:
+                raise LsmError(why)
+        try:
+            btf = vmlinux_btf()
+        except BtfError as exc:
+            raise LsmError(f"BPF LSM enforcement needs kernel BTF: {exc}") from exc
+        hooks = lsm_hooks(btf)
+        flags, self.missing_hooks = _cflags(btf, hooks)
+        flags.append(f"-DRING_PAGES={ring_pages}")
+        from bcc import BPF  # imported late: host tooling must not need bcc to plan policies
+
+        t0 = time.monotonic()
+        try:
+            self._bpf: Any = BPF(src_file=str(BPF_DIR / "lsm.c"), cflags=flags)
+        except Exception as exc:
+            raise LsmError(f"loading bpf/lsm.c failed: {exc}") from exc
+        self.load_seconds = time.monotonic() - t0
+        self.attached_hooks = sorted(k.decode()[len("lsm__") :] for k in self._bpf.lsm_fds)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        try:
+            self._fill_maps()
+            self._bpf["deny_events"].open_ring_buffer(self._handle)
+        except Exception:
+            self._bpf.cleanup()
+            raise
+        self._thread: threading.Thread | None = None
+        if thread:
+            self._thread = threading.Thread(target=self._run, name="sentinel-lsm", daemon=True)
+            self._thread.start()
+
+    # -- maps ------------------------------------------------------------------------------
+
+    def _fill_maps(self) -> None:
+        b = self._bpf
+        idents = b["idents"]
+        for ident, val in self.plan.idents.items():
+            k = idents.Key()
+            k.dev, k.ino = ident.dev, ident.ino
+            v = idents.Leaf()
+            v.write_rule = val.write_rule
+            v.exec_prefix_rule = val.exec_prefix_rule
+            v.exec_exact_rule = val.exec_exact_rule
+            v.ancestor_rule = val.ancestor_rule
+            idents[k] = v
+        trie = b["net_trie"]
+        for plen, addr, entry in self.plan.nets:
+            tk = trie.Key()
+            tk.prefixlen = plen
+            for i, byte in enumerate(addr):
+                tk.addr[i] = byte
+            trie[tk] = ctypes.c_uint32(entry)
+        ports = b["net_ports"]
+        for (entry, port), idx in self.plan.ports.items():
+            pk = ports.Key()
+            pk.entry, pk.port = entry, port
+            ports[pk] = ctypes.c_uint32(idx)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _decode(self, ev: _Event) -> DenyEvent:
+        rules = self.plan.rules
+        rule = rules[ev.rule - 1] if 0 < ev.rule <= len(rules) else f"#{ev.rule}"
+        op = OPERATIONS.get(ev.op, f"op{ev.op}")
+        common: dict[str, Any] = {
+            "rule": rule,
+            "hook": HOOKS.get(ev.hook, f"hook{ev.hook}"),
+            "operation": op,
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "ppid": ev.ppid,
+            "uid": ev.uid,
+            "comm": ev.comm.decode("utf-8", "replace"),
+            "time_ns": time.time_ns(),
+        }
+        if op == "connect":
+            raw = bytes(ev.addr)
+            addr = ipaddress.IPv6Address(raw)
+            mapped = addr.ipv4_mapped
+            shown = str(mapped) if ev.family == socket.AF_INET and mapped else str(addr)
+            return DenyEvent(**common, address=shown, port=ev.port)
+        base = self.plan.ident_paths.get(Ident(ev.ident_dev, ev.ident_ino), "?")
+        below = list(reversed(list(_names(ev))))
+        if ev.truncated:
+            below.insert(0, "...")
+        path = os.path.join(base, *below) if below else base
+        return DenyEvent(**common, path=path)
+
+    def _handle(self, _ctx: Any, data: Any, _size: int) -> None:
+        ev = ctypes.cast(data, ctypes.POINTER(_Event)).contents
+        self._on_deny(self._decode(ev))
+
+    def poll(self, timeout_ms: int = 100) -> None:
+        """Deliver pending events to ``on_deny`` (only needed with ``thread=False``)."""
+        with self._lock:
+            if not self._closed:
+                self._bpf.ring_buffer_poll(timeout_ms)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.poll(100)
+
+    def _counter(self, idx: int) -> int:
+        return int(sum(self._bpf["counters"][ctypes.c_int(idx)]))
+
+    @property
+    def lost_events(self) -> int:
+        """Denials whose event could not be reserved in the ring buffer."""
+        return self._counter(0)
+
+    @property
+    def denials(self) -> int:
+        """Operations denied in the kernel since load."""
+        return self._counter(1)
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Detach and unload every program: enforcement stops. Idempotent."""
+        if self._closed:
+            return
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            with suppress(Exception):
+                self._bpf.ring_buffer_consume()
+            self._closed = True
+            self._bpf.cleanup()
+
+    def __enter__(self) -> LsmEnforcer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
