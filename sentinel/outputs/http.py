@@ -46,6 +46,8 @@ class HttpSink:
         elif cfg.flavor == "elasticsearch" and not path.rstrip("/").endswith("_bulk"):
             path = path.rstrip("/") + "/_bulk"
         self.path = path + (f"?{url.query}" if url.query else "")
+        # _bulk with no index in the URL needs one per document.
+        self.bulk_index = cfg.index or ("sentinel-alerts" if path == "/_bulk" else None)
         self._ctx: ssl.SSLContext | None = client_context(cfg.tls) if self.https else None
         self._conn: http.client.HTTPConnection | None = None
         self.headers = {"User-Agent": "sentinel", **self._auth(), **cfg.headers}
@@ -87,8 +89,8 @@ class HttpSink:
         lines = []
         for alert, doc in zip(alerts, docs, strict=True):
             meta: dict[str, Any] = {"_id": alert.id}
-            if cfg.index:
-                meta["_index"] = cfg.index
+            if self.bulk_index:
+                meta["_index"] = self.bulk_index
             lines.append(_dumps({"create": meta}))
             lines.append(_dumps(doc))
         return ("\n".join(lines) + "\n").encode(), "application/x-ndjson"

@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -239,7 +240,9 @@ class HttpReceiver:
         return f"http://127.0.0.1:{self.port}"
 
 
-def serve_http(receiver: HttpReceiver, port: int = 0) -> ThreadingHTTPServer:
+def serve_http(
+    receiver: HttpReceiver, port: int = 0, tls: ssl.SSLContext | None = None
+) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -262,6 +265,8 @@ def serve_http(receiver: HttpReceiver, port: int = 0) -> ThreadingHTTPServer:
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     server.daemon_threads = True
+    if tls is not None:
+        server.socket = tls.wrap_socket(server.socket, server_side=True)
     receiver.port = int(server.server_address[1])
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server

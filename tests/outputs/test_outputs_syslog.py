@@ -7,8 +7,10 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sentinel.alerts import Alert
 from sentinel.outputs import Dispatcher, OutputsConfig
 from sentinel.outputs.syslog import format_message, frame, sd_escape, timestamp
+
 from .conftest import (
     FAST_RETRY,
     Certs,
@@ -32,7 +34,9 @@ def _tls(certs: Certs, **over: Any) -> dict[str, Any]:
     }
 
 
-def _run(tmp_path: Path, outputs: list[dict[str, Any]], n: int = N) -> tuple[Dispatcher, list]:
+def _run(
+    tmp_path: Path, outputs: list[dict[str, Any]], n: int = N
+) -> tuple[Dispatcher, list[Alert]]:
     cfg = OutputsConfig.model_validate({"outputs": outputs, "spool": spool_cfg(tmp_path)})
     d = Dispatcher(cfg)
     d.start()
@@ -42,7 +46,7 @@ def _run(tmp_path: Path, outputs: list[dict[str, Any]], n: int = N) -> tuple[Dis
     return d, alerts
 
 
-def _check_intact(rsyslog: Rsyslog, alerts: list, facility: int = 16) -> None:
+def _check_intact(rsyslog: Rsyslog, alerts: list[Alert], facility: int = 16) -> None:
     msgs = rsyslog.messages()
     by_id = {}
     for m in msgs:
@@ -170,7 +174,7 @@ def test_one_dead_output_does_not_stall_another(tmp_path: Path, rsyslog: Rsyslog
         {"type": "syslog", "name": "dead", "port": dead_port, "retry": FAST_RETRY},
         {"type": "syslog", "name": "live", "port": rsyslog.tcp_port},
     ]
-    d, alerts = _run(tmp_path, outs, n=30)
+    d, _ = _run(tmp_path, outs, n=30)
     wait_until(lambda: len(rsyslog.lines()) >= 30, what="the live output")
     m = d.metrics()
     assert m["live"]["sent"] == 30 and m["live"]["queue_depth"] == 0
