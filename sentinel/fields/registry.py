@@ -107,7 +107,7 @@ _add("evt.rawarg", S, "an event argument's raw value by name", arg=Arg.REQUIRED,
 for _n, _t in [
     ("flags", FieldType.FLAGS),
     ("mode", S),
-    ("fd", I),
+    ("fd", S),
     ("name", S),
     ("path", S),
     ("filename", S),
@@ -116,20 +116,21 @@ for _n, _t in [
     ("oldpath", S),
     ("linkpath", S),
     ("target", S),
-    ("uid", U),
-    ("gid", U),
+    ("uid", S),
+    ("gid", S),
     ("cmd", S),
     ("request", S),
     ("domain", S),
-    ("dirfd", I),
-    ("res", I),
+    ("dirfd", S),
+    ("res", S),
     ("addr", S),
     ("tuple", S),
     ("data", S),
     ("exe", S),
     ("args", S),
-    ("pid", I),
+    ("pid", S),
 ]:
+    # evt.arg.* are the rendered argument values (text), as in Falco; evt.rawarg.* are raw.
     _sensor = _n in {"flags", "mode", "fd", "name", "path", "filename", "res", "dirfd", "tuple"}
     _add(f"evt.arg.{_n}", _t, f"the event's '{_n}' argument", sensor=_sensor)
 _add("evt.buffer", FieldType.BYTES, "read/write data buffer", sensor=False)

@@ -1,0 +1,234 @@
+"""AST -> Python source for the user-space predicate.
+
+Each check becomes one short-circuiting expression over ``g`` (the event's ``get``) with its
+constants (sets, regexes, networks) bound by name in the function's globals. A missing value is
+``None`` and every check guards on it first, so "a check on a missing field is false" holds
+without exceptions on the hot path. Values were typed at compile time (:mod:`.values`).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from sentinel.compiler import runtime
+from sentinel.compiler.values import convert, glob_to_regex
+from sentinel.fields import FIELDS, FieldType, Kind
+from sentinel.language import ast
+
+_IPISH = (FieldType.IPADDR, FieldType.IPNET)
+
+RUNTIME_NAMES: dict[str, Any] = {
+    "_field_arg": runtime.field_arg,
+    "_t_tolower": runtime.t_tolower,
+    "_t_toupper": runtime.t_toupper,
+    "_t_basename": runtime.t_basename,
+    "_t_b64": runtime.t_b64,
+    "_t_len": runtime.t_len,
+    "_t_join": runtime.t_join,
+    "_t_concat": runtime.t_concat,
+    "_pmatch": runtime.pmatch,
+    "_flags": runtime.flags,
+    "_ip_eq": runtime.ip_eq,
+    "_ip_in": runtime.ip_in,
+    "_as_bytes": runtime.as_bytes,
+    "_as_list": runtime.as_list,
+}
+
+
+def operand_type(o: ast.Operand) -> tuple[FieldType, Kind]:
+    """The type and kind of the value an operand produces."""
+    if isinstance(o, ast.FieldRef):
+        info = FIELDS.get(o.name)
+        if info is None:
+            return FieldType.STRING, Kind.SCALAR
+        if o.arg is not None:
+            return info.type, Kind.SCALAR
+        return info.type, info.kind
+    if isinstance(o, ast.Literal):
+        return FieldType.STRING, Kind.SCALAR
+    if o.name == "len":
+        return FieldType.INT, Kind.SCALAR
+    if o.name == "val":
+        return operand_type(o.args[0])
+    if o.name in ("join", "concat"):
+        return FieldType.STRING, Kind.SCALAR
+    _t, kind = operand_type(o.args[0])
+    return FieldType.STRING, kind
+
+
+class CodeGen:
+    """Accumulates constants while turning checks into expressions."""
+
+    def __init__(self) -> None:
+        self.consts: dict[str, Any] = dict(RUNTIME_NAMES)
+        self._by_key: dict[Any, str] = {}
+        self._n = 0
+
+    def const(self, value: Any) -> str:
+        try:
+            key: Any = (type(value), value)
+            hash(key)
+        except TypeError:
+            key = id(value)
+        name = self._by_key.get(key)
+        if name is None:
+            name = f"_c{len(self._by_key)}"
+            self._by_key[key] = name
+            self.consts[name] = value
+        return name
+
+    def tmp(self) -> str:
+        self._n += 1
+        return f"_v{self._n}"
+
+    # -- boolean structure -----------------------------------------------------------------
+    def expr(self, e: ast.Expr) -> str:
+        if isinstance(e, ast.And):
+            return "(" + " and ".join(self.expr(c) for c in e.children) + ")"
+        if isinstance(e, ast.Or):
+            return "(" + " or ".join(self.expr(c) for c in e.children) + ")"
+        if isinstance(e, ast.Not):
+            return f"(not {self.expr(e.child)})"
+        if isinstance(e, ast.Const):
+            return "True" if e.value else "False"
+        if isinstance(e, ast.Check):
+            return self.check(e)
+        raise TypeError(f"unexpanded node {e!r}")
+
+    # -- operands --------------------------------------------------------------------------
+    def operand(self, o: ast.Operand) -> str:
+        if isinstance(o, ast.FieldRef):
+            if o.arg is None:
+                return f"g({o.name!r})"
+            return f"_field_arg(e, {o.name!r}, {o.arg!r}, {o.key!r})"
+        if isinstance(o, ast.Literal):
+            return repr(o.value)
+        if o.name == "val":
+            return self.operand(o.args[0])
+        args = ", ".join(self.operand(a) for a in o.args)
+        return f"_t_{o.name}({args})"
+
+    # -- checks ----------------------------------------------------------------------------
+    def check(self, c: ast.Check) -> str:
+        lhs = self.operand(c.lhs)
+        ltype, lkind = operand_type(c.lhs)
+        v = self.tmp()
+        if c.op == "exists":
+            return f"({lhs} is not None)"
+        if lkind is Kind.SCALAR:
+            test = self._scalar_test(c, ltype, v)
+        else:
+            test = self._multi_test(c, ltype, lkind, v)
+        return f"(({v} := {lhs}) is not None and {test})"
+
+    def _multi_test(self, c: ast.Check, ltype: FieldType, lkind: Kind, v: str) -> str:
+        if isinstance(c.rhs, ast.ListValue) and c.op in ("in", "intersects") and not c.modifier:
+            items = frozenset(convert(i.text, ltype, c.op) for i in c.rhs.items)
+            k = self.const(items)
+            if c.op == "in" and lkind is Kind.LIST:
+                return f"{k}.issuperset({v})"
+            return f"(not {k}.isdisjoint({v}))"
+        x = self.tmp()
+        inner = self._scalar_test(c, ltype, x)
+        return f"any({inner} for {x} in {v})"
+
+    def _scalar_test(self, c: ast.Check, ltype: FieldType, v: str) -> str:
+        rhs = c.rhs
+        op = c.op
+        if isinstance(rhs, ast.Transform):
+            w = self.tmp()
+            return f"(({w} := {self.operand(rhs)}) is not None and {self._dyn(op, v, w)})"
+        if isinstance(rhs, ast.ListValue):
+            if c.modifier:
+                tests = [self._value_test(op, ltype, v, i.text) for i in rhs.items]
+                if not tests:
+                    return "False" if c.modifier != "allof" else "True"
+                joiner = " and " if c.modifier == "allof" else " or "
+                return "(" + joiner.join(tests) + ")"
+            return self._list_test(op, ltype, v, rhs)
+        if isinstance(rhs, ast.Value):
+            return self._value_test(op, ltype, v, rhs.text)
+        raise TypeError(f"unresolved right-hand side {rhs!r}")
+
+    def _list_test(self, op: str, ltype: FieldType, v: str, rhs: ast.ListValue) -> str:
+        if op == "pmatch":
+            k = self.const(tuple(i.text for i in rhs.items))
+            return f"_pmatch({v}, {k})"
+        items = [convert(i.text, ltype, op) for i in rhs.items]
+        if ltype in _IPISH:
+            return f"_ip_in({v}, {self.const(tuple(items))})"
+        return f"({v} in {self.const(frozenset(items))})"
+
+    def _value_test(self, op: str, ltype: FieldType, v: str, text: str) -> str:
+        value = convert(text, ltype, op)
+        if op in ("=", "==", "!="):
+            if ltype in _IPISH:
+                t = f"_ip_eq({v}, {self.const(value)})"
+            else:
+                t = f"({v} == {self.const(value)})"
+            return f"(not {t})" if op == "!=" else t
+        if op in ("<", "<=", ">", ">="):
+            return f"({v} {op} {self.const(value)})"
+        if op == "contains":
+            if ltype is FieldType.FLAGS:
+                return f"({self.const(value)} in _flags({v}))"
+            return f"({self.const(value)} in {v})"
+        if op == "icontains":
+            return f"({self.const(str(value).lower())} in {v}.lower())"
+        if op == "bcontains":
+            return f"({self.const(value)} in _as_bytes({v}))"
+        if op == "bstartswith":
+            return f"_as_bytes({v}).startswith({self.const(value)})"
+        if op == "startswith":
+            return f"{v}.startswith({self.const(value)})"
+        if op == "endswith":
+            return f"{v}.endswith({self.const(value)})"
+        if op in ("glob", "iglob"):
+            k = self.const(glob_to_regex(value, ignore_case=op == "iglob"))
+            return f"({k}.match({v}) is not None)"
+        if op == "regex":
+            return f"({self.const(re.compile(value))}.fullmatch({v}) is not None)"
+        if op in ("in", "intersects"):
+            if ltype in _IPISH:
+                return f"_ip_eq({v}, {self.const(value)})"
+            return f"({v} == {self.const(value)})"
+        if op == "pmatch":
+            return f"_pmatch({v}, {self.const((value,))})"
+        raise ValueError(f"unknown operator {op!r}")
+
+    def _dyn(self, op: str, v: str, w: str) -> str:
+        """A check whose right side is computed per event (val(), transformers)."""
+        if op in ("=", "==", "in", "intersects"):
+            return f"({v} == {w} or (isinstance({w}, (list, tuple)) and {v} in {w}))"
+        if op == "!=":
+            return f"({v} != {w})"
+        if op in ("<", "<=", ">", ">="):
+            return f"({v} {op} {w})"
+        if op == "contains":
+            return f"(str({w}) in {v})"
+        if op == "icontains":
+            return f"(str({w}).lower() in {v}.lower())"
+        if op == "startswith":
+            return f"{v}.startswith(str({w}))"
+        if op == "endswith":
+            return f"{v}.endswith(str({w}))"
+        if op == "pmatch":
+            return f"_pmatch({v}, tuple(_as_list({w})))"
+        if op in ("bcontains",):
+            return f"(_as_bytes({w}) in _as_bytes({v}))"
+        if op in ("bstartswith",):
+            return f"_as_bytes({v}).startswith(_as_bytes({w}))"
+        if op in ("glob", "iglob", "regex"):
+            raise ValueError(f"operator {op!r} needs a constant pattern, not a field")
+        raise ValueError(f"unknown operator {op!r}")
+
+
+def compile_function(name: str, body: list[str], gen: CodeGen) -> Any:
+    """Exec ``def name(e): <body>`` with the generator's constants as globals."""
+    src = f"def {name}(e):\n    g = e.get\n" + "".join(f"    {line}\n" for line in body)
+    namespace: dict[str, Any] = dict(gen.consts)
+    exec(compile(src, f"<sentinel:{name}>", "exec"), namespace)
+    fn = namespace[name]
+    fn.__sentinel_source__ = src
+    return fn

@@ -1,0 +1,151 @@
+"""The matching engine: events in, alerts out.
+
+Rules are indexed by the event types they can match (:func:`sentinel.compiler.maybe_true`).
+The first event of each type builds one generated function that tests, in rule order, every
+candidate rule's condition specialised to that type (``evt.type`` tests folded away), so an
+event costs one dict lookup plus the checks that can still fail for it.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Literal
+
+from sentinel.alerts import Alert
+from sentinel.compiler import OTHER, CompiledRule, CompiledRules, compile_rules, specialize
+from sentinel.compiler.codegen import CodeGen, compile_function
+from sentinel.fields import EVENT_TYPES
+from sentinel.language import ast
+from sentinel.loader import RuleSet, priority_rank
+
+Matching = Literal["first", "all"]
+Matcher = Callable[[Mapping[str, Any]], Sequence[int]]
+_NONE: tuple[int, ...] = ()
+
+
+class Engine:
+    """Evaluates events against compiled rules. Not thread-safe; one per event loop."""
+
+    def __init__(
+        self,
+        rules: RuleSet | CompiledRules,
+        matching: Matching = "first",
+        hostname: str | None = None,
+        min_priority: str = "Debug",
+    ) -> None:
+        compiled = rules if isinstance(rules, CompiledRules) else compile_rules(rules)
+        limit = priority_rank(min_priority)
+        self.compiled = compiled
+        self.rules: list[CompiledRule] = [
+            r for r in compiled.enabled if priority_rank(r.priority) <= limit
+        ]
+        self.matching: Matching = matching
+        self.hostname = hostname if hostname is not None else socket.gethostname()
+        self._matchers: dict[str | None, Matcher] = {}
+        self._single: dict[int, Matcher] = {}
+        self.events = 0
+        self.type_errors = 0
+        self.alerts_by_rule: dict[str, int] = {}
+
+    # -- introspection ---------------------------------------------------------------------
+    def event_types(self) -> set[str]:
+        """Event type names some enabled rule can match (all known names if a rule is
+        unrestricted)."""
+        names: set[str] = set()
+        for r in self.rules:
+            if OTHER in r.event_types:
+                return set(EVENT_TYPES)
+            names |= r.event_types
+        return names
+
+    def candidates(self, evt_type: str | None) -> list[CompiledRule]:
+        key = evt_type if evt_type in EVENT_TYPES else OTHER
+        return [r for r in self.rules if key in r.event_types]
+
+    # -- matching --------------------------------------------------------------------------
+    def _build(self, evt_type: str | None) -> Matcher:
+        gen = CodeGen()
+        body: list[str] = ["r = []"] if self.matching == "all" else []
+        for rule in self.candidates(evt_type):
+            cond = specialize(rule.expr, evt_type)
+            if isinstance(cond, ast.Const) and not cond.value:
+                continue
+            code = gen.expr(cond)
+            if self.matching == "all":
+                body.append(f"if {code}: r.append({rule.index})")
+            else:
+                body.append(f"if {code}: return {gen.const((rule.index,))}")
+        body.append("return r" if self.matching == "all" else "return ()")
+        fn: Matcher = compile_function("match", body, gen)
+        self._matchers[evt_type] = fn
+        return fn
+
+    def warm(self, evt_types: set[str]) -> None:
+        """Build the matchers for these event types now rather than on first sight."""
+        for t in evt_types:
+            if t not in self._matchers:
+                self._build(t)
+
+    def _rule_fn(self, rule: CompiledRule, evt_type: str | None) -> Matcher:
+        gen = CodeGen()
+        code = gen.expr(specialize(rule.expr, evt_type))
+        return compile_function("one", [f"return (0,) if {code} else ()"], gen)
+
+    def match(self, event: Mapping[str, Any]) -> list[CompiledRule]:
+        """Rules that match ``event`` (at most one with matching 'first')."""
+        self.events += 1
+        t = event.get("evt.type")
+        fn = self._matchers.get(t)
+        if fn is None:
+            fn = self._build(t)
+        try:
+            hits = fn(event)
+        except (TypeError, AttributeError):
+            # A value of the wrong type for its field (e.g. text where a number belongs): test
+            # rule by rule so one bad field only silences the checks that read it.
+            self.type_errors += 1
+            hits = self._match_slowly(event, t)
+        if not hits:
+            return []
+        by_index = self.compiled.rules
+        return [by_index[i] for i in hits]
+
+    def _match_slowly(self, event: Mapping[str, Any], t: Any) -> list[int]:
+        hits: list[int] = []
+        for rule in self.candidates(t):
+            try:
+                if self._rule_fn(rule, t)(event):
+                    hits.append(rule.index)
+                    if self.matching == "first":
+                        break
+            except (TypeError, AttributeError):
+                continue
+        return hits
+
+    def alert(self, rule: CompiledRule, event: Mapping[str, Any], action: str = "") -> Alert:
+        values = rule.output.values(event)
+        ts = event.get("evt.time")
+        return Alert(
+            rule=rule.name,
+            priority=rule.priority,
+            output=rule.output.render(values),
+            output_fields=values,
+            tags=list(rule.tags),
+            source=rule.source,
+            hostname=self.hostname,
+            action=action or rule.action,
+            time_ns=ts if isinstance(ts, int) else time.time_ns(),
+        )
+
+    def process(self, event: Mapping[str, Any]) -> list[Alert]:
+        """Match ``event`` and build an alert for each matching rule."""
+        rules = self.match(event)
+        if not rules:
+            return []
+        out = []
+        for r in rules:
+            self.alerts_by_rule[r.name] = self.alerts_by_rule.get(r.name, 0) + 1
+            out.append(self.alert(r, event))
+        return out
