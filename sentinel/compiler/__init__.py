@@ -13,7 +13,7 @@ from sentinel.compiler.output import OutputTemplate, parse_output
 from sentinel.compiler.resolve import Resolver
 from sentinel.fields import FIELDS
 from sentinel.language import ast
-from sentinel.loader import Diagnostics, Location, RuleSet, RulesError
+from sentinel.loader import Diagnostics, Location, RulesError, RuleSet
 
 
 @dataclass(slots=True)

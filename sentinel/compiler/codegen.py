@@ -9,6 +9,7 @@ without exceptions on the hot path. Values were typed at compile time (:mod:`.va
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 from sentinel.compiler import runtime
@@ -224,11 +225,11 @@ class CodeGen:
         raise ValueError(f"unknown operator {op!r}")
 
 
-def compile_function(name: str, body: list[str], gen: CodeGen) -> Any:
+def compile_function(name: str, body: list[str], gen: CodeGen) -> Callable[..., Any]:
     """Exec ``def name(e): <body>`` with the generator's constants as globals."""
     src = f"def {name}(e):\n    g = e.get\n" + "".join(f"    {line}\n" for line in body)
     namespace: dict[str, Any] = dict(gen.consts)
     exec(compile(src, f"<sentinel:{name}>", "exec"), namespace)
-    fn = namespace[name]
-    fn.__sentinel_source__ = src
+    fn: Callable[..., Any] = namespace[name]
+    fn.__sentinel_source__ = src  # type: ignore[attr-defined]  # for `explain` and debugging
     return fn

@@ -80,6 +80,8 @@ def specialize(e: ast.Expr, evt_type: str | None) -> ast.Expr:
         if isinstance(child, ast.Not):
             return child.child
         return ast.Not(child, e.pos)
+    if not isinstance(e, ast.And | ast.Or):
+        raise TypeError(f"unexpanded node {e!r}")
     is_and = isinstance(e, ast.And)
     kids: list[ast.Expr] = []
     for c in e.children:

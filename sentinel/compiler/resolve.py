@@ -102,9 +102,7 @@ class Resolver:
             return
         if info.kind is Kind.ANCESTORS or info.arg is Arg.INDEX:
             if not f.arg.isdigit():
-                raise CompileError(
-                    f"field '{f.name}' takes a numeric index, not {f.arg!r}", f.pos
-                )
+                raise CompileError(f"field '{f.name}' takes a numeric index, not {f.arg!r}", f.pos)
         elif info.arg is Arg.NONE:
             raise CompileError(f"field '{f.name}' does not take an argument", f.pos)
 
@@ -121,7 +119,9 @@ class Resolver:
                 raise CompileError("val() takes exactly one field", o.pos)
         elif o.name == "join":
             if len(o.args) != 2 or not isinstance(o.args[0], ast.Literal):
-                raise CompileError('join() takes a quoted separator and a field: join(",", f)', o.pos)
+                raise CompileError(
+                    'join() takes a quoted separator and a field: join(",", f)', o.pos
+                )
         elif o.name == "concat":
             if len(o.args) < 2:
                 raise CompileError("concat() takes two or more arguments", o.pos)
@@ -143,12 +143,10 @@ class Resolver:
                 c.pos,
             )
         if op in _STRING_OPS and ltype not in _STRINGY:
-            if not (op == "contains" and ltype is FieldType.FLAGS):
-                raise CompileError(
-                    f"operator '{op}' is not supported on '{_name(c.lhs)}' of type "
-                    f"{ltype.value}",
-                    c.pos,
-                )
+            raise CompileError(
+                f"operator '{op}' is not supported on '{_name(c.lhs)}' of type {ltype.value}",
+                c.pos,
+            )
         if isinstance(c.rhs, ast.Transform):
             if op in ("glob", "iglob", "regex"):
                 raise CompileError(f"operator '{op}' needs a constant pattern", c.pos)

@@ -78,7 +78,7 @@ class Engine:
             else:
                 body.append(f"if {code}: return {gen.const((rule.index,))}")
         body.append("return r" if self.matching == "all" else "return ()")
-        fn: Matcher = compile_function("match", body, gen)
+        fn: Matcher = compile_function("match", body, gen)  # generated: typed by contract
         self._matchers[evt_type] = fn
         return fn
 

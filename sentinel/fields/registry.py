@@ -12,10 +12,10 @@ Names and meanings follow Falco's syscall fields (``falco --list``) so rules por
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class FieldType(str, Enum):
+class FieldType(StrEnum):
     STRING = "string"
     INT = "int64"
     UINT = "uint64"
@@ -30,7 +30,7 @@ class FieldType(str, Enum):
     CHAR = "char"
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """How a field holds values."""
 
     SCALAR = "scalar"
@@ -38,7 +38,7 @@ class Kind(str, Enum):
     ANCESTORS = "ancestors"  # proc.aname & co: without index any ancestor matches; [N] selects
 
 
-class Arg(str, Enum):
+class Arg(StrEnum):
     NONE = "none"
     INDEX = "index"  # [N], a non-negative integer
     OPTIONAL = "optional"  # free-form argument allowed but not required
@@ -68,7 +68,7 @@ class FieldInfo:
         return self.type in NUMERIC
 
 
-S, I, U, B = FieldType.STRING, FieldType.INT, FieldType.UINT, FieldType.BOOL
+S, INT, U, B = FieldType.STRING, FieldType.INT, FieldType.UINT, FieldType.BOOL
 _F: list[FieldInfo] = []
 
 
@@ -93,9 +93,9 @@ _add("evt.datetime", S, "event timestamp as a date-time string")
 _add("evt.type", S, "event (syscall) name: execve, openat, connect, ...")
 _add("evt.dir", S, "direction: '<' exit (Sentinel's events are exit events), '>' enter")
 _add("evt.category", S, "event category: process, file, net")
-_add("evt.cpu", I, "CPU the event was seen on")
+_add("evt.cpu", INT, "CPU the event was seen on")
 _add("evt.res", S, "result: SUCCESS or an errno name (ENOENT, EACCES...)")
-_add("evt.rawres", I, "result as a number (fd, 0, or -errno)")
+_add("evt.rawres", INT, "result as a number (fd, 0, or -errno)")
 _add("evt.failed", B, "true if the syscall failed")
 _add("evt.is_open_read", B, "open with read intent", ev=FILE_EVENTS)
 _add("evt.is_open_write", B, "open with write intent", ev=FILE_EVENTS)
@@ -143,12 +143,12 @@ _add("evt.is_async", B, "asynchronous event", sensor=False)
 _add("evt.count", U, "always 1, for aggregations")
 
 # ---- proc / thread -----------------------------------------------------------------------------
-_add("proc.pid", I, "process id (thread group id)")
-_add("proc.vpid", I, "process id as seen in its pid namespace")
-_add("proc.ppid", I, "parent process id")
-_add("proc.vpgid", I, "process group id in its pid namespace")
-_add("proc.pgid", I, "process group id")
-_add("proc.sid", I, "session id")
+_add("proc.pid", INT, "process id (thread group id)")
+_add("proc.vpid", INT, "process id as seen in its pid namespace")
+_add("proc.ppid", INT, "parent process id")
+_add("proc.vpgid", INT, "process group id in its pid namespace")
+_add("proc.pgid", INT, "process group id")
+_add("proc.sid", INT, "session id")
 _add("proc.name", S, "process name (comm; the executable's basename, 15 chars max)")
 _add("proc.exe", S, "argv[0] of the process")
 _add("proc.exepath", S, "full path of the executable")
@@ -158,8 +158,8 @@ _add("proc.cmdlenargs", U, "total length of command-line arguments")
 _add("proc.args", S, "arguments, space-separated (without the name)")
 _add("proc.env", S, "environment variables", sensor=False)
 _add("proc.cwd", S, "current working directory")
-_add("proc.tty", I, "controlling terminal (0 when none)")
-_add("proc.loginshellid", I, "pid of the oldest shell ancestor")
+_add("proc.tty", INT, "controlling terminal (0 when none)")
+_add("proc.loginshellid", INT, "pid of the oldest shell ancestor")
 _add("proc.duration", FieldType.RELTIME, "ns since the process started")
 _add("proc.start_ts", FieldType.ABSTIME, "process start time, ns since the epoch")
 _add("proc.pname", S, "parent process name")
@@ -170,7 +170,7 @@ _add("proc.aname", S, "ancestor names; [N]: N-th ancestor (0 self, 1 parent)", k
 _add("proc.aexe", S, "ancestor argv[0]s; [N]: N-th ancestor", kind=Kind.ANCESTORS)
 _add("proc.aexepath", S, "ancestor executable paths; [N]: N-th ancestor", kind=Kind.ANCESTORS)
 _add("proc.acmdline", S, "ancestor command lines; [N]: N-th ancestor", kind=Kind.ANCESTORS)
-_add("proc.apid", I, "ancestor pids; [N]: N-th ancestor", kind=Kind.ANCESTORS)
+_add("proc.apid", INT, "ancestor pids; [N]: N-th ancestor", kind=Kind.ANCESTORS)
 _add("proc.sname", S, "name of the session leader")
 _add("proc.sid.exe", S, "session leader's argv[0]")
 _add("proc.sid.exepath", S, "session leader's executable path")
@@ -193,8 +193,8 @@ _add("proc.exe_ino.ctime_duration_pidns_start", FieldType.RELTIME, "ctime to ns"
 _add("proc.pidns_init_start_ts", FieldType.ABSTIME, "pid namespace init start", sensor=False)
 _add("proc.nthreads", U, "number of threads", sensor=False)
 _add("proc.fdopencount", U, "open file descriptors", sensor=False)
-_add("thread.tid", I, "thread id")
-_add("thread.vtid", I, "thread id in its pid namespace")
+_add("thread.tid", INT, "thread id")
+_add("thread.vtid", INT, "thread id in its pid namespace")
 _add("thread.ismain", B, "true for the main thread")
 _add("thread.cap_permitted", S, "permitted capabilities", sensor=False)
 _add("thread.cap_effective", S, "effective capabilities", sensor=False)
@@ -205,14 +205,14 @@ _add("user.uid", U, "user id")
 _add("user.name", S, "user name (from the host's passwd)")
 _add("user.homedir", S, "home directory")
 _add("user.shell", S, "login shell")
-_add("user.loginuid", I, "audit login uid (-1 when unset)")
+_add("user.loginuid", INT, "audit login uid (-1 when unset)")
 _add("user.loginname", S, "audit login user name")
 _add("group.gid", U, "group id")
 _add("group.name", S, "group name")
 
 # ---- fd ----------------------------------------------------------------------------------------
 _FD = FD_EVENTS
-_add("fd.num", I, "file descriptor number (-1 when the call failed)", ev=_FD)
+_add("fd.num", INT, "file descriptor number (-1 when the call failed)", ev=_FD)
 _add("fd.type", S, "file, directory, ipv4, ipv6, unix, ...", ev=_FD)
 _add("fd.typechar", FieldType.CHAR, "f file, 4 ipv4, 6 ipv6, u unix, d directory", ev=_FD)
 _add("fd.name", S, "absolute path, or the connection tuple for sockets", ev=_FD)
@@ -305,14 +305,14 @@ EVENT_TYPES: frozenset[str] = frozenset(
     """
     execve execveat clone clone3 fork vfork procexit open openat openat2 creat connect accept
     accept4 bind listen socket sendto recvfrom sendmsg recvmsg read write pread pwrite readv
-    writev close dup dup2 dup3 chmod fchmod fchmodat chown fchown fchownat lchown unlink unlinkat
-    rename renameat renameat2 link linkat symlink symlinkat mkdir mkdirat rmdir truncate
-    ftruncate mount umount umount2 ptrace setuid setgid setresuid setresgid setreuid setregid
-    capset init_module finit_module delete_module bpf memfd_create mmap mprotect userfaultfd
-    prctl kill tgkill tkill chdir fchdir chroot pivot_root unshare setns io_uring_setup
-    io_uring_enter io_uring_register sethostname setdomainname container signaldeliver
-    sendfile splice process_vm_writev process_vm_readv fcntl ioctl
-    """.split()
+    writev close dup dup2 dup3 chmod fchmod fchmodat chown fchown fchownat lchown unlink
+    unlinkat rename renameat renameat2 link linkat symlink symlinkat mkdir mkdirat rmdir
+    truncate ftruncate mount umount umount2 ptrace setuid setgid setresuid setresgid setreuid
+    setregid capset init_module finit_module delete_module bpf memfd_create mmap mprotect
+    userfaultfd prctl kill tgkill tkill chdir fchdir chroot pivot_root unshare setns
+    io_uring_setup io_uring_enter io_uring_register sethostname setdomainname container
+    signaldeliver sendfile splice process_vm_writev process_vm_readv fcntl ioctl
+    """.split()  # noqa: SIM905
 )
 
 

@@ -219,7 +219,7 @@ def parse(text: str) -> ast.Expr:
         result = _ToAst().transform(tree)
     except lark.exceptions.UnexpectedCharacters as exc:
         raise ConditionSyntaxError(
-            f"unexpected character {text[exc.pos_in_stream]!r}"
+            f"unexpected character {text[exc.pos_in_stream or 0]!r}"
             + (f", expecting {_expected(exc.allowed)}" if exc.allowed else ""),
             exc.line,
             exc.column,

@@ -7,6 +7,7 @@ loader can warn about them instead of failing, as Falco does.
 
 from __future__ import annotations
 
+import builtins
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -58,7 +59,7 @@ class ExceptionModel(_Item):
 
 class ListModel(_Item):
     list: str
-    items: list[Any] = Field(default_factory=lambda: [])
+    items: builtins.list[Any] = Field(default_factory=lambda: [])
     append: bool = False
     override: dict[str, OverrideMode] | None = None
 

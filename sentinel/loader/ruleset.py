@@ -148,12 +148,12 @@ class _Builder:
             allowed = models.APPENDABLE[kind] if mode == "append" else models.REPLACEABLE[kind]
             if key not in allowed:
                 verb = "appended to" if mode == "append" else "replaced"
-                hint = ", use 'replace' instead" if mode == "append" and key in models.REPLACEABLE[
-                    kind
-                ] else ""
-                self.diag.error(
-                    f"key '{key}' cannot be {verb}{hint}", raw.location(key), label
+                hint = (
+                    ", use 'replace' instead"
+                    if mode == "append" and key in models.REPLACEABLE[kind]
+                    else ""
                 )
+                self.diag.error(f"key '{key}' cannot be {verb}{hint}", raw.location(key), label)
                 return None
             if key not in raw.data:
                 self.diag.error(
@@ -206,9 +206,7 @@ class _Builder:
     def _required_engine_version(self, raw: RawItem, model: models.EngineVersionModel) -> None:
         self.rs.engine_version = str(model.required_engine_version)
 
-    def _required_plugin_versions(
-        self, raw: RawItem, model: models.PluginVersionsModel
-    ) -> None:
+    def _required_plugin_versions(self, raw: RawItem, model: models.PluginVersionsModel) -> None:
         # Sentinel has no plugins: container fields are built in, so the 'container' plugin a
         # Falco file asks for is satisfied; anything else cannot be.
         for req in model.required_plugin_versions:
@@ -318,9 +316,7 @@ class _Builder:
         if model.source not in (None, "syscall"):
             missing = [k for k in missing if k != "condition"] if model.condition else missing
         if missing:
-            self.diag.error(
-                f"item has no mapping for key '{missing[0]}'", raw.location(), label
-            )
+            self.diag.error(f"item has no mapping for key '{missing[0]}'", raw.location(), label)
             return
         assert model.condition is not None and model.priority is not None
         rule = RuleDef(
@@ -339,7 +335,9 @@ class _Builder:
             action=model.action or "alert",
         )
         if existing is not None:
-            self.diag.warn("rule redefined; the later definition replaces it", raw.location(), label)
+            self.diag.warn(
+                "rule redefined; the later definition replaces it", raw.location(), label
+            )
         self.rs.rules[name] = rule
 
     def _modify_rule(

@@ -104,7 +104,14 @@ class RawItem:
 
 
 class _Constructor(yaml.constructor.SafeConstructor):
-    pass
+    """Safe constructor that also reads a bare ``=`` (YAML 1.1's "value" tag) as text, since
+    Falco exceptions write ``comps: [=, startswith]``."""
+
+
+_Constructor.add_constructor(
+    "tag:yaml.org,2002:value",
+    lambda loader, node: loader.construct_scalar(node),  # type: ignore[arg-type]
+)
 
 
 def load_file(path: Path) -> tuple[SourceFile, list[RawItem] | None, str | None, Location | None]:

@@ -1,0 +1,177 @@
+"""The rules-language commands, run as a user would: ``sentinel validate|replay|fields``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sentinel.fields import FIELDS
+from tests.helpers import CORPUS, write_rules
+
+FALCO_FILES = ["falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml"]
+EXPECTED = {  # rules / macros / lists per file, from ../shared/corpus/falco/SOURCE.md
+    "falco_rules.yaml": (25, 87, 49),
+    "falco-incubating_rules.yaml": (31, 82, 54),
+    "falco-sandbox_rules.yaml": (37, 183, 60),
+}
+
+
+def sentinel(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sentinel", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("name", FALCO_FILES)
+def test_validate_loads_each_upstream_falco_file_with_zero_errors(name: str):
+    res = sentinel("validate", "--json", str(CORPUS / name))
+    assert res.returncode == 0, res.stdout + res.stderr
+    summary = json.loads(res.stdout)
+    assert summary["errors"] == []
+    rules, macros, lists = EXPECTED[name]
+    assert (summary["rules"], summary["macros"], summary["lists"]) == (rules, macros, lists)
+    assert summary["rules_compiled"] == rules  # every rule parsed and compiled
+
+
+def test_validate_all_three_together():
+    res = sentinel("validate", *(str(CORPUS / n) for n in FALCO_FILES))
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("OK: 93 rules")
+
+
+def test_validate_reports_errors_with_position_and_exit_1(tmp_path: Path):
+    path = write_rules(
+        tmp_path,
+        """
+        - rule: Bad
+          desc: d
+          condition: proc.name = x and
+          output: o
+          priority: INFO
+        """,
+    )
+    res = sentinel("validate", str(path))
+    assert res.returncode == 1
+    assert f"{path}:3:" in res.stderr and "rule 'Bad'" in res.stderr
+    assert "^" in res.stderr
+    assert res.stdout.startswith("FAILED")
+
+
+def test_every_field_of_the_stable_rules_is_registered():
+    import re
+
+    import yaml
+
+    used: set[str] = set()
+    for item in yaml.safe_load((CORPUS / "falco_rules.yaml").read_text()):
+        for key in ("condition", "output"):
+            for m in re.finditer(r"\b([a-z0-9_]+(?:\.[a-z0-9_]+)+)", str(item.get(key, ""))):
+                if m.group(1).split(".")[0] in (
+                    "evt",
+                    "proc",
+                    "fd",
+                    "user",
+                    "group",
+                    "container",
+                    "k8s",
+                    "thread",
+                ):
+                    used.add(m.group(1))
+    missing = sorted(f for f in used if f not in FIELDS)
+    assert not missing
+    res = sentinel("fields", "--json")
+    listed = {row["name"] for row in json.loads(res.stdout)}
+    assert used <= listed
+
+
+EVENTS = [
+    {
+        "evt.type": "execve",
+        "proc.name": "sh",
+        "proc.pname": "runc",
+        "proc.tty": 34816,
+        "container.id": "3f2a12345678",
+        "proc.aname": ["runc", "containerd-shim", "systemd"],
+        "user.name": "root",
+        "proc.cmdline": "sh",
+        "proc.exepath": "/bin/sh",
+    },
+    {"evt.type": "execve", "proc.name": "ls", "proc.pname": "bash", "container.id": "host"},
+]
+
+
+def test_replay_gives_falco_alert_for_terminal_shell_in_container(tmp_path: Path):
+    events = tmp_path / "events.jsonl"
+    events.write_text("\n".join(json.dumps(e) for e in EVENTS) + "\n")
+    res = sentinel("replay", "--rules", str(CORPUS / "falco_rules.yaml"), str(events))
+    assert res.returncode == 0, res.stderr
+    alerts = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [a["rule"] for a in alerts] == ["Terminal shell in container"]
+    assert alerts[0]["output_fields"]["proc.pname"] == "runc"
+    assert alerts[0]["priority"] == "Notice"
+
+
+def test_replay_reports_bad_lines_by_number_and_strict_stops(tmp_path: Path):
+    rules = write_rules(
+        tmp_path,
+        """
+        - rule: Any exec
+          desc: d
+          condition: evt.type = execve
+          output: "exec %proc.name"
+          priority: INFO
+        """,
+    )
+    lines = [
+        json.dumps(EVENTS[1]),
+        "{not json",
+        '{"evt.type": "execve", "fd.num": "x"}',
+        "[1, 2]",
+        json.dumps(EVENTS[1]),
+    ]
+    res = sentinel("replay", "--rules", str(rules), "-", stdin="\n".join(lines) + "\n")
+    assert res.returncode == 0
+    assert len(res.stdout.splitlines()) == 2
+    for n in (2, 3, 4):
+        assert f"<stdin>:{n}: bad event" in res.stderr
+    assert "needs a number" in res.stderr and "must be a JSON object" in res.stderr
+    strict = sentinel("replay", "--strict", "--rules", str(rules), "-", stdin="\n".join(lines))
+    assert strict.returncode == 1 and len(strict.stdout.splitlines()) == 1
+
+
+def test_replay_matching_all_and_rules_error_exit(tmp_path: Path):
+    rules = write_rules(
+        tmp_path,
+        """
+        - rule: A
+          desc: d
+          condition: evt.type = execve
+          output: a
+          priority: INFO
+        - rule: B
+          desc: d
+          condition: proc.name = ls
+          output: b
+          priority: INFO
+        """,
+    )
+    line = json.dumps(EVENTS[1])
+    res = sentinel("replay", "--matching", "all", "--rules", str(rules), "-", stdin=line)
+    assert [json.loads(x)["rule"] for x in res.stdout.splitlines()] == ["A", "B"]
+    bad = write_rules(tmp_path, "- rule: X\n  condition: (\n", "bad.yaml")
+    res = sentinel("replay", "--rules", str(bad), "-", stdin=line)
+    assert res.returncode == 1 and "bad.yaml" in res.stderr
+
+
+def test_fields_text_listing():
+    res = sentinel("fields")
+    assert res.returncode == 0
+    assert any(line.startswith("proc.aname[N]") for line in res.stdout.splitlines())

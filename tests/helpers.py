@@ -1,0 +1,49 @@
+"""Small builders shared by the rules-language tests."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sentinel.compiler import compile_rules
+from sentinel.engine import Engine, normalize_event
+from sentinel.loader import load_ruleset
+
+# The upstream Falco rules live in ../shared/corpus/falco beside the checkout (never copied in).
+CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "falco"
+
+
+def write_rules(tmp_path: Path, text: str, name: str = "rules.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(textwrap.dedent(text).lstrip("\n"))
+    return p
+
+
+def engine_for(tmp_path: Path, text: str, matching: str = "first") -> Engine:
+    rs = load_ruleset([write_rules(tmp_path, text)])
+    return Engine(compile_rules(rs), matching=matching)  # type: ignore[arg-type]
+
+
+def cond_engine(tmp_path: Path, condition: str, extra: str = "") -> Engine:
+    """An engine with one rule 'R' whose condition is ``condition``."""
+    rule = {
+        "rule": "R",
+        "desc": "d",
+        "condition": condition,
+        "output": "out %proc.name",
+        "priority": "WARNING",
+        "warn_evttypes": False,
+    }
+    return engine_for(tmp_path, textwrap.dedent(extra) + yaml.safe_dump([rule], sort_keys=False))
+
+
+def matches(engine: Engine, **fields: Any) -> bool:
+    ev = {k.replace("__", "."): v for k, v in fields.items()}
+    return bool(engine.match(normalize_event(ev)))
+
+
+def ev(**fields: Any) -> dict[str, Any]:
+    return normalize_event({k.replace("__", "."): v for k, v in fields.items()})
