@@ -18,6 +18,7 @@ from sentinel.fields import FIELDS, FieldType, Kind
 from sentinel.language import ast
 
 _IPISH = (FieldType.IPADDR, FieldType.IPNET)
+_UNSET = object()  # "not fetched yet" for memoised fields (None means "no value")
 
 RUNTIME_NAMES: dict[str, Any] = {
     "_field_arg": runtime.field_arg,
@@ -61,10 +62,21 @@ def operand_type(o: ast.Operand) -> tuple[FieldType, Kind]:
 class CodeGen:
     """Accumulates constants while turning checks into expressions."""
 
-    def __init__(self) -> None:
+    def __init__(self, memo_fields: bool = False) -> None:
         self.consts: dict[str, Any] = dict(RUNTIME_NAMES)
         self._by_key: dict[Any, str] = {}
         self._n = 0
+        # With memo_fields, each field is fetched at most once per call: the first use stores
+        # it in a local (``_fN``), later uses read the local. Lazy events compute nothing that
+        # no check reaches; dict events save repeated lookups across rules.
+        self.memo_fields = memo_fields
+        self.field_vars: dict[str, str] = {}
+
+    def prologue(self) -> list[str]:
+        """Lines that must start the function body (memo locals)."""
+        if not self.field_vars:
+            return []
+        return [" = ".join(self.field_vars.values()) + " = _U"]
 
     def const(self, value: Any) -> str:
         try:
@@ -101,7 +113,12 @@ class CodeGen:
     def operand(self, o: ast.Operand) -> str:
         if isinstance(o, ast.FieldRef):
             if o.arg is None:
-                return f"g({o.name!r})"
+                if not self.memo_fields:
+                    return f"g({o.name!r})"
+                var = self.field_vars.get(o.name)
+                if var is None:
+                    var = self.field_vars[o.name] = f"_f{len(self.field_vars)}"
+                return f"({var} if {var} is not _U else ({var} := g({o.name!r})))"
             return f"_field_arg(e, {o.name!r}, {o.arg!r}, {o.key!r})"
         if isinstance(o, ast.Literal):
             return repr(o.value)
@@ -227,8 +244,10 @@ class CodeGen:
 
 def compile_function(name: str, body: list[str], gen: CodeGen) -> Callable[..., Any]:
     """Exec ``def name(e): <body>`` with the generator's constants as globals."""
-    src = f"def {name}(e):\n    g = e.get\n" + "".join(f"    {line}\n" for line in body)
+    lines = gen.prologue() + body
+    src = f"def {name}(e):\n    g = e.get\n" + "".join(f"    {line}\n" for line in lines)
     namespace: dict[str, Any] = dict(gen.consts)
+    namespace["_U"] = _UNSET
     exec(compile(src, f"<sentinel:{name}>", "exec"), namespace)
     fn: Callable[..., Any] = namespace[name]
     fn.__sentinel_source__ = src  # type: ignore[attr-defined]  # for `explain` and debugging

@@ -66,7 +66,7 @@ class Engine:
 
     # -- matching --------------------------------------------------------------------------
     def _build(self, evt_type: str | None) -> Matcher:
-        gen = CodeGen()
+        gen = CodeGen(memo_fields=True)
         body: list[str] = ["r = []"] if self.matching == "all" else []
         for rule in self.candidates(evt_type):
             cond = specialize(rule.expr, evt_type)
