@@ -22,5 +22,8 @@ unit: setup
 
 test: lint typecheck unit
 
+test-vm: setup
+	$(PY) -m pytest tests/vm
+
 bench: setup
 	$(PY) -m bench
