@@ -330,7 +330,7 @@ class LsmEnforcer:
 
         t0 = time.monotonic()
         try:
-            self._bpf: Any = BPF(src_file=str(BPF_DIR / "lsm.c"), cflags=flags)
+            self._bpf: Any = BPF(src_file=str(BPF_DIR / "lsm.c").encode(), cflags=flags)
         except Exception as exc:
             raise LsmError(f"loading bpf/lsm.c failed: {exc}") from exc
         self.load_seconds = time.monotonic() - t0
@@ -340,7 +340,7 @@ class LsmEnforcer:
         self._stop = threading.Event()
         try:
             self._fill_maps()
-            self._bpf["deny_events"].open_ring_buffer(self._handle)
+            self._bpf[b"deny_events"].open_ring_buffer(self._handle)
         except Exception:
             self._bpf.cleanup()
             raise
@@ -353,7 +353,7 @@ class LsmEnforcer:
 
     def _fill_maps(self) -> None:
         b = self._bpf
-        idents = b["idents"]
+        idents = b[b"idents"]
         for ident, val in self.plan.idents.items():
             k = idents.Key()
             k.dev, k.ino = ident.dev, ident.ino
@@ -363,14 +363,14 @@ class LsmEnforcer:
             v.exec_exact_rule = val.exec_exact_rule
             v.ancestor_rule = val.ancestor_rule
             idents[k] = v
-        trie = b["net_trie"]
+        trie = b[b"net_trie"]
         for plen, addr, entry in self.plan.nets:
             tk = trie.Key()
             tk.prefixlen = plen
             for i, byte in enumerate(addr):
                 tk.addr[i] = byte
             trie[tk] = ctypes.c_uint32(entry)
-        ports = b["net_ports"]
+        ports = b[b"net_ports"]
         for (entry, port), idx in self.plan.ports.items():
             pk = ports.Key()
             pk.entry, pk.port = entry, port
@@ -421,7 +421,7 @@ class LsmEnforcer:
             self.poll(100)
 
     def _counter(self, idx: int) -> int:
-        return int(sum(self._bpf["counters"][ctypes.c_int(idx)]))
+        return int(sum(self._bpf[b"counters"][ctypes.c_int(idx)]))
 
     @property
     def lost_events(self) -> int:

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Runs INSIDE the BPF LSM VM (started by tests/vm/test_vm.py through scripts/vm-run.sh).
+#   guest_entry.sh OUTDIR [pytest args...]   (env: SENTINEL_VM_TESTS=0 / SENTINEL_VM_BENCH=0 to skip)
+# Mounts what the sensor needs, runs the guest suite (JUnit XML into OUTDIR), then the LSM
+# benchmark (JSON into OUTDIR). The repository is visible read-only at the same path.
+set -uo pipefail
+out="$1"
+shift
+repo="$(cd "$(dirname "$0")/../.." && pwd)"
+cd "$repo"
+t0=$(date +%s.%N)
+
+mountpoint -q /sys/kernel/security || mount -t securityfs securityfs /sys/kernel/security
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
+# Test files on a real tmpfs: the guest's /tmp is an overlay whose stat() identities are not
+# the in-kernel inodes the LSM hooks see (see sentinel/kernel/lsm_policy.py).
+mkdir -p /run/sentinel-vm
+mountpoint -q /run/sentinel-vm || mount -t tmpfs -o size=512M tmpfs /run/sentinel-vm
+export TMPDIR=/run/sentinel-vm
+export PYTHONDONTWRITEBYTECODE=1
+export SENTINEL_IN_VM=1
+
+{
+  echo "kernel=$(uname -r)"
+  echo "lsm=$(cat /sys/kernel/security/lsm)"
+  echo "boot_uptime_s=$(cut -d' ' -f1 /proc/uptime)"
+} >"$out/guest-info.txt"
+
+if [ "${SENTINEL_VM_TESTS:-1}" = 1 ]; then
+  .venv/bin/python -m pytest tests/vm/guest -p no:cacheprovider -v \
+    --junitxml="$out/junit.xml" "$@" 2>&1 | tee "$out/guest-pytest.log"
+  echo "pytest_rc=${PIPESTATUS[0]}" >>"$out/guest-info.txt"
+fi
+t1=$(date +%s.%N)
+
+if [ "${SENTINEL_VM_BENCH:-1}" = 1 ]; then
+  .venv/bin/python bench/bench_lsm.py --inside-vm --json "$out/bench.json" 2>&1 |
+    tee "$out/bench.log"
+  echo "bench_rc=${PIPESTATUS[0]}" >>"$out/guest-info.txt"
+fi
+t2=$(date +%s.%N)
+awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "suite_s=%.1f\nbench_s=%.1f\n", b - a, c - b }' \
+  >>"$out/guest-info.txt"
+echo "guest_done=1" >>"$out/guest-info.txt"
