@@ -99,6 +99,7 @@ class Btf:
         # _offsets[type_id] = byte offset of that type's record; id 0 is 'void'.
         self._offsets: list[int] = [0]
         self._by_name: dict[str, int] = {}
+        self._typedefs: dict[str, int] = {}
         self._index()
 
     @classmethod
@@ -122,6 +123,7 @@ class Btf:
         end = self._types_end
         offsets = self._offsets
         by_name = self._by_name
+        typedefs = self._typedefs
         unpack = _TYPE.unpack_from
         extra = _EXTRA
         type_id = 0
@@ -134,6 +136,8 @@ class Btf:
             if kind in (KIND_STRUCT, KIND_UNION) and name_off:
                 # First definition wins; later same-named types (rare) stay reachable by id.
                 by_name.setdefault(self._str(name_off), type_id)
+            elif kind == KIND_TYPEDEF:
+                typedefs.setdefault(self._str(name_off), type_id)
             pos += 12 + fixed + per * (info & 0xFFFF)
         if pos != end:
             raise BtfError("BTF type section is malformed (record overruns section)")
@@ -256,6 +260,19 @@ class Btf:
 
     def sizeof(self, struct_name: str) -> int:
         return self.type_size(self.struct_id(struct_name))
+
+    def func_proto_params(self, typedef_name: str) -> int | None:
+        """Parameter count of the function (pointer) type a typedef names, e.g. a tracepoint's
+        ``btf_trace_<name>`` (whose first parameter is the tracepoint's ``void *`` context)."""
+        type_id = self._typedefs.get(typedef_name)
+        if type_id is None:
+            return None
+        type_id = self.resolve(type_id)
+        kind, _vlen, ref, _pos = self._record(type_id)
+        if kind == KIND_PTR:
+            type_id = self.resolve(ref)
+        kind, vlen, _ref, _pos = self._record(type_id)
+        return vlen if kind == KIND_FUNC_PROTO else None
 
     def has_struct(self, struct_name: str) -> bool:
         try:

@@ -1,0 +1,549 @@
+// Sentinel's sensor: process, file-open and connect events into one BPF ring buffer.
+//
+// Compiled by bcc at run time against whatever kernel headers exist (usually NOT the running
+// kernel's). Therefore no kernel struct is ever dereferenced through a header layout: every
+// struct field is read with bpf_probe_read_kernel() at an OFF_* byte offset that user space
+// computed from the running kernel's BTF (sentinel/kernel/btf.py) and passed as -DOFF_X=N.
+// Tracepoint arguments (args->..., ctx->args[]) are safe: bcc builds them from tracefs.
+//
+// Record layouts are mirrored in sentinel/kernel/records.py; keep both in step.
+
+#include <uapi/linux/ptrace.h>
+
+#define EV_EXEC 1
+#define EV_FORK 2
+#define EV_EXIT 3
+#define EV_OPEN 4
+#define EV_CONNECT 5
+#define EV_MAX 6
+
+#define SC_OPEN 1
+#define SC_OPENAT 2
+#define SC_OPENAT2 3
+
+#define FLAG_ARGS_TRUNC 1
+#define FLAG_PATH_TRUNC 2
+#define FLAG_CWD_TRUNC 4
+#define FLAG_EXE_TRUNC 8
+#define FLAG_THREAD 16
+#define FLAG_BASE_DIRFD 32
+#define FLAG_BASE_BAD 64
+
+#define ARGS_SIZE 1024          // power of two: bounded reads mask with ARGS_SIZE - 1
+#define FNAME_SIZE 256
+#define PATH_SIZE 256           // the path argument of open()
+#define WALK_SIZE 768           // a dentry walk: NUL-separated components, leaf first
+#define WALK_LIMIT 512          // stop writing components past this offset
+#define NAME_MAX_READ 256
+#define WALK_DEPTH 32
+#define SOCKADDR_SIZE 112
+
+// Wake the reader once per WAKEUP_EVERY events per CPU (exec always wakes): one wakeup per
+// batch instead of one per event keeps the producer's cost flat. User space polls with a short
+// timeout, so a lone event still arrives within that timeout. (bcc 0.26 cannot pass the ring
+// buffer to bpf_ringbuf_query(), or this would be a pending-bytes threshold.)
+#define WAKEUP_EVERY 64
+
+struct hdr {
+    u64 ts;           // bpf_ktime_get_boot_ns()
+    u32 type;         // EV_*
+    u32 pid;          // tgid
+    u32 tid;
+    u32 ppid;         // real_parent's tgid
+    u32 uid;
+    u32 gid;
+    u32 loginuid;
+    u32 flags;        // FLAG_*
+    u64 cgroup_id;    // v2 cgroup id
+    char comm[16];
+};                    // 64 bytes
+
+struct exec_ev {
+    struct hdr h;
+    u32 tty;          // new_encode_dev(major, minor), as /proc/<pid>/stat's tty_nr
+    u32 sid;
+    u32 pgid;
+    u32 args_len;     // bytes of args[] used (NUL-separated argv)
+    u32 exe_len;      // bytes of exe[] used (walk of bprm->file)
+    u32 cwd_len;      // bytes of cwd[] used (walk of fs->pwd)
+    u32 old_pid;
+    u32 pad;
+    char filename[FNAME_SIZE];
+    char args[ARGS_SIZE];
+    char exe[WALK_SIZE];
+    char cwd[WALK_SIZE];
+};
+
+struct fork_ev {
+    struct hdr h;
+    u32 child_pid;    // tgid of the child
+    u32 child_tid;
+};
+
+struct exit_ev {
+    struct hdr h;
+    s32 exit_code;
+    u32 pad;
+};
+
+struct open_ev {
+    struct hdr h;
+    s64 ret;
+    u32 oflags;
+    u32 mode;
+    s32 dirfd;
+    u32 syscall;      // SC_*
+    u32 path_len;
+    u32 base_len;     // 0: path is absolute (or unresolvable); else bytes of base[] used
+    char path[PATH_SIZE];
+};
+
+struct open_ev_rel {
+    struct open_ev e;
+    char base[WALK_SIZE];
+};
+
+struct connect_ev {
+    struct hdr h;
+    s64 ret;
+    s32 fd;
+    u32 addrlen;
+    u16 sock_type;    // SOCK_STREAM, SOCK_DGRAM...
+    u16 protocol;     // IPPROTO_*
+    u16 lport;        // local port after connect (host order), 0 if unknown
+    u16 pad;
+    u8 laddr[16];     // local address after connect
+    u8 addr[SOCKADDR_SIZE];  // the sockaddr as passed
+};
+
+struct open_args {
+    u64 path;
+    u64 flags;
+    u64 mode;
+    s64 dirfd;
+    u32 syscall;
+};
+
+struct connect_args {
+    u64 addr;
+    s64 fd;
+    u64 addrlen;
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(lost, u64, EV_MAX);
+BPF_PERCPU_ARRAY(pending, u64, 1);
+BPF_TABLE("lru_hash", u32, struct open_args, open_stash, 16384);
+BPF_TABLE("lru_hash", u32, struct connect_args, connect_stash, 4096);
+
+static __always_inline void count_lost(u32 type) {
+    u64 *v = lost.lookup(&type);
+    if (v)
+        *v += 1;
+}
+
+static __always_inline void *rd_ptr(void *base, u32 off) {
+    void *v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), base + off);
+    return v;
+}
+
+static __always_inline u32 rd_u32(void *base, u32 off) {
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), base + off);
+    return v;
+}
+
+// Sentinel's own process is never reported: evaluating an event makes the sensor open files
+// (passwd lookups, /proc reads), which would produce events about itself without end.
+static __always_inline int is_self(void) {
+#ifdef SELF_TGID
+    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
+#else
+    return 0;
+#endif
+}
+
+// The prefilter hook: return 0 to drop an event before it costs a ring-buffer reservation.
+// Today it keeps everything but Sentinel's own events; the in-kernel prefilter (map-driven,
+// from the compiler's kernel plan) goes here.
+static __always_inline int prefilter(u32 type, struct hdr *h) {
+    return !is_self();
+}
+
+static __always_inline void submit(void *rec, u32 type) {
+    u64 flags = BPF_RB_FORCE_WAKEUP;
+    if (type != EV_EXEC) {
+        u32 zero = 0;
+        u64 *n = pending.lookup(&zero);
+        if (n && ((++*n) % WAKEUP_EVERY) != 0)
+            flags = BPF_RB_NO_WAKEUP;
+    }
+    events.ringbuf_submit(rec, flags);
+}
+
+static __always_inline void fill_hdr(struct hdr *h, u32 type, void *task) {
+    u64 pt = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    h->ts = bpf_ktime_get_boot_ns();
+    h->type = type;
+    h->pid = pt >> 32;
+    h->tid = (u32)pt;
+    h->uid = (u32)ug;
+    h->gid = ug >> 32;
+    h->flags = 0;
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    void *parent = rd_ptr(task, OFF_TASK_REAL_PARENT);
+    h->ppid = parent ? rd_u32(parent, OFF_TASK_TGID) : 0;
+    h->loginuid = rd_u32(task, OFF_TASK_LOGINUID);
+    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+// Walk from (dentry, vfsmount) up to the task's root, writing the components leaf-first,
+// each NUL-terminated. Crosses mount points through struct mount (container_of vfsmount).
+// Returns bytes written; sets *trunc when the depth or buffer limit cut the walk short.
+static __always_inline u32 walk_path(char *buf, void *dentry, void *vfsmnt, void *root_dentry,
+                                     void *root_mnt, u32 *trunc) {
+    u32 off = 0;
+    void *mnt = vfsmnt - OFF_MOUNT_MNT;
+    int i;
+    *trunc = 1;
+    for (i = 0; i < WALK_DEPTH; i++) {
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            *trunc = 0;
+            break;
+        }
+        void *mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
+        if (dentry == mnt_root) {
+            void *parent_mnt = rd_ptr(mnt, OFF_MOUNT_MNT_PARENT);
+            if (parent_mnt == mnt || !parent_mnt) {
+                *trunc = 0;
+                break;
+            }
+            dentry = rd_ptr(mnt, OFF_MOUNT_MNT_MOUNTPOINT);
+            mnt = parent_mnt;
+            vfsmnt = mnt + OFF_MOUNT_MNT;
+            continue;
+        }
+        void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
+        if (parent == dentry || !parent) {
+            *trunc = 0;
+            break;
+        }
+        if (off >= WALK_LIMIT)
+            break;
+        void *name = rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
+        int n = bpf_probe_read_kernel_str(&buf[off & (WALK_LIMIT - 1)], NAME_MAX_READ, name);
+        if (n <= 0)
+            break;
+        off += n;
+        dentry = parent;
+    }
+    return off;
+}
+
+// ---------------------------------------------------------------------------------- exec
+
+RAW_TRACEPOINT_PROBE(sched_process_exec) {
+    void *task = (void *)ctx->args[0];
+    void *bprm = (void *)ctx->args[2];
+    struct hdr probe = {};
+    if (!prefilter(EV_EXEC, &probe))
+        return 0;
+    struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
+    if (!e) {
+        count_lost(EV_EXEC);
+        return 0;
+    }
+    fill_hdr(&e->h, EV_EXEC, task);
+    e->old_pid = (u32)ctx->args[1];
+    e->pad = 0;
+
+    void *fname = rd_ptr(bprm, OFF_BPRM_FILENAME);
+    e->filename[0] = 0;
+    bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), fname);
+
+    // argv from the new mm: arg_start..arg_end is the NUL-separated argument block.
+    void *mm = rd_ptr(task, OFF_TASK_MM);
+    u64 as = 0, ae = 0;
+    bpf_probe_read_kernel(&as, sizeof(as), mm + OFF_MM_ARG_START);
+    bpf_probe_read_kernel(&ae, sizeof(ae), mm + OFF_MM_ARG_END);
+    u64 alen = ae > as ? ae - as : 0;
+    if (alen > ARGS_SIZE) {
+        alen = ARGS_SIZE;
+        e->h.flags |= FLAG_ARGS_TRUNC;
+    }
+    e->args_len = 0;
+    if (alen > 0 && bpf_probe_read_user(&e->args, alen & (ARGS_SIZE - 1) ? alen & (ARGS_SIZE - 1) : ARGS_SIZE, (void *)as) == 0)
+        e->args_len = alen;
+
+    // Executable path (symlinks resolved) and cwd, as dentry walks to the task's root.
+    void *fs = rd_ptr(task, OFF_TASK_FS);
+    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    u32 trunc = 0;
+    void *file = rd_ptr(bprm, OFF_BPRM_FILE);
+    e->exe_len = 0;
+    if (file) {
+        e->exe_len = walk_path(e->exe, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                               rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry,
+                               root_mnt, &trunc);
+        if (trunc)
+            e->h.flags |= FLAG_EXE_TRUNC;
+    }
+    e->cwd_len = walk_path(e->cwd, rd_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY),
+                           rd_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT), root_dentry, root_mnt, &trunc);
+    if (trunc)
+        e->h.flags |= FLAG_CWD_TRUNC;
+
+    // Controlling tty, session and process group (for proc.tty, proc.sname, vpgid leader).
+    void *signal = rd_ptr(task, OFF_TASK_SIGNAL);
+    void *tty = rd_ptr(signal, OFF_SIGNAL_TTY);
+    e->tty = 0;
+    if (tty) {
+        u32 index = rd_u32(tty, OFF_TTY_INDEX);
+        void *driver = rd_ptr(tty, OFF_TTY_DRIVER);
+        u32 major = rd_u32(driver, OFF_TTYDRV_MAJOR);
+        u32 minor = rd_u32(driver, OFF_TTYDRV_MINOR_START) + index;
+        e->tty = (minor & 0xff) | (major << 8) | ((minor & ~0xffu) << 12);
+    }
+    void *sidp = rd_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_SID_IDX);
+    void *pgidp = rd_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_PGID_IDX);
+    e->sid = sidp ? rd_u32(sidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
+    e->pgid = pgidp ? rd_u32(pgidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
+    submit(e, EV_EXEC);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------- fork / exit
+
+RAW_TRACEPOINT_PROBE(sched_process_fork) {
+    void *child = (void *)ctx->args[1];
+    struct hdr probe = {};
+    if (!prefilter(EV_FORK, &probe))
+        return 0;
+    struct fork_ev *e = events.ringbuf_reserve(sizeof(struct fork_ev));
+    if (!e) {
+        count_lost(EV_FORK);
+        return 0;
+    }
+    fill_hdr(&e->h, EV_FORK, (void *)bpf_get_current_task());
+    e->child_pid = rd_u32(child, OFF_TASK_TGID);
+    e->child_tid = rd_u32(child, OFF_TASK_PID);
+    if (e->child_pid != e->child_tid)
+        e->h.flags |= FLAG_THREAD;
+    submit(e, EV_FORK);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_process_exit) {
+    void *task = (void *)ctx->args[0];
+#ifdef EXIT_HAS_GROUP_DEAD
+    if (!(u8)ctx->args[1])
+        return 0;  // a thread, not the last one: the process lives on
+#else
+    u64 pt = bpf_get_current_pid_tgid();
+    if ((u32)pt != (u32)(pt >> 32))
+        return 0;
+#endif
+    struct hdr probe = {};
+    if (!prefilter(EV_EXIT, &probe))
+        return 0;
+    struct exit_ev *e = events.ringbuf_reserve(sizeof(struct exit_ev));
+    if (!e) {
+        count_lost(EV_EXIT);
+        return 0;
+    }
+    fill_hdr(&e->h, EV_EXIT, task);
+    e->exit_code = (s32)rd_u32(task, OFF_TASK_EXIT_CODE);
+    e->pad = 0;
+    submit(e, EV_EXIT);
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------- open
+
+static __always_inline int stash_open(u64 path, u64 flags, u64 mode, s64 dirfd, u32 sc) {
+    if (is_self())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct open_args a = {.path = path, .flags = flags, .mode = mode, .dirfd = dirfd, .syscall = sc};
+    open_stash.update(&tid, &a);
+    return 0;
+}
+
+// Directory a relative path starts from: the cwd, or the file behind dirfd.
+static __always_inline u32 walk_base(char *buf, void *task, s32 dirfd, u32 *flags) {
+    void *fs = rd_ptr(task, OFF_TASK_FS);
+    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    void *dentry, *mnt;
+    u32 trunc = 0;
+    if (dirfd == AT_FDCWD_VAL) {
+        dentry = rd_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY);
+        mnt = rd_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT);
+    } else {
+        *flags |= FLAG_BASE_DIRFD;
+        void *files = rd_ptr(task, OFF_TASK_FILES);
+        void *fdt = rd_ptr(files, OFF_FILES_FDT);
+        u32 max_fds = rd_u32(fdt, OFF_FDT_MAX_FDS);
+        if (dirfd < 0 || (u32)dirfd >= max_fds) {
+            *flags |= FLAG_BASE_BAD;
+            return 0;
+        }
+        void *fd_array = rd_ptr(fdt, OFF_FDT_FD);
+        void *file = rd_ptr(fd_array, (u32)dirfd * 8);
+        if (!file) {
+            *flags |= FLAG_BASE_BAD;
+            return 0;
+        }
+        dentry = rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY);
+        mnt = rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT);
+    }
+    u32 n = walk_path(buf, dentry, mnt, root_dentry, root_mnt, &trunc);
+    if (trunc)
+        *flags |= FLAG_PATH_TRUNC;
+    return n;
+}
+
+static __always_inline int emit_open(long ret) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct open_args *a = open_stash.lookup(&tid);
+    if (!a)
+        return 0;
+    struct open_args args = *a;
+    open_stash.delete(&tid);
+    struct hdr probe = {};
+    if (!prefilter(EV_OPEN, &probe))
+        return 0;
+    char first = 0;
+    bpf_probe_read_user(&first, 1, (void *)args.path);
+    struct open_ev *e;
+    struct open_ev_rel *r = 0;
+    if (first == '/') {
+        e = events.ringbuf_reserve(sizeof(struct open_ev));
+    } else {
+        r = events.ringbuf_reserve(sizeof(struct open_ev_rel));
+        e = (struct open_ev *)r;
+    }
+    if (!e) {
+        count_lost(EV_OPEN);
+        return 0;
+    }
+    void *task = (void *)bpf_get_current_task();
+    fill_hdr(&e->h, EV_OPEN, task);
+    e->ret = ret;
+    e->oflags = (u32)args.flags;
+    e->mode = (u32)args.mode;
+    e->dirfd = (s32)args.dirfd;
+    e->syscall = args.syscall;
+    int n = bpf_probe_read_user_str(&e->path, sizeof(e->path), (void *)args.path);
+    e->path_len = n > 0 ? n - 1 : 0;
+    if (n == PATH_SIZE)
+        e->h.flags |= FLAG_PATH_TRUNC;
+    e->base_len = 0;
+    if (r) {
+        u32 fl = 0;
+        e->base_len = walk_base(r->base, task, (s32)args.dirfd, &fl);
+        e->h.flags |= fl;
+    }
+    submit(e, EV_OPEN);
+    return 0;
+}
+
+#ifdef ATTACH_OPEN
+TRACEPOINT_PROBE(syscalls, sys_enter_open) {
+    return stash_open((u64)args->filename, args->flags, args->mode, AT_FDCWD_VAL, SC_OPEN);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return emit_open(args->ret); }
+#endif
+
+#ifdef ATTACH_OPENAT
+TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
+    return stash_open((u64)args->filename, args->flags, args->mode, (s64)(s32)args->dfd, SC_OPENAT);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return emit_open(args->ret); }
+#endif
+
+#ifdef ATTACH_OPENAT2
+TRACEPOINT_PROBE(syscalls, sys_enter_openat2) {
+    u64 how[2] = {};
+    bpf_probe_read_user(&how, sizeof(how), (void *)args->how);
+    return stash_open((u64)args->filename, how[0], how[1], (s64)(s32)args->dfd, SC_OPENAT2);
+}
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return emit_open(args->ret); }
+#endif
+
+// ------------------------------------------------------------------------------- connect
+
+#ifdef ATTACH_CONNECT
+TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+    if (is_self())
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct connect_args a = {.addr = (u64)args->uservaddr, .fd = args->fd, .addrlen = args->addrlen};
+    connect_stash.update(&tid, &a);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    struct connect_args *ap = connect_stash.lookup(&tid);
+    if (!ap)
+        return 0;
+    struct connect_args a = *ap;
+    connect_stash.delete(&tid);
+    struct hdr probe = {};
+    if (!prefilter(EV_CONNECT, &probe))
+        return 0;
+    struct connect_ev *e = events.ringbuf_reserve(sizeof(struct connect_ev));
+    if (!e) {
+        count_lost(EV_CONNECT);
+        return 0;
+    }
+    void *task = (void *)bpf_get_current_task();
+    fill_hdr(&e->h, EV_CONNECT, task);
+    e->ret = args->ret;
+    e->fd = (s32)a.fd;
+    e->addrlen = (u32)a.addrlen;
+    u32 len = a.addrlen > SOCKADDR_SIZE ? SOCKADDR_SIZE : (u32)a.addrlen;
+    __builtin_memset(e->addr, 0, sizeof(e->addr));
+    if (len > 0)
+        bpf_probe_read_user(&e->addr, len & 127 ? (len & 127) : 1, (void *)a.addr);
+    e->sock_type = 0;
+    e->protocol = 0;
+    e->lport = 0;
+    e->pad = 0;
+    __builtin_memset(e->laddr, 0, sizeof(e->laddr));
+    // The socket behind fd: type, protocol and the local address the connect bound.
+    void *files = rd_ptr(task, OFF_TASK_FILES);
+    void *fdt = rd_ptr(files, OFF_FILES_FDT);
+    u32 max_fds = rd_u32(fdt, OFF_FDT_MAX_FDS);
+    if (a.fd >= 0 && (u64)a.fd < max_fds) {
+        void *fd_array = rd_ptr(fdt, OFF_FDT_FD);
+        void *file = rd_ptr(fd_array, (u32)a.fd * 8);
+        void *sock = file ? rd_ptr(file, OFF_FILE_PRIVATE_DATA) : 0;
+        if (sock) {
+            u16 st = 0;
+            bpf_probe_read_kernel(&st, sizeof(st), sock + OFF_SOCKET_TYPE);
+            e->sock_type = st;
+            void *sk = rd_ptr(sock, OFF_SOCKET_SK);
+            if (sk) {
+                u16 proto = 0, lport = 0;
+                bpf_probe_read_kernel(&proto, sizeof(proto), sk + OFF_SK_PROTOCOL);
+                bpf_probe_read_kernel(&lport, sizeof(lport), sk + OFF_SK_NUM);
+                e->protocol = proto;
+                e->lport = lport;
+                u16 fam = 0;
+                bpf_probe_read_kernel(&fam, sizeof(fam), sk + OFF_SK_FAMILY);
+                if (fam == 10)
+                    bpf_probe_read_kernel(&e->laddr, 16, sk + OFF_SK_V6_RCV_SADDR);
+                else
+                    bpf_probe_read_kernel(&e->laddr, 4, sk + OFF_SK_RCV_SADDR);
+            }
+        }
+    }
+    submit(e, EV_CONNECT);
+    return 0;
+}
+#endif

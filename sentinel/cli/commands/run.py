@@ -1,0 +1,184 @@
+"""``sentinel run``: watch the live kernel and print alerts as JSON Lines on stdout.
+
+Loads the rules, attaches only the sensor programs the rules need (``engine.event_types()``),
+seeds the process table from /proc, then evaluates every record. SIGINT/SIGTERM stop the loop;
+everything is detached and the ring buffer drained before exit. Lost records (ring-buffer
+reserve failures, per event type) are reported on stderr periodically and at exit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from sentinel.paths import RULES_DIR
+
+LOSS_REPORT_SECS = 10.0
+
+
+def emit_alert(alert: Any, stream: IO[str] | None = None) -> None:
+    """The alert sink: one JSON object per line, flushed (so a pipe reader sees it at once).
+    Kept a single function so the configured outputs can replace it."""
+    out = stream if stream is not None else sys.stdout
+    out.write(alert.to_json() + "\n")
+    out.flush()
+
+
+def log(msg: str, **fields: Any) -> None:
+    """One line on stderr: the message, then key=value pairs."""
+    extra = " ".join(f"{k}={v}" for k, v in fields.items())
+    sys.stderr.write(f"sentinel: {msg}{' ' + extra if extra else ''}\n")
+    sys.stderr.flush()
+
+
+def add_common_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rules",
+        action="append",
+        type=Path,
+        metavar="PATH",
+        help=f"rules file or directory (repeatable; default {RULES_DIR})",
+    )
+    p.add_argument("--matching", choices=("first", "all"), default="first")
+    p.add_argument(
+        "--duration", type=float, default=None, metavar="SECS", help="stop after SECS seconds"
+    )
+    p.add_argument(
+        "--all-syscalls",
+        action="store_true",
+        help="attach every syscall family even if no rule needs it",
+    )
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("run", help="watch the live kernel and print alerts (root)")
+    add_common_options(p)
+    p.set_defaults(func=lambda args: run_live(args))
+
+
+def rule_paths(args: argparse.Namespace) -> list[Path]:
+    paths: list[Path] = args.rules or [RULES_DIR]
+    out: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            out.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml")))
+        else:
+            out.append(p)
+    return out
+
+
+def run_live(
+    args: argparse.Namespace,
+    capture: IO[str] | None = None,
+    sink: Callable[[Any], None] = emit_alert,
+) -> int:
+    """The live loop shared by ``run`` and ``capture`` (which also writes every event)."""
+    try:
+        from sentinel.engine import Engine
+        from sentinel.loader import RulesError, load_rules
+    except ImportError as exc:
+        log(f"error: the rules engine is not available ({exc})")
+        return 2
+    from sentinel.enrichment.containers import ContainerResolver
+    from sentinel.enrichment.live import Enricher
+    from sentinel.kernel.sensor import ALL_FAMILIES, Sensor, SensorError, families_for
+
+    paths = rule_paths(args)
+    try:
+        ruleset = load_rules(paths)
+    except RulesError as exc:
+        log(f"error: {exc}")
+        return 2
+    except OSError as exc:
+        log(f"error: cannot read rules: {exc}")
+        return 2
+    engine = Engine(ruleset, matching=args.matching)
+    families = set(ALL_FAMILIES) if args.all_syscalls else families_for(engine.event_types())
+
+    t0 = time.monotonic()
+    resolver = ContainerResolver(follow_events=False)
+    enricher = Enricher(resolver=resolver)
+    stats = {"events": 0, "alerts": 0, "errors": 0}
+
+    def on_raw(raw: bytes) -> None:
+        try:
+            ev = enricher.event(raw)
+            event: Any = ev
+            if capture is not None:
+                event = ev.to_dict()
+                capture.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+            stats["events"] += 1
+            for alert in engine.process(event):
+                stats["alerts"] += 1
+                sink(alert)
+        except BrokenPipeError:
+            raise
+        except Exception as exc:  # one bad record must not stop the sensor; count and say so
+            stats["errors"] += 1
+            if stats["errors"] <= 10:
+                log(f"error processing a record: {exc!r}")
+
+    sensor = Sensor(families)
+    stopping = False
+
+    def on_signal(_sig: int, _frame: FrameType | None) -> None:
+        nonlocal stopping
+        stopping = True
+
+    old_int = signal.signal(signal.SIGINT, on_signal)
+    old_term = signal.signal(signal.SIGTERM, on_signal)
+    try:
+        try:
+            sensor.start(on_raw)
+        except SensorError as exc:
+            log(f"error: {exc}")
+            return 1
+        resolver.start()
+        seeded = enricher.seed()
+        armed = time.monotonic() - t0
+        log(
+            "armed",
+            rules=len(paths),
+            syscalls=",".join(sorted(families)) or "none",
+            processes=seeded,
+            seconds=f"{armed:.2f}",
+        )
+        deadline = None if args.duration is None else time.monotonic() + args.duration
+        last_report = time.monotonic()
+        reported: dict[str, int] = {}
+        while not stopping:
+            sensor.poll()
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            if now - last_report >= LOSS_REPORT_SECS:
+                last_report = now
+                lost = sensor.lost()
+                if lost != reported and any(lost.values()):
+                    log("lost events", **{k: v for k, v in lost.items() if v})
+                    reported = lost
+        sensor.drain()
+        lost = sensor.lost()
+        log(
+            "stopped",
+            events=stats["events"],
+            alerts=stats["alerts"],
+            errors=stats["errors"],
+            lost=sum(lost.values()),
+            **{f"lost_{k}": v for k, v in lost.items() if v},
+        )
+        return 0
+    finally:
+        sensor.close()
+        resolver.close()
+        if capture is not None:
+            capture.flush()
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)

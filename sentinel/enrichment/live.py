@@ -1,0 +1,64 @@
+"""Turn the sensor's raw records into :class:`LiveEvent` mappings, keeping the process table.
+
+The order matters and is the kernel's: each record first updates the process table (fork adds
+the child, exec replaces the image, exit marks the process gone but keeps it for a while), then
+becomes an event whose fields are read lazily against the table's state at that moment.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sentinel.enrichment.containers import ContainerInfo, ContainerResolver
+from sentinel.enrichment.event import Clock, LiveEvent
+from sentinel.enrichment.proctable import ProcessTable
+from sentinel.kernel.records import EV_EXEC, EV_EXIT, EV_FORK, Record
+
+_PROCESS_RECORDS = (EV_EXEC, EV_FORK, EV_EXIT)
+_HOST = {"container.id": "host", "container.full_id": "host", "container.name": "host"}
+
+
+class ContainerFields:
+    """cgroup id -> container fields, via the containers helper's resolver (cached per id;
+    the info object is cached, not its fields, so metadata that arrives later shows up)."""
+
+    def __init__(self, resolver: ContainerResolver | None) -> None:
+        self.resolver = resolver
+        self._infos: dict[int, ContainerInfo] = {}
+
+    def __call__(self, cgroup_id: int, pid: int) -> dict[str, Any]:
+        if self.resolver is None:
+            return dict(_HOST)
+        info = self._infos.get(cgroup_id)
+        if info is None:
+            info = self.resolver.resolve_cgroup_id(cgroup_id) or self.resolver.resolve_pid(pid)
+            if info is None:
+                return dict(_HOST)
+            if len(self._infos) > 65536:
+                self._infos.clear()
+            self._infos[cgroup_id] = info
+        return info.fields()
+
+
+class Enricher:
+    def __init__(
+        self,
+        table: ProcessTable | None = None,
+        resolver: ContainerResolver | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self.table = table if table is not None else ProcessTable()
+        self.clock = clock if clock is not None else Clock()
+        self.containers = ContainerFields(resolver)
+        self.count = 0
+
+    def seed(self) -> int:
+        """Read /proc into the table. Call after the sensor is attached, before polling."""
+        return self.table.seed()
+
+    def event(self, raw: bytes) -> LiveEvent:
+        rec = Record(raw)
+        if rec.type in _PROCESS_RECORDS:
+            self.table.apply(rec)
+        self.count += 1
+        return LiveEvent(rec, self.table, self.clock, self.containers, self.count)

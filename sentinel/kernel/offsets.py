@@ -1,0 +1,75 @@
+"""The kernel struct offsets ``bpf/sensor.bpf.c`` reads, taken from the running kernel's BTF.
+
+Each entry is ``macro -> (struct, member path)``; :func:`sensor_cflags` turns the table into
+``-D`` flags. If the running kernel lacks a member, start-up fails naming it (rather than the
+BPF code silently reading a wrong field, which is what header layouts would do here).
+"""
+
+from __future__ import annotations
+
+from sentinel.kernel.btf import Btf
+
+OFFSETS: dict[str, tuple[str, str]] = {
+    "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
+    "OFF_TASK_TGID": ("task_struct", "tgid"),
+    "OFF_TASK_PID": ("task_struct", "pid"),
+    "OFF_TASK_MM": ("task_struct", "mm"),
+    "OFF_TASK_FS": ("task_struct", "fs"),
+    "OFF_TASK_FILES": ("task_struct", "files"),
+    "OFF_TASK_SIGNAL": ("task_struct", "signal"),
+    "OFF_TASK_LOGINUID": ("task_struct", "loginuid"),
+    "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
+    "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
+    "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
+    "OFF_FS_PWD": ("fs_struct", "pwd"),
+    "OFF_FS_ROOT": ("fs_struct", "root"),
+    "OFF_PATH_MNT": ("path", "mnt"),
+    "OFF_PATH_DENTRY": ("path", "dentry"),
+    "OFF_DENTRY_D_PARENT": ("dentry", "d_parent"),
+    "OFF_DENTRY_D_NAME_NAME": ("dentry", "d_name.name"),
+    "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
+    "OFF_MOUNT_MNT": ("mount", "mnt"),
+    "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),
+    "OFF_MOUNT_MNT_MOUNTPOINT": ("mount", "mnt_mountpoint"),
+    "OFF_FILE_F_PATH": ("file", "f_path"),
+    "OFF_FILE_PRIVATE_DATA": ("file", "private_data"),
+    "OFF_FILES_FDT": ("files_struct", "fdt"),
+    "OFF_FDT_FD": ("fdtable", "fd"),
+    "OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
+    "OFF_BPRM_FILENAME": ("linux_binprm", "filename"),
+    "OFF_BPRM_FILE": ("linux_binprm", "file"),
+    "OFF_SIGNAL_TTY": ("signal_struct", "tty"),
+    "OFF_SIGNAL_PIDS": ("signal_struct", "pids"),
+    "OFF_PID_NUMBERS": ("pid", "numbers"),
+    "OFF_UPID_NR": ("upid", "nr"),
+    "OFF_TTY_INDEX": ("tty_struct", "index"),
+    "OFF_TTY_DRIVER": ("tty_struct", "driver"),
+    "OFF_TTYDRV_MAJOR": ("tty_driver", "major"),
+    "OFF_TTYDRV_MINOR_START": ("tty_driver", "minor_start"),
+    "OFF_SOCKET_TYPE": ("socket", "type"),
+    "OFF_SOCKET_SK": ("socket", "sk"),
+    "OFF_SK_PROTOCOL": ("sock", "sk_protocol"),
+    "OFF_SK_NUM": ("sock", "__sk_common.skc_num"),
+    "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
+    "OFF_SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
+    "OFF_SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+}
+
+# enum pid_type has been PID, TGID, PGID, SID since 4.19; checked against BTF below when present.
+PIDTYPE_PGID = 2
+PIDTYPE_SID = 3
+
+
+def sensor_cflags(btf: Btf) -> list[str]:
+    """All ``-D`` flags the sensor program needs on this kernel."""
+    flags = btf.cflags(OFFSETS)
+    flags += [f"-DPIDTYPE_PGID_IDX={PIDTYPE_PGID}", f"-DPIDTYPE_SID_IDX={PIDTYPE_SID}"]
+    flags.append("-DAT_FDCWD_VAL=-100")
+    if btf.has_member("task_struct", "exit_code") and _exit_has_group_dead(btf):
+        flags.append("-DEXIT_HAS_GROUP_DEAD=1")
+    return flags
+
+
+def _exit_has_group_dead(btf: Btf) -> bool:
+    """Since Linux 6.16 the sched_process_exit tracepoint passes ``bool group_dead``."""
+    return btf.func_proto_params("btf_trace_sched_process_exit") == 3

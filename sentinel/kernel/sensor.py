@@ -1,0 +1,192 @@
+"""Load, attach and read the sensor (``bpf/sensor.bpf.c``) with bcc.
+
+Why this way:
+
+- Offsets of every kernel struct field come from the running kernel's BTF
+  (:mod:`sentinel.kernel.offsets`), so the program is correct even though bcc compiles it
+  against headers of another kernel (or works where none for this kernel exist).
+- Only the syscall families the loaded rules can match are compiled in and attached: a syscall
+  tracepoint puts every syscall of every task on the slow path (KERNEL.md), while the sched
+  tracepoints that keep the process table exact (exec, fork, exit) are nearly free and always on.
+- One ring buffer carries all records; reserve failures are counted per event type in a per-CPU
+  map (bcc's ring buffer has no lost callback) and read with :meth:`Sensor.lost`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from sentinel.kernel.btf import VMLINUX, BtfError, vmlinux_btf
+from sentinel.kernel.offsets import sensor_cflags
+from sentinel.kernel.records import EV_NAMES
+from sentinel.paths import BPF_DIR
+
+TRACEFS = Path("/sys/kernel/tracing")
+BPFFS = Path("/sys/fs/bpf")
+SOURCE = BPF_DIR / "sensor.bpf.c"
+
+# Falco event type -> syscall family compiled in with -DATTACH_<FAMILY>.
+SYSCALL_FAMILIES: dict[str, str] = {
+    "open": "open",
+    "openat": "openat",
+    "openat2": "openat2",
+    "creat": "open",
+    "connect": "connect",
+}
+# Families always attached: they keep the process table exact and cost almost nothing.
+SCHED_TRACEPOINTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
+ALL_FAMILIES = frozenset({"open", "openat", "openat2", "connect"})
+
+DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB
+POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
+
+
+class SensorError(Exception):
+    """A start-up problem, phrased as the one line the user should read."""
+
+
+def families_for(event_types: Iterable[str]) -> set[str]:
+    """Syscall families needed for a set of Falco event types (unknown types are ignored)."""
+    return {SYSCALL_FAMILIES[t] for t in event_types if t in SYSCALL_FAMILIES}
+
+
+def _mount(fstype: str, target: Path) -> None:
+    if os.path.ismount(target):
+        return
+    # argv list, no shell: nothing from events or config reaches a shell.
+    res = subprocess.run(
+        ["mount", "-t", fstype, fstype, str(target)], capture_output=True, text=True, check=False
+    )
+    if res.returncode != 0:
+        raise SensorError(f"cannot mount {fstype} on {target}: {res.stderr.strip()}")
+
+
+def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[str]:
+    """Check everything that can be checked before compiling; returns the cflags.
+
+    Raises :class:`SensorError` with one clear line for: not root, no BTF, bcc missing, a
+    tracepoint that does not exist on this kernel.
+    """
+    if os.geteuid() != 0:
+        raise SensorError("sentinel must run as root to load BPF programs")
+    if not Path(btf_path).exists():
+        raise SensorError(
+            f"no kernel BTF at {btf_path}: this kernel was built without CONFIG_DEBUG_INFO_BTF"
+        )
+    try:
+        import bcc  # noqa: F401
+    except ImportError as exc:
+        raise SensorError(
+            "bcc is missing: install Debian's python3-bpfcc and use a venv made with "
+            f"--system-site-packages ({exc})"
+        ) from None
+    _mount("tracefs", TRACEFS)
+    _mount("bpf", BPFFS)
+    for tp in SCHED_TRACEPOINTS:
+        if not (TRACEFS / "events" / "sched" / tp).is_dir():
+            raise SensorError(f"tracepoint sched:{tp} does not exist on this kernel")
+    for fam in families:
+        for d in ("enter", "exit"):
+            name = f"sys_{d}_{fam}"
+            if not (TRACEFS / "events" / "syscalls" / name).is_dir():
+                raise SensorError(f"tracepoint syscalls:{name} does not exist on this kernel")
+    try:
+        btf = vmlinux_btf(btf_path)
+        return sensor_cflags(btf)
+    except BtfError as exc:
+        raise SensorError(f"kernel BTF lacks what the sensor needs: {exc}") from None
+
+
+RawCallback = Callable[[bytes], None]
+
+
+class Sensor:
+    """The compiled and attached sensor. ``start`` arms it, ``poll`` delivers records to the
+    callback as raw bytes (decode with :class:`sentinel.kernel.records.Record`), ``close``
+    detaches everything."""
+
+    def __init__(
+        self,
+        families: Iterable[str] = ALL_FAMILIES,
+        *,
+        ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
+        source: Path = SOURCE,
+        btf_path: Path | str = VMLINUX,
+        extra_cflags: Iterable[str] = (),
+        ignore_self: bool = True,
+    ) -> None:
+        unknown = set(families) - ALL_FAMILIES
+        if unknown:
+            raise SensorError(f"unknown syscall families: {', '.join(sorted(unknown))}")
+        if ringbuf_pages & (ringbuf_pages - 1):
+            raise SensorError("ring buffer pages must be a power of two")
+        self.families = frozenset(families)
+        self.ringbuf_pages = ringbuf_pages
+        self.source = source
+        self.btf_path = btf_path
+        self.extra_cflags = list(extra_cflags)
+        if ignore_self:
+            # Our own events would feed back forever (see is_self() in the BPF source).
+            self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
+        self._bpf: Any = None
+        self._lost_map: Any = None
+
+    def start(self, callback: RawCallback) -> None:
+        cflags = preflight(self.families, self.btf_path)
+        cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
+        cflags += [f"-DATTACH_{f.upper()}=1" for f in sorted(self.families)]
+        cflags += self.extra_cflags
+        from bcc import BPF
+
+        try:
+            text = self.source.read_bytes()
+        except OSError as exc:
+            raise SensorError(f"cannot read BPF source {self.source}: {exc.strerror}") from None
+        try:
+            # bcc attaches TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE functions on load.
+            self._bpf = BPF(text=text, cflags=cflags)
+        except Exception as exc:
+            raise SensorError(f"loading the BPF sensor failed: {exc}") from None
+        string_at = ctypes.string_at
+
+        def on_ring(_ctx: Any, data: int, size: int) -> int:
+            callback(string_at(data, size))
+            return 0
+
+        self._bpf["events"].open_ring_buffer(on_ring)
+        self._lost_map = self._bpf["lost"]
+
+    def poll(self, timeout_ms: int = POLL_MS) -> None:
+        """Wait up to ``timeout_ms`` for records and deliver all that are ready."""
+        self._bpf.ring_buffer_poll(timeout_ms)
+
+    def drain(self) -> None:
+        """Deliver whatever is in the ring buffer now, without waiting."""
+        self._bpf.ring_buffer_consume()
+
+    def lost(self) -> dict[str, int]:
+        """Reserve failures (lost records) per event type since start."""
+        out: dict[str, int] = {}
+        if self._lost_map is None:
+            return out
+        for type_id, name in EV_NAMES.items():
+            values = self._lost_map[ctypes.c_int(type_id)]
+            out[name] = int(sum(values))
+        return out
+
+    def close(self) -> None:
+        if self._bpf is not None:
+            self._bpf.cleanup()
+            self._bpf = None
+            self._lost_map = None
+
+    def __enter__(self) -> Sensor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
