@@ -242,9 +242,9 @@ class Dispatcher:
             spool.close()
             self._spool = None
             raise
+        backlog = {n: spool.pending(n) for n in self.names}
         for worker in self._workers:
             worker.start()
-        backlog = {n: spool.pending(n) for n in self.names}
         log.info("outputs_started", outputs=self.names, backlog=backlog, spool=str(spool.dir))
 
     def _on_drop(self, name: str, count: int) -> None:

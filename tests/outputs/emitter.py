@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from pathlib import Path
 
 import structlog
 
@@ -19,7 +20,7 @@ from sentinel.outputs import Dispatcher, OutputsConfig
 
 def main() -> int:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
-    cfg = OutputsConfig.model_validate(json.loads(open(sys.argv[1]).read()))
+    cfg = OutputsConfig.model_validate(json.loads(Path(sys.argv[1]).read_text()))
     count, prefix = int(sys.argv[2]), sys.argv[3]
     d = Dispatcher(cfg)
     d.start()
