@@ -1,0 +1,86 @@
+"""``sentinel explain FILE...``: how each rule is split between the kernel and user space.
+
+Per rule: the event types it can match, its kernel part per traced family (the terms the BPF
+filter tests, or why there is none), and the user-space residue (the condition Python checks
+on what the kernel lets through). Then, per family, the map entries the rules produced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from sentinel.cli.common import load_compiled
+from sentinel.compiler import OTHER
+from sentinel.compiler.kernelmaps import build_tables
+from sentinel.compiler.kernelplan import FAMILIES
+from sentinel.language import to_text
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("explain", help="show each rule's kernel part and user-space residue")
+    p.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    compiled = load_compiled(args.files)
+    if compiled is None:
+        return 1
+    rules = compiled.enabled
+    tables = build_tables([(r.name, r.expr) for r in rules])
+    plans = {(p.rule, p.family): p for p in tables.plans}
+    out_rules: list[dict[str, Any]] = []
+    for r in rules:
+        types = sorted(t for t in r.event_types if t != OTHER)
+        fams: dict[str, Any] = {}
+        for fam, ftypes in FAMILIES.items():
+            if not set(ftypes) & r.event_types:
+                continue
+            plan = plans[(r.name, fam)]
+            fams[fam] = {"terms": plan.describe(), "approximated": plan.approximated}
+        out_rules.append(
+            {
+                "rule": r.name,
+                "event_types": types + (["<any other>"] if OTHER in r.event_types else []),
+                "kernel": fams,
+                "residue": to_text(r.expr),
+            }
+        )
+    out_fams: dict[str, Any] = {}
+    for fam, ft in tables.families.items():
+        out_fams[fam] = {
+            "filtered": not ft.pass_all,
+            "reason": ft.reason,
+            "terms": ft.nterms,
+            "wildcards": {d.value: f"{m:#x}" for d, m in ft.wild.items()},
+            "exact_entries": {d.value: len(t) for d, t in ft.exact.items()},
+            "lpm_entries": {d.value: len(t) for d, t in ft.lpm.items()},
+            "cidr_entries": {str(v): len(t) for v, t in ft.nets.items()},
+        }
+    if args.json:
+        json.dump({"rules": out_rules, "families": out_fams}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for row in out_rules:
+        print(f"rule: {row['rule']}")
+        print(f"  event types: {', '.join(row['event_types']) or '(none)'}")
+        for fam, info in row["kernel"].items():
+            print(f"  kernel ({fam}):")
+            for t in info["terms"]:
+                print(f"    - {t}")
+            for a in info["approximated"]:
+                print(f"    ! {a}")
+        print(f"  user space: {row['residue']}")
+        print()
+    for fam, info in out_fams.items():
+        state = "filtered in the kernel" if info["filtered"] else f"NOT filtered: {info['reason']}"
+        print(
+            f"family {fam}: {state}; {info['terms']} terms; exact {info['exact_entries']}, "
+            f"prefix/suffix {info['lpm_entries']}, cidr {info['cidr_entries']}"
+        )
+    return 0
