@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   python3-bpfcc python3-venv python3-dev      # bcc's Python bindings live in Debian's python
   linux-headers-amd64 bpftool bpftrace        # bcc compiles against generic headers; bench uses bpftrace
-  podman runc busybox-static                  # real containers for the container tests
+  podman runc busybox-static debootstrap      # real containers; debootstrap makes the image base
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
   qemu-system-x86 linux-image-amd64           # the BPF LSM VM (Debian kernel with lsm=bpf)
   make iproute2 procps
