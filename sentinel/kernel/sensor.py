@@ -66,14 +66,18 @@ def _mount(fstype: str, target: Path) -> None:
         raise SensorError(f"cannot mount {fstype} on {target}: {res.stderr.strip()}")
 
 
+def check_root() -> None:
+    if os.geteuid() != 0:
+        raise SensorError("sentinel must run as root to load BPF programs")
+
+
 def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[str]:
     """Check everything that can be checked before compiling; returns the cflags.
 
     Raises :class:`SensorError` with one clear line for: not root, no BTF, bcc missing, a
     tracepoint that does not exist on this kernel.
     """
-    if os.geteuid() != 0:
-        raise SensorError("sentinel must run as root to load BPF programs")
+    check_root()
     if not Path(btf_path).exists():
         raise SensorError(
             f"no kernel BTF at {btf_path}: this kernel was built without CONFIG_DEBUG_INFO_BTF"
@@ -158,8 +162,8 @@ class Sensor:
             callback(string_at(data, size))
             return 0
 
-        self._bpf["events"].open_ring_buffer(on_ring)
-        self._lost_map = self._bpf["lost"]
+        self._bpf[b"events"].open_ring_buffer(on_ring)
+        self._lost_map = self._bpf[b"lost"]
 
     def poll(self, timeout_ms: int = POLL_MS) -> None:
         """Wait up to ``timeout_ms`` for records and deliver all that are ready."""

@@ -80,6 +80,13 @@ def run_live(
     sink: Callable[[Any], None] = emit_alert,
 ) -> int:
     """The live loop shared by ``run`` and ``capture`` (which also writes every event)."""
+    from sentinel.kernel.sensor import SensorError, check_root
+
+    try:
+        check_root()
+    except SensorError as exc:
+        log(f"error: {exc}")
+        return 1
     try:
         from sentinel.engine import Engine
         from sentinel.loader import RulesError, load_rules
@@ -88,7 +95,7 @@ def run_live(
         return 2
     from sentinel.enrichment.containers import ContainerResolver
     from sentinel.enrichment.live import Enricher
-    from sentinel.kernel.sensor import ALL_FAMILIES, Sensor, SensorError, families_for
+    from sentinel.kernel.sensor import ALL_FAMILIES, Sensor, families_for
 
     paths = rule_paths(args)
     try:
