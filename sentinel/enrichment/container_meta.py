@@ -22,7 +22,7 @@ import socket
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
@@ -32,6 +32,17 @@ log = structlog.get_logger("sentinel.enrichment.containers")
 
 DEFAULT_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock", "/run/docker.sock")
 API_PREFIX = "/v1.40"
+
+
+def socket_from_env(environ: Mapping[str, str] | None = None) -> str | None:
+    """The runtime socket named by ``CONTAINER_HOST`` (podman's variable) or ``DOCKER_HOST``,
+    when it is a local ``unix://`` one; remote (tcp/ssh) endpoints are not ours to dial."""
+    env = os.environ if environ is None else environ
+    for var in ("CONTAINER_HOST", "DOCKER_HOST"):
+        value = env.get(var, "")
+        if value.startswith("unix://"):
+            return value[len("unix://") :]
+    return None
 
 
 class UnixHTTPConnection(http.client.HTTPConnection):
@@ -283,6 +294,9 @@ class MetadataFetcher:
     def _sockets(self) -> list[str]:
         if self.socket_path is not None:
             return [self.socket_path]
+        from_env = socket_from_env()
+        if from_env is not None:
+            return [from_env]
         return [p for p in self.candidates if os.path.exists(p)]
 
     def _fetch(self, full_id: str) -> tuple[str, dict[str, Any]]:

@@ -106,8 +106,9 @@ HOST = ContainerInfo("host", "host")
 class ContainerResolver:
     """cgroup id / pid / cgroup path -> :class:`ContainerInfo`, with async metadata.
 
-    ``runtime_socket``: the Docker-compatible API socket; None tries podman's and docker's
-    usual sockets. ``fetch_metadata=False`` gives identity only (no threads at all).
+    ``runtime_socket``: the Docker-compatible API socket; None means ``CONTAINER_HOST`` /
+    ``DOCKER_HOST`` when they name a unix socket, else podman's and docker's usual sockets.
+    ``fetch_metadata=False`` gives identity only (no threads at all).
     """
 
     def __init__(
