@@ -28,6 +28,7 @@
 #define FLAG_THREAD 16
 #define FLAG_BASE_DIRFD 32
 #define FLAG_BASE_BAD 64
+#define FLAG_BASE_TRUNC 128
 
 #define ARGS_SIZE 1024          // power of two: bounded reads mask with ARGS_SIZE - 1
 #define FNAME_SIZE 256
@@ -35,7 +36,12 @@
 #define WALK_SIZE 768           // a dentry walk: NUL-separated components, leaf first
 #define WALK_LIMIT 512          // stop writing components past this offset
 #define NAME_MAX_READ 256
-#define WALK_DEPTH 32
+// Components per dentry walk. Every iteration is verified separately (bcc cannot emit the
+// bpf_loop() callback that would avoid it), so depth is start-up time: 16 keeps the load under
+// half a second. A deeper path is flagged truncated and user space falls back to /proc.
+#ifndef WALK_DEPTH
+#define WALK_DEPTH 16
+#endif
 #define SOCKADDR_SIZE 112
 
 // Wake the reader once per WAKEUP_EVERY events per CPU (exec always wakes): one wakeup per
@@ -402,7 +408,7 @@ static __always_inline u32 walk_base(char *buf, void *task, s32 dirfd, u32 *flag
     }
     u32 n = walk_path(buf, dentry, mnt, root_dentry, root_mnt, &trunc);
     if (trunc)
-        *flags |= FLAG_PATH_TRUNC;
+        *flags |= FLAG_BASE_TRUNC;
     return n;
 }
 

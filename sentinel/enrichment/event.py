@@ -63,6 +63,7 @@ L4 = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp"}
 SOCK_STREAM, SOCK_DGRAM, SOCK_RAW = 1, 2, 3
 
 UNSET_LOGINUID = 0xFFFFFFFF
+AT_FDCWD = -100
 
 
 def open_flags_text(flags: int) -> str:
@@ -365,7 +366,13 @@ def _open_name(e: LiveEvent) -> str:
         return normalize(path)
     base = e.rec.open_base
     if base is None:
-        base = e.proc.cwd or "/"
+        # No walk (bad dirfd) or deeper than the BPF walk: ask /proc while the process lives.
+        dirfd = e.rec.open_fixed[3]
+        link = f"/proc/{e.rec.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{e.rec.pid}/fd/{dirfd}"
+        try:
+            base = os.readlink(link)
+        except OSError:
+            base = e.proc.cwd or "/"
     return normalize(os.path.join(base, path))
 
 

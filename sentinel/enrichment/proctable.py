@@ -47,6 +47,14 @@ class Proc:
         return " ".join([self.comm, *self.args]) if self.args else self.comm
 
 
+def _readlink(path: str) -> str:
+    """Fallback for paths deeper than the BPF dentry walk: /proc, while the process lives."""
+    try:
+        return os.readlink(path)
+    except OSError:
+        return ""
+
+
 class ProcessTable:
     """pid -> :class:`Proc`; updated by :meth:`apply` with the sensor's records, in order."""
 
@@ -154,9 +162,9 @@ class ProcessTable:
                 ppid=rec.ppid,
                 comm=rec.comm,
                 exe=argv[0] if argv else rec.filename,
-                exepath=rec.exepath,
+                exepath=rec.exepath or _readlink(f"/proc/{rec.pid}/exe") or rec.filename,
                 args=argv[1:],
-                cwd=rec.cwd,
+                cwd=rec.cwd or _readlink(f"/proc/{rec.pid}/cwd"),
                 tty=tty,
                 uid=rec.uid,
                 gid=rec.gid,

@@ -39,6 +39,7 @@ FLAG_EXE_TRUNC = 8
 FLAG_THREAD = 16
 FLAG_BASE_DIRFD = 32
 FLAG_BASE_BAD = 64
+FLAG_BASE_TRUNC = 128
 
 HDR = struct.Struct("<QIIIIIIIIQ16s")  # 64 bytes
 EXEC_FIXED = struct.Struct("<IIIIIIII")  # after the header
@@ -165,11 +166,17 @@ class Record:
 
     @cached_property
     def exepath(self) -> str:
+        """The executable (symlinks resolved); None-like '' when the walk was cut short."""
         n = self.exec_fixed[4]
+        if self.flags & FLAG_EXE_TRUNC:
+            return ""
         return join_walk(self.raw, EXEC_EXE, n) if n else self.filename
 
     @cached_property
     def cwd(self) -> str:
+        """The cwd at exec; '' when the walk was cut short (deeper than the BPF walk)."""
+        if self.flags & FLAG_CWD_TRUNC:
+            return ""
         return join_walk(self.raw, EXEC_CWD, self.exec_fixed[5])
 
     # -- fork / exit ------------------------------------------------------------------------
@@ -204,7 +211,7 @@ class Record:
         n = self.open_fixed[6]
         if self.open_path.startswith("/"):
             return None
-        if self.flags & FLAG_BASE_BAD:
+        if self.flags & (FLAG_BASE_BAD | FLAG_BASE_TRUNC):
             return None
         return join_walk(self.raw, OPEN_BASE, n)
 

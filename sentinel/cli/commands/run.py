@@ -63,17 +63,6 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.set_defaults(func=lambda args: run_live(args))
 
 
-def rule_paths(args: argparse.Namespace) -> list[Path]:
-    paths: list[Path] = args.rules or [RULES_DIR]
-    out: list[Path] = []
-    for p in paths:
-        if p.is_dir():
-            out.extend(sorted(q for q in p.iterdir() if q.suffix in (".yaml", ".yml")))
-        else:
-            out.append(p)
-    return out
-
-
 def run_live(
     args: argparse.Namespace,
     capture: IO[str] | None = None,
@@ -87,26 +76,17 @@ def run_live(
     except SensorError as exc:
         log(f"error: {exc}")
         return 1
-    try:
-        from sentinel.engine import Engine
-        from sentinel.loader import RulesError, load_rules
-    except ImportError as exc:
-        log(f"error: the rules engine is not available ({exc})")
-        return 2
+    from sentinel.cli.common import load_compiled
+    from sentinel.engine import Engine, normalize_event
     from sentinel.enrichment.containers import ContainerResolver
     from sentinel.enrichment.live import Enricher
     from sentinel.kernel.sensor import ALL_FAMILIES, Sensor, families_for
 
-    paths = rule_paths(args)
-    try:
-        ruleset = load_rules(paths)
-    except RulesError as exc:
-        log(f"error: {exc}")
+    paths: list[Path] = args.rules or [RULES_DIR]
+    compiled = load_compiled(paths)
+    if compiled is None:
         return 2
-    except OSError as exc:
-        log(f"error: cannot read rules: {exc}")
-        return 2
-    engine = Engine(ruleset, matching=args.matching)
+    engine = Engine(compiled, matching=args.matching)
     families = set(ALL_FAMILIES) if args.all_syscalls else families_for(engine.event_types())
 
     t0 = time.monotonic()
@@ -119,8 +99,10 @@ def run_live(
             ev = enricher.event(raw)
             event: Any = ev
             if capture is not None:
-                event = ev.to_dict()
-                capture.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+                # The engine sees exactly what is written, so a replay gives the same alerts.
+                record = ev.to_dict()
+                capture.write(json.dumps(record, separators=(",", ":"), default=str) + "\n")
+                event = normalize_event(record)
             stats["events"] += 1
             for alert in engine.process(event):
                 stats["alerts"] += 1
@@ -150,9 +132,10 @@ def run_live(
         resolver.start()
         seeded = enricher.seed()
         armed = time.monotonic() - t0
+        engine.warm(engine.event_types() & {"execve", "clone", "procexit", "openat", "connect"})
         log(
             "armed",
-            rules=len(paths),
+            rules=len(engine.rules),
             syscalls=",".join(sorted(families)) or "none",
             processes=seeded,
             seconds=f"{armed:.2f}",
