@@ -119,7 +119,7 @@ def _mount_check(name: str, fstype: str, path: Path, required: bool, why: str) -
         )
         if res.returncode == 0 and _mounted(path, fstype):
             return Check("OK", name, f"was not mounted; mounted it at {path} (as run does)")
-        err = res.stderr.strip() or f"exit {res.returncode}"
+        err = (res.stderr.strip().splitlines() or [f"exit {res.returncode}"])[0]
     else:
         err = "not mounted and not root"
     return Check(
