@@ -494,20 +494,6 @@ field("fd.is_server")(lambda e: False if e.rec.type == EV_CONNECT else None)
 field("fd.connected")(lambda e: (e.rec.connect_fixed[0] == 0) if e.rec.type == EV_CONNECT else None)
 
 
-@field("fd.ip")
-def _fd_ip(e: LiveEvent) -> list[str] | None:
-    if not _net(e):
-        return None
-    return [x for x in (_lip(e), _rip(e)) if x is not None]
-
-
-@field("fd.port")
-def _fd_port(e: LiveEvent) -> list[int] | None:
-    if not _net(e):
-        return None
-    return [x for x in (_lport(e), _rport(e)) if x is not None]
-
-
 @field("fd.l4proto")
 def _l4proto(e: LiveEvent) -> str | None:
     if e.rec.type != EV_CONNECT or e.rec.sockaddr.family not in ("ipv4", "ipv6"):
