@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sentinel.compiler.kernelplan import DIMS_OF, FAMILIES, Dim, RulePlan, plan_rule
+from sentinel.compiler.kernelplan import DIMS_OF, FAMILIES, LPM_PAYLOAD, Dim, RulePlan, plan_rule
 from sentinel.language import ast
 
 NWORDS = 8  # 512 terms per family; beyond that a family is not filtered (sound, reported)
@@ -205,7 +205,8 @@ def _dim_mask(ft: FamilyTables, dim: Dim, kv: KernelView) -> int | None:
             return None
         if dim is Dim.PATH:
             return ft.exact[dim].get(kv.path, 0)
-        return _lpm(ft.lpm[dim], _key(dim, kv.path))
+        key = _key(dim, kv.path)[:LPM_PAYLOAD]  # the kernel looks up at most this many bytes
+        return _lpm(ft.lpm[dim], key)
     if dim is Dim.OPEN_WRITE:
         return ft.exact[dim].get((kv.flags & O_ACCMODE) in (O_WRONLY, O_RDWR), 0)
     if dim is Dim.OPEN_READ:

@@ -25,7 +25,8 @@ from sentinel.compiler.values import IPNetwork, parse_bool
 from sentinel.language import ast
 
 COMM_LEN = 15  # TASK_COMM_LEN - 1: proc.name is the task's comm
-PATH_MAX_KEY = 255  # longest path byte string the kernel maps key on
+PATH_MAX_KEY = 255  # longest path the kernel's exact-path hash keys on
+LPM_PAYLOAD = 252  # longest prefix/suffix an LPM trie key holds (256-byte data, 4 of header)
 MAX_TERMS_PER_RULE = 32
 
 FAMILIES: dict[str, tuple[str, ...]] = {
@@ -245,9 +246,9 @@ def abstract(c: ast.Check, family: str) -> Constraint | object:
 def _cap(s: str, tail: bool = False) -> str:
     """Keep a prefix (or suffix) within the kernel's key length: a shorter one is weaker."""
     b = s.encode()
-    if len(b) <= PATH_MAX_KEY:
+    if len(b) <= LPM_PAYLOAD:
         return s
-    cut = b[-PATH_MAX_KEY:] if tail else b[:PATH_MAX_KEY]
+    cut = b[-LPM_PAYLOAD:] if tail else b[:LPM_PAYLOAD]
     return cut.decode("utf-8", "ignore")
 
 

@@ -1,0 +1,348 @@
+// Sentinel's in-kernel prefilter: drop events that no rule can match, before they cost a
+// ring-buffer reservation. Pasted in front of the sensor's source by user space
+// (sentinel.kernel.prefilter.source()): bcc rewrites map calls such as f_wild.lookup() only in
+// the main source text, not in #included files. Filled from user space by
+// sentinel/kernel/prefilter.py with the contents sentinel/compiler/kernelmaps.py computes.
+//
+// Encoding (see kernelmaps.py): per event family, each term of each rule's kernel part owns a
+// bit. For each dimension the event's value is looked up (exact hash, or LPM trie for path
+// prefixes/suffixes and CIDRs) and the result ORed with the dimension's wildcard mask (terms
+// that do not constrain it); the accumulator ANDs these. A surviving bit means some rule may
+// match: the event goes to user space. A dimension the kernel cannot judge for this event
+// (a relative or non-canonical path, an unknown address family) is skipped, which only keeps
+// more events.
+//
+// Reloads are atomic: every key carries a slot (generation & 1); user space fills the inactive
+// slot, then publishes the new generation in f_active. A syscall whose enter and exit straddle
+// a reload is kept (the generation is carried from enter to exit and compared).
+
+#ifndef F_NWORDS
+#define F_NWORDS 8          // 512 terms per family
+#endif
+#define F_NFAM 3
+#define F_NDIM 12
+#define F_PATH 256
+#define F_LPM_PAYLOAD 252   // LPM trie data is at most 256 bytes: 4 header bytes + payload
+
+#define F_FAM_EXEC 0
+#define F_FAM_OPEN 1
+#define F_FAM_CONNECT 2
+
+// Dimension numbers: keep in step with DIM_CODES in sentinel/kernel/prefilter.py.
+#define D_COMM 0
+#define D_UID 1
+#define D_PATH 2
+#define D_PATH_PREFIX 3
+#define D_PATH_SUFFIX 4
+#define D_OPEN_WRITE 5
+#define D_OPEN_READ 6
+#define D_DPORT 7
+#define D_DADDR 8
+#define D_FAMILY 9
+#define D_FAILED 10
+#define D_RAW_DOTDOT 11
+
+struct fmask {
+    u64 w[F_NWORDS];
+};
+
+struct f_fam_cfg {
+    u32 filter;             // 0: this family is not filtered (every event passes)
+    u32 pad;
+    struct fmask all;       // the bits of every term
+};
+
+struct f_comm_key {
+    u32 gf;                 // slot << 8 | family
+    char comm[16];
+};
+
+struct f_num_key {
+    u32 gf;
+    u32 dim;
+    u64 val;
+};
+
+struct f_path_key {
+    u32 gf;
+    char path[F_PATH];
+};
+
+struct f_lpm_key {
+    u32 prefixlen;          // bits, including the 3 (or 4) header bytes
+    u8 data[4 + F_LPM_PAYLOAD];  // slot, family, dim, [ip version,] payload
+};
+
+struct f_scratch {
+    struct f_path_key pk;
+    struct f_lpm_key lk;
+    char rev[F_PATH];
+};
+
+struct f_state {            // carried from a syscall's enter to its exit
+    u32 gen;                // full generation counter; 0: not filtered
+    u32 pad;
+    struct fmask acc;
+};
+
+BPF_ARRAY(f_active, u32, 1);
+BPF_ARRAY(f_fam, struct f_fam_cfg, 2 * F_NFAM);
+BPF_ARRAY(f_wild, struct fmask, 2 * F_NFAM * F_NDIM);
+BPF_HASH(f_comm, struct f_comm_key, struct fmask, 4096);
+BPF_HASH(f_num, struct f_num_key, struct fmask, 8192);
+BPF_HASH(f_path, struct f_path_key, struct fmask, 4096);
+BPF_LPM_TRIE(f_lpm, struct f_lpm_key, struct fmask, 16384);
+BPF_PERCPU_ARRAY(f_scratch_map, struct f_scratch, 1);
+// per family: [fam * 2] events dropped in the kernel, [fam * 2 + 1] events kept
+BPF_PERCPU_ARRAY(f_stats, u64, 2 * F_NFAM);
+
+static __always_inline void f_count(u32 fam, int kept) {
+    u32 idx = fam * 2 + (kept ? 1 : 0);
+    u64 *n = f_stats.lookup(&idx);
+    if (n)
+        (*n)++;
+}
+
+// acc &= (m | wild[slot][fam][dim]); returns whether a bit survives.
+static __always_inline int f_and(struct fmask *acc, struct fmask *m, u32 slot, u32 fam, u32 dim) {
+    u32 idx = (slot * F_NFAM + fam) * F_NDIM + dim;
+    struct fmask *w = f_wild.lookup(&idx);
+    u64 any = 0;
+#pragma unroll
+    for (int i = 0; i < F_NWORDS; i++) {
+        u64 v = (m ? m->w[i] : 0) | (w ? w->w[i] : ~0ULL);
+        acc->w[i] &= v;
+        any |= acc->w[i];
+    }
+    return any != 0;
+}
+
+// Start filtering an event of `fam`: 0 if the family is not filtered (keep the event),
+// else 1 with st->acc set to all terms and st->gen to the current generation.
+static __always_inline int f_begin(struct f_state *st, u32 fam) {
+    u32 zero = 0;
+    u32 *g = f_active.lookup(&zero);
+    st->gen = 0;
+    if (!g || *g == 0)
+        return 0;
+    u32 idx = (*g & 1) * F_NFAM + fam;
+    struct f_fam_cfg *c = f_fam.lookup(&idx);
+    if (!c || !c->filter)
+        return 0;
+    st->gen = *g;
+    __builtin_memcpy(&st->acc, &c->all, sizeof(st->acc));
+    return 1;
+}
+
+static __always_inline int f_comm_dim(struct f_state *st, u32 fam) {
+    u32 slot = st->gen & 1;
+    struct f_comm_key k = {};
+    k.gf = (slot << 8) | fam;
+    bpf_get_current_comm(&k.comm, sizeof(k.comm));
+    return f_and(&st->acc, f_comm.lookup(&k), slot, fam, D_COMM);
+}
+
+static __always_inline int f_num_dim(struct f_state *st, u32 fam, u32 dim, u64 val) {
+    u32 slot = st->gen & 1;
+    struct f_num_key k = {};
+    k.gf = (slot << 8) | fam;
+    k.dim = dim;
+    k.val = val;
+    return f_and(&st->acc, f_num.lookup(&k), slot, fam, dim);
+}
+
+static __always_inline int f_lpm_dim(struct f_state *st, struct f_lpm_key *lk, u32 fam, u32 dim) {
+    u32 slot = st->gen & 1;
+    return f_and(&st->acc, f_lpm.lookup(lk), slot, fam, dim);
+}
+
+// The path dimensions of an open: the path string is read once from user memory.
+// Returns whether a bit survives.
+static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *upath) {
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s)
+        return 1;
+    u32 slot = st->gen & 1;
+    __builtin_memset(s->pk.path, 0, F_PATH);
+    s->pk.gf = (slot << 8) | fam;
+    int n = bpf_probe_read_user_str(s->pk.path, F_PATH, upath);
+    if (n <= 1 || n >= F_PATH)
+        return 1;                       // unreadable, empty or too long: cannot judge
+    u32 len = (u32)(n - 1) & (F_PATH - 1);
+    int canon = s->pk.path[0] == '/';
+    int dotdot = 0;
+    char prev = 0, pprev = 0;
+    for (int i = 0; i < F_PATH - 1; i++) {
+        char c = s->pk.path[i & (F_PATH - 1)];
+        if (c == 0)
+            break;
+        if (prev == '/' && (c == '/' || c == '.'))
+            canon = 0;
+        if (c == '/' && prev == '.' && pprev == '.')
+            dotdot = 1;
+        pprev = prev;
+        prev = c;
+    }
+    if (len > 1 && prev == '/')
+        canon = 0;
+    if (!f_num_dim(st, fam, D_RAW_DOTDOT, dotdot))
+        return 0;
+    if (!canon)
+        return 1;                       // the user-space fd.name differs from the raw path
+    if (!f_and(&st->acc, f_path.lookup(&s->pk), slot, fam, D_PATH))
+        return 0;
+    // Prefixes and suffixes are stored at most F_LPM_PAYLOAD bytes long, so looking up the
+    // first (or, reversed, the last) F_LPM_PAYLOAD bytes of a longer path finds all of them.
+    u32 plen = len > F_LPM_PAYLOAD ? F_LPM_PAYLOAD : len;
+    struct f_lpm_key *lk = &s->lk;
+    lk->data[0] = slot;
+    lk->data[1] = fam;
+    lk->data[2] = D_PATH_PREFIX;
+    bpf_probe_read_kernel(&lk->data[3], plen & 255, s->pk.path);
+    lk->prefixlen = 24 + plen * 8;
+    if (!f_lpm_dim(st, lk, fam, D_PATH_PREFIX))
+        return 0;
+    for (int i = 0; i < F_LPM_PAYLOAD; i++) {
+        if (i >= plen)
+            break;
+        u64 j = (len - 1 - i) & (F_PATH - 1);
+        u64 k = i;
+        // keep the compiler from turning the index into a pointer the verifier cannot bound
+        asm volatile("%0 &= 255" : "+r"(k));
+        s->rev[k] = s->pk.path[j];
+    }
+    lk->data[2] = D_PATH_SUFFIX;
+    bpf_probe_read_kernel(&lk->data[3], plen & 255, s->rev);
+    return f_lpm_dim(st, lk, fam, D_PATH_SUFFIX);
+}
+
+// Connect: family, port and address from the sockaddr the caller passed.
+static __always_inline int f_sockaddr_dims(struct f_state *st, const void *uaddr, u32 addrlen) {
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s)
+        return 1;
+    u32 slot = st->gen & 1;
+    u16 family = 0;
+    bpf_probe_read_user(&family, sizeof(family), uaddr);
+    u64 famc = 0;
+    u32 ver = 0;
+    if (family == 2) {              // AF_INET
+        famc = '4';
+        ver = 4;
+    } else if (family == 10) {      // AF_INET6
+        famc = '6';
+        ver = 6;
+    } else if (family == 1) {       // AF_UNIX
+        famc = 'u';
+    } else {
+        return 1;
+    }
+    if (!f_num_dim(st, F_FAM_CONNECT, D_FAMILY, famc))
+        return 0;
+    if (!ver)
+        return 1;
+    u16 port_be = 0;
+    bpf_probe_read_user(&port_be, sizeof(port_be), uaddr + 2);
+    u64 port = ((port_be & 0xff) << 8) | (port_be >> 8);
+    if (!f_num_dim(st, F_FAM_CONNECT, D_DPORT, port))
+        return 0;
+    struct f_lpm_key *lk = &s->lk;
+    lk->data[0] = slot;
+    lk->data[1] = F_FAM_CONNECT;
+    lk->data[2] = D_DADDR;
+    if (ver == 4) {
+        lk->data[3] = 4;
+        bpf_probe_read_user(&lk->data[4], 4, uaddr + 4);
+        lk->prefixlen = 32 + 32;
+    } else {
+        u8 a[16] = {};
+        bpf_probe_read_user(&a, 16, uaddr + 8);
+        // a v4-mapped v6 peer (::ffff:a.b.c.d) is shown as IPv4 in user space: look it up so
+        int mapped = 1;
+#pragma unroll
+        for (int i = 0; i < 10; i++)
+            if (a[i] != 0)
+                mapped = 0;
+        if (a[10] != 0xff || a[11] != 0xff)
+            mapped = 0;
+        if (mapped) {
+            lk->data[3] = 4;
+            __builtin_memcpy(&lk->data[4], &a[12], 4);
+            lk->prefixlen = 32 + 32;
+        } else {
+            lk->data[3] = 6;
+            __builtin_memcpy(&lk->data[4], a, 16);
+            lk->prefixlen = 32 + 128;
+        }
+    }
+    return f_lpm_dim(st, lk, F_FAM_CONNECT, D_DADDR);
+}
+
+// At a syscall's exit: the result dimension, with the state carried from its enter.
+static __always_inline int f_finish(struct f_state *st, u32 fam, long ret) {
+    if (!st->gen)
+        return 1;
+    u32 zero = 0;
+    u32 *g = f_active.lookup(&zero);
+    if (!g || *g != st->gen)
+        return 1;                       // a reload happened in between: keep the event
+    return f_num_dim(st, fam, D_FAILED, ret < 0 ? 1 : 0);
+}
+
+// ---- entry points per family (the sensor and the tests call these) ---------------------------
+
+static __always_inline int f_keep(struct f_state *st, u32 fam, int keep) {
+    f_count(fam, keep);
+    return keep;
+}
+
+// exec (sched_process_exec): comm and uid are final here. Returns 1 to keep.
+static __always_inline int f_exec(void) {
+    struct f_state st = {};
+    if (!f_begin(&st, F_FAM_EXEC))
+        return 1;
+    int keep = f_comm_dim(&st, F_FAM_EXEC) &&
+               f_num_dim(&st, F_FAM_EXEC, D_UID, (u32)bpf_get_current_uid_gid());
+    return f_keep(&st, F_FAM_EXEC, keep);
+}
+
+// open, at sys_enter: everything but the result. 0: drop now (do not even stash the call).
+static __always_inline int f_open_enter(struct f_state *st, u32 oflags, const char *upath) {
+    if (!f_begin(st, F_FAM_OPEN))
+        return 1;
+    u32 acc = oflags & 3;
+    int keep = f_comm_dim(st, F_FAM_OPEN) &&
+               f_num_dim(st, F_FAM_OPEN, D_UID, (u32)bpf_get_current_uid_gid()) &&
+               f_num_dim(st, F_FAM_OPEN, D_OPEN_WRITE, acc == 1 || acc == 2) &&
+               f_num_dim(st, F_FAM_OPEN, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_path_dims(st, F_FAM_OPEN, upath);
+    if (!keep)
+        f_count(F_FAM_OPEN, 0);
+    return keep;
+}
+
+// open, at sys_exit, for a call f_open_enter kept. Returns 1 to emit the event.
+static __always_inline int f_open_exit(struct f_state *st, long ret) {
+    if (!st->gen)
+        return 1;
+    return f_keep(st, F_FAM_OPEN, f_finish(st, F_FAM_OPEN, ret));
+}
+
+static __always_inline int f_connect_enter(struct f_state *st, const void *uaddr, u32 addrlen) {
+    if (!f_begin(st, F_FAM_CONNECT))
+        return 1;
+    int keep = f_comm_dim(st, F_FAM_CONNECT) &&
+               f_num_dim(st, F_FAM_CONNECT, D_UID, (u32)bpf_get_current_uid_gid()) &&
+               f_sockaddr_dims(st, uaddr, addrlen);
+    if (!keep)
+        f_count(F_FAM_CONNECT, 0);
+    return keep;
+}
+
+static __always_inline int f_connect_exit(struct f_state *st, long ret) {
+    if (!st->gen)
+        return 1;
+    return f_keep(st, F_FAM_CONNECT, f_finish(st, F_FAM_CONNECT, ret));
+}
