@@ -151,11 +151,11 @@ class Prefilter:
     def _clear_slot(self, slot: int) -> None:
         for name in (b"f_comm", b"f_num", b"f_path"):
             table = self.bpf[name]
-            stale = [k for k in table.keys() if (k.gf >> 8) == slot]
+            stale = [k for k in table if (k.gf >> 8) == slot]
             for k in stale:
                 del table[k]
         lpm = self.bpf[b"f_lpm"]
-        stale_lpm = [k for k in lpm.keys() if k.data[0] == slot]
+        stale_lpm = [k for k in lpm if k.data[0] == slot]
         for k in stale_lpm:
             del lpm[k]
 
