@@ -122,25 +122,16 @@ struct connect_ev {
     u8 addr[SOCKADDR_SIZE];  // the sockaddr as passed
 };
 
-struct open_args {
-    u64 path;
-    u64 flags;
-    u64 mode;
-    s64 dirfd;
-    u32 syscall;
-};
-
-struct connect_args {
-    u64 addr;
-    s64 fd;
-    u64 addrlen;
+// The arguments of a syscall, read at its exit from the task's saved user registers
+// (bpf_task_pt_regs): only sys_exit_* tracepoints are attached, never sys_enter_*, which halves
+// the tracepoint cost every syscall of every task pays, and no enter->exit stash map is needed.
+struct sc_args {
+    u64 a0, a1, a2, a3;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(lost, u64, EV_MAX);
 BPF_PERCPU_ARRAY(pending, u64, 1);
-BPF_TABLE("lru_hash", u32, struct open_args, open_stash, 16384);
-BPF_TABLE("lru_hash", u32, struct connect_args, connect_stash, 4096);
 
 static __always_inline void count_lost(u32 type) {
     u64 *v = lost.lookup(&type);
@@ -367,16 +358,17 @@ RAW_TRACEPOINT_PROBE(sched_process_exit) {
     return 0;
 }
 
-// ---------------------------------------------------------------------------------- open
+// ------------------------------------------------------------------------- syscall args
 
-static __always_inline int stash_open(u64 path, u64 flags, u64 mode, s64 dirfd, u32 sc) {
-    if (is_self())
-        return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct open_args a = {.path = path, .flags = flags, .mode = mode, .dirfd = dirfd, .syscall = sc};
-    open_stash.update(&tid, &a);
-    return 0;
+static __always_inline void read_args(struct sc_args *a) {
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    bpf_probe_read_kernel(&a->a0, 8, (void *)regs + OFF_REGS_ARG0);
+    bpf_probe_read_kernel(&a->a1, 8, (void *)regs + OFF_REGS_ARG1);
+    bpf_probe_read_kernel(&a->a2, 8, (void *)regs + OFF_REGS_ARG2);
+    bpf_probe_read_kernel(&a->a3, 8, (void *)regs + OFF_REGS_ARG3);
 }
+
+// ---------------------------------------------------------------------------------- open
 
 // Directory a relative path starts from: the cwd, or the file behind dirfd.
 static __always_inline u32 walk_base(char *buf, void *task, s32 dirfd, u32 *flags) {
@@ -412,18 +404,36 @@ static __always_inline u32 walk_base(char *buf, void *task, s32 dirfd, u32 *flag
     return n;
 }
 
-static __always_inline int emit_open(long ret) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct open_args *a = open_stash.lookup(&tid);
-    if (!a)
+static __always_inline int emit_open(long ret, u32 sc) {
+    if (is_self())
         return 0;
-    struct open_args args = *a;
-    open_stash.delete(&tid);
+    struct sc_args a = {};
+    read_args(&a);
+    u64 path, flags, mode;
+    s32 dirfd;
+    if (sc == SC_OPEN) {
+        path = a.a0;
+        flags = a.a1;
+        mode = a.a2;
+        dirfd = AT_FDCWD_VAL;
+    } else if (sc == SC_OPENAT) {
+        dirfd = (s32)a.a0;
+        path = a.a1;
+        flags = a.a2;
+        mode = a.a3;
+    } else {
+        u64 how[2] = {};
+        bpf_probe_read_user(&how, sizeof(how), (void *)a.a2);
+        dirfd = (s32)a.a0;
+        path = a.a1;
+        flags = how[0];
+        mode = how[1];
+    }
     struct hdr probe = {};
     if (!prefilter(EV_OPEN, &probe))
         return 0;
     char first = 0;
-    bpf_probe_read_user(&first, 1, (void *)args.path);
+    bpf_probe_read_user(&first, 1, (void *)path);
     struct open_ev *e;
     struct open_ev_rel *r = 0;
     if (first == '/') {
@@ -439,18 +449,18 @@ static __always_inline int emit_open(long ret) {
     void *task = (void *)bpf_get_current_task();
     fill_hdr(&e->h, EV_OPEN, task);
     e->ret = ret;
-    e->oflags = (u32)args.flags;
-    e->mode = (u32)args.mode;
-    e->dirfd = (s32)args.dirfd;
-    e->syscall = args.syscall;
-    int n = bpf_probe_read_user_str(&e->path, sizeof(e->path), (void *)args.path);
+    e->oflags = (u32)flags;
+    e->mode = (u32)mode;
+    e->dirfd = dirfd;
+    e->syscall = sc;
+    int n = bpf_probe_read_user_str(&e->path, sizeof(e->path), (void *)path);
     e->path_len = n > 0 ? n - 1 : 0;
     if (n == PATH_SIZE)
         e->h.flags |= FLAG_PATH_TRUNC;
     e->base_len = 0;
     if (r) {
         u32 fl = 0;
-        e->base_len = walk_base(r->base, task, (s32)args.dirfd, &fl);
+        e->base_len = walk_base(r->base, task, dirfd, &fl);
         e->h.flags |= fl;
     }
     submit(e, EV_OPEN);
@@ -458,47 +468,25 @@ static __always_inline int emit_open(long ret) {
 }
 
 #ifdef ATTACH_OPEN
-TRACEPOINT_PROBE(syscalls, sys_enter_open) {
-    return stash_open((u64)args->filename, args->flags, args->mode, AT_FDCWD_VAL, SC_OPEN);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_open) { return emit_open(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_open) { return emit_open(args->ret, SC_OPEN); }
 #endif
 
 #ifdef ATTACH_OPENAT
-TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
-    return stash_open((u64)args->filename, args->flags, args->mode, (s64)(s32)args->dfd, SC_OPENAT);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return emit_open(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return emit_open(args->ret, SC_OPENAT); }
 #endif
 
 #ifdef ATTACH_OPENAT2
-TRACEPOINT_PROBE(syscalls, sys_enter_openat2) {
-    u64 how[2] = {};
-    bpf_probe_read_user(&how, sizeof(how), (void *)args->how);
-    return stash_open((u64)args->filename, how[0], how[1], (s64)(s32)args->dfd, SC_OPENAT2);
-}
-TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return emit_open(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return emit_open(args->ret, SC_OPENAT2); }
 #endif
 
 // ------------------------------------------------------------------------------- connect
 
 #ifdef ATTACH_CONNECT
-TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
+TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     if (is_self())
         return 0;
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct connect_args a = {.addr = (u64)args->uservaddr, .fd = args->fd, .addrlen = args->addrlen};
-    connect_stash.update(&tid, &a);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
-    u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct connect_args *ap = connect_stash.lookup(&tid);
-    if (!ap)
-        return 0;
-    struct connect_args a = *ap;
-    connect_stash.delete(&tid);
+    struct sc_args a = {};
+    read_args(&a);
     struct hdr probe = {};
     if (!prefilter(EV_CONNECT, &probe))
         return 0;
@@ -510,24 +498,28 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     void *task = (void *)bpf_get_current_task();
     fill_hdr(&e->h, EV_CONNECT, task);
     e->ret = args->ret;
-    e->fd = (s32)a.fd;
-    e->addrlen = (u32)a.addrlen;
-    u32 len = a.addrlen > SOCKADDR_SIZE ? SOCKADDR_SIZE : (u32)a.addrlen;
+    e->fd = (s32)a.a0;
+    e->addrlen = (u32)a.a2;
+    // Constant-size reads (clang defeats the verifier's bounds on a variable length); user
+    // space parses only addrlen bytes. A full unix address first, then an IPv6, then IPv4 one,
+    // in case the larger read runs into an unmapped page.
     __builtin_memset(e->addr, 0, sizeof(e->addr));
-    if (len > 0)
-        bpf_probe_read_user(&e->addr, len & 127 ? (len & 127) : 1, (void *)a.addr);
+    if (bpf_probe_read_user(&e->addr, SOCKADDR_SIZE, (void *)a.a1) != 0 &&
+        bpf_probe_read_user(&e->addr, 28, (void *)a.a1) != 0)
+        bpf_probe_read_user(&e->addr, 16, (void *)a.a1);
     e->sock_type = 0;
     e->protocol = 0;
     e->lport = 0;
     e->pad = 0;
     __builtin_memset(e->laddr, 0, sizeof(e->laddr));
     // The socket behind fd: type, protocol and the local address the connect bound.
+    s32 fd = e->fd;
     void *files = rd_ptr(task, OFF_TASK_FILES);
     void *fdt = rd_ptr(files, OFF_FILES_FDT);
     u32 max_fds = rd_u32(fdt, OFF_FDT_MAX_FDS);
-    if (a.fd >= 0 && (u64)a.fd < max_fds) {
+    if (fd >= 0 && (u32)fd < max_fds) {
         void *fd_array = rd_ptr(fdt, OFF_FDT_FD);
-        void *file = rd_ptr(fd_array, (u32)a.fd * 8);
+        void *file = rd_ptr(fd_array, (u32)fd * 8);
         void *sock = file ? rd_ptr(file, OFF_FILE_PRIVATE_DATA) : 0;
         if (sock) {
             u16 st = 0;

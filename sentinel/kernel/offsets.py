@@ -7,6 +7,8 @@ BPF code silently reading a wrong field, which is what header layouts would do h
 
 from __future__ import annotations
 
+import platform
+
 from sentinel.kernel.btf import Btf
 
 OFFSETS: dict[str, tuple[str, str]] = {
@@ -60,9 +62,25 @@ PIDTYPE_PGID = 2
 PIDTYPE_SID = 3
 
 
-def sensor_cflags(btf: Btf) -> list[str]:
+# Where the first four syscall arguments sit in the saved user registers (struct pt_regs), per
+# architecture: the sensor reads them at sys_exit, so it never attaches sys_enter tracepoints.
+SYSCALL_ARG_REGS: dict[str, tuple[str, str, str, str]] = {
+    "x86_64": ("di", "si", "dx", "r10"),
+}
+
+
+class UnsupportedArch(Exception):
+    pass
+
+
+def sensor_cflags(btf: Btf, machine: str | None = None) -> list[str]:
     """All ``-D`` flags the sensor program needs on this kernel."""
+    machine = machine or platform.machine()
+    regs = SYSCALL_ARG_REGS.get(machine)
+    if regs is None:
+        raise UnsupportedArch(f"the sensor does not support {machine} yet (x86_64 only)")
     flags = btf.cflags(OFFSETS)
+    flags += [f"-DOFF_REGS_ARG{i}={btf.offsetof('pt_regs', r)}" for i, r in enumerate(regs)]
     flags += [f"-DPIDTYPE_PGID_IDX={PIDTYPE_PGID}", f"-DPIDTYPE_SID_IDX={PIDTYPE_SID}"]
     flags.append("-DAT_FDCWD_VAL=-100")
     if btf.has_member("task_struct", "exit_code") and _exit_has_group_dead(btf):

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.kernel.btf import VMLINUX, BtfError, vmlinux_btf
-from sentinel.kernel.offsets import sensor_cflags
+from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
 from sentinel.kernel.records import EV_NAMES
 from sentinel.paths import BPF_DIR
 
@@ -95,15 +95,16 @@ def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[s
         if not (TRACEFS / "events" / "sched" / tp).is_dir():
             raise SensorError(f"tracepoint sched:{tp} does not exist on this kernel")
     for fam in families:
-        for d in ("enter", "exit"):
-            name = f"sys_{d}_{fam}"
-            if not (TRACEFS / "events" / "syscalls" / name).is_dir():
-                raise SensorError(f"tracepoint syscalls:{name} does not exist on this kernel")
+        name = f"sys_exit_{fam}"  # only exits: arguments come from the saved registers
+        if not (TRACEFS / "events" / "syscalls" / name).is_dir():
+            raise SensorError(f"tracepoint syscalls:{name} does not exist on this kernel")
     try:
         btf = vmlinux_btf(btf_path)
         return sensor_cflags(btf)
     except BtfError as exc:
         raise SensorError(f"kernel BTF lacks what the sensor needs: {exc}") from None
+    except UnsupportedArch as exc:
+        raise SensorError(str(exc)) from None
 
 
 RawCallback = Callable[[bytes], None]

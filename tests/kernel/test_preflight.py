@@ -31,7 +31,7 @@ def test_unknown_family_is_refused() -> None:
 def test_missing_tracepoint() -> None:
     require_root()
     with pytest.raises(
-        SensorError, match=r"^tracepoint syscalls:sys_enter_nosuchcall does not exist"
+        SensorError, match=r"^tracepoint syscalls:sys_exit_nosuchcall does not exist"
     ):
         preflight(["nosuchcall"])
 

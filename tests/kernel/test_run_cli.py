@@ -188,8 +188,10 @@ def test_live_alerts_exact(session: Session) -> None:
     subprocess.run(["/bin/sh", "-c", noise], check=True)
     other.close()
 
-    s.wait_for(lambda a: True, n=4)
-    alerts = s.settle()
+    s.wait_for(lambda a: a["rule"] == "Test Shell", timeout=20)
+    s.wait_for(lambda a: a["rule"] == "Test Connect", timeout=20)
+    s.wait_for(lambda a: a["rule"] == "Test Write", n=2, timeout=20)
+    alerts = s.settle(1.0)
     by_rule: dict[str, list[dict[str, Any]]] = {}
     for a in alerts:
         by_rule.setdefault(a["rule"], []).append(a)
@@ -228,7 +230,7 @@ def test_open_flags_alert(session: Session) -> None:
     )
     w = subprocess.Popen([sys.executable, "-c", code])
     assert w.wait() == 0
-    got = s.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target))
+    got = s.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target), timeout=20)
     assert len(got) == 1
     assert got[0]["rule"] == "Test Write"
 
