@@ -128,24 +128,31 @@ class Worker(threading.Thread):
             while not self.stop_now.is_set():
                 if self.draining.is_set() and self.spool.pending(self.output) <= 0:
                     break
-                batch = self.spool.read(
-                    self.output,
-                    self.sink.max_count,
-                    self.sink.max_bytes,
-                    wait=0.2,
-                    linger=0.0 if self.draining.is_set() else self.sink.linger,
-                    stop=self.stop_now,
-                )
-                if batch:
-                    self.deliver(batch)
+                try:
+                    batch = self.spool.read(
+                        self.output,
+                        self.sink.max_count,
+                        self.sink.max_bytes,
+                        wait=0.2,
+                        linger=0.0 if self.draining.is_set() else self.sink.linger,
+                        stop=self.stop_now,
+                    )
+                    if batch:
+                        self.deliver(batch)
+                except SpoolError:
+                    raise
+                except Exception:
+                    # A bug must neither kill delivery nor lose the batch: it stays spooled,
+                    # and the worker starts over after a pause.
+                    log.exception("output_worker_error", output=self.output)
+                    self.counters.add("retried")
+                    self.stop_now.wait(self.backoff.next_delay())
         except SpoolError:
-            pass  # the spool closed under us: nothing acknowledged is lost
-        except Exception:  # pragma: no cover - a bug must not kill delivery silently
-            log.exception("output_worker_crashed", output=self.output)
+            pass  # the spool closed under us: nothing unacknowledged is lost
         finally:
             try:
                 self.sink.close()
-            except Exception:  # pragma: no cover
+            except Exception:
                 log.exception("output_close_failed", output=self.output)
 
     def deliver(self, batch: list[Record]) -> None:
@@ -165,6 +172,10 @@ class Worker(threading.Thread):
                     raise TransientError(f"sink returned {len(outcomes)} results")
             except (TransientError, OSError) as exc:
                 outcomes = [Outcome("retry", str(exc))] * len(pending)
+            except Exception:
+                # Not the transport: some alert cannot be rendered/sent. Find which, one by one,
+                # so that one bad alert is dead-lettered rather than blocking the output forever.
+                outcomes = [self._send_one(alerts[i]) for i in pending]
             retry: list[int] = []
             for i, outcome in zip(pending, outcomes, strict=True):
                 if outcome.kind == "ok":
@@ -189,6 +200,15 @@ class Worker(threading.Thread):
             pending = retry
         self.spool.ack(self.output, batch[-1].end)
 
+    def _send_one(self, alert: Alert) -> Outcome:
+        try:
+            return self.sink.send([alert])[0]
+        except (TransientError, OSError) as exc:
+            return Outcome("retry", str(exc))
+        except Exception as exc:
+            log.exception("output_cannot_send_alert", output=self.output, alert_id=alert.id)
+            return Outcome("dead", f"cannot format or send: {exc!r}")
+
     def dead_letter(
         self, alert: Alert | None, reason: str, status: int | None, rec: Record | None
     ) -> None:
@@ -197,8 +217,13 @@ class Worker(threading.Thread):
             "output": self.output,
             "reason": reason,
             "status": status,
-            "alert": alert.to_dict() if alert else None,
+            "alert": None,
         }
+        if alert is not None:
+            try:
+                entry["alert"] = alert.to_dict()
+            except Exception:  # the alert itself is what could not be formatted
+                entry["raw"] = encode_alert(alert).decode()
         if rec is not None:
             entry["raw"] = rec.payload.decode(errors="replace")
         line = (json.dumps(entry, ensure_ascii=False, default=str) + "\n").encode()

@@ -71,9 +71,11 @@ class FileSink:
         self._open()
 
     def send(self, alerts: list[Alert]) -> list[Outcome]:
+        # Render everything before writing anything: an alert that cannot be rendered then
+        # fails the batch before any line is written (no duplicates on the one-by-one retry).
+        lines = [(render(a, self.cfg.format, self.cfg.ocsf_class) + "\n").encode() for a in alerts]
         self._open()
-        for alert in alerts:
-            line = (render(alert, self.cfg.format, self.cfg.ocsf_class) + "\n").encode()
+        for line in lines:
             if self._size > 0 and self._size + len(line) > self.cfg.max_bytes:
                 self._rotate()
             view = memoryview(line)

@@ -161,3 +161,22 @@ def test_dead_letter_file_is_private(tmp_path: Path) -> None:
     d.close()
     for p in (tmp_path / "spool").iterdir():
         assert os.stat(p).st_mode & 0o077 == 0, p
+
+
+def test_an_unformattable_alert_is_dead_lettered_not_blocking(tmp_path: Path) -> None:
+    """A time far out of range cannot be rendered as RFC 3339: that alert alone goes to the
+    dead-letter file (with its raw fields), the ones around it are delivered."""
+    path = tmp_path / "out.jsonl"
+    d = _dispatcher(tmp_path, [{"type": "file", "name": "f", "path": str(path)}])
+    bad = make_alert(1, time_ns=2**70)
+    good = [make_alert(0), make_alert(2)]
+    d.emit(good[0])
+    d.emit(bad)
+    d.emit(good[1])
+    wait_until(lambda: d.metrics()["f"]["queue_depth"] == 0, what="delivery")
+    d.close()
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == [a.id for a in good]
+    dead = [json.loads(x) for x in (tmp_path / "spool" / "f.dead").read_text().splitlines()]
+    assert len(dead) == 1 and json.loads(dead[0]["raw"])["id"] == bad.id
+    assert "cannot format" in dead[0]["reason"]
+    assert d.metrics()["f"]["sent"] == 2 and d.metrics()["f"]["dead_lettered"] == 1
