@@ -16,11 +16,16 @@ reused, which makes keeping stale entries safe.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import re
+import select
+import struct
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 # One path component that names a container. The prefix says which runtime made it.
@@ -182,6 +187,15 @@ class CgroupIndex:
                     self._misses.popitem(last=False)
             return path
 
+    def add(self, cgroup_id: int, path: str) -> None:
+        """Record one cgroup (from the watcher) without walking the tree."""
+        with self._lock:
+            self._paths[cgroup_id] = path
+            self._paths.move_to_end(cgroup_id)
+            self._misses.pop(cgroup_id, None)
+            while len(self._paths) > self.max_entries:
+                self._paths.popitem(last=False)
+
     def rescan(self) -> int:
         """Walk the cgroup2 tree and merge what it finds; returns the number of cgroups seen.
 
@@ -220,3 +234,133 @@ class CgroupIndex:
             self.scans += 1
             self.last_scan_seconds = time.perf_counter() - t0
             return len(found)
+
+
+# inotify (linux/inotify.h); Python's stdlib has no binding, and one small watcher does not
+# justify a dependency.
+_IN_CREATE = 0x00000100
+_IN_ISDIR = 0x40000000
+_IN_Q_OVERFLOW = 0x00004000
+_IN_IGNORED = 0x00008000
+_IN_ONLYDIR = 0x01000000
+_IN_NONBLOCK = 0o4000
+_IN_CLOEXEC = 0o2000000
+_EVENT_HEAD = struct.Struct("iIII")
+
+
+class CgroupWatcher:
+    """Indexes every new cgroup the moment it is created (inotify IN_CREATE on the tree).
+
+    Why: a container can be created, run and be removed between two of our lookups; scanning on
+    a miss is then too late, and a runtime's event stream can lag by hundreds of milliseconds
+    (podman's file events are polled). mkdir in cgroupfs goes through the VFS, so inotify sees
+    it at once. ``on_new(path)`` is told of each new cgroup (e.g. to prefetch container
+    metadata before the container's first process even runs).
+    """
+
+    def __init__(self, index: CgroupIndex, on_new: Callable[[str], None] | None = None) -> None:
+        self.index = index
+        self.on_new = on_new
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = -1
+        self._wds: dict[int, str] = {}
+        self._stop_r, self._stop_w = -1, -1
+        self._thread: threading.Thread | None = None
+        self.watches = 0
+        self.overflows = 0
+
+    def start(self) -> bool:
+        """Start watching; False (and no thread) when there is no cgroup2 tree or no inotify."""
+        if self.index.root is None or self._thread is not None:
+            return self._thread is not None
+        fd = self._libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
+        if fd < 0:
+            return False
+        self._fd = fd
+        self._stop_r, self._stop_w = os.pipe()
+        self._watch_tree(self.index.root, "", initial=True)
+        self.index.rescan()  # anything created before the watches were in place
+        self._thread = threading.Thread(target=self._run, name="cgroup-watch", daemon=True)
+        self._thread.start()
+        return True
+
+    def close(self) -> None:
+        if self._thread is None:
+            return
+        os.write(self._stop_w, b"x")
+        self._thread.join(timeout=5)
+        self._thread = None
+        for fd in (self._fd, self._stop_r, self._stop_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _add_watch(self, directory: str, rel: str) -> bool:
+        wd = self._libc.inotify_add_watch(
+            self._fd, os.fsencode(directory), _IN_CREATE | _IN_ONLYDIR
+        )
+        if wd < 0:
+            return False
+        self._wds[wd] = rel
+        self.watches = len(self._wds)
+        return True
+
+    def _watch_tree(self, directory: str, rel: str, *, initial: bool = False) -> None:
+        """Watch ``directory`` and everything below it; index what is new on the way."""
+        stack = [(directory, rel)]
+        while stack:
+            d, r = stack.pop()
+            if not self._add_watch(d, r):
+                continue
+            try:
+                with os.scandir(d) as it:
+                    for entry in it:
+                        if entry.is_dir(follow_symlinks=False):
+                            child = f"{r}/{entry.name}"
+                            if not initial:
+                                self._found(entry.inode(), child)
+                            stack.append((entry.path, child))
+            except OSError:
+                continue
+
+    def _found(self, ino: int, rel: str) -> None:
+        self.index.add(ino, rel)
+        if self.on_new is not None:
+            with contextlib.suppress(Exception):
+                self.on_new(rel)
+
+    def _run(self) -> None:
+        root = self.index.root
+        assert root is not None
+        while True:
+            ready, _, _ = select.select([self._fd, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            try:
+                buf = os.read(self._fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:
+                return
+            off = 0
+            while off + _EVENT_HEAD.size <= len(buf):
+                wd, mask, _cookie, length = _EVENT_HEAD.unpack_from(buf, off)
+                name = buf[off + _EVENT_HEAD.size : off + _EVENT_HEAD.size + length]
+                off += _EVENT_HEAD.size + length
+                if mask & _IN_Q_OVERFLOW:
+                    self.overflows += 1
+                    self.index.rescan()
+                    continue
+                if mask & _IN_IGNORED:
+                    self._wds.pop(wd, None)  # the directory is gone
+                    continue
+                if not (mask & _IN_CREATE and mask & _IN_ISDIR) or wd not in self._wds:
+                    continue
+                child = os.fsdecode(name.rstrip(b"\0"))
+                rel = f"{self._wds[wd]}/{child}"
+                path = root + rel
+                try:
+                    ino = os.stat(path).st_ino
+                except OSError:
+                    continue  # created and removed already
+                self._found(ino, rel)
+                self._watch_tree(path, rel)

@@ -32,6 +32,7 @@ log = structlog.get_logger("sentinel.enrichment.containers")
 
 DEFAULT_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock", "/run/docker.sock")
 API_PREFIX = "/v1.40"
+_LIST_RUNNING = "*list-running*"  # queue token: look up every running container
 
 
 def socket_from_env(environ: Mapping[str, str] | None = None) -> str | None:
@@ -233,6 +234,9 @@ class MetadataFetcher:
                 self._threads.append(follower)
         for t in self._threads:
             t.start()
+        # Containers that were already running when we started get no "create" event: look
+        # them all up now, so their first event after our start already has metadata.
+        self._queue.put(_LIST_RUNNING)
 
     def close(self) -> None:
         """Stop the threads; the event follower wakes up within its socket timeout."""
@@ -327,11 +331,26 @@ class MetadataFetcher:
             )
         return "unavailable", {}
 
+    def _list_running(self) -> None:
+        for sock in self._sockets():
+            try:
+                listing = api_get_json(sock, f"{API_PREFIX}/containers/json", self.timeout)
+            except (OSError, ApiError):
+                continue  # the per-container lookups will report unreachability (once)
+            if isinstance(listing, list):
+                for item in listing:
+                    cid = str(item.get("Id") or "") if isinstance(item, dict) else ""
+                    if len(cid) == 64:
+                        self.request(cid)
+
     def _work(self) -> None:
         while not self._stop.is_set():
             full_id = self._queue.get()
             if full_id is None:
                 return
+            if full_id == _LIST_RUNNING:
+                self._list_running()
+                continue
             self.fetches += 1
             st, fields = self._fetch(full_id)
             with self._cond:
@@ -365,6 +384,7 @@ class MetadataFetcher:
                 if conn.sock is not None:
                     conn.sock.settimeout(None)
                 backoff = 0.2
+                self._queue.put(_LIST_RUNNING)  # whatever started while we were not listening
                 self._read_events(resp)
             except (OSError, http.client.HTTPException, ValueError):
                 pass

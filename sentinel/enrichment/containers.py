@@ -26,6 +26,7 @@ from typing import Any
 
 from sentinel.enrichment.container_cgroup import (
     CgroupIndex,
+    CgroupWatcher,
     match_cgroup_path,
     parse_cgroup_path,
     parse_proc_cgroup,
@@ -118,6 +119,7 @@ class ContainerResolver:
         cgroup_root: str | None = None,
         fetch_metadata: bool = True,
         follow_events: bool = True,
+        watch_cgroups: bool = True,
         proc_root: str = "/proc",
         max_cached: int = 16384,
     ) -> None:
@@ -132,6 +134,7 @@ class ContainerResolver:
                 follow_events=follow_events,
                 on_container_event=self._on_runtime_event,
             )
+        self.watcher = CgroupWatcher(self.index, self._on_new_cgroup) if watch_cgroups else None
         self._by_cgid: OrderedDict[int, ContainerInfo] = OrderedDict()
         self._by_id: dict[str, ContainerInfo] = {}
         self._lock = threading.Lock()
@@ -140,13 +143,16 @@ class ContainerResolver:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the metadata threads now (otherwise they start at the first container) and
-        index the cgroup tree, so the first events do not pay for the walk."""
+        """Start the metadata threads now (otherwise they start at the first container), index
+        the cgroup tree, and watch it for new cgroups (see :class:`CgroupWatcher`)."""
         if self.meta is not None:
             self.meta.start()
-        self.index.rescan()
+        if self.watcher is None or not self.watcher.start():
+            self.index.rescan()
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.close()
         if self.meta is not None:
             self.meta.close()
 
@@ -221,6 +227,12 @@ class ContainerResolver:
         if self.meta is not None:
             self.meta.add_listener(callback)
 
+    def _on_new_cgroup(self, path: str) -> None:
+        # A container's cgroup appears at `runc create`, before its first process runs:
+        # looking it up now is what lets that first exec carry the container's metadata.
+        if match_cgroup_path(path) is not None:
+            self.resolve_cgroup_path(path)
+
     def _on_runtime_event(self, action: str, full_id: str) -> None:
         # The container's cgroup exists from "init" on: index it now, so that its id still
         # resolves if the container is gone before its first event is processed.
@@ -230,6 +242,7 @@ class ContainerResolver:
     def stats(self) -> dict[str, Any]:
         return {
             "cgroup_scans": self.index.scans,
+            "cgroup_watches": self.watcher.watches if self.watcher else 0,
             "cgroup_last_scan_seconds": self.index.last_scan_seconds,
             "containers": len(self._by_id),
             "metadata_fetches": self.meta.fetches if self.meta else 0,

@@ -119,13 +119,15 @@ def containers(podman: Podman) -> Iterator[Podman]:
 
 
 @pytest.fixture(scope="session")
-def image(podman: Podman, rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+def image(podman: Podman, rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A local image made from the busybox rootfs, so image fields exist to be asserted."""
     tar = tmp_path_factory.mktemp("image") / "rootfs.tar"
     with tarfile.open(tar, "w") as tf:
         tf.add(rootfs, arcname=".")
-    podman.run("import", "--change", "CMD=/bin/sh", str(tar), IMAGE)
-    return IMAGE
+    image_id = podman.run("import", "--change", "CMD=/bin/sh", str(tar), IMAGE).strip()
+    yield IMAGE
+    podman.cleanup()
+    podman.run("rmi", "-f", image_id, check=False)
 
 
 @pytest.fixture(scope="session")

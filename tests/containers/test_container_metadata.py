@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from sentinel.enrichment.container_meta import parse_rfc3339_ns, split_image
+from sentinel.enrichment.container_meta import parse_rfc3339_ns, socket_from_env, split_image
 from sentinel.enrichment.containers import ContainerResolver
 
 from .conftest import IMAGE, Podman
@@ -67,10 +67,13 @@ def test_metadata_of_image_container(containers: Podman, api_socket: str, image:
     assert f["k8s.pod.name"] == "web-0"
 
 
-def test_metadata_is_prefetched_from_runtime_events(containers: Podman, api_socket: str) -> None:
-    """The lookup starts when the runtime reports the container, before any event of ours
-    asks: this is what gives the first exec in a new container its name and image."""
-    with ContainerResolver(api_socket) as resolver:
+@pytest.mark.parametrize("via", ["cgroup watcher", "runtime events"])
+def test_metadata_is_prefetched(containers: Podman, api_socket: str, via: str) -> None:
+    """The lookup starts when the container's cgroup appears (or the runtime reports it),
+    before any event of ours asks: this is what gives the first exec in a new container its
+    name and image."""
+    watch = via == "cgroup watcher"
+    with ContainerResolver(api_socket, follow_events=not watch, watch_cgroups=watch) as resolver:
         meta = resolver.meta
         assert meta is not None
         time.sleep(0.5)  # let the event follower subscribe
@@ -82,6 +85,29 @@ def test_metadata_is_prefetched_from_runtime_events(containers: Podman, api_sock
         cached = meta.get(cid)
         assert cached is not None
         assert cached["container.name"] == name
+
+
+def test_running_containers_are_looked_up_at_start(containers: Podman, api_socket: str) -> None:
+    """A container that was running before the resolver started (no "create" event to see):
+    its metadata is fetched at start, before any event of it is resolved."""
+    name, cid, _pid = containers.start_sleeper()
+    with ContainerResolver(api_socket, follow_events=False) as resolver:
+        meta = resolver.meta
+        assert meta is not None
+        deadline = time.monotonic() + 10
+        while meta.state(cid) != "done" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        cached = meta.get(cid)
+        assert cached is not None
+        assert cached["container.name"] == name
+
+
+def test_runtime_socket_from_environment() -> None:
+    assert socket_from_env({"CONTAINER_HOST": "unix:///run/x.sock"}) == "/run/x.sock"
+    assert socket_from_env({"DOCKER_HOST": "unix:///var/run/d.sock"}) == "/var/run/d.sock"
+    assert socket_from_env({"CONTAINER_HOST": "unix:///a", "DOCKER_HOST": "unix:///b"}) == "/a"
+    assert socket_from_env({"DOCKER_HOST": "tcp://127.0.0.1:2375"}) is None
+    assert socket_from_env({}) is None
 
 
 def test_unreachable_runtime_loses_nothing_and_logs_once(

@@ -85,42 +85,57 @@ def test_short_lived_process_resolves_after_exit(containers: Podman) -> None:
     assert info.full_id == cid
 
 
-def test_container_gone_before_first_lookup(containers: Podman, api_socket: str) -> None:
-    """A whole container that exits and is removed before its first event is resolved: the
-    runtime's event stream made the resolver index its cgroup while it existed."""
-    with ContainerResolver(api_socket) as resolver:
-        name = containers.name()
-        proc_args = containers.argv(
-            "run", "--rm", "--network", "none", "--name", name, "--rootfs",
-            str(containers.rootfs), "/bin/sleep", "0.5",
-        )  # fmt: skip
-        child = subprocess.Popen(proc_args, env=containers.env)
+def _short_lived_container(containers: Podman) -> tuple[int, str, subprocess.Popen[bytes]]:
+    """Start `podman run --rm ... sleep 1.5` and learn its cgroup id while it exists:
+    (cgroup id, full id, the podman process)."""
+    name = containers.name()
+    argv = containers.argv(
+        "run", "--rm", "--network", "none", "--name", name, "--rootfs",
+        str(containers.rootfs), "/bin/sleep", "1.5",
+    )  # fmt: skip
+    child = subprocess.Popen(argv, env=containers.env)
+    root = find_cgroup2_root()
+    assert root is not None
+    parent = os.path.join(root, "libpod_parent")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        cid = containers.run(
+            "ps", "-a", "--no-trunc", "--filter", f"name={name}", "--format", "{{.ID}}",
+            check=False,
+        ).strip()  # fmt: skip
+        if cid:
+            try:
+                return os.stat(os.path.join(parent, f"libpod-{cid}")).st_ino, cid, child
+            except FileNotFoundError:
+                pass
+        time.sleep(0.01)
+    child.kill()
+    raise AssertionError("the container's cgroup never appeared")
+
+
+@pytest.mark.parametrize("via", ["cgroup watcher", "runtime events"])
+def test_container_gone_before_first_lookup(containers: Podman, api_socket: str, via: str) -> None:
+    """A whole container that runs, exits and is removed before its first event is resolved:
+    the resolver indexed its cgroup while it existed (inotify on the cgroup tree, or the
+    runtime's event stream as a second line)."""
+    watch = via == "cgroup watcher"
+    with ContainerResolver(api_socket, follow_events=not watch, watch_cgroups=watch) as resolver:
+        time.sleep(0.5)  # the event follower subscribes asynchronously
+        scans = resolver.index.scans
+        cgid, cid, child = _short_lived_container(containers)
+        assert child.wait(timeout=30) == 0
         root = find_cgroup2_root()
         assert root is not None
-        cgid = None
-        cid = None
-        deadline = time.monotonic() + 10
-        while cgid is None and time.monotonic() < deadline:
-            parent = os.path.join(root, "libpod_parent")
-            for entry in os.scandir(parent) if os.path.isdir(parent) else []:
-                if entry.name.startswith("libpod-") and "conmon" not in entry.name:
-                    inspect = containers.run(
-                        "ps", "-a", "--no-trunc", "--filter", f"name={name}", "--format",
-                        "{{.ID}}", check=False,
-                    ).strip()  # fmt: skip
-                    if inspect and entry.name == f"libpod-{inspect}":
-                        cgid, cid = entry.inode(), inspect
-            time.sleep(0.01)
-        assert child.wait(timeout=30) == 0
-        assert cgid is not None, "container cgroup never appeared"
         assert not os.path.exists(os.path.join(root, "libpod_parent", f"libpod-{cid}"))
+        if watch:
+            assert resolver.index.scans == scans  # indexed by the watcher, not by a walk
         info = resolver.resolve_cgroup_id(cgid)
         assert info is not None, "cgroup of the removed container was not indexed"
         assert info.full_id == cid
 
 
 def test_host_processes_and_unknown_ids() -> None:
-    resolver = ContainerResolver(fetch_metadata=False)
+    resolver = ContainerResolver(fetch_metadata=False, watch_cgroups=False)
     assert resolver.resolve_pid(os.getpid()) is HOST
     assert resolver.resolve_pid(1) is HOST
     root = find_cgroup2_root()
