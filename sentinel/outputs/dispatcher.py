@@ -18,9 +18,8 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from sentinel.alerts import Alert, format_time
+from sentinel.outputs._log import get_log
 from sentinel.outputs.base import Outcome, Sink, TransientError
 from sentinel.outputs.config import (
     FileOutput,
@@ -34,7 +33,7 @@ from sentinel.outputs.config import (
 )
 from sentinel.outputs.spool import Record, Spool, SpoolError
 
-log = structlog.get_logger("sentinel.outputs")
+log = get_log("sentinel.outputs")
 
 COUNTERS = ("sent", "retried", "spooled", "dead_lettered", "dropped")
 

@@ -29,11 +29,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import structlog
-
+from sentinel.outputs._log import get_log
 from sentinel.outputs.config import SpoolConfig
 
-log = structlog.get_logger("sentinel.outputs.spool")
+log = get_log("sentinel.outputs.spool")
 
 HEADER = struct.Struct("<IIQ")
 

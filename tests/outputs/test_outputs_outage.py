@@ -1,15 +1,19 @@
-"""Outage: receiver down, N alerts emitted, Sentinel killed with SIGKILL, Sentinel restarted,
-receiver restarted: all N alerts arrive (duplicates allowed, de-duplicable by ``id``)."""
+"""Outage, through the real CLI (``sentinel replay --config C --rules R -``): the receiver is
+down, N alerts are emitted, Sentinel is killed with SIGKILL, Sentinel is restarted, then the
+receiver: all N alerts arrive (duplicates allowed, de-duplicable by ``id``)."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+import yaml
+
+from sentinel.outputs.spool import HEADER
 
 from .conftest import (
     FAST_RETRY,
@@ -18,54 +22,92 @@ from .conftest import (
     bulk_ok,
     free_port,
     serve_http,
-    spool_cfg,
     wait_until,
 )
 
-EMITTER = Path(__file__).with_name("emitter.py")
 N = 200
+RULES = """
+- rule: Any exec
+  desc: test
+  condition: evt.type = execve
+  output: "exec %proc.name (cmd=%proc.cmdline)"
+  priority: WARNING
+"""
 
 
-def _spawn(config: Path, count: int, prefix: str) -> subprocess.Popen[str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    log = open(config.with_name(f"emitter-{prefix}.log"), "a")  # noqa: SIM115
+def _event(i: int) -> str:
+    cmd = f'bash -c "echo {i}"\nü 日本'
+    return json.dumps({"evt.type": "execve", "proc.name": "bash", "proc.cmdline": cmd}) + "\n"
+
+
+def _spooled(spool: Path) -> int:
+    """Complete records in the spool (read while another process appends to it)."""
+    count = 0
+    for seg in spool.glob("*.seg"):
+        data, off = seg.read_bytes(), 0
+        while off + HEADER.size <= len(data):
+            length = HEADER.unpack_from(data, off)[0]
+            if off + HEADER.size + length > len(data):
+                break
+            off += HEADER.size + length
+            count += 1
+    return count
+
+
+def _sentinel(tmp_path: Path, tag: str) -> subprocess.Popen[bytes]:
+    log: IO[bytes] = open(tmp_path / f"sentinel-{tag}.log", "ab")  # noqa: SIM115
     return subprocess.Popen(
-        [sys.executable, str(EMITTER), str(config), str(count), prefix],
-        stdout=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "sentinel",
+            "replay",
+            "--config",
+            str(tmp_path / "sentinel.yaml"),
+            "--rules",
+            str(tmp_path / "rules.yaml"),
+            "-",
+        ],  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=log,
-        text=True,
-        env=env,
     )
 
 
-def _crash_and_recover(tmp_path: Path, outputs: list[dict[str, Any]]) -> subprocess.Popen[str]:
-    """Emit N with the receiver down, SIGKILL, restart Sentinel; returns the new process."""
-    config = tmp_path / "outputs.json"
-    config.write_text(json.dumps({"outputs": outputs, "spool": spool_cfg(tmp_path)}))
-    first = _spawn(config, N, "a")
-    assert first.stdout is not None
-    assert first.stdout.readline().strip() == f"EMITTED {N}"
+def _crash_and_restart(tmp_path: Path, out: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """Emit N alerts with the receiver down, SIGKILL Sentinel, start it again (its stdin left
+    open so that it keeps running); returns the new process."""
+    spool = tmp_path / "spool"
+    config = {"outputs": [out], "spool": {"dir": str(spool)}, "metrics_address": ""}
+    (tmp_path / "sentinel.yaml").write_text(yaml.safe_dump(config))
+    (tmp_path / "rules.yaml").write_text(RULES)
+    first = _sentinel(tmp_path, "first")
+    assert first.stdin is not None
+    first.stdin.write("".join(_event(i) for i in range(N)).encode())
+    first.stdin.flush()
+    wait_until(lambda: _spooled(spool) == N, what="N alerts in the spool")
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     assert first.returncode == -signal.SIGKILL
-    second = _spawn(config, 0, "unused")
-    assert second.stdout is not None
-    assert second.stdout.readline().strip() == "EMITTED 0"
-    return second
+    return _sentinel(tmp_path, "second")
 
 
-def _finish(proc: subprocess.Popen[str]) -> dict[str, Any]:
-    assert proc.stdout is not None
-    out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == 0, out
-    line = out.strip().splitlines()[-1]
-    assert line.startswith("DRAINED ")
-    metrics: dict[str, Any] = json.loads(line.removeprefix("DRAINED "))
-    return metrics
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.close()  # end of events: replay closes its outputs and exits
+    assert proc.wait(30) == 0
+
+
+def _check(alerts: list[dict[str, Any]]) -> None:
+    by_cmd: dict[str, set[str]] = {}
+    for a in alerts:
+        by_cmd.setdefault(a["output_fields"]["proc.cmdline"], set()).add(a["id"])
+    assert set(by_cmd) == {f'bash -c "echo {i}"\nü 日本' for i in range(N)}  # none lost
+    assert all(len(ids) == 1 for ids in by_cmd.values())  # any duplicate has the same id
 
 
 def test_http_bulk_outage_with_sigkill(tmp_path: Path) -> None:
-    port = free_port()  # receiver is down: nothing listens yet
+    port = free_port()  # the receiver is down: nothing listens there yet
     out = {
         "type": "http",
         "flavor": "elasticsearch",
@@ -73,30 +115,37 @@ def test_http_bulk_outage_with_sigkill(tmp_path: Path) -> None:
         "batch": {"max_count": 50, "max_wait": 0.1},
         "retry": FAST_RETRY,
     }
-    proc = _crash_and_recover(tmp_path, [out])
+    proc = _crash_and_restart(tmp_path, out)
     receiver = HttpReceiver(respond=bulk_ok)
     server = serve_http(receiver, port=port)
     try:
-        metrics = _finish(proc)
+        docs: list[dict[str, Any]] = []
+
+        def arrived() -> int:
+            docs[:] = [
+                json.loads(line)
+                for r in list(receiver.requests)
+                for line in r.body.decode().splitlines()[1::2]
+            ]
+            return len({d["id"] for d in docs})
+
+        wait_until(lambda: arrived() >= N, timeout=60, what="every alert at the receiver")
+        _stop(proc)
     finally:
         server.shutdown()
         server.server_close()
-    ids = [
-        json.loads(line)["create"]["_id"]
-        for r in receiver.requests
-        for line in r.body.decode().splitlines()[0::2]
-    ]
-    assert set(ids) == {f"a-{i}" for i in range(N)}  # all arrived; duplicates are allowed
-    assert metrics["http"]["sent"] == len(ids) and metrics["http"]["queue_depth"] == 0
+    _check(docs)
 
 
 def test_syslog_tcp_outage_with_sigkill(tmp_path: Path, rsyslog: Rsyslog) -> None:
     rsyslog.stop()
     out = {"type": "syslog", "port": rsyslog.tcp_port, "retry": FAST_RETRY}
-    proc = _crash_and_recover(tmp_path, [out])
+    proc = _crash_and_restart(tmp_path, out)
     rsyslog.start()
-    _finish(proc)
-    wait_until(lambda: len(rsyslog.lines()) >= N, what="rsyslog to write everything")
-    bodies = [json.loads(m["msg"]) for m in rsyslog.messages()]
-    assert {b["id"] for b in bodies} == {f"a-{i}" for i in range(N)}
-    assert all(b["output"].endswith("ü\nline 2") for b in bodies)
+    wait_until(
+        lambda: len({json.loads(m["msg"])["id"] for m in rsyslog.messages()}) >= N,
+        timeout=60,
+        what="every alert in rsyslog's file",
+    )
+    _stop(proc)
+    _check([json.loads(m["msg"]) for m in rsyslog.messages()])
