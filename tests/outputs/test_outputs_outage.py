@@ -67,7 +67,7 @@ def _sentinel(tmp_path: Path, tag: str) -> subprocess.Popen[bytes]:
             "--rules",
             str(tmp_path / "rules.yaml"),
             "-",
-        ],  # fmt: skip
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
         stderr=log,
