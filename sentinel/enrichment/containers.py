@@ -19,6 +19,7 @@ host processes get :data:`HOST`, whose ``container.id`` is ``host`` as in Falco.
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from types import TracebackType
@@ -37,6 +38,7 @@ __all__ = [
     "HOST",
     "ContainerInfo",
     "ContainerResolver",
+    "MetadataWaiter",
     "parse_cgroup_path",
 ]
 
@@ -248,3 +250,64 @@ class ContainerResolver:
             "metadata_fetches": self.meta.fetches if self.meta else 0,
             "metadata_failures": self.meta.failures if self.meta else 0,
         }
+
+
+class MetadataWaiter:
+    """Holds work (typically: rendering an alert) until its container's metadata lookup has
+    finished, for at most ``max_wait`` seconds, without blocking the caller.
+
+    Why: a container's first process can run a few milliseconds before the runtime answers
+    for it (podman holds the container's lock until ``start`` returns), so an alert on that
+    first exec, rendered at once, would lack the container's name and image. The sensor loop
+    calls :meth:`defer` instead of emitting, and :meth:`run_due` after each poll; nothing is
+    held when the metadata is known, the container is the host, or the runtime is unreachable
+    (the state is then ``unavailable``, not ``pending``). Single-threaded: call it from the
+    sensor loop only.
+    """
+
+    def __init__(self, max_wait: float = 1.0) -> None:
+        self.max_wait = max_wait
+        self._held: list[tuple[float, ContainerInfo, Callable[[], None]]] = []
+        self.deferred = 0
+        self.expired = 0
+
+    @staticmethod
+    def needs_wait(info: ContainerInfo | None) -> bool:
+        return info is not None and info.metadata_state == "pending"
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def submit(self, info: ContainerInfo | None, fn: Callable[[], None]) -> None:
+        """Run ``fn`` now when nothing is pending for ``info``, else hold it."""
+        if self.needs_wait(info):
+            assert info is not None
+            self.defer(info, fn)
+        else:
+            fn()
+
+    def defer(self, info: ContainerInfo, fn: Callable[[], None]) -> None:
+        self.deferred += 1
+        self._held.append((time.monotonic() + self.max_wait, info, fn))
+
+    def run_due(self, *, flush: bool = False) -> int:
+        """Run, in submission order, what is ready (lookup finished) or overdue; ``flush``
+        runs everything (at shutdown). Returns how many ran."""
+        if not self._held:
+            return 0
+        now = time.monotonic()
+        keep: list[tuple[float, ContainerInfo, Callable[[], None]]] = []
+        due: list[Callable[[], None]] = []
+        for item in self._held:
+            deadline, info, fn = item
+            if flush or not self.needs_wait(info):
+                due.append(fn)
+            elif now >= deadline:
+                self.expired += 1
+                due.append(fn)
+            else:
+                keep.append(item)
+        self._held = keep
+        for fn in due:
+            fn()
+        return len(due)
