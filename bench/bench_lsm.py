@@ -4,15 +4,18 @@ Run ``.venv/bin/python bench/bench_lsm.py``. BPF LSM does not load on the projec
 kernel, so on such a host this boots the BPF LSM VM (scripts/vm-run.sh) and runs itself
 inside with ``--inside-vm``; the VM suite (tests/vm) runs it the same way after the tests.
 
-Workloads are C loops, so the figure is the hooks' cost and not Python's:
-  * ``dd-write``: ``dd bs=512`` from /dev/zero into a file six levels below a tmpfs mount:
-    one ``file_permission`` dentry walk (crossing two mounts) per write();
+Workloads are C loops, so the figure is the hooks' cost and not Python's. Files sit six
+levels below a tmpfs mount, on the same file system as the protected directory:
+  * ``dd-write``: ``dd bs=512`` from /dev/zero into a file it opens: one ``file_open`` walk,
+    then a ``file_permission`` per write() answered by the write-verdict cache;
+  * ``dd-write-preopened-fd``: the same into a descriptor opened before the programs were
+    attached: the worst case, a full dentry walk (crossing two mounts) on every write();
   * ``sh-open-trunc-write``: a dash loop of ``echo x > file`` (builtin, no fork): open with
-    O_CREAT|O_TRUNC (``file_open`` + ``path_truncate``) and a write per iteration.
-Each is timed ROUNDS times with no programs, ROUNDS times with an LsmEnforcer holding a
-policy (a protected directory on the same tmpfs, an exec deny, connect denies), then ROUNDS
-times with no programs again. Ratio = median(enforced) / median(all no-program runs), all in
-one run of this script. Counts are calibrated so that one no-program run takes ~1 s.
+    O_CREAT|O_TRUNC (``file_open`` + ``path_truncate`` walks) and a write per iteration.
+One LsmEnforcer (a protected directory, an exec deny, connect denies) is loaded, and the
+runs alternate between its programs detached (= no programs run) and attached, ABBA, ROUNDS
+times each. Ratio = median(attached) / median(detached), all in one run of this script.
+Counts are calibrated so that one run takes ~1 s without programs.
 """
 
 from __future__ import annotations
@@ -46,6 +49,25 @@ def _dd(path: Path, n: int) -> float:
     return time.perf_counter() - t0
 
 
+class _Preopened:
+    """dd writing to a descriptor opened before the programs were attached (stdout)."""
+
+    def __init__(self) -> None:
+        self.fd = -1
+
+    def __call__(self, path: Path, n: int) -> float:
+        if self.fd < 0:
+            self.fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        t0 = time.perf_counter()
+        subprocess.run(
+            ["dd", "if=/dev/zero", "bs=512", f"count={n}", "status=none"],
+            stdout=self.fd,
+            check=True,
+        )
+        return time.perf_counter() - t0
+
+
 def _sh(path: Path, n: int) -> float:
     script = f'i=0; while [ $i -lt {n} ]; do echo x > "{path}"; i=$((i+1)); done'
     t0 = time.perf_counter()
@@ -54,12 +76,29 @@ def _sh(path: Path, n: int) -> float:
 
 
 def _calibrate(fn: Callable[[Path, int], float], path: Path, n: int) -> int:
+    took = fn(path, n)
     for _ in range(4):
-        took = fn(path, n)
         if took > 0.3:
             break
         n *= 4
+        took = fn(path, n)
     return max(1000, int(n * TARGET_S / max(took, 1e-6)))
+
+
+def _set_attached(enf: LsmEnforcer, on: bool) -> None:
+    """Benchmark-only toggle, so that both conditions interleave within one compile.
+
+    Detached programs cost nothing; they stay loaded. Not an enforcement feature: files freed
+    while detached would leave stale write_ok entries, so the cache is cleared on re-attach.
+    """
+    bpf = enf._bpf
+    if on:
+        bpf[b"write_ok"].clear()
+        for hook in enf.attached_hooks:
+            bpf.attach_lsm(f"lsm__{hook}".encode())
+    else:
+        for fn in list(bpf.lsm_fds):
+            bpf.detach_lsm(fn)
 
 
 def run_inside(json_out: Path | None) -> int:
@@ -78,37 +117,41 @@ def run_inside(json_out: Path | None) -> int:
         exec_exact={shutil.which("false") or "/bin/false": "bench-exec"},
         connect=[ConnectDeny("bench-connect", "127.66.0.0/16", (9,))],
     )
-    cases: list[tuple[str, Callable[[Path, int], float], int]] = [
-        ("dd-write", _dd, 20000),
-        ("sh-open-trunc-write", _sh, 2000),
+    preopened = _Preopened()
+    cases: list[tuple[str, Callable[[Path, int], float], int, Path]] = [
+        ("dd-write", _dd, 20000, deep / "storm.bin"),
+        ("dd-write-preopened-fd", preopened, 20000, deep / "pre.bin"),
+        ("sh-open-trunc-write", _sh, 2000, deep / "sh.txt"),
     ]
-    target = deep / "storm.bin"
-    counts = {name: _calibrate(fn, target, n) for name, fn, n in cases}
-    base: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-    enforced: dict[str, list[float]] = {name: [] for name, _, _ in cases}
-
-    def rounds(into: dict[str, list[float]]) -> None:
-        for _ in range(ROUNDS):
-            for name, fn, _ in cases:
-                into[name].append(fn(target, counts[name]))
-
-    rounds(base)
+    counts = {name: _calibrate(fn, path, n) for name, fn, n, path in cases}
+    base: dict[str, list[float]] = {name: [] for name, *_ in cases}
+    enforced: dict[str, list[float]] = {name: [] for name, *_ in cases}
     t0 = time.monotonic()
     denied: list[object] = []
     enf = LsmEnforcer(policy, denied.append)
     load_s = time.monotonic() - t0
+    attached = True
     try:
-        rounds(enforced)
+        for r in range(ROUNDS):
+            # A B B A ...: drift in the (emulated) machine's speed hits both conditions alike.
+            for on in (True, False) if r % 2 == 0 else (False, True):
+                if on != attached:
+                    _set_attached(enf, on)
+                    attached = on
+                for name, fn, _, path in cases:
+                    (enforced if on else base)[name].append(fn(path, counts[name]))
+        if not attached:
+            _set_attached(enf, True)
         lost = enf.lost_events
+        hooks = enf.attached_hooks
     finally:
         enf.close()
-    rounds(base)
     shutil.rmtree(root, ignore_errors=True)
     result = {
         "kernel": os.uname().release,
         "rounds": ROUNDS,
         "enforcer_load_s": round(load_s, 2),
-        "hooks": enf.attached_hooks,
+        "hooks": hooks,
         "denials_during_bench": len(denied),
         "lost_events": lost,
         "cases": [
@@ -123,7 +166,7 @@ def run_inside(json_out: Path | None) -> int:
                 "baseline_s": [round(x, 4) for x in base[name]],
                 "enforced_s": [round(x, 4) for x in enforced[name]],
             }
-            for name, _, _ in cases
+            for name, *_ in cases
         ],
     }
     text = json.dumps(result, indent=1)

@@ -44,6 +44,9 @@
 #define H_SOCKET_CONNECT 20
 #define H_INODE_SET_ACL 21
 #define H_INODE_REMOVE_ACL 22
+#define H_SB_MOUNT 23
+#define H_MOVE_MOUNT 24
+#define H_FILE_FREE 25
 
 /* Operations (keep in sync with OPERATIONS in sentinel/kernel/lsm.py). */
 #define OP_EXEC 1
@@ -70,6 +73,7 @@
 #define OP_CONNECT 22
 #define OP_SET_ACL 23
 #define OP_REMOVE_ACL 24
+#define OP_MOUNT 25
 
 /* Walk modes. */
 #define MODE_WRITE 1 /* the object or any ancestor is write-protected */
@@ -142,6 +146,16 @@ struct walk_result {
 BPF_HASH(idents, struct ident_key, struct ident_val, MAX_IDENTS);
 BPF_LPM_TRIE(net_trie, struct net_key, u32, MAX_NETS);
 BPF_HASH(net_ports, struct port_key, u32, MAX_NET_PORTS);
+/*
+ * Files opened for writing while this policy is loaded, which file_open allowed. A file's
+ * path never changes, and every way of bringing it under a protected path later (rename or
+ * link into one, moving an ancestor, mounting onto one) is denied, so file_permission may
+ * trust the verdict instead of walking again on every write(). Entries go away in
+ * file_free_security; a full map only means falling back to the walk.
+ */
+BPF_HASH(write_ok, u64, u8, MAX_OPEN_FILES);
+/* [0] = 1 once user space has filled the policy maps; before that nothing is cached. */
+BPF_ARRAY(config, u32, 1);
 BPF_RINGBUF_OUTPUT(deny_events, RING_PAGES);
 /* 0: ring buffer reserve failures (event lost, operation still denied), 1: denials. */
 BPF_PERCPU_ARRAY(counters, u64, 2);
@@ -160,14 +174,28 @@ static __always_inline void count(u32 idx)
         *c += 1;
 }
 
+/* The superblock's dev_t, read once per file system crossed (all its dentries share it). */
+static __always_inline u32 sb_dev(void *dentry)
+{
+    u32 dev = 0;
+    void *sb = rd_ptr(dentry, OFF_DENTRY_D_SB);
+    if (sb)
+        bpf_probe_read_kernel(&dev, sizeof(dev), (char *)sb + OFF_SB_S_DEV);
+    return dev;
+}
+
 /*
  * Walk from `dentry` (on mount `mnt`, which may be NULL when the hook gives no mount) to the
- * root. Returns the rule index that denies, or 0. Component names passed on the way are
- * remembered (as kernel pointers) so the event can report the path below the match.
+ * root. Returns the rule index that denies, or 0. With `collect` (only used again on the deny
+ * path, so the common allow path stays at three reads and one lookup per level), component
+ * names passed on the way are remembered (as kernel pointers) for the event.
  */
-static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt, u32 mode)
+static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt, u32 mode,
+                                int collect)
 {
     int first = 1;
+    struct ident_key k = {};
+    k.dev = dentry ? sb_dev(dentry) : 0;
     res->nnames = 0;
     res->truncated = 0;
 #pragma clang loop unroll(disable)
@@ -176,9 +204,6 @@ static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt
             return 0;
         void *inode = rd_ptr(dentry, OFF_DENTRY_D_INODE);
         if (inode) {
-            struct ident_key k = {};
-            void *sb = rd_ptr(dentry, OFF_DENTRY_D_SB);
-            bpf_probe_read_kernel(&k.dev, sizeof(k.dev), (char *)sb + OFF_SB_S_DEV);
             bpf_probe_read_kernel(&k.ino, sizeof(k.ino), (char *)inode + OFF_INODE_I_INO);
             struct ident_val *v = idents.lookup(&k);
             if (v) {
@@ -211,14 +236,18 @@ static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt
                 return 0;
             dentry = rd_ptr(m, OFF_MOUNT_MNT_MOUNTPOINT);
             mnt = (char *)mp + OFF_MOUNT_MNT;
+            if (dentry)
+                k.dev = sb_dev(dentry);
             continue; /* the mount point is the same path component: `first` unchanged */
         }
-        u32 n = res->nnames;
-        if (n < MAX_NAMES) {
-            res->names[n & (MAX_NAMES - 1)] = (u64)rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
-            res->nnames = n + 1;
-        } else {
-            res->truncated = 1;
+        if (collect) {
+            u32 n = res->nnames;
+            if (n < MAX_NAMES) {
+                res->names[n & (MAX_NAMES - 1)] = (u64)rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
+                res->nnames = n + 1;
+            } else {
+                res->truncated = 1;
+            }
         }
         first = 0;
         dentry = parent;
@@ -273,9 +302,12 @@ static __always_inline int deny_path(u32 rule, u8 hook, u8 op, struct walk_resul
 static __always_inline int check(void *dentry, void *mnt, u32 mode, u8 hook, u8 op)
 {
     struct walk_result res = {};
-    u32 rule = walk(&res, dentry, mnt, mode);
-    if (!rule)
+    if (!walk(&res, dentry, mnt, mode, 0))
         return 0;
+    /* Denied: walk again, now collecting the names below the match for the event. */
+    u32 rule = walk(&res, dentry, mnt, mode, 1);
+    if (!rule)
+        return -SENTINEL_EPERM; /* cannot happen (maps are not changed while loaded) */
     return deny_path(rule, hook, op, &res);
 }
 
@@ -314,10 +346,29 @@ LSM_PROBE(file_open, void *file)
     u32 fmode = 0, flags = 0;
     bpf_probe_read_kernel(&fmode, sizeof(fmode), (char *)file + OFF_FILE_F_MODE);
     bpf_probe_read_kernel(&flags, sizeof(flags), (char *)file + OFF_FILE_F_FLAGS);
+    int ret = 0;
     if (flags & O_TRUNC_)
-        return check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_TRUNC);
-    if (fmode & FMODE_WRITE_)
-        return check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_WRITE);
+        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_TRUNC);
+    else if (fmode & FMODE_WRITE_)
+        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_WRITE);
+    u32 zero = 0;
+    u32 *ready = config.lookup(&zero);
+    if (ret == 0 && (fmode & FMODE_WRITE_) && ready && *ready) {
+        u64 key = (u64)file;
+        u8 one = 1;
+        write_ok.update(&key, &one);
+    }
+    return ret;
+}
+
+LSM_PROBE(file_free_security, void *file)
+{
+    u32 fmode = 0;
+    bpf_probe_read_kernel(&fmode, sizeof(fmode), (char *)file + OFF_FILE_F_MODE);
+    if (fmode & FMODE_WRITE_) {
+        u64 key = (u64)file;
+        write_ok.delete(&key);
+    }
     return 0;
 }
 
@@ -325,6 +376,9 @@ LSM_PROBE(file_open, void *file)
 LSM_PROBE(file_permission, void *file, int mask)
 {
     if (!(mask & (MAY_WRITE_ | MAY_APPEND_)))
+        return 0;
+    u64 key = (u64)file;
+    if (write_ok.lookup(&key))
         return 0;
     return check_file(file, MODE_WRITE, H_FILE_PERMISSION, OP_WRITE);
 }
@@ -455,6 +509,18 @@ LSM_PROBE(file_mprotect, void *vma, unsigned long reqprot, unsigned long prot)
         return 0;
     return check_file(rd_ptr(vma, OFF_VMA_VM_FILE), MODE_WRITE, H_FILE_MPROTECT,
                       OP_MPROTECT_SHARED_WRITE);
+}
+
+/* ---- mounts: mounting onto (or moving a mount onto) a protected path or an ancestor ------- */
+
+LSM_PROBE(sb_mount, const char *dev_name, const void *path)
+{
+    return check_path(path, MODE_MOVE, H_SB_MOUNT, OP_MOUNT);
+}
+
+LSM_PROBE(move_mount, const void *from_path, const void *to_path)
+{
+    return check_path(to_path, MODE_MOVE, H_MOVE_MOUNT, OP_MOUNT);
 }
 
 /* ---- network ---------------------------------------------------------------------------- */

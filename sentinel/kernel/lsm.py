@@ -13,12 +13,17 @@ O_TRUNC), ``file_permission`` (writes through descriptors opened earlier), ``pat
 ``path_link``, ``path_symlink``, ``path_mknod`` (also open(O_CREAT) of a new file),
 ``path_mkdir``, ``path_rmdir``, ``path_chmod``, ``path_chown``, ``inode_setattr``,
 ``inode_setxattr``, ``inode_removexattr``, ``inode_set_acl``/``inode_remove_acl`` (6.2+),
-``mmap_file`` and ``file_mprotect`` (shared writable mappings); ``socket_connect``.
+``mmap_file`` and ``file_mprotect`` (shared writable mappings); ``sb_mount`` and
+``move_mount`` (mounting onto a protected path or an ancestor would hide it);
+``socket_connect``. ``file_free_security`` only maintains the write-verdict cache (see
+``write_ok`` in bpf/lsm.c) that keeps write() storms off the dentry walk.
 
-Known limits: a shared writable mapping made before the policy loaded keeps working (the
-kernel does not revoke mappings); ``sendto``/``sendmsg`` with an address on an unconnected
-UDP socket is not a connect and is not covered; paths deeper than 32 levels below the
-match are not recognised (the walk is bounded for the verifier).
+Known limits: unmounting a file system that holds a protected path is not denied; a shared
+writable mapping made before the policy loaded keeps working (the kernel does not revoke
+mappings); ``sendto``/``sendmsg`` with an address on an unconnected UDP socket is not a
+connect and is not covered; an object more than 32 levels (mount crossings included) below
+the protected path is not recognised (the walk is bounded for the verifier). The policy is
+fixed for the enforcer's lifetime: to change it, start a new LsmEnforcer and close the old.
 """
 
 from __future__ import annotations
@@ -83,6 +88,9 @@ HOOKS: dict[int, str] = {
     20: "socket_connect",
     21: "inode_set_acl",
     22: "inode_remove_acl",
+    23: "sb_mount",
+    24: "move_mount",
+    25: "file_free_security",
 }
 OPERATIONS: dict[int, str] = {
     1: "exec",
@@ -109,6 +117,7 @@ OPERATIONS: dict[int, str] = {
     22: "connect",
     23: "set_acl",
     24: "remove_acl",
+    25: "mount",
 }
 # Falco event type a denial corresponds to (for the alert's evt.type).
 EVT_TYPES: dict[str, str] = {
@@ -136,6 +145,7 @@ EVT_TYPES: dict[str, str] = {
     "connect": "connect",
     "set_acl": "setxattr",
     "remove_acl": "removexattr",
+    "mount": "mount",
 }
 # Hooks compiled only if the kernel has them; absence is reported, never fatal.
 OPTIONAL_HOOKS = ("file_truncate", "inode_set_acl", "inode_remove_acl")
@@ -183,6 +193,7 @@ ARG_POSITIONS: dict[str, tuple[str, str, tuple[int, ...]]] = {
 MAX_IDENTS = 65536
 MAX_NETS = 4096
 MAX_NET_PORTS = 16384
+MAX_OPEN_FILES = 65536
 NAME_LEN = 64
 
 
@@ -286,6 +297,7 @@ def _cflags(btf: Btf, hooks: dict[str, list[str]]) -> tuple[list[str], list[str]
         f"-DMAX_IDENTS={MAX_IDENTS}",
         f"-DMAX_NETS={MAX_NETS}",
         f"-DMAX_NET_PORTS={MAX_NET_PORTS}",
+        f"-DMAX_OPEN_FILES={MAX_OPEN_FILES}",
     ]
     return flags, lacking
 
@@ -375,6 +387,8 @@ class LsmEnforcer:
             pk = ports.Key()
             pk.entry, pk.port = entry, port
             ports[pk] = ctypes.c_uint32(idx)
+        # Only now may file_open start caching "allowed" verdicts (see write_ok in bpf/lsm.c).
+        b[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(1)
 
     # -- events ----------------------------------------------------------------------------
 

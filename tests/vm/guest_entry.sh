@@ -25,6 +25,7 @@ export SENTINEL_IN_VM=1
   echo "kernel=$(uname -r)"
   echo "lsm=$(cat /sys/kernel/security/lsm)"
   echo "boot_uptime_s=$(cut -d' ' -f1 /proc/uptime)"
+  echo "guest_start_epoch=$(date +%s)"
 } >"$out/guest-info.txt"
 
 if [ "${SENTINEL_VM_TESTS:-1}" = 1 ]; then
@@ -42,4 +43,5 @@ fi
 t2=$(date +%s.%N)
 awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "suite_s=%.1f\nbench_s=%.1f\n", b - a, c - b }' \
   >>"$out/guest-info.txt"
+echo "guest_end_epoch=$(date +%s)" >>"$out/guest-info.txt"
 echo "guest_done=1" >>"$out/guest-info.txt"

@@ -384,7 +384,9 @@ def test_deep_file_write_reports_full_path(layout: Layout, ev: Events) -> None:
 def test_shared_writable_mmap_denied(layout: Layout, ev: Events) -> None:
     assert_denied(
         ev,
-        lambda: mmap.mmap(layout.pre_fd, 4096, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE),
+        lambda: mmap.mmap(
+            layout.pre_fd, len(CONTENT), mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE
+        ),
         hook="mmap_file",
         operation="mmap_shared_write",
         path=layout.target,
@@ -420,13 +422,71 @@ def test_mprotect_shared_mapping_to_writable_denied(layout: Layout, ev: Events) 
         libc.munmap(addr, 4096)
 
 
+# -- mounts ----------------------------------------------------------------------------------
+
+
+def _mount(source: str, target: Path, fstype: str | None, flags: int = 0) -> None:
+    libc = _libc
+    libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong,
+                           ctypes.c_void_p]  # fmt: skip
+    fs = fstype.encode() if fstype else None
+    if libc.mount(source.encode(), str(target).encode(), fs, flags, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), str(target))
+
+
+MS_BIND = 4096
+
+
+def test_mount_over_protected_subdirectory_denied(layout: Layout, ev: Events) -> None:
+    e = assert_denied(
+        ev,
+        lambda: _mount("none", layout.sub, "tmpfs"),
+        hook="sb_mount",
+        operation="mount",
+        path=layout.sub,
+    )
+    assert_own_process(e)
+
+
+def test_mount_over_ancestor_denied(layout: Layout, ev: Events) -> None:
+    assert_denied(
+        ev,
+        lambda: _mount("none", layout.base, "tmpfs"),
+        hook="sb_mount",
+        operation="mount",
+        path=layout.base,
+        rule="protect-dir",
+    )
+
+
+def test_write_through_bind_mount_of_protected_directory_denied(layout: Layout, ev: Events) -> None:
+    """Identities, not strings: another path to the same directory is just as protected."""
+    view = layout.outside / "bindview"
+    view.mkdir(exist_ok=True)
+    _mount(str(layout.prot), view, None, MS_BIND)  # bind-mounting *from* it is allowed
+    try:
+        assert ev.wait(0, timeout=0) == []
+        assert (view / "target.txt").read_bytes() == CONTENT
+        assert_denied(
+            ev,
+            lambda: os.open(view / "target.txt", os.O_WRONLY),
+            hook="file_open",
+            operation="open_write",
+            path=layout.target,
+        )
+    finally:
+        subprocess.run(["umount", str(view)], check=True)
+
+
 # -- allowed operations ------------------------------------------------------------------------
 
 
 def test_reading_protected_file_still_works(layout: Layout, ev: Events) -> None:
     assert layout.target.read_bytes() == CONTENT
     assert os.pread(layout.pre_fd, 5, 0) == CONTENT[:5]
-    with mmap.mmap(layout.pre_fd, 4096, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE) as m:
+    n = len(CONTENT)
+    with mmap.mmap(layout.pre_fd, n, mmap.MAP_PRIVATE, mmap.PROT_READ | mmap.PROT_WRITE) as m:
         m[:4] = b"priv"  # private copy-on-write mapping: never reaches the file
     assert layout.target.read_bytes() == CONTENT
     assert ev.wait(0, timeout=0) == []
