@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
 from typing import IO, Any, Literal, TextIO, cast
 
 import structlog
@@ -60,6 +61,7 @@ def configure_logging(
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
+            _name_logger,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
@@ -75,8 +77,18 @@ def configure_logging(
 
 
 def get_logger(name: str = "sentinel") -> Any:
-    """A bound logger carrying ``logger=name``; typed Any because structlog's proxies are."""
-    return structlog.get_logger(name).bind(logger=name)
+    """A logger carrying ``logger=name``. It is a lazy proxy: it follows a later
+    ``configure_logging`` (e.g. a reloaded config), so modules may create it at import time."""
+    return structlog.get_logger(_logger_name=name)
+
+
+def _name_logger(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """``_logger_name`` (set by :func:`get_logger`; ``logger`` is taken by structlog's own
+    arguments) becomes the ``logger`` key of the output."""
+    name = event.pop("_logger_name", None)
+    if name is not None:
+        event["logger"] = name
+    return event
 
 
 __all__ = ["LogFormat", "configure_logging", "get_logger"]

@@ -18,18 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.compiler import CompiledRules
-from sentinel.engine import Engine
-from sentinel.logging import configure_logging, get_logger
-from sentinel.metrics import (
-    EngineCollector,
-    Metrics,
-    MetricsServer,
-    RunMetrics,
-    sensor_collector,
-    size_collector,
-)
-from sentinel.reload import RulesReloader, load_compiled_rules
+from sentinel.config import load_config
+from sentinel.logging import configure_logging
+from sentinel.ops import Operations, Reloaded
+from sentinel.reload import RulesReloader
 from tests.ops.test_metrics import value
 
 pytestmark = pytest.mark.kernel
@@ -63,66 +55,56 @@ def require_root() -> None:
 
 
 class LiveLoop:
-    """sentinel run's loop in miniature, with the ops wiring (metrics, health, reload)."""
+    """sentinel run's loop in miniature, wired through :class:`sentinel.ops.Operations`
+    exactly as run should be."""
 
-    def __init__(self, rules: Path) -> None:
+    def __init__(self, rules: Path, tmp: Path, families: frozenset[str]) -> None:
         from sentinel.enrichment.containers import ContainerResolver
         from sentinel.enrichment.live import Enricher
         from sentinel.kernel.sensor import Sensor
 
-        self.engine = Engine(load_compiled_rules([rules]), hostname="test")
-        self.sensor = Sensor({"openat"})
+        self.config_path = tmp / "sentinel.yaml"
+        self.config_path.write_text(
+            f"rules: [{rules}]\nmatching: all\nmetrics_address: '127.0.0.1:0'\n"
+            f"hostname: test\nspool: {{dir: {tmp / 'spool'}}}\n"
+        )
+        cfg = load_config(self.config_path, {})
+        self.ops = Operations(cfg, self.config_path, configure_logs=False)
+        self.ops.initial_engine()
+        self.sensor = Sensor(families)
         self.resolver = ContainerResolver(fetch_metadata=False)
         self.enricher = Enricher(resolver=self.resolver)
-        self.metrics = Metrics()
-        self.run = RunMetrics(self.metrics)
-        self.engine_stats = EngineCollector(self.engine)
-        self.metrics.collect_from(self.engine_stats.collect)
-        self.metrics.collect_from(sensor_collector(self.sensor))
-        self.metrics.collect_from(
-            size_collector("sentinel_process_table_size", "processes", self.enricher.table)
-        )
-        self.last_poll = time.monotonic()
-        self.server = MetricsServer(self.metrics, "127.0.0.1", 0, health=self.health)
-        self.reloader: RulesReloader[CompiledRules] = RulesReloader([rules], self.swap)
+        self.ops.watch(sensor=self.sensor, process_table=self.enricher.table)
         self.alerts: list[str] = []
 
-    def health(self) -> tuple[bool, str]:
-        age = time.monotonic() - self.last_poll
-        return (age < 5.0, f"event loop last polled {age:.1f}s ago")
-
-    def swap(self, compiled: CompiledRules) -> None:
-        new = Engine(compiled, hostname="test")
-        self.engine_stats.swap(new)
-        self.engine = new
-        self.run.rules_loaded.set(len(new.rules))
-        self.run.reloads.labels("ok").inc()
+    @property
+    def reloader(self) -> RulesReloader[Reloaded]:
+        return self.ops.reloader
 
     def on_raw(self, raw: bytes) -> None:
         ev = self.enricher.event(raw)
-        self.run.event(ev.get("evt.type"))
-        for alert in self.engine.process(ev):
-            self.run.alert(alert)
+        self.ops.event(ev.get("evt.type"))
+        for alert in self.ops.engine.process(ev):
+            self.ops.alert(alert)
             self.alerts.append(alert.rule)
 
     def start(self) -> None:
         self.sensor.start(self.on_raw)
         self.resolver.start()
         self.enricher.seed()
-        self.server.start()
-        self.reloader.install()
+        self.ops.start(programs=sorted(self.sensor.families))
+
+    @property
+    def url(self) -> str:
+        assert self.ops.server is not None
+        return self.ops.server.url
 
     def step(self) -> None:
         self.sensor.poll(5)
-        self.last_poll = time.monotonic()
-        failures = self.reloader.failures
-        self.reloader.poll()
-        if self.reloader.failures > failures:
-            self.run.reloads.labels("rejected").inc()
+        self.ops.step()
 
     def close(self) -> None:
-        self.reloader.close()
-        self.server.close()
+        self.ops.close()
         self.sensor.drain()
         self.sensor.close()
         self.resolver.close()
@@ -146,10 +128,10 @@ def test_metrics_follow_live_kernel_events(tmp_path: Path) -> None:
     target = tmp_path / "marker.txt"
     rules = tmp_path / "rules.yaml"
     write_rules(rules, "v1", marker, target)
-    loop = LiveLoop(rules)
+    loop = LiveLoop(rules, tmp_path, frozenset({"openat"}))
     loop.start()
     try:
-        url = loop.server.url
+        url = loop.url
         before = scrape(url + "/metrics")
         n = 25
         proc = subprocess.Popen(
@@ -200,8 +182,8 @@ def test_reload_during_an_exec_storm_loses_nothing(tmp_path: Path) -> None:
     target = tmp_path / "marker.txt"
     rules = tmp_path / "rules.yaml"
     write_rules(rules, "v0", marker, target)
-    loop = LiveLoop(rules)
-    loop.reloader.log = get_logger("sentinel.reload")
+    # exec/fork/exit only (always attached): the storm is ours, not every open on the machine.
+    loop = LiveLoop(rules, tmp_path, frozenset())
     loop.start()
     n = 3000
     versions: list[str] = []
@@ -232,7 +214,7 @@ def test_reload_during_an_exec_storm_loses_nothing(tmp_path: Path) -> None:
         for _ in range(10):
             loop.step()
         lost = loop.sensor.lost()
-        metrics_text = scrape(loop.server.url + "/metrics")
+        metrics_text = scrape(loop.url + "/metrics")
     finally:
         loop.close()
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
@@ -257,5 +239,5 @@ def test_reload_during_an_exec_storm_loses_nothing(tmp_path: Path) -> None:
     assert value(metrics_text, "sentinel_rules_reloads_total", result="ok") == (
         loop.reloader.reloads
     )
-    for kind in ("exec", "fork", "exit", "open"):
+    for kind in ("exec", "fork", "exit"):
         assert value(metrics_text, "sentinel_kernel_lost_events_total", type=kind) == 0

@@ -58,3 +58,15 @@ def test_forced_formats_and_levels() -> None:
 def test_bad_settings_are_errors(fmt: str, level: str) -> None:
     with pytest.raises(ValueError):
         configure_logging(fmt, level, stream=io.StringIO())
+
+
+def test_a_logger_made_earlier_follows_a_reconfiguration() -> None:
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging("json", "info", stream=first)
+    log = get_logger("sentinel.early")
+    log.info("one")
+    configure_logging("json", "info", stream=second)
+    log.info("two")
+    assert json.loads(first.getvalue())["event"] == "one"
+    doc = json.loads(second.getvalue())
+    assert doc["event"] == "two" and doc["logger"] == "sentinel.early"
