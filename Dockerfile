@@ -7,12 +7,11 @@
 #   podman build -t localhost/sentinel .
 # (with Docker Hub at hand: --build-arg BASE=docker.io/library/debian:bookworm-slim)
 #
-# Run: the exact privileges and mounts are documented in docs/operations.md ("Running in a
-# container"); the short version:
-#   podman run --rm --pid=host --security-opt seccomp=unconfined --security-opt label=disable \
-#     --cap-drop=all --cap-add=SYS_ADMIN,BPF,PERFMON,SYS_PTRACE,DAC_READ_SEARCH,SYS_RESOURCE \
-#     -v /sys/kernel/btf:/sys/kernel/btf:ro -v /sys/fs/cgroup:/sys/fs/cgroup:ro \
-#     localhost/sentinel doctor
+# Run: the exact privileges and mounts, each explained, are in docs/operations.md ("Running in
+# a container"; tests/ops/test_image.py runs that line):
+#   podman run --rm --pid=host --cap-drop=all --cap-add=SYS_ADMIN,BPF,PERFMON,SYS_PTRACE \
+#     --security-opt label=disable -v /sys/fs/cgroup:/sys/fs/cgroup:ro \
+#     -v /var/lib/sentinel:/var/lib/sentinel localhost/sentinel [doctor]
 ARG BASE=localhost/debian:bookworm-slim
 FROM ${BASE}
 

@@ -324,9 +324,26 @@ def run_checks(
     return out
 
 
+def kernel_features() -> dict[str, object]:
+    """Cheap facts for ``run``'s start-up log line (no compile): what the kernel offers."""
+    from sentinel.kernel.btf import VMLINUX
+
+    feats: dict[str, object] = {"kernel": platform.release(), "btf": VMLINUX.exists()}
+    feats["tracefs"] = _mounted(TRACEFS, "tracefs")
+    try:
+        from sentinel.kernel.lsm_probe import lsm_available
+
+        feats["bpf_lsm"] = lsm_available()[0]
+    except Exception:  # the summary must never stop start-up
+        feats["bpf_lsm"] = None
+    major, minor = (int(x) for x in platform.release().split(".")[:2])
+    feats["ringbuf"] = (major, minor) >= (5, 8)
+    return feats
+
+
 def exit_code(checks: list[Check]) -> int:
     """0 when ``run`` can work (warnings allowed), 1 otherwise."""
     return 1 if any(c.status == "FAIL" for c in checks) else 0
 
 
-__all__ = ["RUNTIME_SOCKETS", "Check", "exit_code", "run_checks"]
+__all__ = ["RUNTIME_SOCKETS", "Check", "exit_code", "kernel_features", "run_checks"]

@@ -159,12 +159,17 @@ class Operations:
 
     def start(self, **summary: Any) -> None:
         """Serve metrics (unless ``metrics_address`` is empty), install SIGHUP, and log the
-        start-up summary (``summary``: e.g. programs attached, kernel features)."""
+        start-up summary: rules, metrics URL, kernel features (BTF, ring buffer, BPF LSM) and
+        whatever the caller adds in ``summary`` (e.g. ``programs=[...]`` attached)."""
         if self.config.metrics_address:
             host, port = parse_address(self.config.metrics_address)
             self.server = MetricsServer(self.metrics, host, port, health=self.health).start()
         self.reloader.install()
         self.last_step = time.monotonic()
+        if "kernel" not in summary:
+            from sentinel.doctor import kernel_features
+
+            summary["kernel"] = kernel_features()
         self.log.info(
             "started",
             rules_paths=[str(p) for p in self.config.rules],

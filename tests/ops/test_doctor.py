@@ -127,3 +127,14 @@ def test_invalid_config_fails_doctor(tmp_path: Path) -> None:
     line = next(ln for ln in res.stdout.splitlines() if " config: " in ln)
     assert line.startswith(f"FAIL config: {cfg}:1: matching: ")
     assert res.stdout.splitlines()[-1] == "sentinel run cannot work here"
+
+
+def test_kernel_features_for_the_startup_summary() -> None:
+    require_root()
+    from sentinel.doctor import kernel_features
+
+    feats = kernel_features()
+    assert feats["btf"] is True
+    assert feats["ringbuf"] is True
+    assert feats["bpf_lsm"] is False  # this kernel refuses LSM programs (KERNEL.md)
+    assert feats["kernel"] == os.uname().release

@@ -152,3 +152,5 @@ def test_empty_metrics_address_serves_nothing(tmp_path: Path) -> None:
     assert started["metrics"] is None
     assert started["programs"] == ["execve"]
     assert started["rules_loaded"] == 2
+    assert started["kernel"]["btf"] is True
+    assert started["kernel"]["bpf_lsm"] is False
