@@ -139,7 +139,12 @@ class SyslogOutput(_OutputBase):
 
 class BatchConfig(_Strict):
     max_count: int = Field(default=500, ge=1)
-    max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_bytes: int = Field(
+        default=1024 * 1024,
+        ge=1024,
+        description="of spooled alerts per batch (the body's size "
+        "differs by the format's overhead); one larger alert is still sent alone",
+    )
     max_wait: float = Field(default=1.0, ge=0, description="seconds to wait for a batch to fill")
 
 

@@ -31,7 +31,7 @@ from sentinel.outputs.config import (
     SyslogOutput,
     output_name,
 )
-from sentinel.outputs.spool import Record, Spool, SpoolError
+from sentinel.outputs.spool import Record, RecordTooLarge, Spool, SpoolError
 
 log = get_log("sentinel.outputs")
 
@@ -282,7 +282,14 @@ class Dispatcher:
         only under the ``block`` full policy."""
         if self._spool is None:
             raise SpoolError("Dispatcher.emit before start()")
-        self._spool.append(encode_alert(alert))
+        try:
+            self._spool.append(encode_alert(alert))
+        except RecordTooLarge as exc:
+            # Counted and logged, never raised: one absurd alert must not stop the sensor.
+            log.error("alert_dropped_too_large", alert_id=alert.id, rule=alert.rule, error=str(exc))
+            for counters in self._counters.values():
+                counters.add("dropped")
+            return
         for counters in self._counters.values():
             counters.add("spooled")
 

@@ -23,7 +23,9 @@ from sentinel.outputs.syslog import client_context
 
 
 def retryable(status: int) -> bool:
-    return status in (408, 429) or status >= 500
+    """408, 429, 5xx; also 1xx/3xx, which mean a wrong URL or proxy: the operator can fix that,
+    and dead-lettering every alert meanwhile would keep them from the SIEM for good."""
+    return status in (408, 429) or status >= 500 or status < 200 or 300 <= status < 400
 
 
 def _dumps(obj: Any) -> str:

@@ -41,6 +41,10 @@ class SpoolError(Exception):
     """The spool cannot take or give records (in use, closed, record too large)."""
 
 
+class RecordTooLarge(SpoolError):
+    """One alert is larger than a spool segment: it can never be spooled."""
+
+
 @dataclass(frozen=True, slots=True, order=True)
 class Position:
     seg: int
@@ -94,7 +98,8 @@ class Spool:
         self._on_drop = on_drop or (lambda name, n: None)
         self._cond = threading.Condition()
         self._closed = False
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if not self.dir.exists():
+            self.dir.mkdir(parents=True, mode=0o700)  # alerts carry command lines, paths, users
         self._lock_fd = os.open(self.dir / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -191,7 +196,9 @@ class Spool:
         """
         size = HEADER.size + len(payload)
         if size > self.segment_bytes:
-            raise SpoolError(f"alert of {size} bytes exceeds the spool segment size")
+            raise RecordTooLarge(
+                f"alert of {size} bytes exceeds the spool segment size ({self.segment_bytes})"
+            )
         with self._cond:
             warned = False
             while self.total_bytes + size > self.max_bytes:

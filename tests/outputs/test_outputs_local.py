@@ -180,3 +180,20 @@ def test_an_unformattable_alert_is_dead_lettered_not_blocking(tmp_path: Path) ->
     assert len(dead) == 1 and json.loads(dead[0]["raw"])["id"] == bad.id
     assert "cannot format" in dead[0]["reason"]
     assert d.metrics()["f"]["sent"] == 2 and d.metrics()["f"]["dead_lettered"] == 1
+
+
+def test_oversized_alert_is_dropped_counted_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    d = _dispatcher(
+        tmp_path,
+        [{"type": "file", "name": "f", "path": str(path)}],
+        max_bytes=65536,
+        segment_bytes=4096,
+    )
+    d.emit(make_alert(0, output="x" * 10_000))  # larger than a segment: cannot be spooled
+    d.emit(make_alert(1))
+    wait_until(lambda: d.metrics()["f"]["sent"] == 1, what="the normal alert")
+    d.close()
+    m = d.metrics()["f"]
+    assert m["dropped"] == 1 and m["spooled"] == 1
+    assert os.stat(tmp_path / "spool").st_mode & 0o077 == 0

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from sentinel.alerts import Alert
 from sentinel.outputs import Dispatcher, OutputsConfig
 from sentinel.outputs.syslog import format_message, frame, sd_escape, timestamp
@@ -146,10 +148,17 @@ def test_cef_over_tcp(tmp_path: Path, rsyslog: Rsyslog) -> None:
         assert f"msg=exec bash (n\\={alerts.index(a)}) é\\nnext " in m["msg"]  # '=' and LF escaped
 
 
-def test_receiver_restart_loses_nothing(tmp_path: Path, rsyslog: Rsyslog) -> None:
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_receiver_restart_loses_nothing(
+    tmp_path: Path, rsyslog: Rsyslog, certs: Certs, transport: str
+) -> None:
     """The receiver goes away with a connection open: the next batch must not vanish into
     the dead connection."""
-    out = {"type": "syslog", "port": rsyslog.tcp_port, "retry": FAST_RETRY}
+    out: dict[str, Any] = {"type": "syslog", "transport": transport, "retry": FAST_RETRY}
+    if transport == "tls":
+        out.update(port=rsyslog.tls_port, tls=_tls(certs))
+    else:
+        out.update(port=rsyslog.tcp_port)
     d, first = _run(tmp_path, [out], n=5)
     wait_until(lambda: len(rsyslog.lines()) >= 5, what="first alerts")
     rsyslog.stop()
