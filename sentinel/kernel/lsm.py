@@ -302,6 +302,21 @@ def _cflags(btf: Btf, hooks: dict[str, list[str]]) -> tuple[list[str], list[str]
     return flags, lacking
 
 
+def _compile(cflags: list[str]) -> Any:
+    """Compile bpf/lsm.c without bcc's autoload (which attaches each program as it loads it).
+
+    LsmEnforcer loads (verifies) all programs first and attaches them only if every one was
+    accepted, and it must be able to detach what it attached if anything fails.
+    """
+    from bcc import BPF  # imported late: planning policies and tests need no bcc
+
+    class _NoAutoload(BPF):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:
+            pass
+
+    return _NoAutoload(src_file=str(BPF_DIR / "lsm.c").encode(), cflags=cflags)
+
+
 def _names(ev: _Event) -> Iterator[str]:
     for i in range(min(ev.nnames, 8)):
         yield ev.names[i].value.decode("utf-8", "surrogateescape")
@@ -338,24 +353,40 @@ class LsmEnforcer:
         hooks = lsm_hooks(btf)
         flags, self.missing_hooks = _cflags(btf, hooks)
         flags.append(f"-DRING_PAGES={ring_pages}")
-        from bcc import BPF  # imported late: host tooling must not need bcc to plan policies
-
         t0 = time.monotonic()
         try:
-            self._bpf: Any = BPF(src_file=str(BPF_DIR / "lsm.c").encode(), cflags=flags)
+            self._bpf: Any = _compile(flags)
         except Exception as exc:
-            raise LsmError(f"loading bpf/lsm.c failed: {exc}") from exc
-        self.load_seconds = time.monotonic() - t0
-        self.attached_hooks = sorted(k.decode()[len("lsm__") :] for k in self._bpf.lsm_fds)
+            raise LsmError(f"compiling bpf/lsm.c failed: {exc}") from exc
+        self.compile_seconds = time.monotonic() - t0
+        hooks_to_attach = [h for h in HOOKS.values() if h not in self.missing_hooks]
+        # file_free_security first, so that no write_ok entry can outlive its file.
+        hooks_to_attach.sort(key=lambda h: h != "file_free_security")
         self._closed = False
         self._lock = threading.Lock()
         self._stop = threading.Event()
         try:
+            # Verify every program before attaching any: a kernel that rejects one hook must
+            # not be left half-enforcing.
+            for hook in hooks_to_attach:
+                try:
+                    self._bpf.load_func(f"lsm__{hook}".encode(), self._bpf.LSM)
+                except Exception as exc:
+                    raise LsmError(f"the kernel rejected the {hook} program: {exc}") from exc
             self._fill_maps()
             self._bpf[b"deny_events"].open_ring_buffer(self._handle)
-        except Exception:
+            for hook in hooks_to_attach:
+                try:
+                    self._bpf.attach_lsm(f"lsm__{hook}".encode())
+                except Exception as exc:
+                    raise LsmError(f"attaching the {hook} program failed: {exc}") from exc
+            # Only now may file_open cache "allowed" verdicts (see write_ok in bpf/lsm.c).
+            self._bpf[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+        except BaseException:
             self._bpf.cleanup()
             raise
+        self.attached_hooks = sorted(k.decode()[len("lsm__") :] for k in self._bpf.lsm_fds)
+        self.load_seconds = time.monotonic() - t0
         self._thread: threading.Thread | None = None
         if thread:
             self._thread = threading.Thread(target=self._run, name="sentinel-lsm", daemon=True)
@@ -387,8 +418,6 @@ class LsmEnforcer:
             pk = ports.Key()
             pk.entry, pk.port = entry, port
             ports[pk] = ctypes.c_uint32(idx)
-        # Only now may file_open start caching "allowed" verdicts (see write_ok in bpf/lsm.c).
-        b[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(1)
 
     # -- events ----------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import shutil
 import subprocess
@@ -242,3 +243,22 @@ def test_connect_encoding_longest_prefix_inherits_shorter_ports() -> None:
     assert d("fd12::1", 53) == idx["v6"]
     assert d("fe80::1", 53) is None
     assert d("127.0.0.1", 22) is None
+
+
+def test_rejected_program_leaves_nothing_loaded(tmp_path: Path) -> None:
+    """This host's kernel refuses LSM programs: a real rejection, after a real compile."""
+    _require_root()
+    if lsm_available()[0]:
+        pytest.skip("BPF LSM works here; no rejection to provoke (never the case on CI hosts)")
+    (tmp_path / "p").mkdir()
+
+    def lsm_progs() -> int:
+        out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, check=True)
+        return sum(1 for p in json.loads(out.stdout) if p.get("type") == "lsm")
+
+    before = lsm_progs()
+    with pytest.raises(LsmError, match=r"the kernel rejected the \w+ program"):
+        LsmEnforcer(
+            DenyPolicy(protect={str(tmp_path / "p"): "r"}), lambda e: None, check_available=False
+        )
+    assert lsm_progs() == before == 0
