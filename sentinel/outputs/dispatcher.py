@@ -35,7 +35,8 @@ from sentinel.outputs.spool import Record, RecordTooLarge, Spool, SpoolError
 
 log = get_log("sentinel.outputs")
 
-COUNTERS = ("sent", "retried", "spooled", "dead_lettered", "dropped")
+# "blocked": emits that had to wait for this output under the ``block`` full policy.
+COUNTERS = ("sent", "retried", "spooled", "dead_lettered", "dropped", "blocked")
 
 
 _ALERT_FIELDS = tuple(f.name for f in fields(Alert))
@@ -257,7 +258,7 @@ class Dispatcher:
     def start(self) -> None:
         if self._spool is not None:
             return
-        spool = Spool(self.config.spool, self.names, on_drop=self._on_drop)
+        spool = Spool(self.config.spool, self.names, on_drop=self._on_drop, on_block=self._on_block)
         self._spool = spool
         try:
             for name, cfg in zip(self.names, self.config.outputs, strict=True):
@@ -273,6 +274,10 @@ class Dispatcher:
         for worker in self._workers:
             worker.start()
         log.info("outputs_started", outputs=self.names, backlog=backlog, spool=str(spool.dir))
+
+    def _on_block(self, names: list[str]) -> None:
+        for name in names:
+            self._counters[name].add("blocked")
 
     def _on_drop(self, name: str, count: int) -> None:
         self._counters[name].add("dropped", count)

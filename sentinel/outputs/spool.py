@@ -90,12 +90,14 @@ class Spool:
         config: SpoolConfig,
         names: list[str],
         on_drop: Callable[[str, int], None] | None = None,
+        on_block: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.config = config
         self.dir = Path(config.dir)
         self.max_bytes = config.max_bytes
         self.segment_bytes = min(config.effective_segment_bytes, config.max_bytes)
         self._on_drop = on_drop or (lambda name, n: None)
+        self._on_block = on_block or (lambda names: None)
         self._cond = threading.Condition()
         self._closed = False
         if not self.dir.exists():
@@ -210,7 +212,16 @@ class Spool:
                     self._drop_oldest()
                     continue
                 if not warned:
-                    log.warning("spool_full_blocking", spool=str(self.dir), bytes=self.total_bytes)
+                    # The outputs holding the oldest data are the ones making emit() wait.
+                    low = min(self._cursors.values(), default=self._end())
+                    holders = [n for n, c in self._cursors.items() if c.seg == low.seg]
+                    log.warning(
+                        "spool_full_blocking",
+                        spool=str(self.dir),
+                        bytes=self.total_bytes,
+                        waiting_for=holders,
+                    )
+                    self._on_block(holders)
                     warned = True
                 self._cond.wait(0.5)
             if self._closed:

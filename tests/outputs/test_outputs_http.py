@@ -162,6 +162,7 @@ def test_bulk_partial_failure_retries_only_failed_items(
         "spooled": 6,
         "dead_lettered": 1,
         "dropped": 0,
+        "blocked": 0,
         "queue_depth": 0,
     }
     dead = [json.loads(x) for x in (tmp_path / "spool" / "http.dead").read_text().splitlines()]

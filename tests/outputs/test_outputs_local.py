@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,7 @@ def test_close_keeps_backlog_and_next_start_delivers_it(tmp_path: Path) -> None:
         "spooled": 7,
         "dead_lettered": 0,
         "dropped": 0,
+        "blocked": 0,
         "queue_depth": 0,
     }
     # Restart with a listener on the syslog output's port.
@@ -197,3 +199,40 @@ def test_oversized_alert_is_dropped_counted_not_raised(tmp_path: Path) -> None:
     m = d.metrics()["f"]
     assert m["dropped"] == 1 and m["spooled"] == 1
     assert os.stat(tmp_path / "spool").st_mode & 0o077 == 0
+
+
+def test_block_policy_blocks_emit_until_the_output_catches_up(tmp_path: Path) -> None:
+    """A dead output under ``block``: emit waits (counted against that output) and resumes
+    as soon as the output delivers; nothing is dropped."""
+
+    port = free_port()
+    outs: list[dict[str, Any]] = [
+        {"type": "syslog", "name": "s", "port": port, "retry": FAST_RETRY},
+    ]
+    d = _dispatcher(tmp_path, outs, max_bytes=65536, segment_bytes=8192, full_policy="block")
+    done = threading.Event()
+
+    def producer() -> None:
+        for i in range(150):  # ~100 KB of alerts through a 64 KB spool
+            d.emit(make_alert(i, output="b" * 400))
+        done.set()
+
+    threading.Thread(target=producer, daemon=True).start()
+    wait_until(lambda: d.metrics()["s"]["blocked"] >= 1, what="emit to block")
+    assert not done.is_set()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", port))
+    srv.listen()
+    try:
+        conn, _ = srv.accept()
+        conn.settimeout(10)
+        data = b""
+        while data.count(b'"id":') < 150:
+            data += conn.recv(1 << 16)
+        assert done.wait(10)
+        d.close()
+        conn.close()
+    finally:
+        srv.close()
+    m = d.metrics()["s"]
+    assert m["dropped"] == 0 and m["sent"] == 150 and m["spooled"] == 150
