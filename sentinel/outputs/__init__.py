@@ -5,7 +5,14 @@
 """
 
 from sentinel.outputs.config import OutputConfig, OutputsConfig, SpoolConfig
-from sentinel.outputs.dispatcher import Dispatcher
+from sentinel.outputs.dispatcher import Dispatcher, OutputSetupError
 from sentinel.outputs.spool import SpoolError
 
-__all__ = ["Dispatcher", "OutputConfig", "OutputsConfig", "SpoolConfig", "SpoolError"]
+__all__ = [
+    "Dispatcher",
+    "OutputConfig",
+    "OutputSetupError",
+    "OutputsConfig",
+    "SpoolConfig",
+    "SpoolError",
+]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import ssl
 import threading
 import time
 from dataclasses import fields
@@ -72,6 +73,10 @@ def build_sink(cfg: OutputConfig) -> Sink:
 
         return HttpSink(cfg)
     raise TypeError(f"unknown output {cfg!r}")  # pragma: no cover - the union is closed
+
+
+class OutputSetupError(Exception):
+    """An output cannot be set up (unreadable CA/cert/key file, bad URL): names the output."""
 
 
 class Backoff:
@@ -264,7 +269,11 @@ class Dispatcher:
             for name, cfg in zip(self.names, self.config.outputs, strict=True):
                 dead = cfg.dead_letter or spool.dir / f"{name}.dead"
                 Path(dead).parent.mkdir(parents=True, exist_ok=True)
-                worker = Worker(name, cfg, build_sink(cfg), spool, self._counters[name], Path(dead))
+                try:
+                    sink = build_sink(cfg)
+                except (OSError, ValueError, ssl.SSLError) as exc:
+                    raise OutputSetupError(f"output {name!r} ({cfg.type}): {exc}") from exc
+                worker = Worker(name, cfg, sink, spool, self._counters[name], Path(dead))
                 self._workers.append(worker)
         except BaseException:
             spool.close()

@@ -99,27 +99,41 @@ class HttpSink:
 
     # -- transport -----------------------------------------------------------------------------
 
+    def _connect(self) -> http.client.HTTPConnection:
+        if self._ctx is not None:
+            return http.client.HTTPSConnection(
+                self.host, self.port, timeout=self.cfg.timeout, context=self._ctx
+            )
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.cfg.timeout)
+
     def _post(self, body: bytes, ctype: str) -> tuple[int, bytes]:
-        if self._conn is None:
-            if self._ctx is not None:
-                self._conn = http.client.HTTPSConnection(
-                    self.host, self.port, timeout=self.cfg.timeout, context=self._ctx
-                )
-            else:
-                self._conn = http.client.HTTPConnection(
-                    self.host, self.port, timeout=self.cfg.timeout
-                )
         headers = {**self.headers, "Content-Type": ctype, "Content-Length": str(len(body))}
-        try:
-            self._conn.request("POST", self.path, body=body, headers=headers)
-            resp = self._conn.getresponse()
-            data = resp.read()
-        except (OSError, http.client.HTTPException) as exc:
-            self._drop()
-            raise TransientError(f"POST {self.host}:{self.port}{self.path}: {exc!r}") from exc
-        if resp.will_close:
-            self._drop()
-        return resp.status, data
+        for attempt in (1, 2):
+            reused = self._conn is not None
+            if self._conn is None:
+                self._conn = self._connect()
+            try:
+                self._conn.request("POST", self.path, body=body, headers=headers)
+                resp = self._conn.getresponse()
+                data = resp.read()
+            except (
+                http.client.RemoteDisconnected,
+                BrokenPipeError,
+                ConnectionResetError,
+            ) as exc:
+                self._drop()
+                # A kept-alive connection the server closed while idle: try a fresh one now
+                # rather than count a retry and back off. (A resend at worst duplicates.)
+                if reused and attempt == 1:
+                    continue
+                raise TransientError(f"POST {self.host}:{self.port}{self.path}: {exc!r}") from exc
+            except (OSError, http.client.HTTPException) as exc:
+                self._drop()
+                raise TransientError(f"POST {self.host}:{self.port}{self.path}: {exc!r}") from exc
+            if resp.will_close:
+                self._drop()
+            return resp.status, data
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def send(self, alerts: list[Alert]) -> list[Outcome]:
         body, ctype = self.body(alerts)

@@ -73,10 +73,22 @@ def frame(msg: bytes, framing: str) -> bytes:
 
 
 def client_context(tls: TlsConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=tls.ca_file)
+    """A client context that verifies the server (against ``ca_file``, else the system store)
+    and its name. File problems are raised naming the file and the setting."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls.cert_file:
-        ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    try:
+        if tls.ca_file:
+            what = f"tls.ca_file {tls.ca_file}"
+            ctx.load_verify_locations(cafile=tls.ca_file)
+        else:
+            what = "the system CA store"
+            ctx.load_default_certs(ssl.Purpose.SERVER_AUTH)
+        if tls.cert_file:
+            what = f"tls.cert_file {tls.cert_file} / tls.key_file {tls.key_file}"
+            ctx.load_cert_chain(tls.cert_file, tls.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ValueError(f"cannot load {what}: {exc.strerror or exc}") from exc
     if not tls.verify:
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE

@@ -234,6 +234,7 @@ class HttpReceiver:
     respond: Callable[[Request], tuple[int, bytes]] = lambda req: (200, b"{}")
     port: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    conns: list[socket.socket] = field(default_factory=list)  # server side of each connection
 
     @property
     def url(self) -> str:
@@ -251,6 +252,8 @@ def serve_http(
             body = self.rfile.read(length)
             req = Request("POST", self.path, {k.lower(): v for k, v in self.headers.items()}, body)
             with receiver.lock:
+                if self.connection not in receiver.conns:
+                    receiver.conns.append(self.connection)
                 receiver.requests.append(req)
                 status, reply = receiver.respond(req)
             self.send_response(status)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import ssl
 from pathlib import Path
 from typing import Any
@@ -290,3 +291,20 @@ def test_batches_bounded_by_bytes(tmp_path: Path, http_receiver: HttpReceiver) -
     d.close()
     sizes = [len(json.loads(r.body)) for r in http_receiver.requests]
     assert sum(sizes) == 40 and len(sizes) >= 8 and max(sizes) <= 4
+
+
+def test_idle_keepalive_closed_by_server_is_not_a_retry(
+    tmp_path: Path, http_receiver: HttpReceiver
+) -> None:
+    """The server drops the kept-alive connection between two batches (as load balancers
+    do): the next batch goes out on a new connection at once, without backoff."""
+    out = {"type": "http", "url": http_receiver.url, "batch": {"max_wait": 0}}
+    d = _start(tmp_path, out, [make_alert(0)])
+    wait_until(lambda: d.metrics()["http"]["sent"] == 1, what="first batch")
+    assert len(http_receiver.conns) == 1
+    http_receiver.conns[0].shutdown(socket.SHUT_RDWR)  # an idle timeout on the server
+    d.emit(make_alert(1))
+    wait_until(lambda: d.metrics()["http"]["sent"] == 2, what="second batch")
+    d.close()
+    assert d.metrics()["http"]["retried"] == 0
+    assert len(http_receiver.conns) == 2

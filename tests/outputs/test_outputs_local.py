@@ -236,3 +236,23 @@ def test_block_policy_blocks_emit_until_the_output_catches_up(tmp_path: Path) ->
         srv.close()
     m = d.metrics()["s"]
     assert m["dropped"] == 0 and m["sent"] == 150 and m["spooled"] == 150
+
+
+def test_unreadable_ca_file_is_a_clear_setup_error(tmp_path: Path) -> None:
+    from sentinel.outputs import OutputSetupError
+
+    cfg = OutputsConfig.model_validate(
+        {
+            "outputs": [
+                {"type": "syslog", "name": "siem", "transport": "tls",
+                 "tls": {"ca_file": str(tmp_path / "missing-ca.pem")}},
+            ],
+            "spool": spool_cfg(tmp_path),
+        }
+    )  # fmt: skip
+    d = Dispatcher(cfg)
+    with pytest.raises(OutputSetupError, match=r"siem.*missing-ca\.pem"):
+        d.start()
+    d2 = Dispatcher(OutputsConfig.model_validate({"spool": spool_cfg(tmp_path)}))
+    d2.start()  # the failed start released the spool
+    d2.close()
