@@ -77,7 +77,7 @@ class Podman:
 
     def cleanup(self) -> None:
         if self.names:
-            self.run("rm", "-f", "-t", "0", *self.names, check=False)
+            self.run("rm", "-f", "--ignore", "-t", "0", *self.names, check=False)
             self.names.clear()
 
 
