@@ -116,6 +116,12 @@ class HttpSink:
         class H(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                # http.server writes headers and body separately: without NODELAY, Nagle and
+                # the client's delayed ACK add 40 ms per response (a receiver artefact).
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 if self.path.endswith("_bulk"):
