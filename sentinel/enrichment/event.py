@@ -206,13 +206,29 @@ class LiveEvent(Mapping[str, Any]):
         return value
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field this event carries (None for those that do not apply): the replay
-        format that ``sentinel capture`` writes."""
+        """Every field this event carries (those that do not apply are left out): the replay
+        format that ``sentinel capture`` writes.
+
+        Fields that depend only on the process and the table (ancestors, session leader,
+        command line...) are memoised on the process entry while the table is unchanged, so
+        a storm of events from one process pays for them once."""
+        proc = self.proc
+        version = self.table.version
+        if proc.memo is None or proc.memo_version != version:
+            memo: dict[str, Any] = {}
+            for name in _PROC_FIELDS:
+                value = _GETTERS[name](self)
+                if value is not None:
+                    memo[name] = value
+            proc.memo = memo
+            proc.memo_version = version
         out: dict[str, Any] = {}
-        for name in _GETTERS:
-            value = self.get(name)
+        get = self.get
+        for name in _EVENT_FIELDS_BY_TYPE.get(self.rec.type, _EVENT_FIELDS):
+            value = get(name)
             if value is not None:
                 out[name] = value
+        out.update(proc.memo)
         out.update(self._container_fields())
         return out
 
@@ -286,7 +302,6 @@ def _rawres(e: LiveEvent) -> int | None:
 
 
 field("evt.rawres")(_rawres)
-field("evt.arg.res")(_rawres)
 
 
 @field("evt.res")
@@ -356,8 +371,11 @@ field("evt.arg.filename")(_fd_nameraw)
 
 
 @field("evt.arg.dirfd")
-def _arg_dirfd(e: LiveEvent) -> int | None:
-    return e.rec.open_fixed[3] if e.rec.type == EV_OPEN and e.rec.open_fixed[4] != 1 else None
+def _arg_dirfd(e: LiveEvent) -> str | None:
+    # evt.arg.* are text, as the replay format normalises them.
+    if e.rec.type == EV_OPEN and e.rec.open_fixed[4] != 1:
+        return str(e.rec.open_fixed[3])
+    return None
 
 
 def _open_name(e: LiveEvent) -> str:
@@ -427,7 +445,7 @@ def _fd_num(e: LiveEvent) -> int | None:
     return None
 
 
-field("evt.arg.fd")(lambda e: e.rec.connect_fixed[1] if e.rec.type == EV_CONNECT else None)
+field("evt.arg.fd")(lambda e: str(e.rec.connect_fixed[1]) if e.rec.type == EV_CONNECT else None)
 
 
 def _fd_kind(e: LiveEvent) -> tuple[str, str] | None:
@@ -545,7 +563,9 @@ field("proc.is_sid_leader")(lambda e: e.proc.sid == e.rec.pid)
 field("proc.start_ts")(lambda e: e.clock.epoch(e.proc.start_ns))
 field("proc.duration")(lambda e: max(e.rec.ts - e.proc.start_ns, 0))
 field("proc.vpid")(lambda e: _vpid_of(e, e.rec.pid))
-field("thread.vtid")(lambda e: _vpid_of(e, e.rec.tid))
+field("thread.vtid")(
+    lambda e: _vpid_of(e, e.rec.pid) if e.rec.tid == e.rec.pid else _read_nspid(e.rec.tid)
+)
 
 
 def _slash(path: str) -> str:
@@ -553,7 +573,18 @@ def _slash(path: str) -> str:
 
 
 def _vpid_of(e: LiveEvent, pid: int) -> int:
-    """The pid as seen in the process's own pid namespace (/proc NSpid; pid when gone)."""
+    """The pid as seen in the process's own pid namespace (/proc NSpid; pid when gone),
+    read once per process."""
+    p = e.proc if pid == e.rec.pid else None
+    if p is not None and p.vpid is not None:
+        return p.vpid
+    vpid = _read_nspid(pid)
+    if p is not None:
+        p.vpid = vpid
+    return vpid
+
+
+def _read_nspid(pid: int) -> int:
     try:
         with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
             for line in f:
@@ -641,7 +672,6 @@ def _loginshellid(e: LiveEvent) -> int | None:
 
 field("evt.arg.exe")(lambda e: e.proc.exe if e.rec.type == EV_EXEC else None)
 field("evt.arg.args")(lambda e: " ".join(e.proc.args) if e.rec.type == EV_EXEC else None)
-field("evt.arg.pid")(lambda e: e.rec.child[0] if e.rec.type == EV_FORK else None)
 field("proc.exitcode")(lambda e: e.rec.exit_code if e.rec.type == EV_EXIT else None)
 
 # ---- user / group -----------------------------------------------------------------------------
@@ -656,3 +686,58 @@ field("user.loginname")(
 )
 field("group.gid")(lambda e: e.rec.gid)
 field("group.name")(lambda e: group_name(e.rec.gid))
+
+
+# Fields that depend only on the process entry and the table (not on the record beyond its
+# pid): memoised per process by LiveEvent.to_dict.
+_RECORD_DEPENDENT = {
+    "proc.pid",
+    "proc.ppid",
+    "proc.name",
+    "proc.cmdline",
+    "proc.duration",
+    "proc.loginshellid",
+    "proc.exitcode",
+}
+_PROC_FIELDS: tuple[str, ...] = tuple(
+    n for n in _GETTERS if n.startswith("proc.") and n not in _RECORD_DEPENDENT
+)
+_EVENT_FIELDS: tuple[str, ...] = tuple(n for n in _GETTERS if n not in _PROC_FIELDS)
+
+_OPEN_ONLY = {
+    "evt.arg.flags",
+    "evt.arg.mode",
+    "evt.is_open_write",
+    "evt.is_open_read",
+    "evt.is_open_create",
+    "evt.is_open_exec",
+    "fd.nameraw",
+    "evt.arg.name",
+    "evt.arg.path",
+    "evt.arg.filename",
+    "evt.arg.dirfd",
+    "fd.directory",
+    "fd.filename",
+}
+_FD_FIELDS = {"fd.name", "fd.num", "fd.type", "fd.typechar"}
+
+
+def _applies(name: str, t: int) -> bool:
+    """Whether a field can have a value for a record type (a shortcut for to_dict only)."""
+    if name in _OPEN_ONLY:
+        return t == EV_OPEN
+    if name in _FD_FIELDS:
+        return t in (EV_OPEN, EV_CONNECT)
+    if name.startswith("fd.") or name in ("evt.arg.addr", "evt.arg.tuple", "evt.arg.fd"):
+        return t == EV_CONNECT
+    if name in ("evt.arg.exe", "evt.arg.args"):
+        return t == EV_EXEC
+    if name == "proc.exitcode":
+        return t == EV_EXIT
+    return True
+
+
+_EVENT_FIELDS_BY_TYPE: dict[int, tuple[str, ...]] = {
+    t: tuple(n for n in _EVENT_FIELDS if _applies(n, t))
+    for t in (EV_EXEC, EV_FORK, EV_EXIT, EV_OPEN, EV_CONNECT)
+}

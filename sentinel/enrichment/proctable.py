@@ -16,6 +16,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from sentinel.kernel.records import FLAG_THREAD, Record
 
@@ -41,6 +42,11 @@ class Proc:
     cgroup_id: int = 0
     exited: bool = False
     args_truncated: bool = False
+    # Memo of the fields derived from this entry and the table (see LiveEvent.to_dict), valid
+    # while the table's version is ``memo_version``; and the pid-namespace pid, read once.
+    memo: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+    memo_version: int = field(default=-1, compare=False, repr=False)
+    vpid: int | None = field(default=None, compare=False, repr=False)
 
     @property
     def cmdline(self) -> str:
@@ -63,6 +69,8 @@ class ProcessTable:
         self._exited: OrderedDict[int, None] = OrderedDict()
         self._max_exited = max_exited
         self._proc_root = Path(proc_root)
+        # Bumped by every change, so memoised per-process fields know when to recompute.
+        self.version = 0
 
     def __len__(self) -> int:
         return len(self._procs)
@@ -135,6 +143,7 @@ class ProcessTable:
     def apply(self, rec: Record) -> None:
         """Fold one process record (exec/fork/exit) into the table; others are ignored."""
         t = rec.type
+        self.version += 1
         if t == 2:  # fork
             if rec.flags & FLAG_THREAD:
                 return
@@ -145,6 +154,9 @@ class ProcessTable:
                 self._procs[rec.pid] = parent
             self._procs[child_pid] = replace(
                 parent,
+                memo=None,
+                memo_version=-1,
+                vpid=None,
                 pid=child_pid,
                 ppid=rec.pid,
                 args=list(parent.args),
@@ -214,6 +226,7 @@ class ProcessTable:
         if p is None:
             p = self._from_header(rec)
             self._procs[rec.pid] = p
+            self.version += 1
         return p
 
     def ancestors(self, pid: int, limit: int = 64) -> Iterator[Proc]:
