@@ -295,7 +295,7 @@ class Dispatcher:
         """Persist ``alert`` for every output. Never waits for the network; waits for space
         only under the ``block`` full policy."""
         if self._spool is None:
-            raise SpoolError("Dispatcher.emit before start()")
+            raise SpoolError("Dispatcher.emit before start() or after close()")
         try:
             self._spool.append(encode_alert(alert))
         except RecordTooLarge as exc:

@@ -315,6 +315,8 @@ class Spool:
         """
         deadline = time.monotonic() + wait
         with self._cond:
+            if self._closed:
+                raise SpoolError("spool is closed")
             while self._cursors[name] >= self._end() and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0 or (stop is not None and stop.is_set()):
@@ -331,6 +333,8 @@ class Spool:
                     if left <= 0:
                         break
                     self._cond.wait(min(left, 0.2))
+            if self._closed:
+                raise SpoolError("spool is closed")
             pos = self._cursors[name]
             plan: list[tuple[int, int, int, int]] = []  # seg, fd, from, to
             segs = sorted(n for n in self._sizes if n >= pos.seg)
