@@ -209,3 +209,30 @@ def test_message_format_rfc5424() -> None:
     assert int(count) == len(rest) == len(msg)
     assert frame(b"a\nb", "non_transparent") == b"a b\n"
     assert timestamp(5_000) == "1970-01-01T00:00:00.000005Z"
+
+
+@pytest.mark.parametrize("transport", ["tcp", "tls"])
+def test_octet_counting_keeps_a_raw_newline_inside_one_message(
+    tmp_path: Path, rsyslog: Rsyslog, certs: Certs, transport: str
+) -> None:
+    """A rule name with a line break goes raw into the SD-PARAM (legal in RFC 5424): with
+    octet counting rsyslog still sees one message per alert (LF framing would split it)."""
+    out: dict[str, Any] = {"type": "syslog", "transport": transport}
+    if transport == "tls":
+        out.update(port=rsyslog.tls_port, tls=_tls(certs))
+    else:
+        out.update(port=rsyslog.tcp_port)
+    cfg = OutputsConfig.model_validate({"outputs": [out], "spool": spool_cfg(tmp_path)})
+    d = Dispatcher(cfg)
+    d.start()
+    alerts = [make_alert(i, rule=f"line one\nline two {i}") for i in range(5)]
+    for a in alerts:
+        d.emit(a)
+    wait_until(lambda: len(rsyslog.lines()) >= 5, what="5 messages")
+    d.close()
+    msgs = rsyslog.messages()
+    assert len(msgs) == 5
+    for m, a in zip(msgs, alerts, strict=True):
+        # rsyslog escapes the control character it received (LF -> #012) when writing.
+        assert f'rule="line one#012line two {alerts.index(a)}"' in m["sd"]
+        assert json.loads(m["msg"])["rule"] == a.rule
