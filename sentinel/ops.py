@@ -210,6 +210,7 @@ def _default_engine(compiled: CompiledRules, cfg: SentinelConfig) -> Any:
         matching=cfg.matching,
         hostname=cfg.hostname,
         min_priority=cfg.minimum_priority,
+        append_output=cfg.append_output,
     )
 
 

@@ -79,6 +79,11 @@ class SentinelConfig(BaseModel):
     matching: Literal["first", "all"] = "first"
     minimum_priority: str = "Debug"
     hostname: str | None = None
+    append_output: list[str] = Field(
+        default_factory=lambda: ["container.id", "container.name", "container.image"],
+        description="fields appended to every syscall alert's output and output_fields "
+        "(as Falco's append_output with the container plugin); [] for none",
+    )
     outputs: list[OutputConfig] = Field(default_factory=_default_outputs)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)
     enforcement: EnforcementConfig = Field(default_factory=EnforcementConfig)

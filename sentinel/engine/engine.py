@@ -14,13 +14,25 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from sentinel.alerts import Alert
-from sentinel.compiler import OTHER, CompiledRule, CompiledRules, compile_rules, specialize
+from sentinel.compiler import (
+    OTHER,
+    CompiledRule,
+    CompiledRules,
+    OutputTemplate,
+    compile_rules,
+    parse_output,
+    specialize,
+)
 from sentinel.compiler.codegen import CodeGen, compile_function
 from sentinel.fields import EVENT_TYPES
 from sentinel.language import ast
 from sentinel.loader import RuleSet, priority_rank
 
 Matching = Literal["first", "all"]
+
+# Falco's container plugin appends these to every syscall rule's output (its `append_output`),
+# since upstream rules no longer name container fields themselves.
+DEFAULT_APPEND_OUTPUT = ("container.id", "container.name", "container.image")
 Matcher = Callable[[Mapping[str, Any]], Sequence[int]]
 _NONE: tuple[int, ...] = ()
 
@@ -34,6 +46,7 @@ class Engine:
         matching: Matching = "first",
         hostname: str | None = None,
         min_priority: str = "Debug",
+        append_output: Sequence[str] = DEFAULT_APPEND_OUTPUT,
     ) -> None:
         compiled = rules if isinstance(rules, CompiledRules) else compile_rules(rules)
         limit = priority_rank(min_priority)
@@ -48,6 +61,8 @@ class Engine:
         self.events = 0
         self.type_errors = 0
         self.alerts_by_rule: dict[str, int] = {}
+        self._extra: dict[str, OutputTemplate] = {}
+        self.append_output = tuple(append_output)
 
     # -- introspection ---------------------------------------------------------------------
     def event_types(self) -> set[str]:
@@ -124,13 +139,29 @@ class Engine:
                 continue
         return hits
 
+    def _extra_for(self, rule: CompiledRule) -> OutputTemplate:
+        """The appended fields this rule's output does not already name."""
+        extra = self._extra.get(rule.name)
+        if extra is None:
+            missing = [f for f in self.append_output if f not in rule.output.fields]
+            text = " ".join(f"{f.replace('.', '_')}=%{f}" for f in missing)
+            extra = self._extra[rule.name] = parse_output(text)
+        return extra
+
     def alert(self, rule: CompiledRule, event: Mapping[str, Any], action: str = "") -> Alert:
         values = rule.output.values(event)
+        output = rule.output.render(values)
+        if self.append_output and rule.source == "syscall":
+            extra = self._extra_for(rule)
+            if extra.fields:
+                more = extra.values(event)
+                values.update(more)
+                output = f"{output} {extra.render(more)}"
         ts = event.get("evt.time")
         return Alert(
             rule=rule.name,
             priority=rule.priority,
-            output=rule.output.render(values),
+            output=output,
             output_fields=values,
             tags=list(rule.tags),
             source=rule.source,

@@ -227,16 +227,41 @@ def test_alert_format(tmp_path: Path):
     assert d["tags"] == ["alpha", "zeta"]
     assert d["source"] == "syscall"
     assert d["action"] == "alert"
-    assert d["output"] == "A x <NA> gp <NA>"
+    # Falco's append_output (container plugin): container fields follow every syscall alert
+    assert d["output"] == (
+        "A x <NA> gp <NA> container_id=<NA> container_name=<NA> container_image=<NA>"
+    )
     assert d["output_fields"] == {
         "proc.name": "x",
         "proc.pname": None,
         "proc.aname[2]": "gp",
         "fd.name": None,
+        "container.id": None,
+        "container.name": None,
+        "container.image": None,
     }
     assert d["hostname"]
     [again] = e.process(event)
     assert again.id != alert.id  # unique per alert, for SIEM de-duplication
+
+
+def test_append_output_skips_fields_the_rule_names_and_can_be_off(tmp_path: Path):
+    from sentinel.compiler import compile_rules
+    from sentinel.engine import Engine
+    from sentinel.loader import load_ruleset
+    from tests.helpers import write_rules
+
+    text = RULES_AB.replace('"A %proc.name', '"A %container.id %proc.name')
+    rs = load_ruleset([write_rules(tmp_path, text)])
+    compiled = compile_rules(rs)
+    event = ev(evt__type="execve", proc__name="x", container__id="abc", container__name="web")
+    [a] = Engine(compiled).process(event)
+    assert a.output.startswith("A abc x") and a.output.endswith(
+        "container_name=web container_image=<NA>"
+    )
+    assert "container_id=" not in a.output
+    [b] = Engine(compiled, append_output=()).process(event)
+    assert "container_name" not in b.output and "container.name" not in b.output_fields
 
 
 def test_minimum_priority_filters_rules(tmp_path: Path):

@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
         matching=args.matching or (config.matching if config else "first"),
         hostname=config.hostname if config else None,
         min_priority=args.min_priority or (config.minimum_priority if config else "Debug"),
+        **({"append_output": config.append_output} if config else {}),
     )
     sink = AlertSink(config)
     name = "<stdin>" if events == "-" else events
