@@ -15,6 +15,7 @@ Why this way:
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import subprocess
 from collections.abc import Callable, Iterable
@@ -24,6 +25,7 @@ from typing import Any
 from sentinel.kernel.btf import VMLINUX, BtfError, vmlinux_btf
 from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
 from sentinel.kernel.records import EV_NAMES
+from sentinel.kernel.ringbuf import RingBufferReader
 from sentinel.paths import BPF_DIR
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -110,6 +112,10 @@ def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[s
 RawCallback = Callable[[bytes], None]
 
 
+def _ignore(_raw: bytes) -> None:
+    pass
+
+
 class Sensor:
     """The compiled and attached sensor. ``start`` arms it, ``poll`` delivers records to the
     callback as raw bytes (decode with :class:`sentinel.kernel.records.Record`), ``close``
@@ -140,6 +146,8 @@ class Sensor:
             self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
         self._bpf: Any = None
         self._lost_map: Any = None
+        self._reader: RingBufferReader | None = None
+        self._callback: RawCallback = _ignore
 
     def start(self, callback: RawCallback) -> None:
         cflags = preflight(self.families, self.btf_path)
@@ -157,22 +165,32 @@ class Sensor:
             self._bpf = BPF(text=text, cflags=cflags)
         except Exception as exc:
             raise SensorError(f"loading the BPF sensor failed: {exc}") from None
-        string_at = ctypes.string_at
-
-        def on_ring(_ctx: Any, data: int, size: int) -> int:
-            callback(string_at(data, size))
-            return 0
-
-        self._bpf[b"events"].open_ring_buffer(on_ring)
+        # Records are read straight from the mmapped ring in batches (see ringbuf.py): no
+        # ctypes callback per record.
+        self._reader = RingBufferReader(
+            self._bpf[b"events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE
+        )
+        self._callback = callback
         self._lost_map = self._bpf[b"lost"]
 
-    def poll(self, timeout_ms: int = POLL_MS) -> None:
+    def poll(self, timeout_ms: int = POLL_MS) -> int:
         """Wait up to ``timeout_ms`` for records and deliver all that are ready."""
-        self._bpf.ring_buffer_poll(timeout_ms)
+        assert self._reader is not None, "sensor not started"
+        self._reader.wait(timeout_ms)
+        return self.drain()
 
-    def drain(self) -> None:
-        """Deliver whatever is in the ring buffer now, without waiting."""
-        self._bpf.ring_buffer_consume()
+    def drain(self) -> int:
+        """Deliver whatever is in the ring buffer now, without waiting; returns the count."""
+        assert self._reader is not None, "sensor not started"
+        callback = self._callback
+        total = 0
+        while True:
+            batch = self._reader.read_batch()
+            if not batch:
+                return total
+            total += len(batch)
+            for raw in batch:
+                callback(raw)
 
     def lost(self) -> dict[str, int]:
         """Reserve failures (lost records) per event type since start."""
@@ -185,6 +203,9 @@ class Sensor:
         return out
 
     def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
         if self._bpf is not None:
             self._bpf.cleanup()
             self._bpf = None

@@ -202,8 +202,9 @@ def test_live_alerts_exact(session: Session) -> None:
     ], (alerts, s.stderr)
 
     shell = by_rule["Test Shell"][0]
-    assert shell["output_fields"] == {"proc.pid": sh.pid, "proc.pname": _comm()}
-    assert shell["output"] == f"shell {sh.pid} parent {_comm()}"
+    assert shell["output_fields"]["proc.pid"] == sh.pid
+    assert shell["output_fields"]["proc.pname"] == _comm()
+    assert shell["output"].startswith(f"shell {sh.pid} parent {_comm()}")
     assert shell["priority"] == "Warning"
     assert shell["tags"] == ["test"]
     assert shell["action"] == "alert"

@@ -1,0 +1,33 @@
+"""The floor of the kernel benchmark: EMPTY BPF programs on exactly the tracepoints that
+``sentinel run`` attaches for a rule set. Whatever this costs is the price of attaching at
+all (every syscall takes the slow path); the sensor's own work is measured against it.
+
+Run as ``python -m bench.kernel_floor FAMILY...``: prints ``ready`` once attached, detaches
+when stdin closes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from sentinel.kernel.sensor import SCHED_TRACEPOINTS
+
+
+def source(families: list[str]) -> str:
+    parts = [f"RAW_TRACEPOINT_PROBE({tp}) {{ return 0; }}" for tp in SCHED_TRACEPOINTS]
+    parts += [f"TRACEPOINT_PROBE(syscalls, sys_exit_{f}) {{ return 0; }}" for f in families]
+    return "\n".join(parts) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    from bcc import BPF
+
+    b = BPF(text=source(argv).encode())
+    print("ready", flush=True)
+    sys.stdin.read()
+    b.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
