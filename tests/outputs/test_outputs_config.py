@@ -77,3 +77,12 @@ def test_spool_policy_must_be_known() -> None:
 def test_http_defaults() -> None:
     out = HttpOutput(type="http", url="http://127.0.0.1:8088", flavor="splunk_hec", token="t")
     assert out.batch.max_count == 500 and out.retry.max_backoff == 30.0
+
+
+def test_the_documented_example_is_valid() -> None:
+    import sentinel.outputs as pkg
+
+    doc = pkg.__doc__ or ""
+    example = doc.split("::\n", 1)[1]
+    cfg = OutputsConfig.model_validate(yaml.safe_load(example))
+    assert [o.type for o in cfg.outputs] == ["file", "syslog", "http"]

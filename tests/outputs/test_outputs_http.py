@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import ssl
@@ -308,3 +309,24 @@ def test_idle_keepalive_closed_by_server_is_not_a_retry(
     d.close()
     assert d.metrics()["http"]["retried"] == 0
     assert len(http_receiver.conns) == 2
+
+
+def test_basic_auth_for_elasticsearch(tmp_path: Path, http_receiver: HttpReceiver) -> None:
+    http_receiver.respond = bulk_ok
+    out = {
+        "type": "http",
+        "flavor": "elasticsearch",
+        "url": http_receiver.url,
+        "username": "elastic",
+        "password": "pä:ss",
+        "index": "sec-alerts",
+    }
+    d = _start(tmp_path, out, [make_alert(0)])
+    wait_until(lambda: d.metrics()["http"]["sent"] == 1, what="bulk")
+    d.close()
+    req = http_receiver.requests[0]
+    assert (
+        req.headers["authorization"]
+        == "Basic " + base64.b64encode("elastic:pä:ss".encode()).decode()
+    )
+    assert json.loads(req.body.splitlines()[0])["create"]["_index"] == "sec-alerts"
