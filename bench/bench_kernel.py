@@ -255,9 +255,10 @@ def bench_latency(count: int) -> dict[str, Any]:
     marker = f"lat{os.getpid()}"
     with tempfile.TemporaryDirectory() as d:
         rules = Path(d) / "lat.yaml"
+        cond = f'evt.type = execve and proc.name = true and proc.args contains "{marker}"'
         rules.write_text(
             "- rule: Latency probe\n  desc: x\n"
-            f'  condition: evt.type = execve and proc.name = true and proc.args contains "{marker}"\n'
+            f"  condition: {cond}\n"
             "  output: exec %proc.pid\n  priority: Notice\n"
         )
         s = Sentinel("--rules", str(rules))
