@@ -14,15 +14,15 @@ Why this way:
 
 from __future__ import annotations
 
-import ctypes
+import importlib.util
 import mmap
 import os
 import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
-from sentinel.kernel.btf import VMLINUX, BtfError, vmlinux_btf
+from sentinel.kernel.btf import VMLINUX, Btf, BtfError
+from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
 from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
 from sentinel.kernel.records import EV_NAMES
 from sentinel.kernel.ringbuf import RingBufferReader
@@ -84,13 +84,13 @@ def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[s
         raise SensorError(
             f"no kernel BTF at {btf_path}: this kernel was built without CONFIG_DEBUG_INFO_BTF"
         )
-    try:
-        import bcc  # noqa: F401
-    except ImportError as exc:
+    # Only look for bcc here: importing it would put LLVM in this long-lived process (the
+    # child loader imports it).
+    if importlib.util.find_spec("bcc") is None:
         raise SensorError(
             "bcc is missing: install Debian's python3-bpfcc and use a venv made with "
-            f"--system-site-packages ({exc})"
-        ) from None
+            "--system-site-packages"
+        )
     _mount("tracefs", TRACEFS)
     _mount("bpf", BPFFS)
     for tp in SCHED_TRACEPOINTS:
@@ -101,8 +101,8 @@ def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[s
         if not (TRACEFS / "events" / "syscalls" / name).is_dir():
             raise SensorError(f"tracepoint syscalls:{name} does not exist on this kernel")
     try:
-        btf = vmlinux_btf(btf_path)
-        return sensor_cflags(btf)
+        # Parsed once and dropped: the raw BTF is ~5 MB the sensor does not need afterwards.
+        return sensor_cflags(Btf.load(btf_path))
     except BtfError as exc:
         raise SensorError(f"kernel BTF lacks what the sensor needs: {exc}") from None
     except UnsupportedArch as exc:
@@ -144,8 +144,8 @@ class Sensor:
         if ignore_self:
             # Our own events would feed back forever (see is_self() in the BPF source).
             self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
-        self._bpf: Any = None
-        self._lost_map: Any = None
+        self._loaded: Loaded | None = None
+        self._ncpus = 1
         self._reader: RingBufferReader | None = None
         self._callback: RawCallback = _ignore
 
@@ -154,24 +154,25 @@ class Sensor:
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
         cflags += [f"-DATTACH_{f.upper()}=1" for f in sorted(self.families)]
         cflags += self.extra_cflags
-        from bcc import BPF
-
+        if not self.source.is_file():
+            raise SensorError(f"cannot read BPF source {self.source}")
         try:
-            text = self.source.read_bytes()
-        except OSError as exc:
-            raise SensorError(f"cannot read BPF source {self.source}: {exc.strerror}") from None
-        try:
-            # bcc attaches TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE functions on load.
-            self._bpf = BPF(text=text, cflags=cflags)
-        except Exception as exc:
-            raise SensorError(f"loading the BPF sensor failed: {exc}") from None
+            # A child process runs bcc (compile, verify, attach) and passes back the fds.
+            self._loaded = load_in_child(self.source, cflags, ["events", "lost"])
+        except LoaderError as exc:
+            raise SensorError(str(exc)) from None
         # Records are read straight from the mmapped ring in batches (see ringbuf.py): no
         # ctypes callback per record.
         self._reader = RingBufferReader(
-            self._bpf[b"events"].map_fd, self.ringbuf_pages * mmap.PAGESIZE
+            self._loaded.maps["events"], self.ringbuf_pages * mmap.PAGESIZE
         )
         self._callback = callback
-        self._lost_map = self._bpf[b"lost"]
+        self._ncpus = possible_cpus()
+
+    @property
+    def attachments(self) -> list[str]:
+        """What is attached, e.g. ``raw:sched_process_exec``, ``tp:syscalls:sys_exit_openat``."""
+        return sorted(self._loaded.links) if self._loaded is not None else []
 
     def poll(self, timeout_ms: int = POLL_MS) -> int:
         """Wait up to ``timeout_ms`` for records and deliver all that are ready."""
@@ -195,21 +196,21 @@ class Sensor:
     def lost(self) -> dict[str, int]:
         """Reserve failures (lost records) per event type since start."""
         out: dict[str, int] = {}
-        if self._lost_map is None:
+        if self._loaded is None:
             return out
+        fd = self._loaded.maps["lost"]
         for type_id, name in EV_NAMES.items():
-            values = self._lost_map[ctypes.c_int(type_id)]
-            out[name] = int(sum(values))
+            out[name] = sum(percpu_u64(fd, type_id, self._ncpus))
         return out
 
     def close(self) -> None:
+        """Detach everything (closing the attachment fds detaches the programs)."""
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
-            self._lost_map = None
+        if self._loaded is not None:
+            self._loaded.close()
+            self._loaded = None
 
     def __enter__(self) -> Sensor:
         return self

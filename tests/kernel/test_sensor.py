@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kernel.conftest import LiveSensor
+from tests.kernel.conftest import LiveSensor, require_root
 
 pytestmark = pytest.mark.kernel
 
@@ -224,3 +224,33 @@ def test_live_events_are_already_in_replay_form(live: LiveSensor) -> None:
     assert len(events) > 10
     for e in events:
         assert normalize_event(e) == e
+
+
+def test_only_exit_tracepoints_are_attached(live: LiveSensor) -> None:
+    """Arguments come from saved registers at sys_exit: no sys_enter tracepoint is attached."""
+    assert live.sensor.attachments == sorted(
+        [
+            "raw:sched_process_exec",
+            "raw:sched_process_exit",
+            "raw:sched_process_fork",
+            "tp:syscalls:sys_exit_connect",
+            "tp:syscalls:sys_exit_open",
+            "tp:syscalls:sys_exit_openat",
+            "tp:syscalls:sys_exit_openat2",
+        ]
+    )
+
+
+def test_sensor_process_has_no_bcc() -> None:
+    """The long-lived process never imports bcc (LLVM): a child compiles and hands over fds."""
+    require_root()
+    code = (
+        "import sys\n"
+        "from sentinel.kernel.sensor import Sensor\n"
+        "s = Sensor({'openat'}); s.start(lambda r: None)\n"
+        "print('bcc' in sys.modules, len(s.attachments))\n"
+        "s.close()\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["False", "4"]
