@@ -256,3 +256,33 @@ def test_unreadable_ca_file_is_a_clear_setup_error(tmp_path: Path) -> None:
     d2 = Dispatcher(OutputsConfig.model_validate({"spool": spool_cfg(tmp_path)}))
     d2.start()  # the failed start released the spool
     d2.close()
+
+
+def test_a_receiver_that_stops_reading_stalls_neither_emit_nor_other_outputs(
+    tmp_path: Path,
+) -> None:
+    """A SIEM that accepts the connection and then never reads: the syslog worker blocks in
+    sendall once the socket buffers are full, while emit() and the file output carry on."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen()
+    port = srv.getsockname()[1]
+    outs: list[dict[str, Any]] = [
+        {"type": "syslog", "name": "stuck", "port": port, "timeout": 30},
+        {"type": "file", "name": "f", "path": str(tmp_path / "a.jsonl")},
+    ]
+    d = _dispatcher(tmp_path, outs)
+    try:
+        d.emit(make_alert(0))
+        conn, _ = srv.accept()
+        n = 3000  # ~3 MB of alerts: far more than the loopback socket buffers hold
+        for i in range(1, n):
+            d.emit(make_alert(i, output="s" * 1000))
+        wait_until(lambda: d.metrics()["f"]["sent"] == n, what="the file output")
+        m = d.metrics()
+        assert m["stuck"]["sent"] < n and m["stuck"]["queue_depth"] > 0
+        assert m["stuck"]["spooled"] == n
+        conn.close()
+    finally:
+        d.close(timeout=0.5)
+        srv.close()
