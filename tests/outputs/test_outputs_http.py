@@ -139,7 +139,7 @@ def test_bulk_partial_failure_retries_only_failed_items(
         "type": "http",
         "flavor": "elasticsearch",
         "url": http_receiver.url + "/alerts-idx",
-        "batch": {"max_wait": 1.0},
+        "batch": {"max_count": 6, "max_wait": 5.0},
         "retry": FAST_RETRY,
     }
     d = _start(tmp_path, out, alerts)
@@ -195,7 +195,7 @@ def test_webhook_retries_5xx_429_408_and_dead_letters_4xx(
         "type": "http",
         "url": http_receiver.url + "/hook?x=1",
         "headers": {"X-Tenant": "t1"},
-        "batch": {"max_wait": 0.5},
+        "batch": {"max_count": 4, "max_wait": 2.0},
         "retry": FAST_RETRY,
     }
     alerts = [make_alert(i) for i in range(4)]
@@ -239,7 +239,7 @@ def test_hec_invalid_event_number(tmp_path: Path, http_receiver: HttpReceiver) -
         "flavor": "splunk_hec",
         "url": http_receiver.url,
         "token": "t",
-        "batch": {"max_wait": 0.5},
+        "batch": {"max_count": 5, "max_wait": 5.0},
         "retry": FAST_RETRY,
     }
     d = _start(tmp_path, out, alerts)
