@@ -74,6 +74,8 @@
 #define OP_SET_ACL 23
 #define OP_REMOVE_ACL 24
 #define OP_MOUNT 25
+#define OP_MMAP_EXEC 26
+#define OP_MPROTECT_EXEC 27
 
 /* Walk modes. */
 #define MODE_WRITE 1 /* the object or any ancestor is write-protected */
@@ -86,6 +88,7 @@
 #define MAY_WRITE_ 0x2
 #define MAY_APPEND_ 0x8
 #define PROT_WRITE_ 0x2
+#define PROT_EXEC_ 0x4
 #define MAP_SHARED_ 0x1
 #define VM_SHARED_ 0x8
 #define AF_INET_ 2
@@ -492,15 +495,32 @@ LSM_PROBE(inode_remove_acl, void *idmap, void *dentry)
 }
 #endif
 
+/*
+ * Executable mappings of an exec-denied file are denied too: otherwise
+ * `ld.so /denied/binary` (or dlopen of a denied library) runs its code without an execve.
+ */
 LSM_PROBE(mmap_file, void *file, unsigned long reqprot, unsigned long prot, unsigned long flags)
 {
-    if (!file || !(flags & MAP_SHARED_) || !(prot & PROT_WRITE_))
+    if (!file)
+        return 0;
+    if (prot & PROT_EXEC_) {
+        int ret = check_file(file, MODE_EXEC, H_MMAP_FILE, OP_MMAP_EXEC);
+        if (ret)
+            return ret;
+    }
+    if (!(flags & MAP_SHARED_) || !(prot & PROT_WRITE_))
         return 0;
     return check_file(file, MODE_WRITE, H_MMAP_FILE, OP_MMAP_SHARED_WRITE);
 }
 
 LSM_PROBE(file_mprotect, void *vma, unsigned long reqprot, unsigned long prot)
 {
+    if (prot & PROT_EXEC_) {
+        int ret = check_file(rd_ptr(vma, OFF_VMA_VM_FILE), MODE_EXEC, H_FILE_MPROTECT,
+                             OP_MPROTECT_EXEC);
+        if (ret)
+            return ret;
+    }
     if (!(prot & PROT_WRITE_))
         return 0;
     u64 vm_flags = 0;

@@ -13,9 +13,10 @@ O_TRUNC), ``file_permission`` (writes through descriptors opened earlier), ``pat
 ``path_link``, ``path_symlink``, ``path_mknod`` (also open(O_CREAT) of a new file),
 ``path_mkdir``, ``path_rmdir``, ``path_chmod``, ``path_chown``, ``inode_setattr``,
 ``inode_setxattr``, ``inode_removexattr``, ``inode_set_acl``/``inode_remove_acl`` (6.2+),
-``mmap_file`` and ``file_mprotect`` (shared writable mappings); ``sb_mount`` and
-``move_mount`` (mounting onto a protected path or an ancestor would hide it);
-``socket_connect``. ``file_free_security`` only maintains the write-verdict cache (see
+``mmap_file`` and ``file_mprotect`` (shared writable mappings of protected files, and
+executable mappings of exec-denied files, which ``ld.so /denied/binary`` would use);
+``sb_mount`` and ``move_mount`` (mounting onto a protected path or an ancestor would hide
+it); ``socket_connect``. ``file_free_security`` only maintains the write-verdict cache (see
 ``write_ok`` in bpf/lsm.c) that keeps write() storms off the dentry walk.
 
 Known limits: unmounting a file system that holds a protected path is not denied; a shared
@@ -38,6 +39,8 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
+
+import structlog
 
 from sentinel.kernel.btf import Btf, BtfError, vmlinux_btf
 from sentinel.kernel.lsm_btf import arg_index, lsm_hooks
@@ -118,6 +121,8 @@ OPERATIONS: dict[int, str] = {
     23: "set_acl",
     24: "remove_acl",
     25: "mount",
+    26: "mmap_exec",
+    27: "mprotect_exec",
 }
 # Falco event type a denial corresponds to (for the alert's evt.type).
 EVT_TYPES: dict[str, str] = {
@@ -146,6 +151,8 @@ EVT_TYPES: dict[str, str] = {
     "set_acl": "setxattr",
     "remove_acl": "removexattr",
     "mount": "mount",
+    "mmap_exec": "mmap",
+    "mprotect_exec": "mprotect",
 }
 # Hooks compiled only if the kernel has them; absence is reported, never fatal.
 OPTIONAL_HOOKS = ("file_truncate", "inode_set_acl", "inode_remove_acl")
@@ -189,6 +196,8 @@ ARG_POSITIONS: dict[str, tuple[str, str, tuple[int, ...]]] = {
     "SETXATTR_DENTRY_ARG": ("inode_setxattr", "dentry", (0, 1)),
     "REMOVEXATTR_DENTRY_ARG": ("inode_removexattr", "dentry", (0, 1)),
 }
+
+_log = structlog.get_logger("sentinel.lsm")
 
 MAX_IDENTS = 65536
 MAX_NETS = 4096
@@ -363,6 +372,7 @@ class LsmEnforcer:
         # file_free_security first, so that no write_ok entry can outlive its file.
         hooks_to_attach.sort(key=lambda h: h != "file_free_security")
         self._closed = False
+        self.callback_errors = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
         try:
@@ -451,7 +461,13 @@ class LsmEnforcer:
 
     def _handle(self, _ctx: Any, data: Any, _size: int) -> None:
         ev = ctypes.cast(data, ctypes.POINTER(_Event)).contents
-        self._on_deny(self._decode(ev))
+        decoded = self._decode(ev)
+        try:
+            self._on_deny(decoded)
+        except Exception:
+            # A failing consumer must not stop delivery (the kernel keeps denying regardless).
+            self.callback_errors += 1
+            _log.exception("lsm deny callback failed", rule=decoded.rule, hook=decoded.hook)
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver pending events to ``on_deny`` (only needed with ``thread=False``)."""

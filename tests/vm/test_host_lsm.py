@@ -262,3 +262,24 @@ def test_rejected_program_leaves_nothing_loaded(tmp_path: Path) -> None:
             DenyPolicy(protect={str(tmp_path / "p"): "r"}), lambda e: None, check_available=False
         )
     assert lsm_progs() == before == 0
+
+
+def test_deny_event_as_falco_fields() -> None:
+    from sentinel.kernel.lsm import DenyEvent
+
+    f = DenyEvent(
+        "r", "file_open", "open_trunc", 10, 11, 1, 0, "sh", 123, path="/etc/shadow"
+    ).fields()
+    assert (f["evt.type"], f["fd.name"], f["proc.pid"], f["proc.ppid"]) == (
+        "openat",
+        "/etc/shadow",
+        10,
+        1,
+    )
+    assert (f["proc.name"], f["user.uid"], f["evt.time"]) == ("sh", 0, 123)
+    assert "proc.exepath" not in f
+    x = DenyEvent("r", "bprm_check_security", "exec", 1, 1, 0, 0, "a", 1, path="/bin/nc").fields()
+    assert (x["evt.type"], x["proc.exepath"]) == ("execve", "/bin/nc")
+    c = DenyEvent("r", "socket_connect", "connect", 1, 1, 0, 0, "a", 1, address="::1", port=22)
+    assert c.fields()["fd.name"] == "[::1]:22"
+    assert c.fields()["fd.sip"] == "::1"

@@ -545,6 +545,27 @@ def test_exec_under_denied_directory_denied(layout: Layout, ev: Events) -> None:
     )
 
 
+def test_exec_through_dynamic_loader_denied(layout: Layout, ev: Events) -> None:
+    """`ld.so /denied/binary` maps it PROT_EXEC without an execve of it: mmap_file denies."""
+    ldso = next(
+        (p for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2")
+         if os.path.exists(p)),
+        None,
+    )  # fmt: skip
+    assert ldso, "the dynamic loader exists on every Debian amd64 system"
+    # The loader itself runs a copy that is not denied:
+    assert subprocess.run([ldso, str(layout.allowed_exe)]).returncode == 0
+    assert ev.wait(0, timeout=0) == []
+    r = subprocess.run([ldso, str(layout.denied_exe)], capture_output=True, text=True)
+    assert r.returncode != 0
+    got = ev.wait(1)
+    assert got, "no deny event"
+    assert {(e.rule, e.hook, e.operation, e.path) for e in got} == {
+        ("deny-exec", "mmap_file", "mmap_exec", str(layout.denied_exe))
+    }
+    assert len(got) == 1, got
+
+
 def test_other_execs_still_work(layout: Layout, ev: Events) -> None:
     assert subprocess.run([str(layout.allowed_exe)]).returncode == 0
     assert subprocess.run(["sh", "-c", "exit 7"]).returncode == 7
