@@ -27,15 +27,28 @@ def load_compiled(paths: list[Path], err: TextIO = sys.stderr) -> CompiledRules 
 
 
 def config_or_exit(path: Path | None) -> SentinelConfig | None:
+    """Load the config and set up logging (to stderr: stdout carries alerts)."""
+    from sentinel.logging import configure_logging
+
     try:
-        return load_config(path)
+        config = load_config(path)
     except ConfigError as exc:
         print(f"sentinel: {exc}", file=sys.stderr)
         return None
+    configure_logging(config.logging.format, config.logging.level)
+    return config
+
+
+class SinkError(Exception):
+    """An output or the spool could not be set up (message says which, and why)."""
 
 
 class AlertSink:
-    """Where alerts go: straight to stdout (no config), or the outputs Dispatcher."""
+    """Where alerts go: straight to stdout (no config), or the outputs Dispatcher.
+
+    Raises :class:`SinkError` when an output cannot start (a missing CA file, a spool another
+    Sentinel holds), so commands print one clear line instead of a traceback.
+    """
 
     def __init__(self, config: SentinelConfig | None) -> None:
         self._dispatcher = None
@@ -43,10 +56,14 @@ class AlertSink:
         if config is None:
             self.emit = self._stdout
             return
-        from sentinel.outputs import Dispatcher, OutputsConfig
+        from sentinel.outputs import Dispatcher, OutputsConfig, OutputSetupError
+        from sentinel.outputs.spool import SpoolError
 
-        self._dispatcher = Dispatcher(OutputsConfig(outputs=config.outputs, spool=config.spool))
-        self._dispatcher.start()
+        try:
+            self._dispatcher = Dispatcher(OutputsConfig(outputs=config.outputs, spool=config.spool))
+            self._dispatcher.start()
+        except (OutputSetupError, SpoolError, OSError) as exc:
+            raise SinkError(str(exc)) from None
         self.emit = self._dispatcher.emit
 
     @staticmethod

@@ -175,3 +175,26 @@ def test_fields_text_listing():
     res = sentinel("fields")
     assert res.returncode == 0
     assert any(line.startswith("proc.aname[N]") for line in res.stdout.splitlines())
+
+
+def test_replay_output_setup_errors_are_one_clear_line(tmp_path: Path):
+    rules = write_rules(
+        tmp_path,
+        """
+        - rule: A
+          desc: d
+          condition: evt.type = execve
+          output: a
+          priority: INFO
+        """,
+    )
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "outputs:\n  - type: syslog\n    transport: tls\n    host: 127.0.0.1\n    port: 6514\n"
+        f"    tls:\n      ca_file: {tmp_path}/missing-ca.pem\n"
+        f"spool:\n  dir: {tmp_path}/spool\n"
+    )
+    res = sentinel("replay", "--config", str(cfg), "--rules", str(rules), "-", stdin="")
+    assert res.returncode == 2
+    assert "cannot start outputs" in res.stderr and "missing-ca.pem" in res.stderr
+    assert "Traceback" not in res.stderr

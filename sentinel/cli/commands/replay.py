@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from sentinel.cli.common import AlertSink, config_or_exit, load_compiled
+from sentinel.cli.common import AlertSink, SinkError, config_or_exit, load_compiled
 from sentinel.engine import Engine, EventLineError, normalize_event
 
 
@@ -42,9 +42,15 @@ def run(args: argparse.Namespace) -> int:
             print("sentinel replay: give an events file (or - for stdin)", file=sys.stderr)
             return 2
         events = str(rules.pop())  # `--rules A B EVENTS`: the last path is the events file
-    config = config_or_exit(args.config) if args.config else None
-    if args.config and config is None:
-        return 2
+    if args.config:
+        config = config_or_exit(args.config)
+        if config is None:
+            return 2
+    else:
+        from sentinel.logging import configure_logging
+
+        config = None
+        configure_logging()  # logs to stderr; stdout is the alert stream
     if not rules:
         rules = list(config.rules) if config else []
     if not rules:
@@ -60,7 +66,11 @@ def run(args: argparse.Namespace) -> int:
         min_priority=args.min_priority or (config.minimum_priority if config else "Debug"),
         **({"append_output": config.append_output} if config else {}),
     )
-    sink = AlertSink(config)
+    try:
+        sink = AlertSink(config)
+    except SinkError as exc:
+        print(f"sentinel replay: cannot start outputs: {exc}", file=sys.stderr)
+        return 2
     name = "<stdin>" if events == "-" else events
     bad = 0
     try:
