@@ -147,6 +147,33 @@ class Bpftrace:
         self.proc.wait(30)
 
 
+def _progs() -> dict[int, dict[str, Any]]:
+    out = subprocess.run(["bpftool", "prog", "show", "-j"], capture_output=True, text=True)
+    return {p["id"]: p for p in json.loads(out.stdout or "[]")}
+
+
+class BpfStats:
+    """Kernel-measured run time of the BPF programs loaded while this is active
+    (kernel.bpf_stats_enabled): the in-kernel cost per event, free of scheduling noise."""
+
+    PATH = Path("/proc/sys/kernel/bpf_stats_enabled")
+
+    def __init__(self) -> None:
+        self.before = set(_progs())
+        self.PATH.write_text("1")
+
+    def ns_per_run(self, name_suffix: str) -> float | None:
+        runs = ns = 0
+        for pid, p in _progs().items():
+            if pid not in self.before and p.get("name", "").endswith(name_suffix):
+                runs += p.get("run_cnt", 0)
+                ns += p.get("run_time_ns", 0)
+        return ns / runs if runs else None
+
+    def close(self) -> None:
+        self.PATH.write_text("0")
+
+
 def default_families() -> list[str]:
     from sentinel.cli.common import load_compiled
     from sentinel.engine import Engine
@@ -166,46 +193,60 @@ def median_storm(binary: Path, n: int, rounds: int) -> float:
 
 
 def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[str, Any]:
+    """Each round runs one storm per configuration, in turn, so that load from elsewhere on
+    the machine falls on all of them alike; the figures are medians over rounds."""
     storm(binary, n // 10)  # warm caches
-    none1 = median_storm(binary, n, rounds)
-    floor = Floor(families)
-    try:
-        t_floor = median_storm(binary, n, rounds)
-    finally:
-        floor.stop()
-    s = Sentinel()
-    s.wait_armed()
-    try:
-        t_sentinel = median_storm(binary, n, rounds)
-        rss_storm = s.hwm_mb()
-    finally:
-        stats = s.stop()
-    bt = Bpftrace(families)
-    try:
-        t_bpftrace = median_storm(binary, n, rounds)
-    finally:
-        bt.stop()
-    none2 = median_storm(binary, n, rounds)
-    t_none = statistics.median([none1, none2])
+    times: dict[str, list[float]] = {"none": [], "floor": [], "sentinel": [], "bpftrace": []}
+    lost = events = 0
+    rss = 0.0
+    bpf_ns: list[float] = []
+    floor_ns: list[float] = []
+    for _ in range(rounds):
+        times["none"].append(storm(binary, n))
+        stats_on = BpfStats()
+        floor = Floor(families)
+        try:
+            times["floor"].append(storm(binary, n))
+            floor_ns.append(stats_on.ns_per_run("sys_exit_openat") or 0.0)
+        finally:
+            floor.stop()
+            stats_on.close()
+        stats_on = BpfStats()
+        s = Sentinel()
+        s.wait_armed()
+        try:
+            times["sentinel"].append(storm(binary, n))
+            rss = max(rss, s.hwm_mb())
+            bpf_ns.append(stats_on.ns_per_run("sys_exit_openat") or 0.0)
+        finally:
+            stats = s.stop()
+            stats_on.close()
+        lost += stats.get("lost", 0)
+        events += stats.get("events", 0)
+        bt = Bpftrace(families)
+        try:
+            times["bpftrace"].append(storm(binary, n))
+        finally:
+            bt.stop()
+    med = {k: statistics.median(v) for k, v in times.items()}
     return {
         "opens_per_storm": n,
         "rounds": rounds,
         "tracepoints": ["sched_process_exec", "sched_process_fork", "sched_process_exit"]
         + [f"sys_exit_{f}" for f in families],
-        "ns_per_open_close": {
-            "none": t_none / n,
-            "floor": t_floor / n,
-            "sentinel": t_sentinel / n,
-            "bpftrace": t_bpftrace / n,
-        },
-        "sentinel_vs_none": t_sentinel / t_none,
-        "sentinel_vs_floor": t_sentinel / t_floor,
-        "floor_vs_none": t_floor / t_none,
-        "bpftrace_vs_none": t_bpftrace / t_none,
-        "sentinel_vs_bpftrace": t_sentinel / t_bpftrace,
-        "sentinel_lost_during_storms": stats.get("lost", -1),
-        "sentinel_events_during_storms": stats.get("events", -1),
-        "sentinel_peak_rss_mb_storm": rss_storm,
+        "ns_per_open_close": {k: v / n for k, v in med.items()},
+        "ns_per_open_close_all": {k: [round(x / n) for x in v] for k, v in times.items()},
+        "sentinel_vs_none": med["sentinel"] / med["none"],
+        "sentinel_vs_floor": med["sentinel"] / med["floor"],
+        "floor_vs_none": med["floor"] / med["none"],
+        "bpftrace_vs_none": med["bpftrace"] / med["none"],
+        "bpftrace_vs_floor": med["bpftrace"] / med["floor"],
+        "sentinel_vs_bpftrace": med["sentinel"] / med["bpftrace"],
+        "bpf_ns_per_open_event_sentinel": statistics.median(bpf_ns),
+        "bpf_ns_per_open_event_floor": statistics.median(floor_ns),
+        "sentinel_lost_during_storms": lost,
+        "sentinel_events_during_storms": events,
+        "sentinel_peak_rss_mb_storm": rss,
     }
 
 
