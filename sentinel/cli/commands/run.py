@@ -70,7 +70,10 @@ def run_live(
 ) -> int:
     """The live loop shared by ``run`` and ``capture`` (which also writes every event)."""
     from sentinel.kernel.sensor import SensorError, check_root
+    from sentinel.logging import configure_logging
 
+    # stdout carries alerts only: every library log (structlog) goes to stderr.
+    configure_logging("auto", "info")
     try:
         check_root()
     except SensorError as exc:

@@ -1,0 +1,206 @@
+"""The default rules (rules/sentinel_rules.yaml) on the live kernel, one ``sentinel run``.
+
+Each job is triggered for real and must give its alert; near misses must not:
+- a shell in a real podman+runc container (busybox rootfs; no registry needed) alerts, a
+  shell on the host does not;
+- a write-open below /etc alerts, a read of /etc and a write in a temp dir do not;
+- a TCP connect to a non-loopback address on an odd port alerts, one to an allowed port does
+  not. Non-loopback addresses only exist in a network namespace the test creates (192.0.2.1,
+  TEST-NET-1, on that namespace's loopback device), per the project's network rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.kernel.conftest import require_root
+
+pytestmark = pytest.mark.kernel
+
+SENTINEL = [sys.executable, "-m", "sentinel"]
+PODMAN_CONF = """[containers]
+default_ulimits = []
+
+[engine]
+runtime = "runc"
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+"""
+
+
+class Run:
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [*SENTINEL, "run", "--matching", "all"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.q: queue.Queue[dict[str, Any]] = queue.Queue()
+        self.seen: list[dict[str, Any]] = []
+        self.stderr: list[str] = []
+        self.armed = threading.Event()
+        threading.Thread(target=self._out, daemon=True).start()
+        threading.Thread(target=self._err, daemon=True).start()
+
+    def _out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.q.put(json.loads(line))
+            except ValueError:
+                self.stderr.append(f"non-JSON on stdout: {line!r}")
+
+    def _err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.stderr.append(line.rstrip())
+            if " armed " in line:
+                self.armed.set()
+
+    def wait_for(
+        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 15.0
+    ) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while not any(pred(a) for a in self.seen) and time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                self.seen.append(self.q.get(timeout=0.05))
+        return [a for a in self.seen if pred(a)]
+
+    def settle(self, quiet: float = 1.0) -> list[dict[str, Any]]:
+        while True:
+            try:
+                self.seen.append(self.q.get(timeout=quiet))
+            except queue.Empty:
+                return list(self.seen)
+
+
+@pytest.fixture(scope="module")
+def run() -> Iterator[Run]:
+    require_root()
+    r = Run()
+    if not r.armed.wait(60):
+        r.proc.kill()
+        pytest.fail(f"sentinel did not arm: {r.stderr}")
+    try:
+        yield r
+    finally:
+        r.proc.terminate()
+        r.proc.wait(30)
+
+
+def test_write_below_etc(run: Run, tmp_path: Path) -> None:
+    target = Path("/etc") / f"sentinel-test-{uuid.uuid4().hex[:8]}"
+    other = tmp_path / "harmless.txt"
+    try:
+        subprocess.run(
+            ["/bin/sh", "-c", f"cat /etc/hostname > /dev/null; : > {other}; : > {target}"],
+            check=True,
+        )
+    finally:
+        target.unlink(missing_ok=True)
+    hits = run.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target))
+    assert len(hits) == 1
+    a = hits[0]
+    assert a["rule"] == "Write Below Sensitive Path"
+    assert a["priority"] == "Error"
+    assert a["output_fields"]["proc.name"] == "sh"
+    assert "O_WRONLY" in a["output_fields"]["evt.arg.flags"]
+    names = {x["output_fields"].get("fd.name") for x in run.settle(0.5)}
+    assert "/etc/hostname" not in names
+    assert str(other) not in names
+
+
+NETNS_CODE = """
+import socket, sys
+servers = []
+for port in (4444, 443):
+    s = socket.socket()
+    s.bind(("192.0.2.1", port))
+    s.listen()
+    servers.append(s)
+for port in (4444, 443):
+    c = socket.create_connection(("192.0.2.1", port))
+    print(port, c.getsockname()[1], flush=True)
+    c.close()
+"""
+
+
+def test_unexpected_outbound_connection(run: Run) -> None:
+    if shutil.which("ip") is None:
+        raise AssertionError("iproute2 is missing: run scripts/setup.sh")
+    ns = f"sntest{uuid.uuid4().hex[:6]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+        res = subprocess.run(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", NETNS_CODE],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    ports = dict(line.split() for line in res.stdout.split("\n") if line.strip())
+    hits = run.wait_for(lambda a: a["rule"] == "Unexpected Outbound Connection")
+    hits = [a for a in run.settle(0.5) if a["rule"] == "Unexpected Outbound Connection"]
+    mine = [a for a in hits if a["output_fields"].get("fd.sip") == "192.0.2.1"]
+    assert len(mine) == 1, hits
+    f = mine[0]["output_fields"]
+    assert f["fd.sport"] == 4444
+    assert f["fd.l4proto"] == "tcp"
+    assert f["fd.name"] == f"192.0.2.1:{ports['4444']}->192.0.2.1:4444"
+    assert f["proc.name"].startswith("python")
+
+
+def test_shell_in_container(run: Run, tmp_path: Path) -> None:
+    for tool in ("podman", "runc"):
+        if shutil.which(tool) is None:
+            raise AssertionError(f"{tool} is missing: run scripts/setup.sh")
+    busybox = shutil.which("busybox") or "/bin/busybox"
+    root = tmp_path / "rootfs"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy2(busybox, root / "bin" / "busybox")
+    for applet in ("sh", "true"):
+        (root / "bin" / applet).symlink_to("busybox")
+    for d in ("proc", "sys", "dev", "etc", "tmp"):
+        (root / d).mkdir()
+    conf = tmp_path / "containers.conf"
+    conf.write_text(PODMAN_CONF)
+    env = dict(os.environ, CONTAINERS_CONF=str(conf))
+    marker = f"c{uuid.uuid4().hex[:8]}"
+    name = f"sentinel-ktest-{marker}"
+    # A shell on the host first: not a container, no alert.
+    subprocess.run(["/bin/sh", "-c", f": host-{marker}"], check=True)
+    argv = ["podman", "--runtime", "runc", "--cgroup-manager", "cgroupfs", "run", "--rm"]
+    argv += ["--name", name, "--network", "none", "--rootfs", str(root)]
+    argv += ["/bin/sh", "-c", f": {marker}"]
+    res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    hits = run.wait_for(
+        lambda a: (
+            a["rule"] == "Shell Spawned in a Container"
+            and marker in a["output_fields"].get("proc.cmdline", "")
+        )
+    )
+    assert len(hits) == 1, (run.seen, run.stderr, res.stdout, res.stderr)
+    f = hits[0]["output_fields"]
+    assert f["proc.name"] == "sh"
+    assert f["container.id"] != "host"
+    assert len(f["container.id"]) == 12
+    assert f"host-{marker}" not in json.dumps(run.settle(0.5))
