@@ -167,12 +167,27 @@ static __always_inline int is_self(void) {
 #endif
 }
 
-// The prefilter hook: return 0 to drop an event before it costs a ring-buffer reservation.
-// Today it keeps everything but Sentinel's own events; the in-kernel prefilter (map-driven,
-// from the compiler's kernel plan) goes here.
-static __always_inline int prefilter(u32 type, struct hdr *h) {
+// ---- prefilter hooks ---------------------------------------------------------------------
+// Return 0 to drop an event before it costs a ring-buffer reservation. Each hook gets what the
+// kernel knows at that point (the call's arguments and result). Today they keep everything but
+// Sentinel's own events; the in-kernel prefilter (bpf/filter.h, filled from the compiler's
+// kernel plan) replaces a hook by defining PREFILTER_<FAMILY> and its own function, in source
+// prepended to this file.
+#ifndef PREFILTER_PROC
+static __always_inline int prefilter_proc(u32 type) {
     return !is_self();
 }
+#endif
+#ifndef PREFILTER_OPEN
+static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {
+    return 1;
+}
+#endif
+#ifndef PREFILTER_CONNECT
+static __always_inline int prefilter_connect(const void *uaddr, u32 addrlen, long ret) {
+    return 1;
+}
+#endif
 
 static __always_inline u64 wakeup_flags(u32 type) {
     u64 flags = BPF_RB_FORCE_WAKEUP;
@@ -258,8 +273,7 @@ static __always_inline u32 walk_path(char *buf, void *dentry, void *vfsmnt, void
 RAW_TRACEPOINT_PROBE(sched_process_exec) {
     void *task = (void *)ctx->args[0];
     void *bprm = (void *)ctx->args[2];
-    struct hdr probe = {};
-    if (!prefilter(EV_EXEC, &probe))
+    if (!prefilter_proc(EV_EXEC))
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
@@ -330,8 +344,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
 
 RAW_TRACEPOINT_PROBE(sched_process_fork) {
     void *child = (void *)ctx->args[1];
-    struct hdr probe = {};
-    if (!prefilter(EV_FORK, &probe))
+    if (!prefilter_proc(EV_FORK))
         return 0;
     struct fork_ev *e = events.ringbuf_reserve(sizeof(struct fork_ev));
     if (!e) {
@@ -357,8 +370,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit) {
     if ((u32)pt != (u32)(pt >> 32))
         return 0;
 #endif
-    struct hdr probe = {};
-    if (!prefilter(EV_EXIT, &probe))
+    if (!prefilter_proc(EV_EXIT))
         return 0;
     struct exit_ev *e = events.ringbuf_reserve(sizeof(struct exit_ev));
     if (!e) {
@@ -444,8 +456,7 @@ static __always_inline int emit_open(long ret, u32 sc) {
         flags = how[0];
         mode = how[1];
     }
-    struct hdr probe = {};
-    if (!prefilter(EV_OPEN, &probe))
+    if (!prefilter_open((u32)flags, (const char *)path, ret))
         return 0;
     u32 zero = 0;
     struct open_ev_rel *r = open_scratch.lookup(&zero);
@@ -498,8 +509,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
         return 0;
     struct sc_args a = {};
     read_args(&a);
-    struct hdr probe = {};
-    if (!prefilter(EV_CONNECT, &probe))
+    if (!prefilter_connect((const void *)a.a1, (u32)a.a2, args->ret))
         return 0;
     struct connect_ev *e = events.ringbuf_reserve(sizeof(struct connect_ev));
     if (!e) {

@@ -45,8 +45,11 @@ class Loaded:
         self.maps.clear()
 
 
-def load_in_child(source: Path, cflags: list[str], maps: list[str], timeout: float = 120) -> Loaded:
-    """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error."""
+def load_in_child(
+    source: Path, cflags: list[str], maps: list[str], timeout: float = 120, prelude: str = ""
+) -> Loaded:
+    """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
+    ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks)."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with parent_sock, child_sock:
         proc = subprocess.Popen(
@@ -56,7 +59,7 @@ def load_in_child(source: Path, cflags: list[str], maps: list[str], timeout: flo
             stderr=subprocess.PIPE,
         )
         child_sock.close()
-        request = {"source": str(source), "cflags": cflags, "maps": maps}
+        request = {"source": str(source), "cflags": cflags, "maps": maps, "prelude": prelude}
         parent_sock.sendall(json.dumps(request).encode() + b"\n")
         parent_sock.settimeout(timeout)
         try:
@@ -97,7 +100,8 @@ def _child(sock_fd: int) -> int:
     try:
         from bcc import BPF
 
-        b = BPF(text=Path(req["source"]).read_bytes(), cflags=req["cflags"])
+        text = req.get("prelude", "").encode() + Path(req["source"]).read_bytes()
+        b = BPF(text=text, cflags=req["cflags"])
     except Exception as exc:  # the compile/verifier message is the useful part
         sock.sendall(json.dumps({"error": f"loading the BPF sensor failed: {exc}"}).encode())
         sock.close()

@@ -130,6 +130,8 @@ class Sensor:
         btf_path: Path | str = VMLINUX,
         extra_cflags: Iterable[str] = (),
         ignore_self: bool = True,
+        prelude: str = "",
+        maps: Iterable[str] = (),
     ) -> None:
         unknown = set(families) - ALL_FAMILIES
         if unknown:
@@ -141,6 +143,10 @@ class Sensor:
         self.source = source
         self.btf_path = btf_path
         self.extra_cflags = list(extra_cflags)
+        # C placed before bpf/sensor.bpf.c (the in-kernel prefilter's hooks and maps), and extra
+        # map names whose fds the caller wants (see maps()).
+        self.prelude = prelude
+        self.extra_maps = list(maps)
         if ignore_self:
             # Our own events would feed back forever (see is_self() in the BPF source).
             self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
@@ -158,7 +164,9 @@ class Sensor:
             raise SensorError(f"cannot read BPF source {self.source}")
         try:
             # A child process runs bcc (compile, verify, attach) and passes back the fds.
-            self._loaded = load_in_child(self.source, cflags, ["events", "lost"])
+            self._loaded = load_in_child(
+                self.source, cflags, ["events", "lost", *self.extra_maps], prelude=self.prelude
+            )
         except LoaderError as exc:
             raise SensorError(str(exc)) from None
         # Records are read straight from the mmapped ring in batches (see ringbuf.py): no
@@ -168,6 +176,12 @@ class Sensor:
         )
         self._callback = callback
         self._ncpus = possible_cpus()
+
+    def map_fd(self, name: str) -> int:
+        """The fd of a map named in ``maps=`` (owned by the sensor; valid until close)."""
+        if self._loaded is None or name not in self._loaded.maps:
+            raise SensorError(f"no map {name!r} (not started, or not asked for)")
+        return self._loaded.maps[name]
 
     @property
     def attachments(self) -> list[str]:
