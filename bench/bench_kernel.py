@@ -84,6 +84,11 @@ class Sentinel:
             raise RuntimeError(f"sentinel did not arm: {self.stderr}")
         return self.armed_s
 
+    def cpu_s(self) -> float:
+        """CPU time (user + system) the sentinel process itself has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     def hwm_mb(self) -> float:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmHWM:"):
@@ -260,8 +265,10 @@ def bench_rates(binary: Path, rates: list[int], secs: float) -> dict[str, Any]:
         s = Sentinel()
         s.wait_armed()
         try:
+            cpu0 = s.cpu_s()
             done, ns = paced(binary, rate, secs)
             time.sleep(1.0)  # let user space drain what is still in the ring buffer
+            cpu1 = s.cpu_s()
             hwm = s.hwm_mb()
         finally:
             stats = s.stop()
@@ -274,10 +281,16 @@ def bench_rates(binary: Path, rates: list[int], secs: float) -> dict[str, Any]:
                 "lost_open": lost,
                 "lost_total": stats.get("lost", -1),
                 "events_seen": stats.get("events", -1),
+                # user-space cost: CPU seconds of the sentinel process per event delivered
+                "cpu_us_per_event": (cpu1 - cpu0) * 1e6 / max(stats.get("events", 1), 1),
                 "peak_rss_mb": hwm,
             }
         )
-        print(f"  rate {rate:>7}/s: generated {achieved:>9.0f}/s lost {lost}", flush=True)
+        print(
+            f"  rate {rate:>7}/s: generated {achieved:>9.0f}/s lost {lost} "
+            f"cpu/event {rows[-1]['cpu_us_per_event']:.2f} us",
+            flush=True,
+        )
         if lost == 0 and achieved >= rate * 0.97:
             best = max(best, rate)
     return {"seconds_per_rate": secs, "rows": rows, "max_rate_zero_loss": best}

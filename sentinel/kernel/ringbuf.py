@@ -7,8 +7,10 @@ shared mapping (one copy), hands them over as a list, and publishes the new cons
 once per batch.
 
 The layout is the kernel's ring buffer ABI (kernel/bpf/ringbuf.c): page 0 holds the consumer
-position (read-write), page 1 the producer position, then the data area mapped twice in a row
-so a record that wraps is still contiguous. Each record starts with an 8-byte header: ``u32 len``
+position (read-write), page 1 the producer position, then the data area, which the kernel
+offers mapped twice in a row so that a wrapping record is contiguous. Only one copy is mapped
+here (mapped ring pages count in the sensor's resident memory); a wrapping record is joined
+from its two pieces. Each record starts with an 8-byte header: ``u32 len``
 whose top bits mark busy (not yet committed) and discarded, then ``u32 pg_off``; records are
 8-byte aligned. x86-64's ordering (TSO) makes plain loads and stores sufficient here; other
 architectures would need acquire/release accesses (the sensor is x86-64 only for now).
@@ -38,7 +40,7 @@ class RingBufferReader:
         self._fd = os.dup(map_fd)
         self._cons = mmap.mmap(self._fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         self._prod = mmap.mmap(
-            self._fd, page + 2 * data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
+            self._fd, page + data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
         self._data = memoryview(self._prod)[page:]
         self._page = page
@@ -52,6 +54,7 @@ class RingBufferReader:
         prod_map = self._prod
         data = self._data
         mask = self.mask
+        size = self.size
         u32 = _U32.unpack_from
         cons = _U64.unpack_from(cons_map, 0)[0]
         prod = _U64.unpack_from(prod_map, 0)[0]
@@ -65,7 +68,12 @@ class RingBufferReader:
                 break
             length = hdr & ~(BUSY_BIT | DISCARD_BIT)
             if not hdr & DISCARD_BIT:
-                append(bytes(data[off + HDR_SIZE : off + HDR_SIZE + length]))
+                start = (off + HDR_SIZE) & mask
+                end = start + length
+                if end <= size:
+                    append(bytes(data[start:end]))
+                else:  # wraps around the end of the data area
+                    append(bytes(data[start:size]) + bytes(data[: end - size]))
                 n += 1
             cons += (length + HDR_SIZE + 7) & ~7
             if not n & 1023:

@@ -44,7 +44,7 @@ SYSCALL_FAMILIES: dict[str, str] = {
 SCHED_TRACEPOINTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
 ALL_FAMILIES = frozenset({"open", "openat", "openat2", "connect"})
 
-DEFAULT_RINGBUF_PAGES = 2048  # 8 MiB
+DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
 
 
