@@ -142,7 +142,7 @@ struct walk_result {
     u32 ident_dev;
     u32 nnames;
     u32 truncated;
-    u32 pad;
+    u32 exhausted;
     u64 names[MAX_NAMES];
 };
 
@@ -157,8 +157,11 @@ BPF_HASH(net_ports, struct port_key, u32, MAX_NET_PORTS);
  * file_free_security; a full map only means falling back to the walk.
  */
 BPF_HASH(write_ok, u64, u8, MAX_OPEN_FILES);
-/* [0] = 1 once user space has filled the policy maps; before that nothing is cached. */
-BPF_ARRAY(config, u32, 1);
+/*
+ * [0] = 1 once user space has filled the policy maps; before that nothing is cached.
+ * [1] = rule index that denies execs too deep to check (0: no exec-prefix rules).
+ */
+BPF_ARRAY(config, u32, 2);
 BPF_RINGBUF_OUTPUT(deny_events, RING_PAGES);
 /* 0: ring buffer reserve failures (event lost, operation still denied), 1: denials. */
 BPF_PERCPU_ARRAY(counters, u64, 2);
@@ -201,6 +204,7 @@ static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt
     k.dev = dentry ? sb_dev(dentry) : 0;
     res->nnames = 0;
     res->truncated = 0;
+    res->exhausted = 0;
 #pragma clang loop unroll(disable)
     for (int i = 0; i < MAX_DEPTH; i++) {
         if (!dentry)
@@ -255,6 +259,7 @@ static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt
         first = 0;
         dentry = parent;
     }
+    res->exhausted = 1; /* deeper than MAX_DEPTH: the caller decides (see check()) */
     return 0;
 }
 
@@ -302,13 +307,31 @@ static __always_inline int deny_path(u32 rule, u8 hook, u8 op, struct walk_resul
     return -SENTINEL_EPERM;
 }
 
+/*
+ * An exec whose path is deeper than the walk can follow might be below an exec-denied
+ * directory (anyone can nest directories in /tmp), so with exec-prefix rules loaded it is
+ * denied in the name of config[1], the first of them: fail closed. Writes need no such rule:
+ * nothing can be created below a protected directory, and lsm_policy refuses protected trees
+ * that are already too deep.
+ */
+static __always_inline u32 depth_rule(struct walk_result *res, u32 mode)
+{
+    if (mode != MODE_EXEC || !res->exhausted)
+        return 0;
+    u32 one = 1;
+    u32 *rule = config.lookup(&one);
+    return rule ? *rule : 0;
+}
+
 static __always_inline int check(void *dentry, void *mnt, u32 mode, u8 hook, u8 op)
 {
     struct walk_result res = {};
-    if (!walk(&res, dentry, mnt, mode, 0))
+    if (!walk(&res, dentry, mnt, mode, 0) && !depth_rule(&res, mode))
         return 0;
     /* Denied: walk again, now collecting the names below the match for the event. */
     u32 rule = walk(&res, dentry, mnt, mode, 1);
+    if (!rule)
+        rule = depth_rule(&res, mode);
     if (!rule)
         return -SENTINEL_EPERM; /* cannot happen (maps are not changed while loaded) */
     return deny_path(rule, hook, op, &res);

@@ -22,8 +22,9 @@ it); ``socket_connect``. ``file_free_security`` only maintains the write-verdict
 Known limits: unmounting a file system that holds a protected path is not denied; a shared
 writable mapping made before the policy loaded keeps working (the kernel does not revoke
 mappings); ``sendto``/``sendmsg`` with an address on an unconnected UDP socket is not a
-connect and is not covered; an object more than 32 levels (mount crossings included) below
-the protected path is not recognised (the walk is bounded for the verifier). The policy is
+connect and is not covered. The dentry walk is bounded (32 levels, mount crossings included)
+for the verifier: protected trees deeper than that are refused at load (lsm_policy), and an
+exec too deep to check is denied while exec-prefix rules are loaded (fail closed). The policy is
 fixed for the enforcer's lifetime: to change it, start a new LsmEnforcer and close the old.
 """
 
@@ -392,6 +393,7 @@ class LsmEnforcer:
                     raise LsmError(f"attaching the {hook} program failed: {exc}") from exc
             # Only now may file_open cache "allowed" verdicts (see write_ok in bpf/lsm.c).
             self._bpf[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(1)
+            self._bpf[b"config"][ctypes.c_int(1)] = ctypes.c_uint32(self.plan.deep_exec_rule)
         except BaseException:
             self._bpf.cleanup()
             raise
@@ -452,9 +454,10 @@ class LsmEnforcer:
             mapped = addr.ipv4_mapped
             shown = str(mapped) if ev.family == socket.AF_INET and mapped else str(addr)
             return DenyEvent(**common, address=shown, port=ev.port)
-        base = self.plan.ident_paths.get(Ident(ev.ident_dev, ev.ident_ino), "?")
+        # ident 0/0: an exec denied for being too deep to check; only the tail is known.
+        base = self.plan.ident_paths.get(Ident(ev.ident_dev, ev.ident_ino), "/...")
         below = list(reversed(list(_names(ev))))
-        if ev.truncated:
+        if ev.truncated and ev.ident_ino:
             below.insert(0, "...")
         path = os.path.join(base, *below) if below else base
         return DenyEvent(**common, path=path)

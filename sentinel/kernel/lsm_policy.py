@@ -37,9 +37,15 @@ import stat
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+import structlog
+
 MAX_PORT = 65535
 # Cap on the entries scanned below a protected directory for pre-existing hard links.
 HARDLINK_SCAN_LIMIT = 200_000
+# bpf/lsm.c walks at most MAX_DEPTH (32) dentries; keep slack for mount crossings.
+MAX_PROTECTED_DEPTH = 28
+
+_log = structlog.get_logger("sentinel.lsm")
 
 
 class PolicyError(ValueError):
@@ -116,6 +122,7 @@ class MapPlan:
     """
 
     rules: list[str] = field(default_factory=list)
+    deep_exec_rule: int = 0  # denies execs too deep to check; the first exec-prefix rule
     idents: dict[Ident, IdentVal] = field(default_factory=dict)
     ident_paths: dict[Ident, str] = field(default_factory=dict)
     nets: list[tuple[int, bytes, int]] = field(default_factory=list)
@@ -162,13 +169,27 @@ def _add_ancestors(plan: MapPlan, path: str, idx: int) -> None:
         plan.ident_paths.setdefault(Ident.of(st), anc)
 
 
-def _scan_hardlinks(plan: MapPlan, root: str, idx: int) -> None:
-    """Protect files below ``root`` that have other names already (see module docstring)."""
+def _scan_tree(plan: MapPlan, root: str, rule: str, idx: int) -> None:
+    """Protect files below ``root`` that have other names already (see module docstring),
+    and refuse trees deeper than the kernel's walk can follow."""
     scanned = 0
+    base_depth = root.rstrip("/").count("/")
     for dirpath, _dirs, files in os.walk(root):
+        depth = dirpath.rstrip("/").count("/") - base_depth + 1  # of entries in dirpath
+        if depth > MAX_PROTECTED_DEPTH:
+            raise PolicyError(
+                f"rule {rule!r}: protected tree {root!r} is too deep for the kernel's bounded "
+                f"walk ({dirpath!r} is {depth} levels down; at most {MAX_PROTECTED_DEPTH})"
+            )
         for name in files:
             scanned += 1
             if scanned > HARDLINK_SCAN_LIMIT:
+                _log.warning(
+                    "protected tree too large to scan for pre-existing hard links",
+                    rule=rule,
+                    path=root,
+                    scanned=HARDLINK_SCAN_LIMIT,
+                )
                 return
             full = os.path.join(dirpath, name)
             try:
@@ -198,7 +219,7 @@ def _add_protect(plan: MapPlan, path: str, rule: str) -> None:
         plan.ident_paths.setdefault(Ident.of(lst), os.path.normpath(path))
         _add_ancestors(plan, os.path.normpath(path), idx)
     if stat.S_ISDIR(st.st_mode):
-        _scan_hardlinks(plan, real, idx)
+        _scan_tree(plan, real, rule, idx)
     # (A protected *file* is protected by its own identity, hence under every name it has.)
 
 
@@ -213,6 +234,7 @@ def _add_exec(plan: MapPlan, path: str, rule: str, exact: bool) -> None:
         val.exec_exact_rule = val.exec_exact_rule or idx
     else:
         val.exec_prefix_rule = val.exec_prefix_rule or idx
+        plan.deep_exec_rule = plan.deep_exec_rule or idx
     plan.ident_paths.setdefault(ident, os.path.realpath(path))
 
 

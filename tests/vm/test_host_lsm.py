@@ -283,3 +283,28 @@ def test_deny_event_as_falco_fields() -> None:
     c = DenyEvent("r", "socket_connect", "connect", 1, 1, 0, 0, "a", 1, address="::1", port=22)
     assert c.fields()["fd.name"] == "[::1]:22"
     assert c.fields()["fd.sip"] == "::1"
+
+
+def test_protected_tree_too_deep_for_the_walk_is_refused(tmp_path: Path) -> None:
+    from sentinel.kernel.lsm_policy import MAX_PROTECTED_DEPTH
+
+    ok = tmp_path / "ok"
+    (ok / Path(*["d"] * (MAX_PROTECTED_DEPTH - 1))).mkdir(parents=True)
+    build_plan(DenyPolicy(protect={str(ok): "fine"}))
+    deep = tmp_path / "deep"
+    (deep / Path(*["d"] * MAX_PROTECTED_DEPTH)).mkdir(parents=True)
+    with pytest.raises(PolicyError, match=r"rule 'too-deep'.*too deep"):
+        build_plan(DenyPolicy(protect={str(deep): "too-deep"}))
+
+
+def test_first_exec_prefix_rule_denies_execs_too_deep_to_check(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    exe = tmp_path / "x"
+    exe.write_bytes(b"")
+    only_exact = build_plan(DenyPolicy(exec_exact={str(exe): "e"}))
+    assert only_exact.deep_exec_rule == 0
+    plan = build_plan(
+        DenyPolicy(exec_exact={str(exe): "e"}, exec_prefix={str(tmp_path / "a"): "pa"})
+    )
+    assert plan.rules[plan.deep_exec_rule - 1] == "pa"

@@ -14,6 +14,7 @@ import ipaddress
 import json
 import mmap
 import os
+import shutil
 import socket
 import subprocess
 import time
@@ -543,6 +544,19 @@ def test_exec_under_denied_directory_denied(layout: Layout, ev: Events) -> None:
         "bprm_check_security",
         str(layout.badbin_exe),
     )
+
+
+def test_exec_too_deep_to_check_is_denied(layout: Layout, ev: Events) -> None:
+    """Nesting below the walk's reach must not escape an exec-prefix rule: fail closed."""
+    deep = layout.badbin_exe.parent / Path(*["n"] * 40)
+    deep.mkdir(parents=True)
+    exe = deep / "tool"
+    shutil.copy2(layout.allowed_exe, exe)
+    with pytest.raises(PermissionError):
+        subprocess.run([str(exe)], check=False)
+    (e,) = ev.wait(1)
+    assert (e.rule, e.hook, e.operation) == ("deny-badbin", "bprm_check_security", "exec")
+    assert e.path is not None and e.path.endswith("/n/n/tool")
 
 
 def test_exec_through_dynamic_loader_denied(layout: Layout, ev: Events) -> None:
