@@ -12,9 +12,11 @@ from typing import Any
 from sentinel.enrichment.containers import ContainerInfo, ContainerResolver
 from sentinel.enrichment.event import Clock, LiveEvent
 from sentinel.enrichment.proctable import ProcessTable
-from sentinel.kernel.records import EV_EXEC, EV_EXIT, EV_FORK, Record
+from sentinel.kernel.records import EV_EXEC, EV_EXIT, EV_FORK, EV_OPEN, OPEN_BASE, Record
 
 _PROCESS_RECORDS = (EV_EXEC, EV_FORK, EV_EXIT)
+_SHORT_OPEN = OPEN_BASE  # open records longer than this carry a directory walk
+AT_FDCWD = -100
 _HOST = {"container.id": "host", "container.full_id": "host", "container.name": "host"}
 
 
@@ -60,5 +62,11 @@ class Enricher:
         rec = Record(raw)
         if rec.type in _PROCESS_RECORDS:
             self.table.apply(rec)
+        elif rec.type == EV_OPEN and len(raw) > _SHORT_OPEN and rec.open_fixed[3] == AT_FDCWD:
+            # A relative open carries the kernel's walk of the current directory: the freshest
+            # cwd we can know without tracing chdir(), so proc.cwd follows `cd`.
+            base = rec.open_base
+            if base is not None:
+                self.table.set_cwd(rec.pid, base)
         self.count += 1
         return LiveEvent(rec, self.table, self.clock, self.containers, self.count)

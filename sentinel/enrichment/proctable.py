@@ -215,6 +215,12 @@ class ProcessTable:
             cgroup_id=rec.cgroup_id,
         )
 
+    def set_cwd(self, pid: int, cwd: str) -> None:
+        p = self._procs.get(pid)
+        if p is not None and p.cwd != cwd:
+            p.cwd = cwd
+            self.version += 1
+
     # -- queries ----------------------------------------------------------------------------
 
     def get(self, pid: int) -> Proc | None:

@@ -106,6 +106,8 @@ def test_relative_open_resolves_against_cwd(live: LiveSensor, tmp_path: Path) ->
     up = live.wait_for(lambda e: e.get("fd.nameraw") == "../up.txt")
     assert [e["fd.name"] for e in rel] == [str(sub / "rel.txt")]
     assert [e["fd.name"] for e in up] == [str(tmp_path / "a" / "up.txt")]
+    # ... and proc.cwd follows the `cd` from the relative open on.
+    assert up[0]["proc.cwd"] == str(sub) + "/"
 
 
 def test_relative_open_resolves_against_dirfd(live: LiveSensor, tmp_path: Path) -> None:
