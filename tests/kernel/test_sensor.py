@@ -305,3 +305,30 @@ def test_small_ring_wraps_without_corruption() -> None:
     assert sorted(got, key=lambda a: int(a[2])) == [
         ["/bin/true", marker, str(i), "x" * (i * 7)] for i in range(120)
     ]
+
+
+def test_tty_of_a_shell_on_a_pty(live: LiveSensor, tmp_path: Path) -> None:
+    """proc.tty is the kernel's tty_nr encoding, read from signal->tty in BPF: compare with
+    what /proc/<pid>/stat says for the same shell."""
+    marker = f"y{uuid.uuid4().hex[:8]}"
+    out = tmp_path / "stat"
+    body = tmp_path / "t.sh"
+    body.write_text(f"read -r a b c d e f g rest < /proc/$$/stat\necho $g > {out}\n")
+    # script(1) runs the command on a fresh pseudo-terminal.
+    subprocess.run(
+        ["script", "-qec", f"/bin/sh {body} {marker}", "/dev/null"],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+    )
+    evs = live.wait_for(
+        lambda e: (
+            e["evt.type"] == "execve"
+            and e["proc.name"] == "sh"
+            and marker in e.get("proc.args", "")
+        )
+    )
+    assert len(evs) == 1
+    tty_nr = int(out.read_text().split()[0])
+    assert tty_nr != 0
+    assert evs[0]["proc.tty"] == tty_nr
