@@ -479,8 +479,21 @@ class LsmEnforcer:
                 self._bpf.ring_buffer_poll(timeout_ms)
 
     def _run(self) -> None:
+        reported = 0
+        next_check = time.monotonic() + 1.0
         while not self._stop.is_set():
             self.poll(100)
+            if time.monotonic() >= next_check:
+                # Lost events are never silent: the operations were denied, their alerts not.
+                next_check = time.monotonic() + 1.0
+                lost = self.lost_events
+                if lost > reported:
+                    _log.warning(
+                        "lsm deny events lost (ring buffer full); the operations were denied",
+                        lost_since_last=lost - reported,
+                        lost_total=lost,
+                    )
+                    reported = lost
 
     def _counter(self, idx: int) -> int:
         return int(sum(self._bpf[b"counters"][ctypes.c_int(idx)]))
