@@ -8,8 +8,12 @@ Why this way:
 - Only the syscall families the loaded rules can match are compiled in and attached: a syscall
   tracepoint puts every syscall of every task on the slow path (KERNEL.md), while the sched
   tracepoints that keep the process table exact (exec, fork, exit) are nearly free and always on.
+- Only sys_exit_* syscall tracepoints: the arguments are read from the saved user registers,
+  so no enter probe (and no enter->exit map) is needed.
 - One ring buffer carries all records; reserve failures are counted per event type in a per-CPU
   map (bcc's ring buffer has no lost callback) and read with :meth:`Sensor.lost`.
+- bcc (LLVM) runs in a short-lived child (:mod:`sentinel.kernel.loader`) that hands back the
+  attachment and map fds; this process reads the ring from its mmap (:mod:`.ringbuf`).
 """
 
 from __future__ import annotations
