@@ -34,6 +34,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.kernel_floor import syscalls
 from bench.kernel_storm import build, paced, storm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -133,7 +134,7 @@ class Bpftrace:
     def __init__(self, families: list[str]) -> None:
         probes = [f"tracepoint:sched:{t}" for t in ("sched_process_exec", "sched_process_fork")]
         probes.append("tracepoint:sched:sched_process_exit")
-        probes += [f"tracepoint:syscalls:sys_exit_{f}" for f in families]
+        probes += [f"tracepoint:syscalls:sys_exit_{c}" for c in syscalls(families)]
         script = ", ".join(probes) + " { @[probe] = count(); }"
         self.proc = subprocess.Popen(
             ["bpftrace", "-e", script],
@@ -238,7 +239,7 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
         "opens_per_storm": n,
         "rounds": rounds,
         "tracepoints": ["sched_process_exec", "sched_process_fork", "sched_process_exit"]
-        + [f"sys_exit_{f}" for f in families],
+        + [f"sys_exit_{c}" for c in syscalls(families)],
         "ns_per_open_close": {k: v / n for k, v in med.items()},
         "ns_per_open_close_all": {k: [round(x / n) for x in v] for k, v in times.items()},
         "sentinel_vs_none": med["sentinel"] / med["none"],

@@ -10,12 +10,19 @@ from __future__ import annotations
 
 import sys
 
-from sentinel.kernel.sensor import SCHED_TRACEPOINTS
+from sentinel.kernel.sensor import FAMILY_TRACEPOINTS, SCHED_TRACEPOINTS
+
+
+def syscalls(families: list[str]) -> list[str]:
+    """The syscalls whose sys_exit tracepoint the sensor attaches for these families."""
+    return [c for f in families for c in FAMILY_TRACEPOINTS.get(f, (f,))]
 
 
 def source(families: list[str]) -> str:
     parts = [f"RAW_TRACEPOINT_PROBE({tp}) {{ return 0; }}" for tp in SCHED_TRACEPOINTS]
-    parts += [f"TRACEPOINT_PROBE(syscalls, sys_exit_{f}) {{ return 0; }}" for f in families]
+    parts += [
+        f"TRACEPOINT_PROBE(syscalls, sys_exit_{c}) {{ return 0; }}" for c in syscalls(families)
+    ]
     return "\n".join(parts) + "\n"
 
 

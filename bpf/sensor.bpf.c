@@ -74,7 +74,7 @@ struct exec_ev {
     u32 exe_len;      // bytes of exe[] used (walk of bprm->file)
     u32 cwd_len;      // bytes of cwd[] used (walk of fs->pwd)
     u32 old_pid;
-    u32 pad;
+    s32 res;          // 0 (sched_process_exec), or -errno of a failed execve/execveat
     char filename[FNAME_SIZE];
     char args[ARGS_SIZE];
     char exe[WALK_SIZE];
@@ -282,7 +282,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     }
     fill_hdr(&e->h, EV_EXEC, task);
     e->old_pid = (u32)ctx->args[1];
-    e->pad = 0;
+    e->res = 0;
 
     void *fname = rd_ptr(bprm, OFF_BPRM_FILENAME);
     e->filename[0] = 0;
@@ -394,6 +394,73 @@ static __always_inline void read_args(struct sc_args *a) {
     a->a2 = *(u64 *)(regs + OFF_REGS_ARG2);
     a->a3 = *(u64 *)(regs + OFF_REGS_ARG3);
 }
+
+// ----------------------------------------------------------------------- failed exec
+
+// A successful exec is reported by sched_process_exec (with the new image); these report the
+// failures, which only the syscall exit knows. Attached only when other syscall tracepoints
+// are (then every syscall is on the slow path anyway and this costs one early return per
+// execve); the process image is unchanged, so only the attempted path and argv are recorded.
+#define FAILED_EXEC_ARGS 16
+
+static __always_inline int emit_exec_failure(long ret, u64 fname, u64 argvp) {
+    if (ret >= 0 || is_self())
+        return 0;
+    if (!prefilter_proc(EV_EXEC))
+        return 0;
+    struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
+    if (!e) {
+        count_lost(EV_EXEC);
+        return 0;
+    }
+    fill_hdr(&e->h, EV_EXEC, 0);
+    e->tty = 0;
+    e->sid = 0;
+    e->pgid = 0;
+    e->exe_len = 0;
+    e->cwd_len = 0;
+    e->old_pid = 0;
+    e->res = (s32)ret;
+    e->filename[0] = 0;
+    bpf_probe_read_user_str(&e->filename, sizeof(e->filename), (void *)fname);
+    u32 off = 0;
+    int i;
+    for (i = 0; i < FAILED_EXEC_ARGS; i++) {
+        u64 p = 0;
+        if (bpf_probe_read_user(&p, sizeof(p), (void *)(argvp + i * 8)) != 0 || !p)
+            break;
+        if (off > ARGS_SIZE - NAME_MAX_READ) {
+            e->h.flags |= FLAG_ARGS_TRUNC;
+            break;
+        }
+        int n = bpf_probe_read_user_str(&e->args[off & (ARGS_SIZE - 1)], NAME_MAX_READ,
+                                        (void *)p);
+        if (n <= 0)
+            break;
+        off += n;
+    }
+    e->args_len = off;
+    submit(e, EV_EXEC);
+    return 0;
+}
+
+#ifdef ATTACH_EXECVE
+TRACEPOINT_PROBE(syscalls, sys_exit_execve) {
+    if (args->ret >= 0)
+        return 0;
+    struct sc_args a = {};
+    read_args(&a);
+    return emit_exec_failure(args->ret, a.a0, a.a1);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_execveat) {
+    if (args->ret >= 0)
+        return 0;
+    struct sc_args a = {};
+    read_args(&a);
+    return emit_exec_failure(args->ret, a.a1, a.a2);
+}
+#endif
 
 // ---------------------------------------------------------------------------------- open
 

@@ -295,7 +295,7 @@ def _rawres(e: LiveEvent) -> int | None:
     if t == EV_CONNECT:
         return e.rec.connect_fixed[0]
     if t == EV_EXEC:
-        return 0
+        return e.rec.exec_res
     if t == EV_FORK:
         return e.rec.child[0]
     return None
@@ -367,7 +367,6 @@ def _fd_nameraw(e: LiveEvent) -> str | None:
 
 field("evt.arg.name")(_fd_nameraw)
 field("evt.arg.path")(_fd_nameraw)
-field("evt.arg.filename")(_fd_nameraw)
 
 
 @field("evt.arg.dirfd")
@@ -670,8 +669,30 @@ def _loginshellid(e: LiveEvent) -> int | None:
 
 # ---- exec / fork / exit specifics -------------------------------------------------------------
 
-field("evt.arg.exe")(lambda e: e.proc.exe if e.rec.type == EV_EXEC else None)
-field("evt.arg.args")(lambda e: " ".join(e.proc.args) if e.rec.type == EV_EXEC else None)
+
+def _exec_argv(e: LiveEvent) -> list[str] | None:
+    """argv as recorded by this exec (for a failed one, the attempted argv)."""
+    return e.rec.argv if e.rec.type == EV_EXEC else None
+
+
+@field("evt.arg.exe")
+def _arg_exe(e: LiveEvent) -> str | None:
+    argv = _exec_argv(e)
+    return None if argv is None else (argv[0] if argv else e.rec.filename)
+
+
+@field("evt.arg.args")
+def _arg_args(e: LiveEvent) -> str | None:
+    argv = _exec_argv(e)
+    return None if argv is None else " ".join(argv[1:])
+
+
+@field("evt.arg.filename")
+def _arg_filename(e: LiveEvent) -> str | None:
+    """The exec's path as passed, or an open's path argument."""
+    return e.rec.filename if e.rec.type == EV_EXEC else _fd_nameraw(e)
+
+
 field("proc.exitcode")(lambda e: e.rec.exit_code if e.rec.type == EV_EXIT else None)
 
 # ---- user / group -----------------------------------------------------------------------------
@@ -714,7 +735,6 @@ _OPEN_ONLY = {
     "fd.nameraw",
     "evt.arg.name",
     "evt.arg.path",
-    "evt.arg.filename",
     "evt.arg.dirfd",
     "fd.directory",
     "fd.filename",
@@ -732,6 +752,8 @@ def _applies(name: str, t: int) -> bool:
         return t == EV_CONNECT
     if name in ("evt.arg.exe", "evt.arg.args"):
         return t == EV_EXEC
+    if name == "evt.arg.filename":
+        return t in (EV_EXEC, EV_OPEN)
     if name == "proc.exitcode":
         return t == EV_EXIT
     return True

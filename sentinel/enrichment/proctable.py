@@ -165,7 +165,7 @@ class ProcessTable:
                 cgroup_id=rec.cgroup_id,
             )
             self._exited.pop(child_pid, None)
-        elif t == 1:  # exec
+        elif t == 1 and rec.exec_res == 0:  # exec (a failed one changes nothing)
             tty, sid, pgid = rec.exec_fixed[0], rec.exec_fixed[1], rec.exec_fixed[2]
             argv = rec.argv
             old = self._procs.get(rec.pid)

@@ -42,7 +42,7 @@ FLAG_BASE_BAD = 64
 FLAG_BASE_TRUNC = 128
 
 HDR = struct.Struct("<QIIIIIIIIQ16s")  # 64 bytes
-EXEC_FIXED = struct.Struct("<IIIIIIII")  # after the header
+EXEC_FIXED = struct.Struct("<IIIIIIIi")  # after the header
 FNAME_SIZE = 256
 ARGS_SIZE = 1024
 WALK_SIZE = 768
@@ -147,8 +147,13 @@ class Record:
 
     @cached_property
     def exec_fixed(self) -> tuple[int, ...]:
-        """(tty, sid, pgid, args_len, exe_len, cwd_len, old_pid, pad)."""
+        """(tty, sid, pgid, args_len, exe_len, cwd_len, old_pid, res)."""
         return EXEC_FIXED.unpack_from(self.raw, HDR.size)
+
+    @property
+    def exec_res(self) -> int:
+        """0 for an exec that happened, -errno for a failed execve/execveat."""
+        return int(self.exec_fixed[7])
 
     @cached_property
     def filename(self) -> str:

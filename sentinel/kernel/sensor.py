@@ -46,7 +46,15 @@ SYSCALL_FAMILIES: dict[str, str] = {
 }
 # Families always attached: they keep the process table exact and cost almost nothing.
 SCHED_TRACEPOINTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
-ALL_FAMILIES = frozenset({"open", "openat", "openat2", "connect"})
+ALL_FAMILIES = frozenset({"open", "openat", "openat2", "connect", "execve"})
+# Tracepoints (syscalls:sys_exit_<name>) per family.
+FAMILY_TRACEPOINTS: dict[str, tuple[str, ...]] = {
+    "open": ("open",),
+    "openat": ("openat",),
+    "openat2": ("openat2",),
+    "connect": ("connect",),
+    "execve": ("execve", "execveat"),  # failed execs only; successes come from sched
+}
 
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
@@ -57,8 +65,16 @@ class SensorError(Exception):
 
 
 def families_for(event_types: Iterable[str]) -> set[str]:
-    """Syscall families needed for a set of Falco event types (unknown types are ignored)."""
-    return {SYSCALL_FAMILIES[t] for t in event_types if t in SYSCALL_FAMILIES}
+    """Syscall families needed for a set of Falco event types (unknown types are ignored).
+
+    Failed execs need the execve exit tracepoints; they are added only when some other
+    syscall tracepoint is attached anyway (the expensive part is being attached at all,
+    KERNEL.md), so rules about execs alone keep the nearly free sched-only sensor."""
+    types = set(event_types)
+    fams = {SYSCALL_FAMILIES[t] for t in types if t in SYSCALL_FAMILIES}
+    if fams and types & {"execve", "execveat"}:
+        fams.add("execve")
+    return fams
 
 
 def _mount(fstype: str, target: Path) -> None:
@@ -101,9 +117,10 @@ def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[s
         if not (TRACEFS / "events" / "sched" / tp).is_dir():
             raise SensorError(f"tracepoint sched:{tp} does not exist on this kernel")
     for fam in families:
-        name = f"sys_exit_{fam}"  # only exits: arguments come from the saved registers
-        if not (TRACEFS / "events" / "syscalls" / name).is_dir():
-            raise SensorError(f"tracepoint syscalls:{name} does not exist on this kernel")
+        for call in FAMILY_TRACEPOINTS.get(fam, (fam,)):
+            name = f"sys_exit_{call}"  # only exits: arguments come from the saved registers
+            if not (TRACEFS / "events" / "syscalls" / name).is_dir():
+                raise SensorError(f"tracepoint syscalls:{name} does not exist on this kernel")
     try:
         # Parsed once and dropped: the raw BTF is ~5 MB the sensor does not need afterwards.
         return sensor_cflags(Btf.load(btf_path))

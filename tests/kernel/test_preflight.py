@@ -18,7 +18,14 @@ SENTINEL = [sys.executable, "-m", "sentinel"]
 
 
 def test_families_for_rules_event_types() -> None:
-    assert families_for({"execve", "openat", "connect", "procexit"}) == {"openat", "connect"}
+    # failed execs ride along only when a syscall tracepoint is attached anyway
+    assert families_for({"execve", "openat", "connect", "procexit"}) == {
+        "openat",
+        "connect",
+        "execve",
+    }
+    assert families_for({"execve", "procexit", "clone"}) == set()
+    assert families_for({"openat"}) == {"openat"}
     assert families_for({"creat", "open"}) == {"open"}
     assert families_for(set()) == set()
 

@@ -237,6 +237,8 @@ def test_only_exit_tracepoints_are_attached(live: LiveSensor) -> None:
             "raw:sched_process_exit",
             "raw:sched_process_fork",
             "tp:syscalls:sys_exit_connect",
+            "tp:syscalls:sys_exit_execve",
+            "tp:syscalls:sys_exit_execveat",
             "tp:syscalls:sys_exit_open",
             "tp:syscalls:sys_exit_openat",
             "tp:syscalls:sys_exit_openat2",
@@ -332,3 +334,26 @@ def test_tty_of_a_shell_on_a_pty(live: LiveSensor, tmp_path: Path) -> None:
     tty_nr = int(out.read_text().split()[0])
     assert tty_nr != 0
     assert evs[0]["proc.tty"] == tty_nr
+
+
+def test_failed_exec_reports_errno_and_leaves_the_process_alone(live: LiveSensor) -> None:
+    marker = f"f{uuid.uuid4().hex[:8]}"
+    missing = f"/nonexistent/{marker}"
+    code = (
+        "import os\n"
+        f"try:\n    os.execv({missing!r}, [{missing!r}, 'arg1', {marker!r}])\n"
+        "except OSError:\n    pass\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], check=True)
+    assert proc.returncode == 0
+    evs = live.wait_for(
+        lambda e: e["evt.type"] == "execve" and e.get("evt.arg.filename") == missing
+    )
+    assert len(evs) == 1, evs
+    e = evs[0]
+    assert e["evt.res"] == "ENOENT"
+    assert e["evt.rawres"] == -2
+    assert e["evt.failed"] is True
+    assert e["evt.arg.args"] == f"arg1 {marker}"
+    # The process is still python: its image did not change.
+    assert e["proc.name"].startswith("python")
