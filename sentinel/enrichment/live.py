@@ -28,18 +28,23 @@ class ContainerFields:
         self.resolver = resolver
         self._infos: dict[int, ContainerInfo] = {}
 
-    def __call__(self, cgroup_id: int, pid: int) -> dict[str, Any]:
+    def info(self, cgroup_id: int, pid: int) -> ContainerInfo | None:
+        """The container (or host) of a cgroup id; None when it cannot be told."""
         if self.resolver is None:
-            return dict(_HOST)
+            return None
         info = self._infos.get(cgroup_id)
         if info is None:
             info = self.resolver.resolve_cgroup_id(cgroup_id) or self.resolver.resolve_pid(pid)
             if info is None:
-                return dict(_HOST)
+                return None
             if len(self._infos) > 65536:
                 self._infos.clear()
             self._infos[cgroup_id] = info
-        return info.fields()
+        return info
+
+    def __call__(self, cgroup_id: int, pid: int) -> dict[str, Any]:
+        info = self.info(cgroup_id, pid)
+        return dict(_HOST) if info is None else info.fields()
 
 
 class Enricher:

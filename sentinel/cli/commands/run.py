@@ -21,6 +21,7 @@ from typing import IO, Any
 from sentinel.paths import RULES_DIR
 
 LOSS_REPORT_SECS = 10.0
+METADATA_WAIT_S = 1.0  # longest an alert waits for its container's name and image
 
 
 def emit_alert(alert: Any, stream: IO[str] | None = None) -> None:
@@ -81,7 +82,7 @@ def run_live(
         return 1
     from sentinel.cli.common import load_compiled
     from sentinel.engine import Engine
-    from sentinel.enrichment.containers import ContainerResolver
+    from sentinel.enrichment.containers import ContainerResolver, MetadataWaiter
     from sentinel.enrichment.live import Enricher
     from sentinel.kernel.sensor import ALL_FAMILIES, Sensor, families_for
 
@@ -93,24 +94,36 @@ def run_live(
     families = set(ALL_FAMILIES) if args.all_syscalls else families_for(engine.event_types())
 
     t0 = time.monotonic()
-    resolver = ContainerResolver(follow_events=False)
+    resolver = ContainerResolver()
+    waiter = MetadataWaiter(max_wait=METADATA_WAIT_S)
     enricher = Enricher(resolver=resolver)
     stats = {"events": 0, "alerts": 0, "errors": 0}
+
+    def evaluate(event: Any) -> None:
+        if capture is not None and not isinstance(event, dict):
+            # The engine sees exactly what is written, so a replay gives the same alerts
+            # (to_dict's values are already what replay's normalisation produces; a test
+            # checks normalize_event() is the identity on live events).
+            event = event.to_dict()
+        if capture is not None:
+            capture.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
+        for alert in engine.process(event):
+            stats["alerts"] += 1
+            sink(alert)
 
     def on_raw(raw: bytes) -> None:
         try:
             ev = enricher.event(raw)
-            event: Any = ev
-            if capture is not None:
-                # The engine sees exactly what is written, so a replay gives the same alerts
-                # (to_dict's values are already what replay's normalisation produces; a test
-                # checks normalize_event() is the identity on live events).
-                event = ev.to_dict()
-                capture.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
             stats["events"] += 1
-            for alert in engine.process(event):
-                stats["alerts"] += 1
-                sink(alert)
+            info = enricher.containers.info(ev.rec.cgroup_id, ev.rec.pid)
+            if waiter.needs_wait(info):
+                # A new container's first events can precede the runtime's answer about it:
+                # freeze the event now, evaluate it when its name/image are known (bounded).
+                assert info is not None
+                frozen = ev.to_dict()
+                waiter.defer(info, lambda: evaluate({**frozen, **info.fields()}))
+            else:
+                evaluate(ev)
         except BrokenPipeError:
             raise
         except Exception as exc:  # one bad record must not stop the sensor; count and say so
@@ -149,6 +162,7 @@ def run_live(
         reported: dict[str, int] = {}
         while not stopping:
             sensor.poll()
+            waiter.run_due()
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -159,6 +173,7 @@ def run_live(
                     log("lost events", **{k: v for k, v in lost.items() if v})
                     reported = lost
         sensor.drain()
+        waiter.run_due(flush=True)
         lost = sensor.lost()
         log(
             "stopped",
