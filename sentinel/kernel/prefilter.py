@@ -1,19 +1,27 @@
 """Write the compiler's filter tables into the BPF maps of ``bpf/filter.h``.
 
-The layout of every key is defined once, here and in filter.h, and checked by the real-kernel
-tests against the Python model in :mod:`sentinel.compiler.kernelmaps`. Loading is atomic from
-the BPF programs' point of view: the new tables go into the inactive slot, then the generation
-counter is published; programs that read the old generation keep consistent old tables.
+The layout of every key is defined once, here (ctypes mirrors of the C structs) and in
+filter.h, and checked by the real-kernel tests against the Python model in
+:mod:`sentinel.compiler.kernelmaps`. Maps are written by file descriptor with the ``bpf(2)``
+syscall, so this works in the sensor's process, which never imports bcc (the programs are
+loaded in a child, see :mod:`sentinel.kernel.loader`).
+
+Loading is atomic from the BPF programs' point of view: the new tables go into the inactive
+slot, then the generation counter is published; programs that read the old generation keep
+consistent old tables (filter.h carries the generation from a call's enter to its exit).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
+import os
+from collections.abc import Iterator
 from typing import Any
 
 from sentinel.compiler.kernelmaps import NWORDS, FamilyTables, KernelTables
 from sentinel.compiler.kernelplan import Dim
+from sentinel.kernel.loader import percpu_u64, possible_cpus
 from sentinel.paths import BPF_DIR
 
 FAMILY_CODES = {"exec": 0, "open": 1, "connect": 2}
@@ -31,16 +39,30 @@ DIM_CODES = {
     Dim.FAILED: 10,
     Dim.RAW_DOTDOT: 11,
 }
-NFAM, NDIM, F_PATH = 3, 12, 256
-NUM_DIMS = (
-    Dim.UID,
-    Dim.OPEN_WRITE,
-    Dim.OPEN_READ,
-    Dim.DPORT,
-    Dim.FAMILY,
-    Dim.FAILED,
-    Dim.RAW_DOTDOT,
-)
+NFAM, NDIM, F_PATH, F_LPM_DATA = 3, 12, 256, 256
+MAP_NAMES = ("f_active", "f_fam", "f_wild", "f_comm", "f_num", "f_path", "f_lpm", "f_stats")
+
+U64S = ctypes.c_uint64 * NWORDS
+
+
+class FamCfg(ctypes.Structure):
+    _fields_ = [("filter", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("all", U64S)]
+
+
+class CommKey(ctypes.Structure):
+    _fields_ = [("gf", ctypes.c_uint32), ("comm", ctypes.c_char * 16)]
+
+
+class NumKey(ctypes.Structure):
+    _fields_ = [("gf", ctypes.c_uint32), ("dim", ctypes.c_uint32), ("val", ctypes.c_uint64)]
+
+
+class PathKey(ctypes.Structure):
+    _fields_ = [("gf", ctypes.c_uint32), ("path", ctypes.c_char * F_PATH)]
+
+
+class LpmKey(ctypes.Structure):
+    _fields_ = [("prefixlen", ctypes.c_uint32), ("data", ctypes.c_ubyte * F_LPM_DATA)]
 
 
 def source() -> str:
@@ -49,8 +71,106 @@ def source() -> str:
     return (BPF_DIR / "filter.h").read_text()
 
 
+def sensor_prelude() -> str:
+    """filter.h plus the sensor's prefilter hooks (see the hooks in ``bpf/sensor.bpf.c``)."""
+    hooks = r"""
+#define PREFILTER_PROC 1
+#define PREFILTER_OPEN 1
+#define PREFILTER_CONNECT 1
+static __always_inline int f_is_self(void) {
+#ifdef SELF_TGID
+    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
+#else
+    return 0;
+#endif
+}
+static __always_inline int prefilter_proc(u32 type) {
+    if (f_is_self())
+        return 0;
+    return type == 1 ? f_exec() : 1;   // EV_EXEC is filtered; fork/exit keep the process table
+}
+static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {
+    struct f_state st = {};
+    if (!f_open_enter(&st, oflags, upath))
+        return 0;
+    return f_open_exit(&st, ret);
+}
+static __always_inline int prefilter_connect(const void *uaddr, u32 addrlen, long ret) {
+    struct f_state st = {};
+    if (!f_connect_enter(&st, uaddr, addrlen))
+        return 0;
+    return f_connect_exit(&st, ret);
+}
+"""
+    return "#include <uapi/linux/ptrace.h>\n" + source() + hooks
+
+
 def cflags(nwords: int = NWORDS) -> list[str]:
     return [f"-DF_NWORDS={nwords}"]
+
+
+# ---- bpf(2) -----------------------------------------------------------------------------------
+
+_NR_BPF = 321  # x86-64
+_LOOKUP, _UPDATE, _DELETE, _NEXT_KEY = 1, 2, 3, 4
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _Attr(ctypes.Structure):
+    _fields_ = [
+        ("map_fd", ctypes.c_uint32),
+        ("pad", ctypes.c_uint32),
+        ("key", ctypes.c_uint64),
+        ("value", ctypes.c_uint64),
+        ("flags", ctypes.c_uint64),
+    ]
+
+
+def _bpf(cmd: int, fd: int, key: Any, value: Any = None) -> int:
+    attr = _Attr(
+        fd,
+        0,
+        ctypes.addressof(key) if key is not None else 0,
+        ctypes.addressof(value) if value is not None else 0,
+        0,
+    )
+    res = int(_libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
+    return 0 if res == 0 else ctypes.get_errno()
+
+
+def _check(err: int, what: str) -> None:
+    if err:
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def map_update(fd: int, key: Any, value: Any) -> None:
+    _check(_bpf(_UPDATE, fd, key, value), "bpf map update")
+
+
+def map_keys(fd: int, key_type: type[Any]) -> Iterator[Any]:
+    """Every key of a hash/LPM map (a snapshot taken as we go)."""
+    prev = None
+    while True:
+        nxt = key_type()
+        err = _bpf(_NEXT_KEY, fd, prev, nxt)
+        if err:
+            return
+        yield nxt
+        prev = nxt
+
+
+def map_delete(fd: int, key: Any) -> None:
+    err = _bpf(_DELETE, fd, key)
+    if err and err != 2:  # ENOENT: already gone
+        _check(err, "bpf map delete")
+
+
+def _u64s(mask: int) -> Any:
+    out = U64S()
+    for i in range(NWORDS):
+        out[i] = (mask >> (64 * i)) & 0xFFFFFFFFFFFFFFFF
+    return out
 
 
 def _num_value(dim: Dim, v: Any) -> int:
@@ -59,24 +179,23 @@ def _num_value(dim: Dim, v: Any) -> int:
     return int(v)
 
 
-def _int(v: Any) -> int:
-    return int(getattr(v, "value", v))
-
-
-def _set_mask(leaf: Any, mask: int) -> None:
-    for i in range(NWORDS):
-        leaf.w[i] = (mask >> (64 * i)) & 0xFFFFFFFFFFFFFFFF
-
-
 class Prefilter:
-    """Owns the filter maps of one loaded ``bcc.BPF`` object."""
+    """Owns the contents of the filter maps, given their fds (``name -> fd``)."""
 
-    def __init__(self, bpf: Any) -> None:
-        self.bpf = bpf
-        self.gen = _int(self._active()[ctypes.c_int(0)])
+    def __init__(self, fds: dict[str, int]) -> None:
+        missing = [m for m in MAP_NAMES if m not in fds]
+        if missing:
+            raise ValueError(f"prefilter maps missing: {', '.join(missing)}")
+        self.fds = fds
+        self._ncpus = possible_cpus()
+        key, val = ctypes.c_uint32(0), ctypes.c_uint32(0)
+        _check(_bpf(_LOOKUP, fds["f_active"], key, val), "bpf map lookup")
+        self.gen = int(val.value)
 
-    def _active(self) -> Any:
-        return self.bpf[b"f_active"]
+    @classmethod
+    def from_bcc(cls, bpf: Any) -> Prefilter:
+        """For a program loaded in this process with bcc (tests)."""
+        return cls({m: bpf[m.encode()].map_fd for m in MAP_NAMES})
 
     def load(self, tables: KernelTables) -> dict[str, int]:
         """Publish ``tables`` as the next generation; returns entry counts."""
@@ -84,87 +203,69 @@ class Prefilter:
         slot = gen & 1
         self._clear_slot(slot)
         counts = {"comm": 0, "num": 0, "path": 0, "lpm": 0}
-        fam_map, wild_map = self.bpf[b"f_fam"], self.bpf[b"f_wild"]
         for name, code in FAMILY_CODES.items():
             ft = tables.families.get(name) or FamilyTables(name, pass_all=True)
-            cfg = fam_map.Leaf()
-            cfg.filter = 0 if ft.pass_all else 1
-            _set_mask(cfg.all, ft.all_bits)
-            fam_map[ctypes.c_int(slot * NFAM + code)] = cfg
+            cfg = FamCfg(0 if ft.pass_all else 1, 0, _u64s(ft.all_bits))
+            map_update(self.fds["f_fam"], ctypes.c_uint32(slot * NFAM + code), cfg)
             for dim, dcode in DIM_CODES.items():
-                w = wild_map.Leaf()
-                _set_mask(w, ft.wild.get(dim, 0))
-                wild_map[ctypes.c_int((slot * NFAM + code) * NDIM + dcode)] = w
-            if ft.pass_all:
-                continue
-            gf = (slot << 8) | code
-            self._write_family(ft, gf, slot, code, counts)
-        self._active()[ctypes.c_int(0)] = ctypes.c_uint32(gen)
+                idx = ctypes.c_uint32((slot * NFAM + code) * NDIM + dcode)
+                map_update(self.fds["f_wild"], idx, _u64s(ft.wild.get(dim, 0)))
+            if not ft.pass_all:
+                self._write_family(ft, (slot << 8) | code, slot, code, counts)
+        map_update(self.fds["f_active"], ctypes.c_uint32(0), ctypes.c_uint32(gen))
         self.gen = gen
         return counts
 
     def _write_family(
         self, ft: FamilyTables, gf: int, slot: int, code: int, counts: dict[str, int]
     ) -> None:
-        comm_map, num_map = self.bpf[b"f_comm"], self.bpf[b"f_num"]
-        path_map, lpm = self.bpf[b"f_path"], self.bpf[b"f_lpm"]
         for dim, entries in ft.exact.items():
-            table = comm_map if dim is Dim.COMM else path_map if dim is Dim.PATH else num_map
             for value, mask in entries.items():
-                leaf = table.Leaf()
-                _set_mask(leaf, mask)
-                k = table.Key()
-                k.gf = gf
+                leaf = _u64s(mask)
                 if dim is Dim.COMM:
-                    k.comm = str(value).encode()[:15]
+                    map_update(self.fds["f_comm"], CommKey(gf, str(value).encode()[:15]), leaf)
                     counts["comm"] += 1
                 elif dim is Dim.PATH:
-                    k.path = str(value).encode("utf-8", "surrogateescape")[: F_PATH - 1]
+                    raw = str(value).encode("utf-8", "surrogateescape")[: F_PATH - 1]
+                    map_update(self.fds["f_path"], PathKey(gf, raw), leaf)
                     counts["path"] += 1
                 else:
-                    k.dim = DIM_CODES[dim]
-                    k.val = _num_value(dim, value)
+                    key = NumKey(gf, DIM_CODES[dim], _num_value(dim, value))
+                    map_update(self.fds["f_num"], key, leaf)
                     counts["num"] += 1
-                table[k] = leaf
         for dim, prefixes in ft.lpm.items():
             for payload, mask in prefixes.items():
-                self._lpm_put(lpm, bytes([slot, code, DIM_CODES[dim]]) + payload, mask)
+                data = bytes([slot, code, DIM_CODES[dim]]) + payload
+                self._lpm_put(data, len(data) * 8, mask)
                 counts["lpm"] += 1
         for ver, nets in ft.nets.items():
             for (addr, plen), mask in nets.items():
+                net = ipaddress.ip_network((addr, plen))  # bits past the prefix are zero
                 head = bytes([slot, code, DIM_CODES[Dim.DADDR], ver])
-                # the stored bits beyond the prefix must be zero
-                net = ipaddress.ip_network((addr, plen))
-                data = head + net.network_address.packed
-                self._lpm_put(lpm, data, mask, prefixlen=32 + plen)
+                self._lpm_put(head + net.network_address.packed, 32 + plen, mask)
                 counts["lpm"] += 1
 
-    @staticmethod
-    def _lpm_put(lpm: Any, data: bytes, mask: int, prefixlen: int | None = None) -> None:
-        k = lpm.Key()
-        k.prefixlen = len(data) * 8 if prefixlen is None else prefixlen
-        ctypes.memmove(ctypes.addressof(k.data), data, len(data))
-        leaf = lpm.Leaf()
-        _set_mask(leaf, mask)
-        lpm[k] = leaf
+    def _lpm_put(self, data: bytes, prefixlen: int, mask: int) -> None:
+        key = LpmKey()
+        key.prefixlen = prefixlen
+        ctypes.memmove(ctypes.addressof(key.data), data, len(data))
+        map_update(self.fds["f_lpm"], key, _u64s(mask))
 
     def _clear_slot(self, slot: int) -> None:
-        for name in (b"f_comm", b"f_num", b"f_path"):
-            table = self.bpf[name]
-            stale = [k for k in table if (k.gf >> 8) == slot]
-            for k in stale:
-                del table[k]
-        lpm = self.bpf[b"f_lpm"]
-        stale_lpm = [k for k in lpm if k.data[0] == slot]
-        for k in stale_lpm:
-            del lpm[k]
+        for name, ktype in (("f_comm", CommKey), ("f_num", NumKey), ("f_path", PathKey)):
+            fd = self.fds[name]
+            for k in [k for k in map_keys(fd, ktype) if (k.gf >> 8) == slot]:
+                map_delete(fd, k)
+        fd = self.fds["f_lpm"]
+        for lk in [k for k in map_keys(fd, LpmKey) if k.data[0] == slot]:
+            map_delete(fd, lk)
 
     def stats(self) -> dict[str, dict[str, int]]:
         """Per family: events dropped in the kernel and events kept, since load."""
-        table = self.bpf[b"f_stats"]
+        fd = self.fds["f_stats"]
         out: dict[str, dict[str, int]] = {}
         for name, code in FAMILY_CODES.items():
-            dropped = sum(_int(v) for v in table[ctypes.c_int(code * 2)])
-            kept = sum(_int(v) for v in table[ctypes.c_int(code * 2 + 1)])
+            dropped = sum(percpu_u64(fd, code * 2, self._ncpus))
+            kept = sum(percpu_u64(fd, code * 2 + 1, self._ncpus))
             out[name] = {"dropped": dropped, "kept": kept}
         return out

@@ -146,7 +146,7 @@ def probe() -> Iterator[tuple[Any, KernelTables]]:
     )
     engine = Engine(compile_rules(load_rules([tmp])))
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    Prefilter(bpf).load(tables)
+    Prefilter.from_bcc(bpf).load(tables)
     _open_ring(bpf)
     try:
         yield bpf, tables
@@ -283,7 +283,7 @@ def test_reload_swaps_tables_and_counts(probe: tuple[Any, KernelTables]) -> None
     from sentinel.kernel.prefilter import Prefilter
 
     bpf, tables = probe
-    pf = Prefilter(bpf)
+    pf = Prefilter.from_bcc(bpf)
     empty = build_tables([])
     pf.load(empty)  # no rules: every open is dropped
     _drain(bpf)
