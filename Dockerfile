@@ -9,7 +9,7 @@
 #
 # Run: the exact privileges and mounts, each explained, are in docs/operations.md ("Running in
 # a container"; tests/ops/test_image.py runs that line):
-#   podman run --rm --pid=host --cap-drop=all --cap-add=SYS_ADMIN,BPF,PERFMON,SYS_PTRACE \
+#   podman run --rm --pid=host --cap-drop=all --cap-add=SYS_ADMIN,BPF,PERFMON,SYS_PTRACE,SYSLOG \
 #     --security-opt label=disable -v /sys/fs/cgroup:/sys/fs/cgroup:ro \
 #     -v /var/lib/sentinel:/var/lib/sentinel localhost/sentinel [doctor]
 ARG BASE=localhost/debian:bookworm-slim

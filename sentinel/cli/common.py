@@ -66,6 +66,10 @@ class AlertSink:
             raise SinkError(str(exc)) from None
         self.emit = self._dispatcher.emit
 
+    @property
+    def dispatcher(self) -> object | None:
+        return self._dispatcher
+
     @staticmethod
     def _stdout(alert: Alert) -> None:
         sys.stdout.write(alert.to_json() + "\n")

@@ -278,21 +278,12 @@ def test_falco_no_alert_without_terminal_or_on_host(falco_outcome: Outcome, name
     assert _hits(sc, FALCO_RULE) == []
 
 
-# A container created while the sensor runs: its first exec races the metadata lookup, which
-# `sentinel run` neither waits for nor (yet) starts from the runtime's event stream.
-RACY = pytest.mark.xfail(
-    strict=False,
-    reason="run.py builds ContainerResolver(follow_events=False) and does not defer alerts "
-    "whose container metadata is pending (see the issue 7 report)",
-)
-
-
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("run_tty_rootfs", marks=RACY),
-        pytest.param("run_tty_image", marks=RACY),
-        "exec_tty",  # the container was running before the sensor: looked up at start
+        "run_tty_rootfs",
+        "run_tty_image",
+        "exec_tty",
     ],
 )
 def test_falco_alert_names_the_container(falco_outcome: Outcome, name: str) -> None:
@@ -318,9 +309,9 @@ def test_sentinel_rules_terminal_shell_alerts_once(sentinel_outcome: Outcome, na
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param("run_tty_rootfs", marks=RACY),
-        pytest.param("run_tty_image", marks=RACY),
-        "exec_tty",  # the container was running before the sensor: looked up at start
+        "run_tty_rootfs",
+        "run_tty_image",
+        "exec_tty",
     ],
 )
 def test_sentinel_rules_alert_carries_container_metadata(

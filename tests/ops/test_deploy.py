@@ -69,4 +69,4 @@ def test_documented_run_line_is_least_privilege() -> None:
     assert "--privileged" not in argv
     assert "--cap-drop=all" in argv
     assert "--pid=host" in argv
-    assert documented_caps() == {"SYS_ADMIN", "BPF", "PERFMON", "SYS_PTRACE"}
+    assert documented_caps() == {"SYS_ADMIN", "BPF", "PERFMON", "SYS_PTRACE", "SYSLOG"}

@@ -47,7 +47,15 @@ def add_common_options(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=f"rules file or directory (repeatable; default {RULES_DIR})",
     )
-    p.add_argument("--matching", choices=("first", "all"), default="first")
+    p.add_argument("--config", type=Path, metavar="FILE", help="Sentinel config file (YAML)")
+    p.add_argument(
+        "--matching", choices=("first", "all"), default=None, help="default: the config's, first"
+    )
+    p.add_argument(
+        "--no-prefilter",
+        action="store_true",
+        help="send every event to user space (no in-kernel filtering; for comparison)",
+    )
     p.add_argument(
         "--duration", type=float, default=None, metavar="SECS", help="stop after SECS seconds"
     )
@@ -80,18 +88,48 @@ def run_live(
     except SensorError as exc:
         log(f"error: {exc}")
         return 1
-    from sentinel.cli.common import load_compiled
-    from sentinel.engine import Engine
+    from sentinel.cli.common import AlertSink, SinkError, config_or_exit
+    from sentinel.compiler.kernelmaps import build_tables
+    from sentinel.config import SentinelConfig
     from sentinel.enrichment.containers import ContainerResolver, MetadataWaiter
     from sentinel.enrichment.live import Enricher
+    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
     from sentinel.kernel.sensor import ALL_FAMILIES, Sensor, families_for
+    from sentinel.loader import RulesError
+    from sentinel.ops import Operations
 
-    paths: list[Path] = args.rules or [RULES_DIR]
-    compiled = load_compiled(paths)
-    if compiled is None:
+    config = config_or_exit(args.config) if args.config else SentinelConfig()
+    if config is None:
         return 2
-    engine = Engine(compiled, matching=args.matching)
+    overrides: dict[str, Any] = {}
+    if args.rules:
+        overrides["rules"] = list(args.rules)
+    if args.matching:
+        overrides["matching"] = args.matching
+    if overrides:
+        config = config.model_copy(update=overrides)
+    enforcement = Enforcement(config, log)
+    ops = Operations(
+        config, args.config, make_engine=enforcement.make_engine, configure_logs=bool(args.config)
+    )
+    try:
+        engine = ops.initial_engine()
+    except RulesError as exc:
+        sys.stderr.write(f"{exc}\n")
+        log("error: rules did not load; not started")
+        return 2
+    if not enforcement.ok:
+        return 1
     families = set(ALL_FAMILIES) if args.all_syscalls else families_for(engine.event_types())
+    if sink is emit_alert and args.config:
+        try:
+            alert_sink = AlertSink(config)
+        except SinkError as exc:
+            log(f"error: cannot start outputs: {exc}")
+            return 2
+        sink = alert_sink.emit
+    else:
+        alert_sink = None
 
     t0 = time.monotonic()
     resolver = ContainerResolver()
@@ -107,8 +145,10 @@ def run_live(
             event = event.to_dict()
         if capture is not None:
             capture.write(json.dumps(event, separators=(",", ":"), default=str) + "\n")
-        for alert in engine.process(event):
+        ops.event(event.get("evt.type"))
+        for alert in ops.engine.process(event):
             stats["alerts"] += 1
+            ops.alert(alert)
             sink(alert)
 
     def on_raw(raw: bytes) -> None:
@@ -131,7 +171,22 @@ def run_live(
             if stats["errors"] <= 10:
                 log(f"error processing a record: {exc!r}")
 
-    sensor = Sensor(families)
+    prefilter_on = not args.no_prefilter
+    sensor = Sensor(
+        families,
+        ringbuf_pages=config.ringbuf_pages,
+        prelude=sensor_prelude() if prefilter_on else "",
+        maps=list(MAP_NAMES) if prefilter_on else [],
+        extra_cflags=cflags() if prefilter_on else [],
+    )
+    prefilter: Prefilter | None = None
+
+    def load_prefilter() -> None:
+        if prefilter is not None:
+            rules = [(r.name, r.expr) for r in ops.engine.rules]
+            counts = prefilter.load(build_tables(rules))
+            log("prefilter loaded", generation=prefilter.gen, **counts)
+
     stopping = False
 
     def on_signal(_sig: int, _frame: FrameType | None) -> None:
@@ -146,10 +201,28 @@ def run_live(
         except SensorError as exc:
             log(f"error: {exc}")
             return 1
+        if prefilter_on:
+            prefilter = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES})
+            load_prefilter()
+            pf = prefilter
+            # the metrics collector reads "filtered" from the sensor (per event family)
+            sensor.filtered = lambda: {k: v["dropped"] for k, v in pf.stats().items()}  # type: ignore[attr-defined]
+
+        def emit_deny(alert: Any) -> None:
+            ops.alert(alert)
+            sink(alert)
+
+        enforcement.start(emit_deny)
+        ops.watch(
+            sensor=sensor,
+            dispatcher=getattr(alert_sink, "dispatcher", None),
+            process_table=enricher.table,
+        )
         resolver.start()
         seeded = enricher.seed()
         armed = time.monotonic() - t0
         engine.warm(engine.event_types() & {"execve", "clone", "procexit", "openat", "connect"})
+        ops.start(programs=sorted(families), prefilter=prefilter_on, **enforcement.summary())
         log(
             "armed",
             rules=len(engine.rules),
@@ -163,6 +236,15 @@ def run_live(
         while not stopping:
             sensor.poll()
             waiter.run_due()
+            if ops.step():
+                # reloaded rules: the prefilter follows; new syscall families need a restart
+                load_prefilter()
+                wanted = families_for(ops.engine.event_types())
+                if not wanted <= families:
+                    log(
+                        "rules need syscalls not attached; restart to attach",
+                        missing=",".join(sorted(wanted - families)),
+                    )
             now = time.monotonic()
             if deadline is not None and now >= deadline:
                 break
@@ -185,9 +267,108 @@ def run_live(
         )
         return 0
     finally:
+        enforcement.close()
         sensor.close()
         resolver.close()
+        ops.close()
+        if alert_sink is not None:
+            alert_sink.close()
         if capture is not None:
             capture.flush()
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+
+
+class Enforcement:
+    """Deny rules: compiled to a BPF LSM policy and enforced, or, where BPF LSM is not
+    available, refused or run as alerts (``enforcement.unavailable``)."""
+
+    def __init__(self, config: Any, log_fn: Callable[..., None]) -> None:
+        self.config = config
+        self.log = log_fn
+        self.ok = True
+        self.mode = "none"  # none | enforced | unenforced
+        self.spec: Any = None
+        self.enforcer: Any = None
+        self._engine: Any = None
+
+    def make_engine(self, compiled: Any, config: Any) -> Any:
+        """The engine without the deny rules the kernel enforces (each denial is reported
+        once, by the LSM program), or with them marked deny-unenforced."""
+        import dataclasses
+
+        from sentinel.compiler.deny import DenyCompileError, compile_deny
+        from sentinel.engine import Engine
+
+        deny = [r for r in compiled.enabled if r.action == "deny"]
+        if deny and self.spec is None:
+            try:
+                self.spec = compile_deny([(r.name, r.expr) for r in deny])
+            except DenyCompileError as exc:
+                self.log(f"error: {exc}")
+                self.ok = False
+            else:
+                self._decide()
+        rules = []
+        for r in compiled.rules:
+            if r.action == "deny" and self.mode == "enforced":
+                r = dataclasses.replace(r, enabled=False)
+            elif r.action == "deny":
+                r = dataclasses.replace(r, action="deny-unenforced")
+            rules.append(r)
+        compiled = dataclasses.replace(compiled, rules=rules)
+        self._engine = Engine(
+            compiled,
+            matching=config.matching,
+            hostname=config.hostname,
+            min_priority=config.minimum_priority,
+            append_output=config.append_output,
+        )
+        return self._engine
+
+    def _decide(self) -> None:
+        from sentinel.kernel.lsm_probe import lsm_available
+
+        available, why = lsm_available()
+        if available:
+            self.mode = "enforced"
+        elif self.config.enforcement.unavailable == "refuse":
+            self.log(
+                f"error: deny rules are loaded but BPF LSM is unavailable: {why}; "
+                "set enforcement.unavailable: alert to run them as alerts"
+            )
+            self.ok = False
+        else:
+            self.mode = "unenforced"
+            self.log(
+                f"WARNING: BPF LSM is unavailable ({why}): deny rules are NOT enforced, only "
+                "alerted on (action deny-unenforced)"
+            )
+
+    def start(self, emit: Callable[[Any], Any]) -> None:
+        if self.mode != "enforced":
+            return
+        from sentinel.kernel.lsm import LsmEnforcer
+
+        engine = self._engine
+        by_name = {r.name: r for r in engine.compiled.rules}
+
+        def on_deny(ev: Any) -> None:
+            rule = by_name.get(ev.rule)
+            if rule is not None:
+                emit(engine.alert(rule, ev.fields(), action="deny"))
+
+        self.enforcer = LsmEnforcer(self.spec.to_policy(), on_deny)
+        self.log(
+            "enforcing",
+            rules=len(self.spec.to_policy().rules()),
+            hooks=len(self.enforcer.attached_hooks),
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {"deny_rules": self.mode}
+
+    def close(self) -> None:
+        if self.enforcer is not None:
+            self.enforcer.close()
+            self.enforcer = None
