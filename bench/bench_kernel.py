@@ -202,7 +202,13 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
     """Each round runs one storm per configuration, in turn, so that load from elsewhere on
     the machine falls on all of them alike; the figures are medians over rounds."""
     storm(binary, n // 10)  # warm caches
-    times: dict[str, list[float]] = {"none": [], "floor": [], "sentinel": [], "bpftrace": []}
+    times: dict[str, list[float]] = {
+        "none": [],
+        "floor": [],
+        "sentinel": [],
+        "sentinel_no_prefilter": [],
+        "bpftrace": [],
+    }
     lost = events = 0
     rss = 0.0
     bpf_ns: list[float] = []
@@ -229,6 +235,12 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
             stats_on.close()
         lost += stats.get("lost", 0)
         events += stats.get("events", 0)
+        s = Sentinel("--no-prefilter")  # every open goes to user space: the prefilter's effect
+        s.wait_armed()
+        try:
+            times["sentinel_no_prefilter"].append(storm(binary, n))
+        finally:
+            s.stop()
         bt = Bpftrace(families)
         try:
             times["bpftrace"].append(storm(binary, n))
@@ -244,6 +256,7 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
         "ns_per_open_close_all": {k: [round(x / n) for x in v] for k, v in times.items()},
         "sentinel_vs_none": med["sentinel"] / med["none"],
         "sentinel_vs_floor": med["sentinel"] / med["floor"],
+        "sentinel_no_prefilter_vs_floor": med["sentinel_no_prefilter"] / med["floor"],
         "floor_vs_none": med["floor"] / med["none"],
         "bpftrace_vs_none": med["bpftrace"] / med["none"],
         "bpftrace_vs_floor": med["bpftrace"] / med["floor"],

@@ -50,6 +50,7 @@ struct f_fam_cfg {
     u32 filter;             // 0: this family is not filtered (every event passes)
     u32 pad;
     struct fmask all;       // the bits of every term
+    struct fmask wild[F_NDIM];  // per dimension: the terms that do not constrain it
 };
 
 struct f_comm_key {
@@ -76,18 +77,19 @@ struct f_lpm_key {
 struct f_scratch {
     struct f_path_key pk;
     struct f_lpm_key lk;
-    char rev[F_PATH];
+    u64 ra[F_PATH / 8];     // the path right-aligned (for reversing 8 bytes at a time)
+    u64 rev[F_PATH / 8];    // the path reversed
 };
 
 struct f_state {            // carried from a syscall's enter to its exit
     u32 gen;                // full generation counter; 0: not filtered
     u32 pad;
     struct fmask acc;
+    struct f_fam_cfg *cfg;  // this generation's family config (map value)
 };
 
 BPF_ARRAY(f_active, u32, 1);
 BPF_ARRAY(f_fam, struct f_fam_cfg, 2 * F_NFAM);
-BPF_ARRAY(f_wild, struct fmask, 2 * F_NFAM * F_NDIM);
 BPF_HASH(f_comm, struct f_comm_key, struct fmask, 4096);
 BPF_HASH(f_num, struct f_num_key, struct fmask, 8192);
 BPF_HASH(f_path, struct f_path_key, struct fmask, 4096);
@@ -103,16 +105,41 @@ static __always_inline void f_count(u32 fam, int kept) {
         (*n)++;
 }
 
-// acc &= (m | wild[slot][fam][dim]); returns whether a bit survives.
-static __always_inline int f_and(struct fmask *acc, struct fmask *m, u32 slot, u32 fam, u32 dim) {
-    u32 idx = (slot * F_NFAM + fam) * F_NDIM + dim;
-    struct fmask *w = f_wild.lookup(&idx);
+// 0x80 in each byte of w that equals c, 0 elsewhere (exact: no carries between bytes).
+static __always_inline u64 f_bytes_eq(u64 w, u64 c) {
+    u64 x = w ^ (c * 0x0101010101010101ULL);
+    u64 y = (x & 0x7f7f7f7f7f7f7f7fULL) + 0x7f7f7f7f7f7f7f7fULL;
+    return ~(y | x | 0x7f7f7f7f7f7f7f7fULL);
+}
+
+// Whether some term still alive constrains `dim` (else its lookup can be skipped).
+static __always_inline int f_needs(struct f_state *st, u32 dim) {
+    struct fmask *w = &st->cfg->wild[dim];
+    u64 need = 0;
+#pragma unroll
+    for (int i = 0; i < F_NWORDS; i++)
+        need |= st->acc.w[i] & ~w->w[i];
+    return need != 0;
+}
+
+// Whether any term is still possible (an empty rule set for a family keeps nothing).
+static __always_inline int f_alive(struct f_state *st) {
+    u64 any = 0;
+#pragma unroll
+    for (int i = 0; i < F_NWORDS; i++)
+        any |= st->acc.w[i];
+    return any != 0;
+}
+
+// acc &= (m | wild[dim]); returns whether a bit survives.
+static __always_inline int f_and_st(struct f_state *st, struct fmask *m, u32 dim) {
+    struct fmask *w = &st->cfg->wild[dim];
     u64 any = 0;
 #pragma unroll
     for (int i = 0; i < F_NWORDS; i++) {
-        u64 v = (m ? m->w[i] : 0) | (w ? w->w[i] : ~0ULL);
-        acc->w[i] &= v;
-        any |= acc->w[i];
+        u64 v = (m ? m->w[i] : 0) | w->w[i];
+        st->acc.w[i] &= v;
+        any |= st->acc.w[i];
     }
     return any != 0;
 }
@@ -130,35 +157,42 @@ static __always_inline int f_begin(struct f_state *st, u32 fam) {
     if (!c || !c->filter)
         return 0;
     st->gen = *g;
+    st->cfg = c;
     __builtin_memcpy(&st->acc, &c->all, sizeof(st->acc));
     return 1;
 }
 
 static __always_inline int f_comm_dim(struct f_state *st, u32 fam) {
+    if (!f_needs(st, D_COMM))
+        return 1;
     u32 slot = st->gen & 1;
     struct f_comm_key k = {};
     k.gf = (slot << 8) | fam;
     bpf_get_current_comm(&k.comm, sizeof(k.comm));
-    return f_and(&st->acc, f_comm.lookup(&k), slot, fam, D_COMM);
+    return f_and_st(st, f_comm.lookup(&k), D_COMM);
 }
 
 static __always_inline int f_num_dim(struct f_state *st, u32 fam, u32 dim, u64 val) {
+    if (!f_needs(st, dim))
+        return 1;
     u32 slot = st->gen & 1;
     struct f_num_key k = {};
     k.gf = (slot << 8) | fam;
     k.dim = dim;
     k.val = val;
-    return f_and(&st->acc, f_num.lookup(&k), slot, fam, dim);
+    return f_and_st(st, f_num.lookup(&k), dim);
 }
 
 static __always_inline int f_lpm_dim(struct f_state *st, struct f_lpm_key *lk, u32 fam, u32 dim) {
-    u32 slot = st->gen & 1;
-    return f_and(&st->acc, f_lpm.lookup(lk), slot, fam, dim);
+    return f_and_st(st, f_lpm.lookup(lk), dim);
 }
 
 // The path dimensions of an open: the path string is read once from user memory.
 // Returns whether a bit survives.
 static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *upath) {
+    if (!f_needs(st, D_PATH) && !f_needs(st, D_PATH_PREFIX) && !f_needs(st, D_PATH_SUFFIX) &&
+        !f_needs(st, D_RAW_DOTDOT))
+        return 1;
     u32 zero = 0;
     struct f_scratch *s = f_scratch_map.lookup(&zero);
     if (!s)
@@ -170,28 +204,33 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
     if (n <= 1 || n >= F_PATH)
         return 1;                       // unreadable, empty or too long: cannot judge
     u32 len = (u32)(n - 1) & (F_PATH - 1);
+    // Scan 8 bytes at a time (no per-byte loop: cheap to run and to verify). A byte equal
+    // to c is found exactly with the carry-free zero-byte test on (word ^ c*0x0101..).
+    u64 *w = (u64 *)s->pk.path;
     int canon = s->pk.path[0] == '/';
     int dotdot = 0;
-    char prev = 0, pprev = 0;
-    for (int i = 0; i < F_PATH - 1; i++) {
-        char c = s->pk.path[i & (F_PATH - 1)];
-        if (c == 0)
-            break;
-        if (prev == '/' && (c == '/' || c == '.'))
-            canon = 0;
-        if (c == '/' && prev == '.' && pprev == '.')
-            dotdot = 1;
-        pprev = prev;
-        prev = c;
+    for (int i = 0; i < F_PATH / 8; i++) {
+        u64 cur = w[i & (F_PATH / 8 - 1)];
+        u64 nxt = i + 1 < F_PATH / 8 ? w[(i + 1) & (F_PATH / 8 - 1)] : 0;
+        u64 n1 = (cur >> 8) | (nxt << 56);
+        u64 n2 = (cur >> 16) | (nxt << 48);
+        u64 slash = f_bytes_eq(cur, 0x2f), dot = f_bytes_eq(cur, 0x2e);
+        u64 slash1 = f_bytes_eq(n1, 0x2f), dot1 = f_bytes_eq(n1, 0x2e);
+        if (slash & (slash1 | dot1))
+            canon = 0;                  // "//" or "/." somewhere
+        if (dot & dot1 & f_bytes_eq(n2, 0x2f))
+            dotdot = 1;                 // "../"
     }
-    if (len > 1 && prev == '/')
+    if (len > 1 && s->pk.path[(len - 1) & (F_PATH - 1)] == '/')
         canon = 0;
     if (!f_num_dim(st, fam, D_RAW_DOTDOT, dotdot))
         return 0;
     if (!canon)
         return 1;                       // the user-space fd.name differs from the raw path
-    if (!f_and(&st->acc, f_path.lookup(&s->pk), slot, fam, D_PATH))
+    if (f_needs(st, D_PATH) && !f_and_st(st, f_path.lookup(&s->pk), D_PATH))
         return 0;
+    if (!f_needs(st, D_PATH_PREFIX) && !f_needs(st, D_PATH_SUFFIX))
+        return 1;
     // Prefixes and suffixes are stored at most F_LPM_PAYLOAD bytes long, so looking up the
     // first (or, reversed, the last) F_LPM_PAYLOAD bytes of a longer path finds all of them.
     u32 plen = len > F_LPM_PAYLOAD ? F_LPM_PAYLOAD : len;
@@ -203,17 +242,12 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
     lk->prefixlen = 24 + plen * 8;
     if (!f_lpm_dim(st, lk, fam, D_PATH_PREFIX))
         return 0;
-    for (int i = 0; i < F_LPM_PAYLOAD; i++) {
-        if (i >= plen)
-            break;
-        u64 j = (len - 1 - i) & (F_PATH - 1);
-        u64 k = i;
-        // keep the compiler from turning the index into a pointer the verifier cannot bound
-        asm volatile("%0 &= 255" : "+r"(k));
-        s->rev[k] = s->pk.path[j];
-    }
+    // Reverse: right-align the path, then byte-swap the 8-byte words in reverse order.
+    bpf_probe_read_kernel((char *)s->ra + ((F_PATH - len) & (F_PATH - 1)), len, s->pk.path);
+    for (int i = 0; i < F_PATH / 8; i++)
+        s->rev[i & (F_PATH / 8 - 1)] = __builtin_bswap64(s->ra[(F_PATH / 8 - 1 - i) & (F_PATH / 8 - 1)]);
     lk->data[2] = D_PATH_SUFFIX;
-    bpf_probe_read_kernel(&lk->data[3], plen & 255, s->rev);
+    bpf_probe_read_kernel(&lk->data[3], plen & 255, (char *)s->rev);
     return f_lpm_dim(st, lk, fam, D_PATH_SUFFIX);
 }
 
@@ -303,7 +337,7 @@ static __always_inline int f_exec(void) {
     struct f_state st = {};
     if (!f_begin(&st, F_FAM_EXEC))
         return 1;
-    int keep = f_comm_dim(&st, F_FAM_EXEC) &&
+    int keep = f_alive(&st) && f_comm_dim(&st, F_FAM_EXEC) &&
                f_num_dim(&st, F_FAM_EXEC, D_UID, (u32)bpf_get_current_uid_gid());
     return f_keep(&st, F_FAM_EXEC, keep);
 }
@@ -313,10 +347,10 @@ static __always_inline int f_open_enter(struct f_state *st, u32 oflags, const ch
     if (!f_begin(st, F_FAM_OPEN))
         return 1;
     u32 acc = oflags & 3;
-    int keep = f_comm_dim(st, F_FAM_OPEN) &&
-               f_num_dim(st, F_FAM_OPEN, D_UID, (u32)bpf_get_current_uid_gid()) &&
-               f_num_dim(st, F_FAM_OPEN, D_OPEN_WRITE, acc == 1 || acc == 2) &&
+    int keep = f_alive(st) && f_num_dim(st, F_FAM_OPEN, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, F_FAM_OPEN, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_comm_dim(st, F_FAM_OPEN) &&
+               f_num_dim(st, F_FAM_OPEN, D_UID, (u32)bpf_get_current_uid_gid()) &&
                f_path_dims(st, F_FAM_OPEN, upath);
     if (!keep)
         f_count(F_FAM_OPEN, 0);
@@ -333,7 +367,7 @@ static __always_inline int f_open_exit(struct f_state *st, long ret) {
 static __always_inline int f_connect_enter(struct f_state *st, const void *uaddr, u32 addrlen) {
     if (!f_begin(st, F_FAM_CONNECT))
         return 1;
-    int keep = f_comm_dim(st, F_FAM_CONNECT) &&
+    int keep = f_alive(st) && f_comm_dim(st, F_FAM_CONNECT) &&
                f_num_dim(st, F_FAM_CONNECT, D_UID, (u32)bpf_get_current_uid_gid()) &&
                f_sockaddr_dims(st, uaddr, addrlen);
     if (!keep)

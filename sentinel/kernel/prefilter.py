@@ -40,13 +40,29 @@ DIM_CODES = {
     Dim.RAW_DOTDOT: 11,
 }
 NFAM, NDIM, F_PATH, F_LPM_DATA = 3, 12, 256, 256
-MAP_NAMES = ("f_active", "f_fam", "f_wild", "f_comm", "f_num", "f_path", "f_lpm", "f_stats")
-
-U64S = ctypes.c_uint64 * NWORDS
+MAP_NAMES = ("f_active", "f_fam", "f_comm", "f_num", "f_path", "f_lpm", "f_stats")
 
 
-class FamCfg(ctypes.Structure):
-    _fields_ = [("filter", ctypes.c_uint32), ("pad", ctypes.c_uint32), ("all", U64S)]
+def nwords_for(tables: KernelTables) -> int:
+    """Mask words the BPF programs are compiled with: enough for these rules, and headroom
+    for reloads (a family that outgrows it is left unfiltered, and that is logged)."""
+    most = max((ft.nterms for ft in tables.families.values()), default=0) + 32  # headroom
+    need = max(1, -(-most // 64))
+    return min(NWORDS, 1 << (need - 1).bit_length()) if need > 1 else 1
+
+
+def _fam_cfg_type(nwords: int) -> type[ctypes.Structure]:
+    words = ctypes.c_uint64 * nwords
+
+    class FamCfg(ctypes.Structure):
+        _fields_ = [
+            ("filter", ctypes.c_uint32),
+            ("pad", ctypes.c_uint32),
+            ("all", words),
+            ("wild", words * NDIM),
+        ]
+
+    return FamCfg
 
 
 class CommKey(ctypes.Structure):
@@ -166,9 +182,9 @@ def map_delete(fd: int, key: Any) -> None:
         _check(err, "bpf map delete")
 
 
-def _u64s(mask: int) -> Any:
-    out = U64S()
-    for i in range(NWORDS):
+def _u64s(mask: int, nwords: int) -> Any:
+    out = (ctypes.c_uint64 * nwords)()
+    for i in range(nwords):
         out[i] = (mask >> (64 * i)) & 0xFFFFFFFFFFFFFFFF
     return out
 
@@ -182,20 +198,22 @@ def _num_value(dim: Dim, v: Any) -> int:
 class Prefilter:
     """Owns the contents of the filter maps, given their fds (``name -> fd``)."""
 
-    def __init__(self, fds: dict[str, int]) -> None:
+    def __init__(self, fds: dict[str, int], nwords: int = NWORDS) -> None:
         missing = [m for m in MAP_NAMES if m not in fds]
         if missing:
             raise ValueError(f"prefilter maps missing: {', '.join(missing)}")
         self.fds = fds
+        self.nwords = nwords
+        self._fam_cfg = _fam_cfg_type(nwords)
         self._ncpus = possible_cpus()
         key, val = ctypes.c_uint32(0), ctypes.c_uint32(0)
         _check(_bpf(_LOOKUP, fds["f_active"], key, val), "bpf map lookup")
         self.gen = int(val.value)
 
     @classmethod
-    def from_bcc(cls, bpf: Any) -> Prefilter:
+    def from_bcc(cls, bpf: Any, nwords: int = NWORDS) -> Prefilter:
         """For a program loaded in this process with bcc (tests)."""
-        return cls({m: bpf[m.encode()].map_fd for m in MAP_NAMES})
+        return cls({m: bpf[m.encode()].map_fd for m in MAP_NAMES}, nwords)
 
     def load(self, tables: KernelTables) -> dict[str, int]:
         """Publish ``tables`` as the next generation; returns entry counts."""
@@ -203,13 +221,20 @@ class Prefilter:
         slot = gen & 1
         self._clear_slot(slot)
         counts = {"comm": 0, "num": 0, "path": 0, "lpm": 0}
+        n = self.nwords
+        self.overflow: list[str] = []
         for name, code in FAMILY_CODES.items():
             ft = tables.families.get(name) or FamilyTables(name, pass_all=True)
-            cfg = FamCfg(0 if ft.pass_all else 1, 0, _u64s(ft.all_bits))
-            map_update(self.fds["f_fam"], ctypes.c_uint32(slot * NFAM + code), cfg)
+            if not ft.pass_all and ft.nterms > 64 * n:
+                # compiled for fewer mask words: this family is not filtered until a restart
+                self.overflow.append(name)
+                ft = FamilyTables(name, pass_all=True)
+            cfg = self._fam_cfg()
+            cfg.filter = 0 if ft.pass_all else 1
+            cfg.all = _u64s(ft.all_bits, n)
             for dim, dcode in DIM_CODES.items():
-                idx = ctypes.c_uint32((slot * NFAM + code) * NDIM + dcode)
-                map_update(self.fds["f_wild"], idx, _u64s(ft.wild.get(dim, 0)))
+                cfg.wild[dcode] = _u64s(ft.wild.get(dim, 0), n)
+            map_update(self.fds["f_fam"], ctypes.c_uint32(slot * NFAM + code), cfg)
             if not ft.pass_all:
                 self._write_family(ft, (slot << 8) | code, slot, code, counts)
         map_update(self.fds["f_active"], ctypes.c_uint32(0), ctypes.c_uint32(gen))
@@ -221,7 +246,7 @@ class Prefilter:
     ) -> None:
         for dim, entries in ft.exact.items():
             for value, mask in entries.items():
-                leaf = _u64s(mask)
+                leaf = _u64s(mask, self.nwords)
                 if dim is Dim.COMM:
                     map_update(self.fds["f_comm"], CommKey(gf, str(value).encode()[:15]), leaf)
                     counts["comm"] += 1
@@ -249,7 +274,7 @@ class Prefilter:
         key = LpmKey()
         key.prefixlen = prefixlen
         ctypes.memmove(ctypes.addressof(key.data), data, len(data))
-        map_update(self.fds["f_lpm"], key, _u64s(mask))
+        map_update(self.fds["f_lpm"], key, _u64s(mask, self.nwords))
 
     def _clear_slot(self, slot: int) -> None:
         for name, ktype in (("f_comm", CommKey), ("f_num", NumKey), ("f_path", PathKey)):

@@ -40,9 +40,11 @@ struct verdict {
     char path[256];
 };
 BPF_RINGBUF_OUTPUT(out, 16);
-BPF_HASH(stash, u32, struct f_state, 1024);
-BPF_HASH(kept_at_enter, u32, u32, 1024);
-BPF_HASH(paths, u32, u64, 1024);
+struct call {
+    u64 a0;
+    u64 a1;
+};
+BPF_HASH(calls, u32, struct call, 1024);
 
 static __always_inline int mine(void) {
     return (bpf_get_current_pid_tgid() >> 32) == TARGET;
@@ -61,16 +63,14 @@ static __always_inline void report(u32 fam, u32 keep, s64 ret, u64 upath) {
     out.ringbuf_submit(v, 0);
 }
 
+// As in the sensor, the whole decision is made at the syscall's exit (the arguments were
+// saved at enter here; the sensor reads them from the saved registers instead).
 TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
     if (!mine())
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct f_state st = {};
-    u32 keep = f_open_enter(&st, (u32)args->flags, args->filename);
-    stash.update(&tid, &st);
-    kept_at_enter.update(&tid, &keep);
-    u64 p = (u64)args->filename;
-    paths.update(&tid, &p);
+    struct call c = {.a0 = (u64)args->filename, .a1 = (u64)args->flags};
+    calls.update(&tid, &c);
     return 0;
 }
 
@@ -78,14 +78,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat) {
     if (!mine())
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct f_state *st = stash.lookup(&tid);
-    u32 *k = kept_at_enter.lookup(&tid);
-    u64 *p = paths.lookup(&tid);
-    if (!st || !k || !p)
+    struct call *cp = calls.lookup(&tid);
+    if (!cp)
         return 0;
-    struct f_state s = *st;
-    u32 keep = *k ? f_open_exit(&s, args->ret) : 0;
-    report(F_FAM_OPEN, keep, args->ret, *p);
+    struct call c = *cp;
+    struct f_state st = {};
+    u32 keep = f_open_enter(&st, (u32)c.a1, (const char *)c.a0);
+    if (keep)
+        keep = f_open_exit(&st, args->ret);
+    report(F_FAM_OPEN, keep, args->ret, c.a0);
     return 0;
 }
 
@@ -93,10 +94,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect) {
     if (!mine())
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct f_state st = {};
-    u32 keep = f_connect_enter(&st, args->uservaddr, args->addrlen);
-    stash.update(&tid, &st);
-    kept_at_enter.update(&tid, &keep);
+    struct call c = {.a0 = (u64)args->uservaddr, .a1 = (u64)args->addrlen};
+    calls.update(&tid, &c);
     return 0;
 }
 
@@ -104,12 +103,14 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     if (!mine())
         return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
-    struct f_state *st = stash.lookup(&tid);
-    u32 *k = kept_at_enter.lookup(&tid);
-    if (!st || !k)
+    struct call *cp = calls.lookup(&tid);
+    if (!cp)
         return 0;
-    struct f_state s = *st;
-    u32 keep = *k ? f_connect_exit(&s, args->ret) : 0;
+    struct call c = *cp;
+    struct f_state st = {};
+    u32 keep = f_connect_enter(&st, (const void *)c.a0, (u32)c.a1);
+    if (keep)
+        keep = f_connect_exit(&st, args->ret);
     report(F_FAM_CONNECT, keep, args->ret, 0);
     return 0;
 }

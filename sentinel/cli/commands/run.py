@@ -93,7 +93,13 @@ def run_live(
     from sentinel.config import SentinelConfig
     from sentinel.enrichment.containers import ContainerResolver, MetadataWaiter
     from sentinel.enrichment.live import Enricher
-    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
+    from sentinel.kernel.prefilter import (
+        MAP_NAMES,
+        Prefilter,
+        cflags,
+        nwords_for,
+        sensor_prelude,
+    )
     from sentinel.kernel.sensor import ALL_FAMILIES, Sensor, families_for
     from sentinel.loader import RulesError
     from sentinel.ops import Operations
@@ -172,20 +178,28 @@ def run_live(
                 log(f"error processing a record: {exc!r}")
 
     prefilter_on = not args.no_prefilter
+    nwords = nwords_for(build_tables([(r.name, r.expr) for r in engine.rules]))
     sensor = Sensor(
         families,
         ringbuf_pages=config.ringbuf_pages,
         prelude=sensor_prelude() if prefilter_on else "",
         maps=list(MAP_NAMES) if prefilter_on else [],
-        extra_cflags=cflags() if prefilter_on else [],
+        extra_cflags=cflags(nwords) if prefilter_on else [],
     )
     prefilter: Prefilter | None = None
 
     def load_prefilter() -> None:
         if prefilter is not None:
             rules = [(r.name, r.expr) for r in ops.engine.rules]
-            counts = prefilter.load(build_tables(rules))
-            log("prefilter loaded", generation=prefilter.gen, **counts)
+            tables = build_tables(rules)
+            counts = prefilter.load(tables)
+            unfiltered = [f for f, t in tables.families.items() if t.pass_all]
+            log(
+                "prefilter loaded",
+                generation=prefilter.gen,
+                **counts,
+                unfiltered=",".join(unfiltered + prefilter.overflow) or "none",
+            )
 
     stopping = False
 
@@ -202,7 +216,7 @@ def run_live(
             log(f"error: {exc}")
             return 1
         if prefilter_on:
-            prefilter = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES})
+            prefilter = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES}, nwords)
             load_prefilter()
             pf = prefilter
             # the metrics collector reads "filtered" from the sensor (per event family)
