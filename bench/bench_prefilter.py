@@ -1,9 +1,11 @@
 """In-kernel prefilter: the share of events dropped in the kernel on a realistic workload.
 
 The upstream Falco stable rules (``falco_rules.yaml``) are loaded into the real sensor with
-its prefilter; the workload is ``find /usr -type f | xargs cat`` (bounded), which opens many
-files that no rule watches. The kernel's own counters (``f_stats``) give dropped vs kept per
-event family; user space counts what actually arrived. The open-storm ratio to the
+its prefilter; the workload is ``find /usr -type f`` then ``xargs cat`` over (at most FILES of)
+the files found, measured as two phases: find walks directories with *relative* openat()
+calls, which the kernel filter cannot judge (it keeps them), while cat opens absolute paths.
+The kernel's own counters (``f_stats``) give dropped vs kept per event family; user space
+counts what actually arrived. The open-storm ratio to the
 empty-program floor is measured by ``bench_kernel`` (with and without the prefilter).
 """
 
@@ -47,53 +49,53 @@ def run(files: int = FILES) -> dict[str, Any]:
         pf = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES})
         tables = build_tables([(r.name, r.expr) for r in engine.rules])
         pf.load(tables)
-        sensor.drain()
-        arrived["n"] = 0
-        before = pf.stats()
-        t0 = time.monotonic()
-        # argv lists only; the pipeline is find | head | xargs cat, no shell involved
-        find = subprocess.Popen(
-            ["find", "/usr", "-type", "f", "-size", "-256k"], stdout=subprocess.PIPE
-        )
-        head = subprocess.Popen(
-            ["head", "-n", str(files)], stdin=find.stdout, stdout=subprocess.PIPE
-        )
-        assert find.stdout is not None
-        find.stdout.close()
-        cat = subprocess.Popen(
-            ["xargs", "-d", "\n", "cat"],
-            stdin=head.stdout,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        assert head.stdout is not None
-        head.stdout.close()
-        while cat.poll() is None:
-            sensor.poll(50)
-        find.wait()
-        head.wait()
-        sensor.drain()
-        seconds = time.monotonic() - t0
-        after = pf.stats()
+        phases: dict[str, Any] = {}
+        listing = Path("/tmp/sentinel-bench-files.txt")
+
+        def phase(name: str, argv: list[str], stdin: Any = None, stdout: Any = None) -> None:
+            sensor.drain()
+            arrived["n"] = 0
+            before = pf.stats()
+            t0 = time.monotonic()
+            # argv lists only: no shell anywhere
+            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL)
+            while proc.poll() is None:
+                sensor.poll(50)
+            sensor.drain()
+            after = pf.stats()
+            phases[name] = {
+                "argv": " ".join(argv),
+                "seconds": round(time.monotonic() - t0, 2),
+                "records_reaching_user_space": arrived["n"],
+                "families": {
+                    fam: _share(
+                        after[fam]["dropped"] - before[fam]["dropped"],
+                        after[fam]["kept"] - before[fam]["kept"],
+                        tables.families[fam],
+                    )
+                    for fam in after
+                },
+            }
+
+        with listing.open("w") as out:
+            phase("find", ["find", "/usr", "-type", "f", "-size", "-256k"], stdout=out)
+        lines = listing.read_text().splitlines()[:files]
+        listing.write_text("\n".join(lines) + "\n")
+        with listing.open() as inp:
+            phase("xargs cat", ["xargs", "-d", "\n", "cat"], stdin=inp, stdout=subprocess.DEVNULL)
+        listing.unlink()
     finally:
         sensor.close()
-    fams: dict[str, Any] = {}
-    for fam in after:
-        d = after[fam]["dropped"] - before[fam]["dropped"]
-        k = after[fam]["kept"] - before[fam]["kept"]
-        fams[fam] = {
-            "dropped": d,
-            "kept": k,
-            "filtered_share": round(d / (d + k), 5) if d + k else None,
-            "filtered_in_kernel": not tables.families[fam].pass_all,
-            "why_not": tables.families[fam].reason,
-        }
+    return {"rules": "falco_rules.yaml", "files": files, "phases": phases}
+
+
+def _share(dropped: int, kept: int, ft: Any) -> dict[str, Any]:
     return {
-        "rules": "falco_rules.yaml",
-        "workload": f"find /usr -type f -size -256k | head -n {files} | xargs cat",
-        "seconds": round(seconds, 2),
-        "records_reaching_user_space": arrived["n"],
-        "families": fams,
+        "dropped": dropped,
+        "kept": kept,
+        "filtered_share": round(dropped / (dropped + kept), 5) if dropped + kept else None,
+        "filtered_in_kernel": not ft.pass_all,
+        "why_not": ft.reason,
     }
 
 
