@@ -130,7 +130,7 @@ def _child(sock_fd: int) -> int:
 # ---- reading a map without bcc: the bpf(2) syscall -------------------------------------------
 
 _NR_BPF = 321  # x86-64
-_BPF_MAP_LOOKUP_ELEM = 1
+BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM, BPF_MAP_GET_NEXT_KEY = 1, 2, 3, 4
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
 
@@ -155,14 +155,25 @@ def possible_cpus() -> int:
     return n
 
 
+def bpf_map_op(cmd: int, map_fd: int, key: object, value: object = None) -> int:
+    """One bpf(2) map command on ctypes objects (None: a null pointer); returns 0 or errno."""
+    attr = _MapElemAttr(
+        map_fd,
+        0,
+        ctypes.addressof(key) if key is not None else 0,  # type: ignore[arg-type]
+        ctypes.addressof(value) if value is not None else 0,  # type: ignore[arg-type]
+        0,
+    )
+    res = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
+    return 0 if res == 0 else ctypes.get_errno()
+
+
 def percpu_u64(map_fd: int, key: int, ncpus: int) -> list[int]:
     """The per-CPU u64 values of one key of a per-CPU array map."""
     k = ctypes.c_uint32(key)
     values = (ctypes.c_uint64 * ncpus)()
-    attr = _MapElemAttr(map_fd, 0, ctypes.addressof(k), ctypes.addressof(values), 0)
-    res = _libc.syscall(_NR_BPF, _BPF_MAP_LOOKUP_ELEM, ctypes.byref(attr), ctypes.sizeof(attr))
-    if res != 0:
-        err = ctypes.get_errno()
+    err = bpf_map_op(BPF_MAP_LOOKUP_ELEM, map_fd, k, values)
+    if err:
         raise OSError(err, os.strerror(err))
     return list(values)
 

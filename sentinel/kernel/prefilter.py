@@ -21,7 +21,15 @@ from typing import Any
 
 from sentinel.compiler.kernelmaps import NWORDS, FamilyTables, KernelTables
 from sentinel.compiler.kernelplan import Dim
-from sentinel.kernel.loader import percpu_u64, possible_cpus
+from sentinel.kernel.loader import (
+    BPF_MAP_DELETE_ELEM,
+    BPF_MAP_GET_NEXT_KEY,
+    BPF_MAP_LOOKUP_ELEM,
+    BPF_MAP_UPDATE_ELEM,
+    bpf_map_op,
+    percpu_u64,
+    possible_cpus,
+)
 from sentinel.paths import BPF_DIR
 
 FAMILY_CODES = {"exec": 0, "open": 1, "connect": 2}
@@ -125,34 +133,15 @@ def cflags(nwords: int = NWORDS) -> list[str]:
     return [f"-DF_NWORDS={nwords}"]
 
 
-# ---- bpf(2) -----------------------------------------------------------------------------------
+# ---- bpf(2), through the loader's wrapper ----------------------------------------------------
 
-_NR_BPF = 321  # x86-64
-_LOOKUP, _UPDATE, _DELETE, _NEXT_KEY = 1, 2, 3, 4
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-
-
-class _Attr(ctypes.Structure):
-    _fields_ = [
-        ("map_fd", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
-        ("key", ctypes.c_uint64),
-        ("value", ctypes.c_uint64),
-        ("flags", ctypes.c_uint64),
-    ]
-
-
-def _bpf(cmd: int, fd: int, key: Any, value: Any = None) -> int:
-    attr = _Attr(
-        fd,
-        0,
-        ctypes.addressof(key) if key is not None else 0,
-        ctypes.addressof(value) if value is not None else 0,
-        0,
-    )
-    res = int(_libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
-    return 0 if res == 0 else ctypes.get_errno()
+_LOOKUP, _UPDATE, _DELETE, _NEXT_KEY = (
+    BPF_MAP_LOOKUP_ELEM,
+    BPF_MAP_UPDATE_ELEM,
+    BPF_MAP_DELETE_ELEM,
+    BPF_MAP_GET_NEXT_KEY,
+)
+_bpf = bpf_map_op
 
 
 def _check(err: int, what: str) -> None:
