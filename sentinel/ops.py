@@ -68,7 +68,7 @@ class Operations:
         self.config = config
         self.config_path = config_path
         self.env = env
-        self.make_engine = make_engine or _default_engine
+        self.make_engine = make_engine or default_engine
         if configure_logs:
             configure_logging(config.logging.format, config.logging.level)
         self.log = get_logger("sentinel")
@@ -202,7 +202,8 @@ class Operations:
             self.server = None
 
 
-def _default_engine(compiled: CompiledRules, cfg: SentinelConfig) -> Any:
+def default_engine(compiled: CompiledRules, cfg: SentinelConfig) -> Any:
+    """The engine a config asks for (matching, priority floor, hostname, append_output)."""
     from sentinel.engine import Engine
 
     return Engine(

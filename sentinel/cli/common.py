@@ -10,7 +10,7 @@ from typing import TextIO
 from sentinel.alerts import Alert
 from sentinel.compiler import CompiledRules, compile_rules
 from sentinel.config import ConfigError, SentinelConfig, load_config
-from sentinel.loader import RulesError, load_ruleset
+from sentinel.loader import load_ruleset
 
 
 def load_compiled(paths: list[Path], err: TextIO = sys.stderr) -> CompiledRules | None:
@@ -78,7 +78,3 @@ class AlertSink:
     def close(self, timeout: float = 5.0) -> None:
         if self._dispatcher is not None:
             self._dispatcher.close(timeout)
-
-
-def rules_error_text(exc: RulesError) -> str:
-    return str(exc)

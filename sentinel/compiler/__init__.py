@@ -89,8 +89,6 @@ def compile_rules(rs: RuleSet, strict: bool = True) -> CompiledRules:
                 label,
                 code="evttypes",
             )
-        if r.action == "deny" and r.enabled:
-            pass  # kernel-side deny compilation belongs to the enforcement compiler
         out.rules.append(
             CompiledRule(
                 index=len(out.rules),

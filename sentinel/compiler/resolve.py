@@ -50,7 +50,6 @@ class Resolver:
         self.rs = rs
         self.diag = diag
         self._macro_cache: dict[str, ast.Expr | None] = {}
-        self._unknown_fields: set[str] = set()
 
     # -- parsing and checking one condition text -----------------------------------------
     def _parse(self, cond: CondText, ctx: _Ctx) -> ast.Expr | None:
@@ -75,7 +74,7 @@ class Resolver:
             out.append(ast.Value(text, True))
         return out
 
-    def _resolve_rhs(self, rhs: ast.Rhs | None, pos: ast.Pos) -> ast.Rhs | None:
+    def _resolve_rhs(self, rhs: ast.Rhs | None) -> ast.Rhs | None:
         if isinstance(rhs, ast.ListRef):
             items = self._list_items(rhs.name)
             if items is None:
@@ -173,7 +172,7 @@ class Resolver:
     def _resolve(self, e: ast.Expr) -> ast.Expr:
         """Resolve lists and type-check every check of one parsed condition."""
         if isinstance(e, ast.Check):
-            rhs = self._resolve_rhs(e.rhs, e.pos)
+            rhs = self._resolve_rhs(e.rhs)
             c = ast.Check(e.lhs, e.op, rhs, e.modifier, e.pos)
             if e.modifier and not isinstance(rhs, ast.ListValue):
                 raise CompileError(f"'{e.modifier}' needs a list of values", e.pos)

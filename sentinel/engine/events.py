@@ -6,7 +6,7 @@ the matcher can compare without conversions, and a bad line is reported by its n
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from sentinel.fields import FIELDS, FieldType, Kind
@@ -70,9 +70,10 @@ def normalize_event(obj: Any) -> dict[str, Any]:
 
 
 def read_events(
-    lines: Iterable[str], errors: list[EventLineError] | None = None
+    lines: Iterable[str], on_error: Callable[[EventLineError], None] | None = None
 ) -> Iterator[dict[str, Any]]:
-    """Yield events; bad lines raise, or are appended to ``errors`` and skipped."""
+    """Yield events as the lines arrive; a bad line raises, or goes to ``on_error`` and is
+    skipped."""
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue
@@ -80,6 +81,6 @@ def read_events(
             yield normalize_event(json.loads(line))
         except (ValueError, RecursionError) as exc:
             err = EventLineError(lineno, str(exc))
-            if errors is None:
+            if on_error is None:
                 raise err from None
-            errors.append(err)
+            on_error(err)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.cli.common import AlertSink, SinkError, config_or_exit, load_compiled
-from sentinel.engine import Engine, EventLineError, normalize_event
+from sentinel.engine import Engine, EventLineError, read_events
 
 
 def register(sub: Any) -> None:
@@ -78,24 +78,20 @@ def run(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"sentinel replay: {events}: {exc.strerror}", file=sys.stderr)
         return 2
-    import json
+
+    def report(err: EventLineError) -> None:
+        nonlocal bad
+        bad += 1
+        print(f"{name}:{err.lineno}: bad event: {err.message}", file=sys.stderr)
 
     try:
         with stream:
-            for lineno, line in enumerate(stream, 1):
-                if not line.strip():
-                    continue
-                try:
-                    event = normalize_event(json.loads(line))
-                except (ValueError, RecursionError) as exc:
-                    err = EventLineError(lineno, str(exc))
-                    print(f"{name}:{err.lineno}: bad event: {err.message}", file=sys.stderr)
-                    bad += 1
-                    if args.strict:
-                        return 1
-                    continue
+            for event in read_events(stream, None if args.strict else report):
                 for alert in engine.process(event):
                     sink.emit(alert)
+    except EventLineError as err:  # --strict: the first bad line ends the replay
+        report(err)
+        return 1
     finally:
         sink.close()
     if bad:

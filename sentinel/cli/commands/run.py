@@ -178,7 +178,9 @@ def run_live(
                 log(f"error processing a record: {exc!r}")
 
     prefilter_on = not args.no_prefilter
-    nwords = nwords_for(build_tables([(r.name, r.expr) for r in engine.rules]))
+    # built once here: sizes the programs' masks, then fills the maps at start
+    first_tables = build_tables([(r.name, r.expr) for r in engine.rules])
+    nwords = nwords_for(first_tables)
     sensor = Sensor(
         families,
         ringbuf_pages=config.ringbuf_pages,
@@ -188,10 +190,10 @@ def run_live(
     )
     prefilter: Prefilter | None = None
 
-    def load_prefilter() -> None:
+    def load_prefilter(tables: Any = None) -> None:
         if prefilter is not None:
-            rules = [(r.name, r.expr) for r in ops.engine.rules]
-            tables = build_tables(rules)
+            if tables is None:
+                tables = build_tables([(r.name, r.expr) for r in ops.engine.rules])
             counts = prefilter.load(tables)
             unfiltered = [f for f, t in tables.families.items() if t.pass_all]
             log(
@@ -217,7 +219,7 @@ def run_live(
             return 1
         if prefilter_on:
             prefilter = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES}, nwords)
-            load_prefilter()
+            load_prefilter(first_tables)
             pf = prefilter
             # the metrics collector reads "filtered" from the sensor (per event family)
             sensor.filtered = lambda: {k: v["dropped"] for k, v in pf.stats().items()}  # type: ignore[attr-defined]
@@ -312,7 +314,7 @@ class Enforcement:
         import dataclasses
 
         from sentinel.compiler.deny import DenyCompileError, compile_deny
-        from sentinel.engine import Engine
+        from sentinel.ops import default_engine
 
         deny = [r for r in compiled.enabled if r.action == "deny"]
         if deny and self.spec is None:
@@ -330,14 +332,7 @@ class Enforcement:
             elif r.action == "deny":
                 r = dataclasses.replace(r, action="deny-unenforced")
             rules.append(r)
-        compiled = dataclasses.replace(compiled, rules=rules)
-        self._engine = Engine(
-            compiled,
-            matching=config.matching,
-            hostname=config.hostname,
-            min_priority=config.minimum_priority,
-            append_output=config.append_output,
-        )
+        self._engine = default_engine(dataclasses.replace(compiled, rules=rules), config)
         return self._engine
 
     def _decide(self) -> None:
