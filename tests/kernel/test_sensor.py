@@ -316,18 +316,21 @@ def test_tty_of_a_shell_on_a_pty(live: LiveSensor, tmp_path: Path) -> None:
     out = tmp_path / "stat"
     body = tmp_path / "t.sh"
     body.write_text(f"read -r a b c d e f g rest < /proc/$$/stat\necho $g > {out}\n")
-    # script(1) runs the command on a fresh pseudo-terminal.
+    # script(1) runs the command on a fresh pseudo-terminal, through "$SHELL -c": with
+    # SHELL=/bin/sh that wrapper is itself an "sh" exec carrying the marker, so match the
+    # inner shell by its exact arguments.
     subprocess.run(
         ["script", "-qec", f"/bin/sh {body} {marker}", "/dev/null"],
         check=True,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
+        env={**os.environ, "SHELL": "/bin/sh"},
     )
     evs = live.wait_for(
         lambda e: (
             e["evt.type"] == "execve"
             and e["proc.name"] == "sh"
-            and marker in e.get("proc.args", "")
+            and e.get("proc.args", "") == f"{body} {marker}"
         )
     )
     assert len(evs) == 1
