@@ -4,8 +4,8 @@ The upstream Falco stable rules (``falco_rules.yaml``) are loaded into the real 
 its prefilter; the workload is ``find /usr -type f`` then ``xargs cat`` over (at most FILES of)
 the files found, measured as two phases: find walks directories with *relative* openat()
 calls, which the kernel filter cannot judge (it keeps them), while cat opens absolute paths.
-The kernel's own counters (``f_stats``) give dropped vs kept per event family; user space
-counts what actually arrived. The open-storm ratio to the
+The sensor's per-event-type counters (``Sensor.counts()``) give filtered vs passed per Falco
+event type; user space counts what actually arrived. The open-storm ratio to the
 empty-program floor is measured by ``bench_kernel`` (with and without the prefilter).
 """
 
@@ -55,25 +55,25 @@ def run(files: int = FILES) -> dict[str, Any]:
         def phase(name: str, argv: list[str], stdin: Any = None, stdout: Any = None) -> None:
             sensor.drain()
             arrived["n"] = 0
-            before = pf.stats()
+            before = sensor.counts()
             t0 = time.monotonic()
             # argv lists only: no shell anywhere
             proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL)
             while proc.poll() is None:
                 sensor.poll(50)
             sensor.drain()
-            after = pf.stats()
+            after = sensor.counts()
             phases[name] = {
                 "argv": " ".join(argv),
                 "seconds": round(time.monotonic() - t0, 2),
                 "records_reaching_user_space": arrived["n"],
-                "families": {
-                    fam: _share(
-                        after[fam]["dropped"] - before[fam]["dropped"],
-                        after[fam]["kept"] - before[fam]["kept"],
-                        tables.families[fam],
+                "evt_types": {
+                    t: _share(
+                        after[t]["filtered"] - before[t]["filtered"],
+                        after[t]["passed"] - before[t]["passed"],
                     )
-                    for fam in after
+                    for t in after
+                    if after[t] != before[t]
                 },
             }
 
@@ -86,16 +86,19 @@ def run(files: int = FILES) -> dict[str, Any]:
         listing.unlink()
     finally:
         sensor.close()
-    return {"rules": "falco_rules.yaml", "files": files, "phases": phases}
+    families = {
+        fam: {"filtered_in_kernel": not ft.pass_all, "why_not": ft.reason}
+        for fam, ft in tables.families.items()
+    }
+    return {"rules": "falco_rules.yaml", "files": files, "families": families, "phases": phases}
 
 
-def _share(dropped: int, kept: int, ft: Any) -> dict[str, Any]:
+def _share(filtered: int, passed: int) -> dict[str, Any]:
+    seen = filtered + passed
     return {
-        "dropped": dropped,
-        "kept": kept,
-        "filtered_share": round(dropped / (dropped + kept), 5) if dropped + kept else None,
-        "filtered_in_kernel": not ft.pass_all,
-        "why_not": ft.reason,
+        "filtered": filtered,
+        "passed": passed,
+        "filtered_share": round(filtered / seen, 5) if seen else None,
     }
 
 

@@ -15,7 +15,6 @@
 #define EV_EXIT 3
 #define EV_OPEN 4
 #define EV_CONNECT 5
-#define EV_MAX 6
 
 #define SC_OPEN 1
 #define SC_OPENAT 2
@@ -29,6 +28,24 @@
 #define FLAG_BASE_DIRFD 32
 #define FLAG_BASE_BAD 64
 #define FLAG_BASE_TRUNC 128
+#define FLAG_EXECVEAT 256       // exec: made by execveat(2), not execve(2)
+
+// Falco event types, for the per-type counters: keep in step with EVT_TYPES in
+// sentinel/kernel/sensor.py. Per type, [t * C_N + C_*] counts events the prefilter dropped,
+// events that passed it (sent or lost), and events lost (ring buffer full).
+#define T_EXECVE 0
+#define T_EXECVEAT 1
+#define T_CLONE 2
+#define T_PROCEXIT 3
+#define T_OPEN 4
+#define T_OPENAT 5
+#define T_OPENAT2 6
+#define T_CONNECT 7
+#define T_MAX 8
+#define C_FILTERED 0
+#define C_PASSED 1
+#define C_LOST 2
+#define C_N 3
 
 #define ARGS_SIZE 1024          // power of two: bounded reads mask with ARGS_SIZE - 1
 #define FNAME_SIZE 256
@@ -131,7 +148,7 @@ struct sc_args {
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(lost, u64, EV_MAX);
+BPF_PERCPU_ARRAY(counts, u64, T_MAX * C_N);
 BPF_PERCPU_ARRAY(pending, u64, 1);
 // Per-CPU scratch where an open record is assembled, then copied into the ring buffer with
 // only the bytes it uses (bpf_ringbuf_output): a short path costs 2 cache lines of ring
@@ -139,10 +156,17 @@ BPF_PERCPU_ARRAY(pending, u64, 1);
 // last touched them).
 BPF_PERCPU_ARRAY(open_scratch, struct open_ev_rel, 1);
 
-static __always_inline void count_lost(u32 type) {
-    u64 *v = lost.lookup(&type);
+static __always_inline void count(u32 t, u32 what) {
+    u32 i = t * C_N + what;
+    u64 *v = counts.lookup(&i);
     if (v)
         *v += 1;
+}
+
+// Whether the prefilter keeps an event of Falco type t; counts the verdict.
+static __always_inline int counted(u32 t, int keep) {
+    count(t, keep ? C_PASSED : C_FILTERED);
+    return keep;
 }
 
 static __always_inline void *rd_ptr(void *base, u32 off) {
@@ -169,13 +193,13 @@ static __always_inline int is_self(void) {
 
 // ---- prefilter hooks ---------------------------------------------------------------------
 // Return 0 to drop an event before it costs a ring-buffer reservation. Each hook gets what the
-// kernel knows at that point (the call's arguments and result). Today they keep everything but
-// Sentinel's own events; the in-kernel prefilter (bpf/filter.h, filled from the compiler's
-// kernel plan) replaces a hook by defining PREFILTER_<FAMILY> and its own function, in source
-// prepended to this file.
+// kernel knows at that point (the call's arguments and result). By default they keep
+// everything; the in-kernel prefilter (bpf/filter.h, filled from the compiler's kernel plan)
+// replaces a hook by defining PREFILTER_<FAMILY> and its own function, in source prepended to
+// this file. Sentinel's own events are dropped before the hooks, and not counted.
 #ifndef PREFILTER_PROC
 static __always_inline int prefilter_proc(u32 type) {
-    return !is_self();
+    return 1;
 }
 #endif
 #ifndef PREFILTER_OPEN
@@ -270,17 +294,31 @@ static __always_inline u32 walk_path(char *buf, void *dentry, void *vfsmnt, void
 
 // ---------------------------------------------------------------------------------- exec
 
+// execve or execveat. The syscall number is gone by now (x86 resets the saved registers for
+// the new image), but an execveat that names its file by a directory fd (fexecve, fileless
+// memfd execution, a path relative to a dirfd) leaves bprm->fdpath ("/dev/fd/N[/name]").
+// An execveat with AT_FDCWD or an absolute path is indistinguishable from execve here and
+// counts as execve (failed ones are told apart exactly, at their own syscall exits).
+static __always_inline u32 exec_type(void *bprm) {
+    return rd_ptr(bprm, OFF_BPRM_FDPATH) ? T_EXECVEAT : T_EXECVE;
+}
+
 RAW_TRACEPOINT_PROBE(sched_process_exec) {
     void *task = (void *)ctx->args[0];
     void *bprm = (void *)ctx->args[2];
-    if (!prefilter_proc(EV_EXEC))
+    if (is_self())
+        return 0;
+    u32 t = exec_type(bprm);
+    if (!counted(t, prefilter_proc(EV_EXEC)))
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
-        count_lost(EV_EXEC);
+        count(t, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_EXEC, task);
+    if (t == T_EXECVEAT)
+        e->h.flags |= FLAG_EXECVEAT;
     e->old_pid = (u32)ctx->args[1];
     e->res = 0;
 
@@ -344,11 +382,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
 
 RAW_TRACEPOINT_PROBE(sched_process_fork) {
     void *child = (void *)ctx->args[1];
-    if (!prefilter_proc(EV_FORK))
+    if (is_self() || !counted(T_CLONE, prefilter_proc(EV_FORK)))
         return 0;
     struct fork_ev *e = events.ringbuf_reserve(sizeof(struct fork_ev));
     if (!e) {
-        count_lost(EV_FORK);
+        count(T_CLONE, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_FORK, (void *)bpf_get_current_task());
@@ -370,11 +408,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exit) {
     if ((u32)pt != (u32)(pt >> 32))
         return 0;
 #endif
-    if (!prefilter_proc(EV_EXIT))
+    if (is_self() || !counted(T_PROCEXIT, prefilter_proc(EV_EXIT)))
         return 0;
     struct exit_ev *e = events.ringbuf_reserve(sizeof(struct exit_ev));
     if (!e) {
-        count_lost(EV_EXIT);
+        count(T_PROCEXIT, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_EXIT, task);
@@ -403,17 +441,19 @@ static __always_inline void read_args(struct sc_args *a) {
 // execve); the process image is unchanged, so only the attempted path and argv are recorded.
 #define FAILED_EXEC_ARGS 16
 
-static __always_inline int emit_exec_failure(long ret, u64 fname, u64 argvp) {
+static __always_inline int emit_exec_failure(long ret, u64 fname, u64 argvp, u32 t) {
     if (ret >= 0 || is_self())
         return 0;
-    if (!prefilter_proc(EV_EXEC))
+    if (!counted(t, prefilter_proc(EV_EXEC)))
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
-        count_lost(EV_EXEC);
+        count(t, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_EXEC, 0);
+    if (t == T_EXECVEAT)
+        e->h.flags |= FLAG_EXECVEAT;
     e->tty = 0;
     e->sid = 0;
     e->pgid = 0;
@@ -450,7 +490,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execve) {
         return 0;
     struct sc_args a = {};
     read_args(&a);
-    return emit_exec_failure(args->ret, a.a0, a.a1);
+    return emit_exec_failure(args->ret, a.a0, a.a1, T_EXECVE);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execveat) {
@@ -458,7 +498,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat) {
         return 0;
     struct sc_args a = {};
     read_args(&a);
-    return emit_exec_failure(args->ret, a.a1, a.a2);
+    return emit_exec_failure(args->ret, a.a1, a.a2, T_EXECVEAT);
 }
 #endif
 
@@ -523,7 +563,8 @@ static __always_inline int emit_open(long ret, u32 sc) {
         flags = how[0];
         mode = how[1];
     }
-    if (!prefilter_open((u32)flags, (const char *)path, ret))
+    u32 t = sc == SC_OPEN ? T_OPEN : sc == SC_OPENAT ? T_OPENAT : T_OPENAT2;
+    if (!counted(t, prefilter_open((u32)flags, (const char *)path, ret)))
         return 0;
     u32 zero = 0;
     struct open_ev_rel *r = open_scratch.lookup(&zero);
@@ -552,7 +593,7 @@ static __always_inline int emit_open(long ret, u32 sc) {
         size = sizeof(struct open_ev_rel);
     }
     if (events.ringbuf_output(e, size, wakeup_flags(EV_OPEN)) != 0)
-        count_lost(EV_OPEN);
+        count(t, C_LOST);
     return 0;
 }
 
@@ -576,11 +617,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
         return 0;
     struct sc_args a = {};
     read_args(&a);
-    if (!prefilter_connect((const void *)a.a1, (u32)a.a2, args->ret))
+    if (!counted(T_CONNECT, prefilter_connect((const void *)a.a1, (u32)a.a2, args->ret)))
         return 0;
     struct connect_ev *e = events.ringbuf_reserve(sizeof(struct connect_ev));
     if (!e) {
-        count_lost(EV_CONNECT);
+        count(T_CONNECT, C_LOST);
         return 0;
     }
     void *task = (void *)bpf_get_current_task();

@@ -40,6 +40,7 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_FDT_MAX_FDS": ("fdtable", "max_fds"),
     "OFF_BPRM_FILENAME": ("linux_binprm", "filename"),
     "OFF_BPRM_FILE": ("linux_binprm", "file"),
+    "OFF_BPRM_FDPATH": ("linux_binprm", "fdpath"),
     "OFF_SIGNAL_TTY": ("signal_struct", "tty"),
     "OFF_SIGNAL_PIDS": ("signal_struct", "pids"),
     "OFF_PID_NUMBERS": ("pid", "numbers"),

@@ -101,16 +101,7 @@ def sensor_prelude() -> str:
 #define PREFILTER_PROC 1
 #define PREFILTER_OPEN 1
 #define PREFILTER_CONNECT 1
-static __always_inline int f_is_self(void) {
-#ifdef SELF_TGID
-    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
-#else
-    return 0;
-#endif
-}
 static __always_inline int prefilter_proc(u32 type) {
-    if (f_is_self())
-        return 0;
     return type == 1 ? f_exec() : 1;   // EV_EXEC is filtered; fork/exit keep the process table
 }
 static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {

@@ -40,6 +40,7 @@ FLAG_THREAD = 16
 FLAG_BASE_DIRFD = 32
 FLAG_BASE_BAD = 64
 FLAG_BASE_TRUNC = 128
+FLAG_EXECVEAT = 256  # exec: made by execveat(2)
 
 HDR = struct.Struct("<QIIIIIIIIQ16s")  # 64 bytes
 EXEC_FIXED = struct.Struct("<IIIIIIIi")  # after the header

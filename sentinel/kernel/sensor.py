@@ -10,8 +10,9 @@ Why this way:
   tracepoints that keep the process table exact (exec, fork, exit) are nearly free and always on.
 - Only sys_exit_* syscall tracepoints: the arguments are read from the saved user registers,
   so no enter probe (and no enter->exit map) is needed.
-- One ring buffer carries all records; reserve failures are counted per event type in a per-CPU
-  map (bcc's ring buffer has no lost callback) and read with :meth:`Sensor.lost`.
+- One ring buffer carries all records. Per Falco event type, a per-CPU map counts the events
+  the prefilter dropped, those it passed, and the reserve failures among them (bcc's ring
+  buffer has no lost callback); read with :meth:`Sensor.counts` and :meth:`Sensor.lost`.
 - bcc (LLVM) runs in a short-lived child (:mod:`sentinel.kernel.loader`) that hands back the
   attachment and map fds; this process reads the ring from its mmap (:mod:`.ringbuf`).
 """
@@ -28,7 +29,6 @@ from pathlib import Path
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
 from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
-from sentinel.kernel.records import EV_NAMES
 from sentinel.kernel.ringbuf import RingBufferReader
 from sentinel.paths import BPF_DIR
 
@@ -55,6 +55,10 @@ FAMILY_TRACEPOINTS: dict[str, tuple[str, ...]] = {
     "connect": ("connect",),
     "execve": ("execve", "execveat"),  # failed execs only; successes come from sched
 }
+
+# Falco event types the sensor emits, in the order of the T_* codes in bpf/sensor.bpf.c.
+EVT_TYPES = ("execve", "execveat", "clone", "procexit", "open", "openat", "openat2", "connect")
+COUNTERS = ("filtered", "passed", "lost")  # C_FILTERED, C_PASSED, C_LOST
 
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
@@ -186,7 +190,7 @@ class Sensor:
         try:
             # A child process runs bcc (compile, verify, attach) and passes back the fds.
             self._loaded = load_in_child(
-                self.source, cflags, ["events", "lost", *self.extra_maps], prelude=self.prelude
+                self.source, cflags, ["events", "counts", *self.extra_maps], prelude=self.prelude
             )
         except LoaderError as exc:
             raise SensorError(str(exc)) from None
@@ -228,15 +232,25 @@ class Sensor:
             for raw in batch:
                 callback(raw)
 
-    def lost(self) -> dict[str, int]:
-        """Reserve failures (lost records) per event type since start."""
-        out: dict[str, int] = {}
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per Falco event type, since start: events the prefilter ``filtered`` (dropped in
+        the kernel), events it ``passed`` towards user space, and those of them ``lost``
+        (ring buffer full). Sentinel's own events are not counted. Events seen by the
+        kernel = filtered + passed; delivered = passed - lost."""
+        out: dict[str, dict[str, int]] = {}
         if self._loaded is None:
             return out
-        fd = self._loaded.maps["lost"]
-        for type_id, name in EV_NAMES.items():
-            out[name] = sum(percpu_u64(fd, type_id, self._ncpus))
+        fd = self._loaded.maps["counts"]
+        n = len(COUNTERS)
+        for i, name in enumerate(EVT_TYPES):
+            out[name] = {
+                c: sum(percpu_u64(fd, i * n + j, self._ncpus)) for j, c in enumerate(COUNTERS)
+            }
         return out
+
+    def lost(self) -> dict[str, int]:
+        """Reserve failures (lost records) per Falco event type since start."""
+        return {t: c["lost"] for t, c in self.counts().items()}
 
     def close(self) -> None:
         """Detach everything (closing the attachment fds detaches the programs)."""

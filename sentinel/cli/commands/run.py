@@ -21,6 +21,20 @@ from typing import IO, Any
 from sentinel.paths import RULES_DIR
 
 LOSS_REPORT_SECS = 10.0
+COUNTS_REPORT_SECS = 60.0
+
+
+def kernel_counts(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The sensor's per-type counters as flat log fields (``passed_openat=12``...), nonzero
+    ones only: what the kernel filtered, passed and lost per Falco event type."""
+    return {
+        f"{key}_{evt_type}": n
+        for evt_type, values in counts.items()
+        for key, n in values.items()
+        if n
+    }
+
+
 METADATA_WAIT_S = 1.0  # longest an alert waits for its container's name and image
 
 
@@ -220,9 +234,6 @@ def run_live(
         if prefilter_on:
             prefilter = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES}, nwords)
             load_prefilter(first_tables)
-            pf = prefilter
-            # the metrics collector reads "filtered" from the sensor (per event family)
-            sensor.filtered = lambda: {k: v["dropped"] for k, v in pf.stats().items()}  # type: ignore[attr-defined]
 
         def emit_deny(alert: Any) -> None:
             ops.alert(alert)
@@ -247,8 +258,9 @@ def run_live(
             seconds=f"{armed:.2f}",
         )
         deadline = None if args.duration is None else time.monotonic() + args.duration
-        last_report = time.monotonic()
+        last_report = last_counts = time.monotonic()
         reported: dict[str, int] = {}
+        reported_counts: dict[str, int] = {}
         while not stopping:
             sensor.poll()
             waiter.run_due()
@@ -270,6 +282,12 @@ def run_live(
                 if lost != reported and any(lost.values()):
                     log("lost events", **{k: v for k, v in lost.items() if v})
                     reported = lost
+            if now - last_counts >= COUNTS_REPORT_SECS:
+                last_counts = now
+                counts = kernel_counts(sensor.counts())
+                if counts != reported_counts:
+                    log("kernel events", **counts)
+                    reported_counts = counts
         sensor.drain()
         waiter.run_due(flush=True)
         lost = sensor.lost()
@@ -279,7 +297,7 @@ def run_live(
             alerts=stats["alerts"],
             errors=stats["errors"],
             lost=sum(lost.values()),
-            **{f"lost_{k}": v for k, v in lost.items() if v},
+            **kernel_counts(sensor.counts()),
         )
         return 0
     finally:
