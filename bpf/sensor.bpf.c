@@ -53,6 +53,7 @@
 #define WALK_SIZE 768           // a dentry walk: NUL-separated components, leaf first
 #define WALK_LIMIT 512          // stop writing components past this offset
 #define NAME_MAX_READ 256
+#define EXE_END 512             // the executable's path ends here in exec_ev.exe (right-aligned)
 // Components per dentry walk. Every iteration is verified separately (bcc cannot emit the
 // bpf_loop() callback that would avoid it), so depth is start-up time: 16 keeps the load under
 // half a second. A deeper path is flagged truncated and user space falls back to /proc.
@@ -88,7 +89,7 @@ struct exec_ev {
     u32 sid;
     u32 pgid;
     u32 args_len;     // bytes of args[] used (NUL-separated argv)
-    u32 exe_len;      // bytes of exe[] used (walk of bprm->file)
+    u32 exe_len;      // length of the executable's path, which ends at exe[EXE_END]
     u32 cwd_len;      // bytes of cwd[] used (walk of fs->pwd)
     u32 old_pid;
     s32 res;          // 0 (sched_process_exec), or -errno of a failed execve/execveat
@@ -155,6 +156,14 @@ BPF_PERCPU_ARRAY(pending, u64, 1);
 // instead of 6, and ring lines are what the producer pays for (the reader on the other CPU
 // last touched them).
 BPF_PERCPU_ARRAY(open_scratch, struct open_ev_rel, 1);
+// Per-CPU scratch for the executable's path: built once, before the prefilter judges it and
+// the record is reserved, then copied into the record.
+struct exe_buf {
+    char b[WALK_SIZE];
+    u32 len;
+    u32 trunc;
+};
+BPF_PERCPU_ARRAY(exe_scratch, struct exe_buf, 1);
 
 static __always_inline void count(u32 t, u32 what) {
     u32 i = t * C_N + what;
@@ -199,6 +208,13 @@ static __always_inline int is_self(void) {
 // this file. Sentinel's own events are dropped before the hooks, and not counted.
 #ifndef PREFILTER_PROC
 static __always_inline int prefilter_proc(u32 type) {
+    return 1;
+}
+#endif
+#ifndef PREFILTER_EXEC
+// exe: the executable's path (len bytes, exactly what user space reports as proc.exepath), or
+// len 0 when it is not known here (a failed exec, a walk cut short).
+static __always_inline int prefilter_exec(const char *exe, u32 len) {
     return 1;
 }
 #endif
@@ -292,6 +308,56 @@ static __always_inline u32 walk_path(char *buf, void *dentry, void *vfsmnt, void
     return off;
 }
 
+// Walk like walk_path(), but write the path forward ("/usr/bin/ls"), right-aligned so that it
+// ends at buf[EXE_END]: one string that the prefilter looks up and user space reads as is.
+// Names are copied by their d_name length. Sets x->len to the path's length (0 when the file
+// is the root itself or has no name) and x->trunc when depth or room ran out.
+static __always_inline void walk_path_fwd(struct exe_buf *x, void *dentry, void *vfsmnt,
+                                          void *root_dentry, void *root_mnt) {
+    char *buf = x->b;
+    u32 pos = EXE_END;
+    void *mnt = vfsmnt - OFF_MOUNT_MNT;
+    u32 trunc_v = 1;
+    u32 *trunc = &trunc_v;
+    int i;
+    for (i = 0; i < WALK_DEPTH; i++) {
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            *trunc = 0;
+            break;
+        }
+        void *mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
+        if (dentry == mnt_root) {
+            void *parent_mnt = rd_ptr(mnt, OFF_MOUNT_MNT_PARENT);
+            if (parent_mnt == mnt || !parent_mnt) {
+                *trunc = 0;
+                break;
+            }
+            dentry = rd_ptr(mnt, OFF_MOUNT_MNT_MOUNTPOINT);
+            mnt = parent_mnt;
+            vfsmnt = mnt + OFF_MOUNT_MNT;
+            continue;
+        }
+        void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
+        if (parent == dentry || !parent) {
+            *trunc = 0;
+            break;
+        }
+        u32 len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
+        if (len == 0 || len >= NAME_MAX_READ || len + 1 > pos)
+            break;                      // no room left (or a nameless dentry): truncated
+        asm volatile("" : "+r"(len));   // keep the mask below: it bounds the copy for the verifier
+        pos -= len;
+        void *name = rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
+        if (bpf_probe_read_kernel(&buf[pos & (EXE_END - 1)], len & (NAME_MAX_READ - 1), name))
+            break;
+        pos -= 1;
+        buf[pos & (EXE_END - 1)] = '/';
+        dentry = parent;
+    }
+    x->len = EXE_END - pos;
+    x->trunc = trunc_v;
+}
+
 // ---------------------------------------------------------------------------------- exec
 
 // execve or execveat. The syscall number is gone by now (x86 resets the saved registers for
@@ -309,7 +375,28 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (is_self())
         return 0;
     u32 t = exec_type(bprm);
-    if (!counted(t, prefilter_proc(EV_EXEC)))
+    // The executable's path (symlinks resolved), walked once: the prefilter judges it and the
+    // record carries it.
+    u32 zero = 0;
+    struct exe_buf *xb = exe_scratch.lookup(&zero);
+    if (!xb)
+        return 0;
+    void *fs = rd_ptr(task, OFF_TASK_FS);
+    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    xb->len = 0;
+    xb->trunc = 0;
+    void *file = rd_ptr(bprm, OFF_BPRM_FILE);
+    if (file)
+        walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                      rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
+    // Read back through memory (volatile): the verifier then sees one unknown length instead
+    // of one exact value per way the walk can end, and verifies what follows once, not per
+    // walk outcome (that multiplied the program's states past the loader's time limit).
+    u32 exe_len = *(volatile u32 *)&xb->len;
+    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
+    u32 known = exe_trunc ? 0 : exe_len & (EXE_END - 1);
+    if (!counted(t, prefilter_exec(xb->b + EXE_END - known, known)))
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
@@ -340,20 +427,12 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (alen > 0 && bpf_probe_read_user(&e->args, alen & (ARGS_SIZE - 1) ? alen & (ARGS_SIZE - 1) : ARGS_SIZE, (void *)as) == 0)
         e->args_len = alen;
 
-    // Executable path (symlinks resolved) and cwd, as dentry walks to the task's root.
-    void *fs = rd_ptr(task, OFF_TASK_FS);
-    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
-    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    // The executable's path, from the walk above; the cwd, as a dentry walk to the task's root.
+    bpf_probe_read_kernel(e->exe, WALK_SIZE, xb->b);
+    e->exe_len = exe_len;
+    if (exe_trunc)
+        e->h.flags |= FLAG_EXE_TRUNC;
     u32 trunc = 0;
-    void *file = rd_ptr(bprm, OFF_BPRM_FILE);
-    e->exe_len = 0;
-    if (file) {
-        e->exe_len = walk_path(e->exe, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
-                               rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry,
-                               root_mnt, &trunc);
-        if (trunc)
-            e->h.flags |= FLAG_EXE_TRUNC;
-    }
     e->cwd_len = walk_path(e->cwd, rd_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY),
                            rd_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT), root_dentry, root_mnt, &trunc);
     if (trunc)
@@ -444,7 +523,7 @@ static __always_inline void read_args(struct sc_args *a) {
 static __always_inline int emit_exec_failure(long ret, u64 fname, u64 argvp, u32 t) {
     if (ret >= 0 || is_self())
         return 0;
-    if (!counted(t, prefilter_proc(EV_EXEC)))
+    if (!counted(t, prefilter_exec(0, 0)))  // the image is unchanged: no new executable path
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {

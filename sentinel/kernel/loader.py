@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,12 +52,15 @@ def load_in_child(
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
     ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks)."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with parent_sock, child_sock:
+    # The child's stderr goes to a file, not a pipe: a rejected program's verifier log is
+    # often larger than a pipe holds, and the child would block writing it while we wait for
+    # its fds (seen: a load "timing out" instead of naming the verifier's complaint).
+    with parent_sock, child_sock, tempfile.TemporaryFile() as errf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sentinel.kernel.loader", str(child_sock.fileno())],
             pass_fds=[child_sock.fileno()],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=errf,
         )
         child_sock.close()
         request = {"source": str(source), "cflags": cflags, "maps": maps, "prelude": prelude}
@@ -66,8 +70,11 @@ def load_in_child(
             msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 1 << 20, MAX_FDS)
         except TimeoutError:
             proc.kill()
+            proc.wait()
             raise LoaderError("the BPF loader timed out") from None
-        _out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
+        errf.seek(0)
+        err = errf.read()
     if not msg:
         text = err.decode("utf-8", "replace").strip().splitlines()
         last = next((x for x in reversed(text) if x.strip()), "no output")

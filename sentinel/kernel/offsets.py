@@ -29,6 +29,7 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_PATH_DENTRY": ("path", "dentry"),
     "OFF_DENTRY_D_PARENT": ("dentry", "d_parent"),
     "OFF_DENTRY_D_NAME_NAME": ("dentry", "d_name.name"),
+    "OFF_DENTRY_D_NAME_LEN": ("dentry", "d_name.len"),
     "OFF_VFSMOUNT_MNT_ROOT": ("vfsmount", "mnt_root"),
     "OFF_MOUNT_MNT": ("mount", "mnt"),
     "OFF_MOUNT_MNT_PARENT": ("mount", "mnt_parent"),

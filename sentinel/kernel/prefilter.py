@@ -98,11 +98,12 @@ def source() -> str:
 def sensor_prelude() -> str:
     """filter.h plus the sensor's prefilter hooks (see the hooks in ``bpf/sensor.bpf.c``)."""
     hooks = r"""
-#define PREFILTER_PROC 1
+#define PREFILTER_EXEC 1
 #define PREFILTER_OPEN 1
 #define PREFILTER_CONNECT 1
-static __always_inline int prefilter_proc(u32 type) {
-    return type == 1 ? f_exec() : 1;   // EV_EXEC is filtered; fork/exit keep the process table
+// (fork and exit are never filtered: they keep the process table exact)
+static __always_inline int prefilter_exec(const char *exe, u32 len) {
+    return f_exec(exe, len);
 }
 static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {
     struct f_state st = {};
