@@ -390,9 +390,9 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (file)
         walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
                       rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
-    // Read back through memory (volatile): the verifier then sees one unknown length instead
-    // of one exact value per way the walk can end, and verifies what follows once, not per
-    // walk outcome (that multiplied the program's states past the loader's time limit).
+    // Read back through memory (volatile), so the filter below works on one unknown length
+    // rather than on whatever clang can prove about each way the walk ends; every copy it
+    // makes is bounded by masks of its own.
     u32 exe_len = *(volatile u32 *)&xb->len;
     u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     u32 known = exe_trunc ? 0 : exe_len & (EXE_END - 1);
