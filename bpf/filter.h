@@ -384,16 +384,21 @@ static __always_inline int f_keep(struct f_state *st, u32 fam, int keep) {
     return keep;
 }
 
-// exec (sched_process_exec): comm, uid and the executable's path (see f_exe_dims) are final
-// here. Returns 1 to keep.
-static __always_inline int f_exec(const char *exe, u32 len) {
-    struct f_state st = {};
-    if (!f_begin(&st, F_FAM_EXEC))
+// exec (sched_process_exec), in two steps so that the executable's path is walked only when
+// some rule still alive needs it. f_exec_pre() tests comm and uid: 0 drop, 1 keep, 2 keep if
+// f_exec_path() with the executable's path (see f_exe_dims) says so; st carries the state.
+static __always_inline int f_exec_pre(struct f_state *st) {
+    if (!f_begin(st, F_FAM_EXEC))
         return 1;
-    int keep = f_alive(&st) && f_comm_dim(&st, F_FAM_EXEC) &&
-               f_num_dim(&st, F_FAM_EXEC, D_UID, (u32)bpf_get_current_uid_gid()) &&
-               f_exe_dims(&st, exe, len);
-    return f_keep(&st, F_FAM_EXEC, keep);
+    int keep = f_alive(st) && f_comm_dim(st, F_FAM_EXEC) &&
+               f_num_dim(st, F_FAM_EXEC, D_UID, (u32)bpf_get_current_uid_gid());
+    if (keep && (f_needs(st, D_PATH) || f_needs(st, D_PATH_PREFIX) || f_needs(st, D_PATH_SUFFIX)))
+        return 2;
+    return f_keep(st, F_FAM_EXEC, keep);
+}
+
+static __always_inline int f_exec_path(struct f_state *st, const char *exe, u32 len) {
+    return f_keep(st, F_FAM_EXEC, f_exe_dims(st, exe, len));
 }
 
 // open, at sys_enter: everything but the result. 0: drop now (do not even stash the call).

@@ -212,9 +212,18 @@ static __always_inline int prefilter_proc(u32 type) {
 }
 #endif
 #ifndef PREFILTER_EXEC
-// exe: the executable's path (len bytes, exactly what user space reports as proc.exepath), or
-// len 0 when it is not known here (a failed exec, a walk cut short).
-static __always_inline int prefilter_exec(const char *exe, u32 len) {
+// An exec, in two steps: _pre() returns 0 (drop), 1 (keep) or 2 (ask _path() with the
+// executable's path: len bytes, exactly what user space reports as proc.exepath, or len 0 when
+// it is not known here, for a failed exec or a walk cut short). The path is walked only for 2.
+// The state between the two lives on the caller's stack (the prefilter renames the struct).
+struct pf_exec_state {
+    u32 unused;
+};
+static __always_inline int prefilter_exec_pre(struct pf_exec_state *st) {
+    return 1;
+}
+static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const char *exe,
+                                               u32 len) {
     return 1;
 }
 #endif
@@ -375,8 +384,14 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (is_self())
         return 0;
     u32 t = exec_type(bprm);
-    // The executable's path (symlinks resolved), walked once: the prefilter judges it and the
-    // record carries it.
+    struct pf_exec_state pst = {};
+    int verdict = prefilter_exec_pre(&pst);
+    if (!verdict) {
+        count(t, C_FILTERED);
+        return 0;
+    }
+    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
+    // the record carries it.
     u32 zero = 0;
     struct exe_buf *xb = exe_scratch.lookup(&zero);
     if (!xb)
@@ -396,8 +411,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     u32 exe_len = *(volatile u32 *)&xb->len;
     u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     u32 known = exe_trunc ? 0 : exe_len & (EXE_END - 1);
-    if (!counted(t, prefilter_exec(xb->b + EXE_END - known, known)))
+    if (verdict == 2 && !prefilter_exec_path(&pst, xb->b + EXE_END - known, known)) {
+        count(t, C_FILTERED);
         return 0;
+    }
+    count(t, C_PASSED);
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
         count(t, C_LOST);
@@ -523,7 +541,9 @@ static __always_inline void read_args(struct sc_args *a) {
 static __always_inline int emit_exec_failure(long ret, u64 fname, u64 argvp, u32 t) {
     if (ret >= 0 || is_self())
         return 0;
-    if (!counted(t, prefilter_exec(0, 0)))  // the image is unchanged: no new executable path
+    struct pf_exec_state pst = {};
+    int verdict = prefilter_exec_pre(&pst);  // the image is unchanged: no new executable path
+    if (!counted(t, verdict == 2 ? prefilter_exec_path(&pst, 0, 0) : verdict))
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {

@@ -102,8 +102,12 @@ def sensor_prelude() -> str:
 #define PREFILTER_OPEN 1
 #define PREFILTER_CONNECT 1
 // (fork and exit are never filtered: they keep the process table exact)
-static __always_inline int prefilter_exec(const char *exe, u32 len) {
-    return f_exec(exe, len);
+#define pf_exec_state f_state
+static __always_inline int prefilter_exec_pre(struct f_state *st) {
+    return f_exec_pre(st);
+}
+static __always_inline int prefilter_exec_path(struct f_state *st, const char *exe, u32 len) {
+    return f_exec_path(st, exe, len);
 }
 static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {
     struct f_state st = {};
