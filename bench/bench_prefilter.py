@@ -7,6 +7,10 @@ calls, which the kernel filter cannot judge (it keeps them), while cat opens abs
 The sensor's per-event-type counters (``Sensor.counts()``) give filtered vs passed per Falco
 event type; user space counts what actually arrived. The open-storm ratio to the
 empty-program floor is measured by ``bench_kernel`` (with and without the prefilter).
+
+Second part: the BPF time of the exec program (kernel bpf_stats) per exec of ``/bin/true``,
+with one rule each: dropped on comm, dropped on the executable's path (prefix, suffix: the
+path is walked only then), and kept (the full record is built).
 """
 
 from __future__ import annotations
@@ -102,11 +106,63 @@ def _share(filtered: int, passed: int) -> dict[str, Any]:
     }
 
 
+EXEC_RULES = {
+    "dropped_on_comm": "evt.type = execve and proc.name = zzzz",
+    "dropped_on_exepath_prefix": "evt.type = execve and proc.exepath startswith /opt/zz/",
+    "dropped_on_exepath_suffix": "evt.type = execve and proc.exepath endswith /zzz",
+    "kept_on_exepath": "evt.type = execve and proc.exepath = {true}",
+}
+EXECS = 2000
+
+
+def exec_costs(execs: int = EXECS) -> dict[str, Any]:
+    """BPF ns per exec for each rule of EXEC_RULES (one sensor each; sched tracepoints only)."""
+    import tempfile
+
+    from bench.bench_kernel import BpfStats
+    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
+    from sentinel.kernel.sensor import Sensor
+
+    true = os.path.realpath("/bin/true")
+    out: dict[str, Any] = {"execs": execs, "binary": true}
+    for name, cond in EXEC_RULES.items():
+        with tempfile.TemporaryDirectory() as d:
+            rules = Path(d) / "r.yaml"
+            rules.write_text(
+                f"- rule: R\n  desc: d\n  condition: >-\n    {cond.format(true=true)}\n"
+                "  output: o\n  priority: INFO\n"
+            )
+            engine = Engine(compile_rules(load_rules([rules])))
+        sensor = Sensor([], prelude=sensor_prelude(), maps=list(MAP_NAMES), extra_cflags=cflags())
+        stats = BpfStats()
+        try:
+            sensor.start(lambda _raw: None)
+            pf = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES})
+            pf.load(build_tables([(r.name, r.expr) for r in engine.rules]))
+            before = sensor.counts()["execve"]
+            # argv lists only; the loop is sh's own, /bin/true is exec'd each time
+            loop = f"i=0; while [ $i -lt {execs} ]; do {true}; i=$((i+1)); done"
+            subprocess.run(["sh", "-c", loop], check=True)
+            ns = stats.ns_per_run("sched_process_exec")
+            sensor.drain()
+            after = sensor.counts()["execve"]
+        finally:
+            stats.close()
+            sensor.close()
+        out[name] = {
+            "bpf_ns_per_exec": round(ns) if ns else None,
+            "filtered": after["filtered"] - before["filtered"],
+            "passed": after["passed"] - before["passed"],
+        }
+    return out
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("bench prefilter: needs root", file=sys.stderr)
         return 1
     res = run()
+    res["exec_bpf_cost"] = exec_costs()
     print(json.dumps(res, indent=2))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
