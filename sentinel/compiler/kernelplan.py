@@ -219,10 +219,8 @@ def abstract(c: ast.Check, family: str) -> Constraint | object:
             if exact:
                 if all(len(v.encode()) <= PATH_MAX_KEY for v in vals):
                     return Constraint(Dim.PATH, frozenset(vals))
-                return Constraint(
-                    Dim.PATH_PREFIX,
-                    frozenset(v.encode()[:PATH_MAX_KEY].decode("utf-8", "ignore") for v in vals),
-                )
+                # Too long for the exact-path hash: its head, as a prefix the trie can hold.
+                return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
             if op in ("startswith", "pmatch"):
                 return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
             if op == "endswith":

@@ -257,6 +257,8 @@ class Prefilter:
 
     def _lpm_put(self, data: bytes, prefixlen: int, mask: int) -> None:
         key = LpmKey()
+        if len(data) > ctypes.sizeof(key.data):  # memmove below would write past the key
+            raise ValueError(f"LPM key of {len(data)} bytes exceeds {ctypes.sizeof(key.data)}")
         key.prefixlen = prefixlen
         ctypes.memmove(ctypes.addressof(key.data), data, len(data))
         map_update(self.fds["f_lpm"], key, _u64s(mask, self.nwords))

@@ -401,3 +401,18 @@ def test_explain_names_the_executable_path(tmp_path: Path) -> None:
     assert fams["exec"]["filtered"] is True
     assert fams["exec"]["exact_entries"]["proc.exepath"] == 2
     assert fams["exec"]["lpm_entries"] == {"proc.exepath prefix": 1, "proc.exepath suffix": 1}
+
+
+def test_exact_path_longer_than_a_hash_key_becomes_a_prefix_the_trie_holds(
+    tmp_path: Path,
+) -> None:
+    """An fd.name too long for the exact-path hash is kept as its head: that head must fit an
+    LPM key (the kernel and the model look up at most LPM_PAYLOAD bytes), or the long path
+    itself would be dropped."""
+    long_path = "/" + "a" * 150 + "/" + "b" * 150
+    engine = _engine(tmp_path, [f"evt.type = openat and fd.name = {long_path}"])
+    tables = build_tables([(r.name, r.expr) for r in engine.rules])
+    assert passes(tables, KernelView("open", "cat", 0, path=long_path))
+    assert not passes(tables, KernelView("open", "cat", 0, path="/usr/lib/x.so"))
+    payloads = [p for lpm in tables.families["open"].lpm.values() for p in lpm]
+    assert payloads and all(len(p) <= 252 for p in payloads)
