@@ -25,7 +25,9 @@ mappings); ``sendto``/``sendmsg`` with an address on an unconnected UDP socket i
 connect and is not covered. The dentry walk is bounded (32 levels, mount crossings included)
 for the verifier: protected trees deeper than that are refused at load (lsm_policy), and an
 exec too deep to check is denied while exec-prefix rules are loaded (fail closed). The policy is
-fixed for the enforcer's lifetime: to change it, start a new LsmEnforcer and close the old.
+replaced live with :meth:`LsmEnforcer.update`: every policy map holds two slots, a reload fills
+the idle one and publishes it with one generation switch (see ``bpf/lsm.c``), so each hook
+sees the whole old or the whole new policy; a path protected by both is never unprotected.
 """
 
 from __future__ import annotations
@@ -45,6 +47,15 @@ import structlog
 
 from sentinel.kernel.btf import Btf, BtfError, vmlinux_btf
 from sentinel.kernel.lsm_btf import arg_index, lsm_hooks
+from sentinel.kernel.lsm_maps import (
+    MAX_IDENTS,
+    MAX_NET_PORTS,
+    MAX_NETS,
+    POLICY_MAPS,
+    MapsError,
+    PolicyMaps,
+    check_size,
+)
 from sentinel.kernel.lsm_policy import (
     ConnectDeny,
     DenyPolicy,
@@ -200,9 +211,6 @@ ARG_POSITIONS: dict[str, tuple[str, str, tuple[int, ...]]] = {
 
 _log = structlog.get_logger("sentinel.lsm")
 
-MAX_IDENTS = 65536
-MAX_NETS = 4096
-MAX_NET_PORTS = 16384
 MAX_OPEN_FILES = 65536
 NAME_LEN = 64
 
@@ -229,6 +237,7 @@ class _Event(ctypes.Structure):
         ("port", ctypes.c_uint16),
         ("truncated", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
+        ("gen", ctypes.c_uint32),
         ("addr", ctypes.c_uint8 * 16),
         ("comm", ctypes.c_char * 16),
         ("names", (ctypes.c_char * NAME_LEN) * 8),
@@ -343,14 +352,18 @@ class LsmEnforcer:
 
     def __init__(
         self,
-        policy: DenyPolicy,
+        policy: DenyPolicy | MapPlan,
         on_deny: Callable[[DenyEvent], None],
         *,
         thread: bool = True,
         ring_pages: int = 64,
         check_available: bool = True,
     ) -> None:
-        self.plan: MapPlan = build_plan(policy)
+        self.plan: MapPlan = policy if isinstance(policy, MapPlan) else build_plan(policy)
+        try:
+            check_size(self.plan)
+        except MapsError as exc:
+            raise LsmError(str(exc)) from None
         self._on_deny = on_deny
         if check_available:
             ok, why = lsm_available()
@@ -384,7 +397,8 @@ class LsmEnforcer:
                     self._bpf.load_func(f"lsm__{hook}".encode(), self._bpf.LSM)
                 except Exception as exc:
                     raise LsmError(f"the kernel rejected the {hook} program: {exc}") from exc
-            self._fill_maps()
+            self.maps = PolicyMaps({m: self._bpf[m.encode()].map_fd for m in POLICY_MAPS})
+            self.maps.install(self.plan)
             self._bpf[b"deny_events"].open_ring_buffer(self._handle)
             for hook in hooks_to_attach:
                 try:
@@ -392,8 +406,7 @@ class LsmEnforcer:
                 except Exception as exc:
                     raise LsmError(f"attaching the {hook} program failed: {exc}") from exc
             # Only now may file_open cache "allowed" verdicts (see write_ok in bpf/lsm.c).
-            self._bpf[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(1)
-            self._bpf[b"config"][ctypes.c_int(1)] = ctypes.c_uint32(self.plan.deep_exec_rule)
+            self.maps.set_config(0, 1)
         except BaseException:
             self._bpf.cleanup()
             raise
@@ -406,35 +419,34 @@ class LsmEnforcer:
 
     # -- maps ------------------------------------------------------------------------------
 
-    def _fill_maps(self) -> None:
-        b = self._bpf
-        idents = b[b"idents"]
-        for ident, val in self.plan.idents.items():
-            k = idents.Key()
-            k.dev, k.ino = ident.dev, ident.ino
-            v = idents.Leaf()
-            v.write_rule = val.write_rule
-            v.exec_prefix_rule = val.exec_prefix_rule
-            v.exec_exact_rule = val.exec_exact_rule
-            v.ancestor_rule = val.ancestor_rule
-            idents[k] = v
-        trie = b[b"net_trie"]
-        for plen, addr, entry in self.plan.nets:
-            tk = trie.Key()
-            tk.prefixlen = plen
-            for i, byte in enumerate(addr):
-                tk.addr[i] = byte
-            trie[tk] = ctypes.c_uint32(entry)
-        ports = b[b"net_ports"]
-        for (entry, port), idx in self.plan.ports.items():
-            pk = ports.Key()
-            pk.entry, pk.port = entry, port
-            ports[pk] = ctypes.c_uint32(idx)
+    def update(self, policy: DenyPolicy | MapPlan) -> None:
+        """Replace the enforced policy live (see :class:`~sentinel.kernel.lsm_maps.PolicyMaps`).
+
+        Raises PolicyError (a path that cannot be resolved) or LsmError (too large, or a map
+        refused an entry); either way the old policy is still enforced. An empty policy is
+        allowed: the hooks stay attached and return at once.
+        """
+        plan = policy if isinstance(policy, MapPlan) else build_plan(policy)
+        with self._lock:
+            if self._closed:
+                raise LsmError("the enforcer is closed")
+        try:
+            self.maps.update(plan)
+        except MapsError as exc:
+            raise LsmError(str(exc)) from None
+        self.plan = plan
+
+    @property
+    def generation(self) -> int:
+        """How many times the policy was replaced since load."""
+        return self.maps.gen
 
     # -- events ----------------------------------------------------------------------------
 
     def _decode(self, ev: _Event) -> DenyEvent:
-        rules = self.plan.rules
+        # The event names a rule index of the generation that denied (maybe not the current).
+        plan = self.maps.plan_for(ev.gen)
+        rules = plan.rules
         rule = rules[ev.rule - 1] if 0 < ev.rule <= len(rules) else f"#{ev.rule}"
         op = OPERATIONS.get(ev.op, f"op{ev.op}")
         common: dict[str, Any] = {
@@ -455,7 +467,7 @@ class LsmEnforcer:
             shown = str(mapped) if ev.family == socket.AF_INET and mapped else str(addr)
             return DenyEvent(**common, address=shown, port=ev.port)
         # ident 0/0: an exec denied for being too deep to check; only the tail is known.
-        base = self.plan.ident_paths.get(Ident(ev.ident_dev, ev.ident_ino), "/...")
+        base = plan.ident_paths.get(Ident(ev.ident_dev, ev.ident_ino), "/...")
         below = list(reversed(list(_names(ev))))
         if ev.truncated and ev.ident_ino:
             below.insert(0, "...")
