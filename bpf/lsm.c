@@ -143,7 +143,6 @@ struct pol {
     u32 gen; /* as stored in config[1]: the Gray code of the generation number */
     u32 slot;
     u32 flags;
-    u32 deep_exec_rule;
 };
 
 struct deny_event {
@@ -231,7 +230,6 @@ static __always_inline void read_policy(struct pol *p)
     p->slot = slot;
     struct slot_cfg *c = slot_cfg.lookup(&slot);
     p->flags = c ? c->flags : 0;
-    p->deep_exec_rule = c ? c->deep_exec_rule : 0;
 }
 
 /* The superblock's dev_t, read once per file system crossed (all its dentries share it). */
@@ -375,7 +373,13 @@ static __always_inline u32 depth_rule(struct walk_result *res, u32 mode, struct 
 {
     if (mode != MODE_EXEC || !res->exhausted)
         return 0;
-    return p->deep_exec_rule;
+    /*
+     * Looked up again rather than carried in `p`: a value the verifier has to track from the
+     * hook's start through two walks multiplies its states (mmap_file went over its limit).
+     */
+    u32 slot = p->slot;
+    struct slot_cfg *c = slot_cfg.lookup(&slot);
+    return c ? c->deep_exec_rule : 0;
 }
 
 /* Does the current policy have anything to check in this mode? */
