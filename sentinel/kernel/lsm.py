@@ -427,9 +427,10 @@ class LsmEnforcer:
         allowed: the hooks stay attached and return at once.
         """
         plan = policy if isinstance(policy, MapPlan) else build_plan(policy)
-        with self._lock:
-            if self._closed:
-                raise LsmError("the enforcer is closed")
+        # Not under self._lock: the poll thread holds it while delivering events, and under a
+        # storm of denials it would hardly ever let go (measured: a reload waited > 5 min).
+        if self._closed:
+            raise LsmError("the enforcer is closed")
         try:
             self.maps.update(plan)
         except MapsError as exc:

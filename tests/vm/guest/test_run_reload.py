@@ -62,6 +62,7 @@ while not os.path.exists(stop):
     else:
         os.close(fd)
         ok += 1
+    time.sleep(0.002)  # ~1 denial (one alert) per 2 ms: enough to cross the switch many times
 print(ok, denied)
 """
 
@@ -248,6 +249,7 @@ def test_reload_moves_protection_from_a_to_b_without_a_gap(run: Run) -> None:
 
 
 def test_reload_with_unenforceable_deny_rule_keeps_old_policy(run: Run) -> None:
+    run.drain()
     run.write_rules(("Protect B", run.b), ("Protect missing", BASE / "does-not-exist"))
     line = run.reload("reload rejected")
     assert "does-not-exist" in line, line
@@ -257,6 +259,7 @@ def test_reload_with_unenforceable_deny_rule_keeps_old_policy(run: Run) -> None:
 
 
 def test_reload_without_deny_rules_lifts_enforcement(run: Run) -> None:
+    run.drain()
     run.write_rules()
     run.reload("deny policy lifted")
     assert _lsm_progs() > run.lsm_before, "programs stay attached with an empty policy"
@@ -266,6 +269,7 @@ def test_reload_without_deny_rules_lifts_enforcement(run: Run) -> None:
 
 
 def test_reload_protects_again_without_recompiling(run: Run) -> None:
+    run.drain()
     run.write_rules(("Protect A again", run.a))
     t0 = time.monotonic()
     run.reload("deny policy reloaded")
