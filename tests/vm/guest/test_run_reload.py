@@ -54,6 +54,7 @@ LOOP = """
 import os, sys, time
 path, stop = sys.argv[1], sys.argv[2]
 ok = denied = 0
+ready = False
 while not os.path.exists(stop):
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -62,6 +63,9 @@ while not os.path.exists(stop):
     else:
         os.close(fd)
         ok += 1
+    if not ready:
+        print("ready", flush=True)
+        ready = True
     time.sleep(0.002)  # ~1 denial (one alert) per 2 ms: enough to cross the switch many times
 print(ok, denied)
 """
@@ -222,7 +226,9 @@ def test_reload_moves_protection_from_a_to_b_without_a_gap(run: Run) -> None:
         text=True,
     )
     try:
-        time.sleep(1.0)  # the loop is hammering KEEP before the reload starts
+        assert loop.stdout is not None
+        assert loop.stdout.readline() == "ready\n"  # hammering KEEP before the reload starts
+        time.sleep(0.5)
         run.write_rules(("Protect B", run.b), ("Protect KEEP", run.keep))
         line = run.reload("deny policy reloaded")
         assert "generation=1" in line, line
