@@ -7,6 +7,11 @@ matched (identities + dentry walk, not strings) is explained in :mod:`lsm_policy
 exist on this kernel comes from BTF (:mod:`lsm_btf`); whether BPF LSM works at all is
 :func:`lsm_available` (:mod:`lsm_probe`).
 
+This process never imports bcc: a short-lived child (:mod:`sentinel.kernel.loader`) compiles
+``bpf/lsm.c`` and loads every program, then hands back program and map fds; here the policy
+maps are filled by bpf(2), each program is attached with one bpf(2) call (closing its link fd
+detaches it), and the ring buffer is read from its mmap (:mod:`sentinel.kernel.ringbuf`).
+
 Hooks used (see ``bpf/lsm.c``): ``bprm_check_security``; ``file_open`` (FMODE_WRITE or
 O_TRUNC), ``file_permission`` (writes through descriptors opened earlier), ``path_truncate``,
 ``file_truncate`` (6.2+), ``path_unlink``, ``path_rename`` (source and target),
@@ -34,6 +39,7 @@ from __future__ import annotations
 
 import ctypes
 import ipaddress
+import mmap
 import os
 import socket
 import threading
@@ -46,6 +52,14 @@ from typing import Any
 import structlog
 
 from sentinel.kernel.btf import Btf, BtfError, vmlinux_btf
+from sentinel.kernel.loader import (
+    Loaded,
+    LoaderError,
+    attach_lsm,
+    load_in_child,
+    percpu_u64,
+    possible_cpus,
+)
 from sentinel.kernel.lsm_btf import arg_index, lsm_hooks
 from sentinel.kernel.lsm_maps import (
     MAX_IDENTS,
@@ -65,6 +79,7 @@ from sentinel.kernel.lsm_policy import (
     build_plan,
 )
 from sentinel.kernel.lsm_probe import lsm_available
+from sentinel.kernel.ringbuf import RingBufferReader
 from sentinel.paths import BPF_DIR
 
 __all__ = [
@@ -321,19 +336,21 @@ def _cflags(btf: Btf, hooks: dict[str, list[str]]) -> tuple[list[str], list[str]
     return flags, lacking
 
 
-def _compile(cflags: list[str]) -> Any:
-    """Compile bpf/lsm.c without bcc's autoload (which attaches each program as it loads it).
+# Maps whose fds the enforcer keeps: the policy, the deny events, the counters, write_ok.
+CHILD_MAPS = (*POLICY_MAPS, "deny_events", "counters", "write_ok")
 
-    LsmEnforcer loads (verifies) all programs first and attaches them only if every one was
-    accepted, and it must be able to detach what it attached if anything fails.
+
+def _load(cflags: list[str], hooks: list[str]) -> Loaded:
+    """Compile bpf/lsm.c and load (verify) every program in a short-lived child process.
+
+    Why a child: bcc brings LLVM, ~130 MB of resident memory that the long-lived process would
+    keep for its whole life (see :mod:`sentinel.kernel.loader`). Nothing is attached yet:
+    LsmEnforcer fills the policy maps first, then attaches all programs (or none).
     """
-    from bcc import BPF  # imported late: planning policies and tests need no bcc
-
-    class _NoAutoload(BPF):  # type: ignore[misc]
-        def _trace_autoload(self) -> None:
-            pass
-
-    return _NoAutoload(src_file=str(BPF_DIR / "lsm.c").encode(), cflags=cflags)
+    try:
+        return load_in_child(BPF_DIR / "lsm.c", cflags, list(CHILD_MAPS), timeout=900, lsm=hooks)
+    except LoaderError as exc:
+        raise LsmError(str(exc)) from None
 
 
 def _names(ev: _Event) -> Iterator[str]:
@@ -376,41 +393,39 @@ class LsmEnforcer:
         hooks = lsm_hooks(btf)
         flags, self.missing_hooks = _cflags(btf, hooks)
         flags.append(f"-DRING_PAGES={ring_pages}")
-        t0 = time.monotonic()
-        try:
-            self._bpf: Any = _compile(flags)
-        except Exception as exc:
-            raise LsmError(f"compiling bpf/lsm.c failed: {exc}") from exc
-        self.compile_seconds = time.monotonic() - t0
         hooks_to_attach = [h for h in HOOKS.values() if h not in self.missing_hooks]
         # file_free_security first, so that no write_ok entry can outlive its file.
         hooks_to_attach.sort(key=lambda h: h != "file_free_security")
+        t0 = time.monotonic()
+        # Every program is verified (in the child) before any is attached: a kernel that
+        # rejects one hook must not be left half-enforcing.
+        self._loaded = _load(flags, hooks_to_attach)
+        self.compile_seconds = time.monotonic() - t0
         self._closed = False
         self.callback_errors = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._reader: RingBufferReader | None = None
         try:
-            # Verify every program before attaching any: a kernel that rejects one hook must
-            # not be left half-enforcing.
-            for hook in hooks_to_attach:
-                try:
-                    self._bpf.load_func(f"lsm__{hook}".encode(), self._bpf.LSM)
-                except Exception as exc:
-                    raise LsmError(f"the kernel rejected the {hook} program: {exc}") from exc
-            self.maps = PolicyMaps({m: self._bpf[m.encode()].map_fd for m in POLICY_MAPS})
+            self.maps = PolicyMaps({m: self._loaded.maps[m] for m in POLICY_MAPS})
             self.maps.install(self.plan)
-            self._bpf[b"deny_events"].open_ring_buffer(self._handle)
+            self._reader = RingBufferReader(
+                self._loaded.maps["deny_events"], ring_pages * mmap.PAGESIZE
+            )
+            self._ncpus = possible_cpus()
             for hook in hooks_to_attach:
                 try:
-                    self._bpf.attach_lsm(f"lsm__{hook}".encode())
-                except Exception as exc:
+                    self._loaded.links[hook] = attach_lsm(self._loaded.progs[hook])
+                except OSError as exc:
                     raise LsmError(f"attaching the {hook} program failed: {exc}") from exc
             # Only now may file_open cache "allowed" verdicts (see write_ok in bpf/lsm.c).
             self.maps.set_config(0, 1)
         except BaseException:
-            self._bpf.cleanup()
+            if self._reader is not None:
+                self._reader.close()
+            self._loaded.close()  # closing the link fds detaches, the last fds unload
             raise
-        self.attached_hooks = sorted(k.decode()[len("lsm__") :] for k in self._bpf.lsm_fds)
+        self.attached_hooks = sorted(self._loaded.links)
         self.load_seconds = time.monotonic() - t0
         self._thread: threading.Thread | None = None
         if thread:
@@ -475,8 +490,12 @@ class LsmEnforcer:
         path = os.path.join(base, *below) if below else base
         return DenyEvent(**common, path=path)
 
-    def _handle(self, _ctx: Any, data: Any, _size: int) -> None:
-        ev = ctypes.cast(data, ctypes.POINTER(_Event)).contents
+    def _handle(self, raw: bytes) -> None:
+        if len(raw) < ctypes.sizeof(_Event):
+            self.callback_errors += 1
+            _log.error("lsm deny event too short", size=len(raw))
+            return
+        ev = _Event.from_buffer_copy(raw)
         decoded = self._decode(ev)
         try:
             self._on_deny(decoded)
@@ -487,9 +506,19 @@ class LsmEnforcer:
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver pending events to ``on_deny`` (only needed with ``thread=False``)."""
+        reader = self._reader
+        if reader is None or self._closed:
+            return
+        reader.wait(timeout_ms)
+        self._consume()
+
+    def _consume(self) -> None:
         with self._lock:
-            if not self._closed:
-                self._bpf.ring_buffer_poll(timeout_ms)
+            if self._closed or self._reader is None:
+                return
+            batch = self._reader.read_batch()
+        for raw in batch:
+            self._handle(raw)
 
     def _run(self) -> None:
         reported = 0
@@ -509,7 +538,7 @@ class LsmEnforcer:
                     reported = lost
 
     def _counter(self, idx: int) -> int:
-        return int(sum(self._bpf[b"counters"][ctypes.c_int(idx)]))
+        return sum(percpu_u64(self._loaded.maps["counters"], idx, self._ncpus))
 
     @property
     def lost_events(self) -> int:
@@ -530,11 +559,14 @@ class LsmEnforcer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with suppress(Exception):
+            self._consume()
         with self._lock:
-            with suppress(Exception):
-                self._bpf.ring_buffer_consume()
             self._closed = True
-            self._bpf.cleanup()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            self._loaded.close()  # link fds first: detaches every program
 
     def __enter__(self) -> LsmEnforcer:
         return self

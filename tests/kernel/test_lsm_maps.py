@@ -20,7 +20,7 @@ import pytest
 
 from sentinel.kernel.btf import vmlinux_btf
 from sentinel.kernel.loader import BPF_MAP_LOOKUP_ELEM, bpf_map_op
-from sentinel.kernel.lsm import ConnectDeny, DenyPolicy, _cflags, _compile
+from sentinel.kernel.lsm import ConnectDeny, DenyPolicy, _cflags
 from sentinel.kernel.lsm_btf import lsm_hooks
 from sentinel.kernel.lsm_maps import (
     F_CONNECT,
@@ -36,6 +36,7 @@ from sentinel.kernel.lsm_maps import (
     slot_of,
 )
 from sentinel.kernel.lsm_policy import Ident, MapPlan, build_plan
+from sentinel.paths import BPF_DIR
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -46,7 +47,13 @@ def bpf() -> Iterator[Any]:
     require_root()
     btf = vmlinux_btf()
     flags, _ = _cflags(btf, lsm_hooks(btf))
-    b = _compile([*flags, "-DRING_PAGES=4"])
+    from bcc import BPF
+
+    class NoAutoload(BPF):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:  # creates the maps, loads no program
+            pass
+
+    b = NoAutoload(src_file=str(BPF_DIR / "lsm.c").encode(), cflags=[*flags, "-DRING_PAGES=4"])
     yield b
     b.cleanup()
 
