@@ -22,6 +22,7 @@ import pytest
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
+REPO = Path(__file__).resolve().parents[2]
 
 RULE = """
 - rule: Protect sntl dir
@@ -127,6 +128,7 @@ class LiveRun:
     def __init__(self, cfg: Path) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "sentinel", "run", "--config", str(cfg), "--duration", "120"],
+            cwd=REPO,  # this checkout's sentinel, whatever directory an earlier test left us in
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
