@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -47,3 +48,9 @@ def matches(engine: Engine, **fields: Any) -> bool:
 
 def ev(**fields: Any) -> dict[str, Any]:
     return normalize_event({k.replace("__", "."): v for k, v in fields.items()})
+
+
+def sentinel_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for a ``sentinel run`` subprocess: metrics on an ephemeral loopback port, so
+    two runs at once (two tests, a test and an operator's Sentinel) never fight over 9376."""
+    return {**(os.environ if base is None else base), "SENTINEL_METRICS_ADDRESS": "127.0.0.1:0"}

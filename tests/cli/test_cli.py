@@ -198,3 +198,20 @@ def test_replay_output_setup_errors_are_one_clear_line(tmp_path: Path):
     assert res.returncode == 2
     assert "cannot start outputs" in res.stderr and "missing-ca.pem" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+def test_run_without_a_config_file_still_reads_environment_overrides():
+    """``SENTINEL_*`` variables override the defaults even with no ``--config`` (they used to
+    be ignored then): a bad value is reported, naming the variable, before anything loads."""
+    import os
+
+    res = subprocess.run(
+        [sys.executable, "-m", "sentinel", "run", "--duration", "1"],
+        env={**os.environ, "SENTINEL_MATCHING": "bogus"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2
+    assert "SENTINEL_MATCHING" in res.stderr and "matching" in res.stderr
+    assert res.stdout == ""

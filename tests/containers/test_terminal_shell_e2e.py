@@ -30,7 +30,7 @@ import pytest
 
 from sentinel.enrichment.container_meta import parse_rfc3339_ns
 from sentinel.paths import RULES_DIR
-from tests.helpers import CORPUS
+from tests.helpers import CORPUS, sentinel_env
 
 from .conftest import IMAGE, Podman
 
@@ -91,7 +91,7 @@ class SentinelRun:
         for r in rules:
             argv += ["--rules", str(r)]
         self.proc = subprocess.Popen(
-            argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            argv, env=sentinel_env(env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
         self.alerts: list[dict[str, Any]] = []
         self.stderr: list[str] = []

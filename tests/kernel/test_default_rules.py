@@ -27,6 +27,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import sentinel_env
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -46,6 +47,7 @@ class Run:
     def __init__(self) -> None:
         self.proc = subprocess.Popen(
             [*SENTINEL, "run", "--matching", "all"],
+            env=sentinel_env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import sentinel_env
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -109,6 +110,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
     capture = base / "capture.jsonl"
     proc = subprocess.Popen(
         [*SENTINEL, "capture", "-o", str(capture), "--rules", str(rules), "--matching", "all"],
+        env=sentinel_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -104,7 +104,7 @@ def run_live(
         return 1
     from sentinel.cli.common import AlertSink, SinkError, config_or_exit
     from sentinel.compiler.kernelmaps import build_tables
-    from sentinel.config import SentinelConfig
+    from sentinel.config import ConfigError, load_config
     from sentinel.enrichment.containers import ContainerResolver, MetadataWaiter
     from sentinel.enrichment.live import Enricher
     from sentinel.kernel.prefilter import (
@@ -118,7 +118,16 @@ def run_live(
     from sentinel.loader import RulesError
     from sentinel.ops import Operations
 
-    config = config_or_exit(args.config) if args.config else SentinelConfig()
+    if args.config:
+        config = config_or_exit(args.config)
+    else:
+        # No file: the defaults, still with the documented SENTINEL_* environment overrides
+        # (logging keeps its terminal defaults: only a config file reconfigures it).
+        try:
+            config = load_config(None)
+        except ConfigError as exc:
+            print(f"sentinel: {exc}", file=sys.stderr)
+            return 2
     if config is None:
         return 2
     overrides: dict[str, Any] = {}
