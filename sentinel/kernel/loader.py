@@ -46,10 +46,18 @@ class Loaded:
 
 
 def load_in_child(
-    source: Path, cflags: list[str], maps: list[str], timeout: float = 120, prelude: str = ""
+    source: Path,
+    cflags: list[str],
+    maps: list[str],
+    timeout: float = 120,
+    prelude: str = "",
+    tail_calls: list[tuple[str, int, str]] = (),  # type: ignore[assignment]
 ) -> Loaded:
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
-    ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks)."""
+    ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks).
+    ``tail_calls``: (program array, index, function) to load and install, for each program array
+    the program defines (others are skipped); the array's fd comes back in ``maps``, since the
+    kernel empties a program array when its last user-space fd closes."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with parent_sock, child_sock:
         proc = subprocess.Popen(
@@ -59,7 +67,13 @@ def load_in_child(
             stderr=subprocess.PIPE,
         )
         child_sock.close()
-        request = {"source": str(source), "cflags": cflags, "maps": maps, "prelude": prelude}
+        request = {
+            "source": str(source),
+            "cflags": cflags,
+            "maps": maps,
+            "prelude": prelude,
+            "tail_calls": [list(t) for t in tail_calls],
+        }
         parent_sock.sendall(json.dumps(request).encode() + b"\n")
         parent_sock.settimeout(timeout)
         try:
@@ -102,6 +116,15 @@ def _child(sock_fd: int) -> int:
 
         text = req.get("prelude", "").encode() + Path(req["source"]).read_bytes()
         b = BPF(text=text, cflags=req["cflags"])
+        tails: list[str] = []
+        for array, index, func in req.get("tail_calls", []):
+            try:
+                table = b[array.encode()]
+            except KeyError:
+                continue  # not compiled in
+            prog = b.load_func(func.encode(), BPF.TRACEPOINT)
+            table[ctypes.c_int(index)] = ctypes.c_int(prog.fd)
+            tails.append(array)
     except Exception as exc:  # the compile/verifier message is the useful part
         sock.sendall(json.dumps({"error": f"loading the BPF sensor failed: {exc}"}).encode())
         sock.close()
@@ -117,7 +140,7 @@ def _child(sock_fd: int) -> int:
         names.append("tp:" + tp.decode())
         kinds.append("link")
         fds.append(fd)
-    for m in req["maps"]:
+    for m in [*req["maps"], *tails]:
         names.append(m)
         kinds.append("map")
         fds.append(b[m.encode()].map_fd)
