@@ -20,6 +20,7 @@ import os
 import socket
 import subprocess
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -51,7 +52,7 @@ def load_in_child(
     maps: list[str],
     timeout: float = 120,
     prelude: str = "",
-    tail_calls: list[tuple[str, int, str]] = (),  # type: ignore[assignment]
+    tail_calls: Sequence[tuple[str, int, str]] = (),
 ) -> Loaded:
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
     ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks).

@@ -193,7 +193,7 @@ class Sensor:
                 cflags,
                 ["events", "lost", *self.extra_maps],
                 prelude=self.prelude,
-                tail_calls=list(TAIL_CALLS),
+                tail_calls=TAIL_CALLS,
             )
         except LoaderError as exc:
             raise SensorError(str(exc)) from None
