@@ -96,6 +96,7 @@ struct f_scratch {
     struct fmask pacc;      // a relative open waiting for its base (F_NEED_BASE): its terms,
     u32 pgen;               // generation
     u32 plen;               // and the length of the relative path, left in pk.path (0: none)
+    u32 pcanon;             // no "//", "/." or trailing "/" in it
 };
 
 struct f_state {            // carried from a syscall's enter to its exit
@@ -260,8 +261,7 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
     // to c is found exactly with the carry-free zero-byte test on (word ^ c*0x0101..).
     u64 *w = (u64 *)s->pk.path;
     int abs = s->pk.path[0] == '/';
-    // A relative path must not start with '.' ("./x", "../x", and, conservatively, ".x").
-    int canon = abs || s->pk.path[0] != '.';
+    int canon = 1;
     int dotdot = 0;
     for (int i = 0; i < F_PATH / 8; i++) {
         u64 cur = w[i & (F_PATH / 8 - 1)];
@@ -279,18 +279,24 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
         canon = 0;
     if (!f_num_dim(st, fam, D_RAW_DOTDOT, dotdot))
         return 0;
-    if (!canon || !f_path_needed(st))
-        return 1;                       // the user-space fd.name differs from the raw path
+    if (!f_path_needed(st))
+        return 1;
     if (!abs) {
+        // Judged, or found not canonical, by f_open_base (kept apart from the sensor's
+        // program: every test here multiplies the states the verifier explores there).
+        s->pcanon = canon;
         st->pend = len;
         return F_NEED_BASE;
     }
+    if (!canon)
+        return 1;                       // the user-space fd.name differs from the raw path
     return f_path_judge(st, s, fam, len);
 }
 
 // "/" + the walk's components root-first + "/" + the relative path (in s->pk.path, rlen
 // bytes) into s->pk.path, zero-padded: what user space makes of it (join_walk, os.path.join;
-// normpath changes nothing: components are dentry names and rel is canonical). walk holds
+// normpath changes nothing: components are dentry names and rel is canonical; "." is the base
+// itself and ".." the base without its leaf, "/" when nothing is left). walk holds
 // NUL-terminated components leaf first; walk step i wrote at[i] .. at[i + 1] - 1 (nothing
 // when it crossed a mount), nc steps in all.
 // Returns the length, or 0 when it cannot be composed exactly (too long, odd walk).
@@ -298,6 +304,22 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
                                      u32 nc, u32 rlen) {
     if (rlen == 0 || rlen >= F_PATH || nc > F_WALK_MAX)
         return 0;
+    // A relative path must have no "//", "/.", trailing "/" (s->pcanon) and not start with
+    // '.' ("./x", "../x", and, conservatively, ".x"), except "." and ".." themselves.
+    int dot = s->pk.path[0] == '.' && (rlen == 1 || (rlen == 2 && s->pk.path[1] == '.'));
+    if (!s->pcanon || (s->pk.path[0] == '.' && !dot))
+        return 0;
+    int leaf = -1;                      // the walk step of the component ".." drops
+    if (dot && rlen == 2) {
+        for (int k = 0; k < F_WALK_MAX; k++) {
+            if (k >= (int)nc)
+                break;
+            if (at[(k + 1) & (2 * F_WALK_MAX - 1)] != at[k & (F_WALK_MAX - 1)]) {
+                leaf = k;
+                break;
+            }
+        }
+    }
     F_OPAQUE(rlen);
     bpf_probe_read_kernel(s->ra, rlen & (F_PATH - 1), s->pk.path);
     __builtin_memset(s->pk.path, 0, F_PATH);
@@ -308,8 +330,8 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
             break;
         u32 b = at[i & (F_WALK_MAX - 1)];
         u32 e = at[(i + 1) & (2 * F_WALK_MAX - 1)];
-        if (e == b)
-            continue;                   // a step that crossed a mount point
+        if (e == b || i == leaf)
+            continue;                   // a step that crossed a mount point, or ".." drops it
         if (e <= b + 1 || q + e - b >= F_PATH)
             return 0;                   // empty name (user space would drop it), or too long
         u32 clen = e - b - 1;
@@ -319,6 +341,11 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
         bpf_probe_read_kernel(&s->pk.path[(q + 1) & (F_PATH - 1)], clen & (F_PATH - 1),
                               walk + (b & 1023));
         q += clen + 1;
+    }
+    if (dot) {
+        if (q == 0)
+            s->pk.path[0] = '/';        // the root
+        return q ? q : 1;
     }
     if (q + 1 + rlen >= F_PATH)
         return 0;

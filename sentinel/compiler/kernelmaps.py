@@ -16,6 +16,7 @@ stored prefix of it too. Destination addresses use one LPM trie per IP version t
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,8 +168,11 @@ def canonical_path(raw: str) -> bool:
 
 
 def canonical_relative(raw: str) -> bool:
-    """True when fd.name is exactly base + '/' + raw: relative, no leading '.' ('./x', '../x'
-    and, conservatively, '.x'), no '//', no '/.', no trailing '/'."""
+    """True when the kernel composes fd.name from the base and raw: '.', '..', or a path
+    with no leading '.' ('./x', '../x' and, conservatively, '.x'), no '//', no '/.', no
+    trailing '/' (then fd.name is base + '/' + raw)."""
+    if raw in (".", ".."):
+        return True
     if not raw or raw.startswith(("/", ".")) or "//" in raw or "/." in raw:
         return False
     return not raw.endswith("/")
@@ -184,6 +188,10 @@ def kernel_path(kv: KernelView) -> str | None:
         return raw if canonical_path(raw) else None
     if kv.base is None or not canonical_relative(raw):
         return None
+    if raw == ".":
+        return kv.base
+    if raw == "..":
+        return posixpath.dirname(kv.base)
     full = ("" if kv.base == "/" else kv.base) + "/" + raw
     return full if len(full.encode("utf-8", "surrogateescape")) <= COMPOSED_MAX else None
 

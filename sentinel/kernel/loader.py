@@ -63,6 +63,9 @@ def load_in_child(
     with parent_sock, child_sock:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sentinel.kernel.loader", str(child_sock.fileno())],
+            # from the directory holding this sentinel package, so the child runs this very
+            # loader whatever the caller's cwd (-m looks in the cwd first)
+            cwd=Path(__file__).resolve().parents[2],
             pass_fds=[child_sock.fileno()],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,

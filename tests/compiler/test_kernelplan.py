@@ -248,6 +248,12 @@ def test_storm_on_unmentioned_path_is_filtered_and_watched_path_passes(tmp_path:
     assert passes(tables, KernelView("open", "cat", 0, path="./libc.so.6", base="/usr/lib"))
     assert passes(tables, KernelView("open", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
     assert passes(tables, KernelView("open", "cat", 0, path="libc.so.6", base=None))
+    # "." is the base and ".." its parent
+    assert not passes(tables, KernelView("open", "cat", 0, path="..", base="/usr/lib"))
+    assert passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
+    assert not passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh"))
+    assert passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc/ssh"))
+    assert not passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc"))
     assert not passes(tables, KernelView("exec", "ls", 0))
     assert passes(tables, KernelView("exec", "bash", 0))
     # no rule can match a connect: every connect is dropped

@@ -3,7 +3,8 @@
 The kernel composes "/" + the walked base (cwd or dirfd) + "/" + the relative path, as user
 space builds ``fd.name``, and judges the path dimensions on it; any doubt keeps the event. A
 child process (the sensor ignores its own process) makes real relative opens: cwd- and
-dirfd-relative, "./x", "..", ".", a trailing "/", a hidden name, bases at "/", across a mount
+dirfd-relative, "./x", "sub/..", ".." and "." (the base's parent, the base), a trailing "/",
+a hidden name, bases at "/", across a mount
 (procfs), a bad dirfd, a base deeper than the walk, a composed path too long to judge. For each,
 the model (:func:`sentinel.compiler.kernelmaps.passes` given the base) says whether it reaches
 user space; the test checks exactly those arrive, each with the right absolute ``fd.name``.
@@ -45,6 +46,7 @@ RULES = [
     f"evt.type in {OPEN_TYPES} and fd.name in (/etc/hostname)",
     f"evt.type in {OPEN_TYPES} and fd.name startswith /proc/sys/kernel/",
     f"evt.type in {OPEN_TYPES} and fd.num = -1 and fd.name startswith {ROOT}/fails/",
+    f"evt.type in {OPEN_TYPES} and fd.name in ({ROOT}/dotted, /) and proc.name = {COMM}",
 ]
 DEEP = 20  # directory levels: deeper than the kernel's 16-step walk
 LONG = "l" * 45  # a 203-byte base: + "/short.pem" fits in 255 bytes, + "/" + LONG_NAME does not
@@ -96,7 +98,7 @@ def _long_dir() -> str:
 
 
 def _make_tree() -> None:
-    for d in ("watched", "plain", "fails", "plain/sub"):
+    for d in ("watched", "plain", "fails", "plain/sub", "dotted/in"):
         os.makedirs(f"{ROOT}/{d}", exist_ok=True)
     os.makedirs(_deep_dir(), exist_ok=True)
     os.makedirs(_long_dir(), exist_ok=True)
@@ -119,8 +121,18 @@ CASES: list[tuple[str, str, int]] = [
     (f"cwd:{ROOT}/plain", "sub/s0.txt", os.O_RDONLY),  # two components, unwatched
     (f"cwd:{ROOT}/plain", "./a1.txt", os.O_RDONLY),  # not canonical: kept
     (f"cwd:{ROOT}/plain", "../watched/w0.txt", os.O_RDONLY),  # not canonical: kept
-    (f"cwd:{ROOT}/plain", "..", os.O_RDONLY | os.O_DIRECTORY),  # kept
-    (f"cwd:{ROOT}/plain", ".", os.O_RDONLY | os.O_DIRECTORY),  # kept
+    (f"cwd:{ROOT}/plain", "..", os.O_RDONLY | os.O_DIRECTORY),  # the base's parent: dropped
+    (f"cwd:{ROOT}/plain", ".", os.O_RDONLY | os.O_DIRECTORY),  # the base: dropped
+    (f"cwd:{ROOT}/dotted/in", "..", os.O_RDONLY | os.O_DIRECTORY),  # the parent: watched
+    (f"cwd:{ROOT}/dotted", ".", os.O_RDONLY | os.O_DIRECTORY),  # the base: watched
+    (f"fd:{ROOT}/dotted/in", "..", os.O_RDONLY | os.O_DIRECTORY),  # dirfd's parent: watched
+    ("cwd:/", ".", os.O_RDONLY | os.O_DIRECTORY),  # "/": watched
+    ("cwd:/", "..", os.O_RDONLY | os.O_DIRECTORY),  # "/..": "/", watched
+    ("cwd:/tmp", "..", os.O_RDONLY | os.O_DIRECTORY),  # "/": watched
+    ("fd:/proc/sys", "..", os.O_RDONLY | os.O_DIRECTORY),  # "/proc", across the mount: dropped
+    ("fd:/proc", "..", os.O_RDONLY | os.O_DIRECTORY),  # "/" (a mount's root): watched
+    (f"cwd:{ROOT}/plain", "./.", os.O_RDONLY | os.O_DIRECTORY),  # not canonical: kept
+    (f"cwd:{ROOT}/plain", "sub/..", os.O_RDONLY | os.O_DIRECTORY),  # not canonical: kept
     (f"cwd:{ROOT}/plain", "sub/", os.O_RDONLY | os.O_DIRECTORY),  # trailing slash: kept
     (f"cwd:{ROOT}/plain", ".hidden.pem", os.O_RDONLY),  # leading dot: kept
     (f"cwd:{ROOT}/plain", "missing.txt", os.O_RDONLY),  # failed, unwatched: dropped
@@ -226,8 +238,8 @@ def test_relative_verdicts_match_the_model(sensor: tuple) -> None:  # type: igno
     arrived = []
     for raw in _opens_of(got, pid):
         ev = enricher.event(raw)
-        arrived.append((ev.rec.open_path, ev.get("fd.name")))
-    # the directory opens of the dirfd cases are absolute and unwatched: dropped in the kernel
+        if not ev.rec.open_path.startswith("/"):  # (not the dirfd cases' own opens)
+            arrived.append((ev.rec.open_path, ev.get("fd.name")))
     assert [a[0] for a in arrived] == [rel for _s, rel, _f in expected]
     for (rel, name), (_spec, _rel, full) in zip(arrived, expected, strict=True):
         if full is not None:
@@ -239,6 +251,9 @@ def test_relative_verdicts_match_the_model(sensor: tuple) -> None:  # type: igno
     assert not by_case[("cwd:/", "usr/lib/os-release")]
     assert not by_case[("fd:/proc/sys", "vm/swappiness")]
     assert not by_case[(f"cwd:{_long_dir()}", "short.txt")]
+    assert not by_case[(f"cwd:{ROOT}/plain", "..")]
+    assert not by_case[(f"cwd:{ROOT}/plain", ".")]
+    assert not by_case[("fd:/proc/sys", "..")]
     for case in [
         (f"cwd:{ROOT}", "watched/w1.txt"),
         (f"fd:{ROOT}/watched", "w2.txt"),
@@ -248,6 +263,12 @@ def test_relative_verdicts_match_the_model(sensor: tuple) -> None:  # type: igno
         ("fd:bad", "a6.txt"),
         (f"cwd:{_deep_dir()}", "nothing.txt"),
         (f"cwd:{_long_dir()}", LONG_NAME),
+        (f"cwd:{ROOT}/dotted/in", ".."),
+        (f"fd:{ROOT}/dotted/in", ".."),
+        (f"cwd:{ROOT}/dotted", "."),
+        ("cwd:/tmp", ".."),
+        ("fd:/proc", ".."),
+        (f"cwd:{ROOT}/plain", "sub/.."),
     ]:
         assert by_case[case], case
     dropped = after["dropped"] - before["dropped"]
