@@ -97,6 +97,8 @@ struct f_scratch {
     u32 pgen;               // generation
     u32 plen;               // and the length of the relative path, left in pk.path (0: none)
     u32 pcanon;             // no "//", "/." or trailing "/" in it
+    u32 pad;
+    u8 zeros[F_PATH];       // never written: a source of zeros
 };
 
 struct f_state {            // carried from a syscall's enter to its exit
@@ -309,29 +311,18 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
     int dot = s->pk.path[0] == '.' && (rlen == 1 || (rlen == 2 && s->pk.path[1] == '.'));
     if (!s->pcanon || (s->pk.path[0] == '.' && !dot))
         return 0;
-    int leaf = -1;                      // the walk step of the component ".." drops
-    if (dot && rlen == 2) {
-        for (int k = 0; k < F_WALK_MAX; k++) {
-            if (k >= (int)nc)
-                break;
-            if (at[(k + 1) & (2 * F_WALK_MAX - 1)] != at[k & (F_WALK_MAX - 1)]) {
-                leaf = k;
-                break;
-            }
-        }
-    }
     F_OPAQUE(rlen);
     bpf_probe_read_kernel(s->ra, rlen & (F_PATH - 1), s->pk.path);
     __builtin_memset(s->pk.path, 0, F_PATH);
-    u32 q = 0;
+    u32 q = 0, qlast = 0;               // qlast: where the last (leaf) component starts
     for (int k = 0; k < F_WALK_MAX; k++) {
         int i = (int)nc - 1 - k;
         if (i < 0)
             break;
         u32 b = at[i & (F_WALK_MAX - 1)];
         u32 e = at[(i + 1) & (2 * F_WALK_MAX - 1)];
-        if (e == b || i == leaf)
-            continue;                   // a step that crossed a mount point, or ".." drops it
+        if (e == b)
+            continue;                   // a step that crossed a mount point
         if (e <= b + 1 || q + e - b >= F_PATH)
             return 0;                   // empty name (user space would drop it), or too long
         u32 clen = e - b - 1;
@@ -340,9 +331,17 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
         s->pk.path[q & (F_PATH - 1)] = '/';
         bpf_probe_read_kernel(&s->pk.path[(q + 1) & (F_PATH - 1)], clen & (F_PATH - 1),
                               walk + (b & 1023));
+        qlast = q;
         q += clen + 1;
     }
     if (dot) {
+        if (rlen == 2 && q) {           // "..": the base without its leaf component
+            F_OPAQUE(q);
+            F_OPAQUE(qlast);
+            bpf_probe_read_kernel(&s->pk.path[qlast & (F_PATH - 1)], (q - qlast) & (F_PATH - 1),
+                                  s->zeros);
+            q = qlast;
+        }
         if (q == 0)
             s->pk.path[0] = '/';        // the root
         return q ? q : 1;
