@@ -13,12 +13,14 @@
 //
 // Relative open paths are judged in two steps, so the base directory is walked only when the
 // verdict depends on it: f_open_enter/f_open_exit judge everything else and, when a live term
-// still constrains the path, return F_NEED_BASE; the caller then walks the base (the cwd or the
-// dirfd's file, into the buffer its own record uses, so a kept event is walked once) and calls
-// f_open_base, which composes "/" + base components + "/" + rel exactly as user space builds
-// fd.name (sentinel.kernel.records.join_walk, then os.path.join and normpath) and judges the
-// path dimensions on it. Any doubt (walk truncated, bad dirfd, rel not canonical, too long)
-// keeps the event.
+// still constrains the path, return F_NEED_BASE (the state waits in the per-CPU scratch); the
+// caller then walks the base (the cwd or the dirfd's file, into the buffer its own record uses,
+// so a kept event is walked once) and calls f_open_base (the sensor does so in a tail-called
+// program, so the verifier checks it once), which composes "/" + base components + "/" + rel
+// exactly as user space builds fd.name (sentinel.kernel.records.join_walk, then os.path.join
+// and normpath; "." is the base, ".." its parent) and judges the path dimensions on it. Any
+// doubt (walk truncated, bad dirfd, rel not canonical, composed path too long) keeps the
+// event. sentinel.compiler.kernelmaps.kernel_path is the Python model of this.
 //
 // Reloads are atomic: every key carries a slot (generation & 1); user space fills the inactive
 // slot, then publishes the new generation in f_active. A syscall whose enter and exit straddle
@@ -103,7 +105,7 @@ struct f_scratch {
 
 struct f_state {            // carried from a syscall's enter to its exit
     u32 gen;                // full generation counter; 0: not filtered
-    u32 pend;               // open: length of a canonical relative path still to be judged
+    u32 pend;               // open: length of a relative path still to be judged
     struct fmask acc;
     struct f_fam_cfg *cfg;  // this generation's family config (map value)
 };
