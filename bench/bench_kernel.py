@@ -353,7 +353,7 @@ def bench_drain(binary: Path, n: int) -> dict[str, Any]:
         "storm_opens": n,
         "drained_events": count,
         "drain_events_per_s": count / dt if dt else 0.0,
-        "lost_while_paused": lost.get("open", -1),
+        "lost_while_paused": sum(lost.get(t, 0) for t in ("open", "openat", "openat2")),
     }
 
 

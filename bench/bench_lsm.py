@@ -22,6 +22,7 @@ Counts are calibrated so that one run takes ~1 s without programs.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -36,6 +37,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sentinel.kernel.loader import (  # noqa: E402
+    BPF_MAP_DELETE_ELEM,
+    BPF_MAP_GET_NEXT_KEY,
+    attach_lsm,
+    bpf_map_op,
+)
 from sentinel.kernel.lsm import ConnectDeny, DenyPolicy, LsmEnforcer, lsm_available  # noqa: E402
 
 ROUNDS = 7
@@ -92,14 +99,21 @@ def _set_attached(enf: LsmEnforcer, on: bool) -> None:
     Detached programs cost nothing; they stay loaded. Not an enforcement feature: files freed
     while detached would leave stale write_ok entries, so the cache is cleared on re-attach.
     """
-    bpf = enf._bpf
+    loaded = enf._loaded
     if on:
-        bpf[b"write_ok"].clear()
+        _clear_map(loaded.maps["write_ok"], ctypes.c_uint64)
         for hook in enf.attached_hooks:
-            bpf.attach_lsm(f"lsm__{hook}".encode())
+            loaded.links[hook] = attach_lsm(loaded.progs[hook])
     else:
-        for fn in list(bpf.lsm_fds):
-            bpf.detach_lsm(fn)
+        for hook in list(loaded.links):
+            os.close(loaded.links.pop(hook))
+
+
+def _clear_map(fd: int, key_type: type[ctypes.c_uint64]) -> None:
+    """Delete every entry of a hash map (bpf(2) GET_NEXT_KEY from the start each time)."""
+    key = key_type()
+    while bpf_map_op(BPF_MAP_GET_NEXT_KEY, fd, None, key) == 0:
+        bpf_map_op(BPF_MAP_DELETE_ELEM, fd, key)
 
 
 def run_inside(json_out: Path | None) -> int:

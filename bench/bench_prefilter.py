@@ -5,10 +5,13 @@ its prefilter; the workload is ``find /usr -type f`` then ``xargs cat`` over (at
 the files found, measured as two phases, then the whole pipeline ``find /usr -type f -size
 -256k -print0 | xargs -0 cat`` on every file at once. find walks directories with *relative*
 openat(dirfd, name) calls, which the kernel judges on its walk of the dirfd; cat opens
-absolute paths.
-The kernel's own counters (``f_stats``) give dropped vs kept per event family; user space
-counts what actually arrived. The open-storm ratio to the
+absolute paths. The sensor's per-event-type counters (``Sensor.counts()``) give filtered vs
+passed per Falco event type; user space counts what actually arrived. The open-storm ratio to the
 empty-program floor is measured by ``bench_kernel`` (with and without the prefilter).
+
+Second part: the BPF time of the exec program (kernel bpf_stats) per exec of ``/bin/true``,
+with one rule each: dropped on comm, dropped on the executable's path (prefix, suffix: the
+path is walked only then), and kept (the full record is built).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def run(files: int = FILES) -> dict[str, Any]:
         ) -> None:
             sensor.drain()
             arrived["n"] = 0
-            before = pf.stats()
+            before = sensor.counts()
             t0 = time.monotonic()
             # argv lists only, piped here: no shell anywhere
             procs: list[subprocess.Popen[bytes]] = []
@@ -79,18 +82,18 @@ def run(files: int = FILES) -> dict[str, Any]:
             while any(p.poll() is None for p in procs):
                 sensor.poll(50)
             sensor.drain()
-            after = pf.stats()
+            after = sensor.counts()
             phases[name] = {
                 "argv": " | ".join(" ".join(argv) for argv in pipeline),
                 "seconds": round(time.monotonic() - t0, 2),
                 "records_reaching_user_space": arrived["n"],
-                "families": {
-                    fam: _share(
-                        after[fam]["dropped"] - before[fam]["dropped"],
-                        after[fam]["kept"] - before[fam]["kept"],
-                        tables.families[fam],
+                "evt_types": {
+                    t: _share(
+                        after[t]["filtered"] - before[t]["filtered"],
+                        after[t]["passed"] - before[t]["passed"],
                     )
-                    for fam in after
+                    for t in after
+                    if after[t] != before[t]
                 },
             }
 
@@ -110,17 +113,71 @@ def run(files: int = FILES) -> dict[str, Any]:
         )
     finally:
         sensor.close()
-    return {"rules": "falco_rules.yaml", "files": files, "phases": phases}
-
-
-def _share(dropped: int, kept: int, ft: Any) -> dict[str, Any]:
-    return {
-        "dropped": dropped,
-        "kept": kept,
-        "filtered_share": round(dropped / (dropped + kept), 5) if dropped + kept else None,
-        "filtered_in_kernel": not ft.pass_all,
-        "why_not": ft.reason,
+    families = {
+        fam: {"filtered_in_kernel": not ft.pass_all, "why_not": ft.reason}
+        for fam, ft in tables.families.items()
     }
+    return {"rules": "falco_rules.yaml", "files": files, "families": families, "phases": phases}
+
+
+def _share(filtered: int, passed: int) -> dict[str, Any]:
+    seen = filtered + passed
+    return {
+        "filtered": filtered,
+        "passed": passed,
+        "filtered_share": round(filtered / seen, 5) if seen else None,
+    }
+
+
+EXEC_RULES = {
+    "dropped_on_comm": "evt.type = execve and proc.name = zzzz",
+    "dropped_on_exepath_prefix": "evt.type = execve and proc.exepath startswith /opt/zz/",
+    "dropped_on_exepath_suffix": "evt.type = execve and proc.exepath endswith /zzz",
+    "kept_on_exepath": "evt.type = execve and proc.exepath = {true}",
+}
+EXECS = 2000
+
+
+def exec_costs(execs: int = EXECS) -> dict[str, Any]:
+    """BPF ns per exec for each rule of EXEC_RULES (one sensor each; sched tracepoints only)."""
+    import tempfile
+
+    from bench.bench_kernel import BpfStats
+    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
+    from sentinel.kernel.sensor import Sensor
+
+    true = os.path.realpath("/bin/true")
+    out: dict[str, Any] = {"execs": execs, "binary": true}
+    for name, cond in EXEC_RULES.items():
+        with tempfile.TemporaryDirectory() as d:
+            rules = Path(d) / "r.yaml"
+            rules.write_text(
+                f"- rule: R\n  desc: d\n  condition: >-\n    {cond.format(true=true)}\n"
+                "  output: o\n  priority: INFO\n"
+            )
+            engine = Engine(compile_rules(load_rules([rules])))
+        sensor = Sensor([], prelude=sensor_prelude(), maps=list(MAP_NAMES), extra_cflags=cflags())
+        stats = BpfStats()
+        try:
+            sensor.start(lambda _raw: None)
+            pf = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES})
+            pf.load(build_tables([(r.name, r.expr) for r in engine.rules]))
+            before = sensor.counts()["execve"]
+            # argv lists only; the loop is sh's own, /bin/true is exec'd each time
+            loop = f"i=0; while [ $i -lt {execs} ]; do {true}; i=$((i+1)); done"
+            subprocess.run(["sh", "-c", loop], check=True)
+            ns = stats.ns_per_run("sched_process_exec")
+            sensor.drain()
+            after = sensor.counts()["execve"]
+        finally:
+            stats.close()
+            sensor.close()
+        out[name] = {
+            "bpf_ns_per_exec": round(ns) if ns else None,
+            "filtered": after["filtered"] - before["filtered"],
+            "passed": after["passed"] - before["passed"],
+        }
+    return out
 
 
 def main() -> int:
@@ -128,6 +185,7 @@ def main() -> int:
         print("bench prefilter: needs root", file=sys.stderr)
         return 1
     res = run()
+    res["exec_bpf_cost"] = exec_costs()
     print(json.dumps(res, indent=2))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

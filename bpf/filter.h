@@ -357,6 +357,58 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
     return q + 1 + rlen;
 }
 
+// The executable's path of an exec, in the family's path dimensions (D_PATH, D_PATH_PREFIX,
+// D_PATH_SUFFIX mean proc.exepath for F_FAM_EXEC). exe: the path the sensor's walk built, len
+// bytes, exactly the string user space reports; len 0: unknown, not judged. Every exact value
+// is at most F_PATH - 1 bytes long (longer ones are prefixes), so a longer path matches none.
+static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 len) {
+    if (!len || (!f_needs(st, D_PATH) && !f_needs(st, D_PATH_PREFIX) && !f_needs(st, D_PATH_SUFFIX)))
+        return 1;
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s)
+        return 1;
+    u32 slot = st->gen & 1;
+    // The masks below bound every copy for the verifier; the empty asm stops clang from
+    // dropping them as redundant (it knows the ranges, the verifier cannot always follow).
+    asm volatile("" : "+r"(len));
+    if (f_needs(st, D_PATH)) {
+        struct fmask *m = 0;
+        if (len < F_PATH) {
+            __builtin_memset(s->pk.path, 0, F_PATH);
+            s->pk.gf = (slot << 8) | F_FAM_EXEC;
+            bpf_probe_read_kernel(s->pk.path, len & (F_PATH - 1), exe);
+            m = f_path.lookup(&s->pk);
+        }
+        if (!f_and_st(st, m, D_PATH))
+            return 0;
+    }
+    u32 plen = len > F_LPM_PAYLOAD ? F_LPM_PAYLOAD : len;
+    asm volatile("" : "+r"(plen));
+    struct f_lpm_key *lk = &s->lk;
+    lk->data[0] = slot;
+    lk->data[1] = F_FAM_EXEC;
+    if (f_needs(st, D_PATH_PREFIX)) {
+        lk->data[2] = D_PATH_PREFIX;
+        bpf_probe_read_kernel(&lk->data[3], plen & 255, exe);
+        lk->prefixlen = 24 + plen * 8;
+        if (!f_lpm_dim(st, lk, F_FAM_EXEC, D_PATH_PREFIX))
+            return 0;
+    }
+    if (!f_needs(st, D_PATH_SUFFIX))
+        return 1;
+    // The last plen bytes, reversed: right-align them, then byte-swap the 8-byte words in
+    // reverse order (as f_path_dims does).
+    bpf_probe_read_kernel((char *)s->ra + ((F_PATH - plen) & (F_PATH - 1)), plen & 255,
+                          exe + ((len - plen) & 511));
+    for (int i = 0; i < F_PATH / 8; i++)
+        s->rev[i & (F_PATH / 8 - 1)] = __builtin_bswap64(s->ra[(F_PATH / 8 - 1 - i) & (F_PATH / 8 - 1)]);
+    lk->data[2] = D_PATH_SUFFIX;
+    bpf_probe_read_kernel(&lk->data[3], plen & 255, (char *)s->rev);
+    lk->prefixlen = 24 + plen * 8;
+    return f_lpm_dim(st, lk, F_FAM_EXEC, D_PATH_SUFFIX);
+}
+
 // Connect: family, port and address from the sockaddr the caller passed.
 static __always_inline int f_sockaddr_dims(struct f_state *st, const void *uaddr, u32 addrlen) {
     u32 zero = 0;
@@ -438,14 +490,21 @@ static __always_inline int f_keep(struct f_state *st, u32 fam, int keep) {
     return keep;
 }
 
-// exec (sched_process_exec): comm and uid are final here. Returns 1 to keep.
-static __always_inline int f_exec(void) {
-    struct f_state st = {};
-    if (!f_begin(&st, F_FAM_EXEC))
+// exec (sched_process_exec), in two steps so that the executable's path is walked only when
+// some rule still alive needs it. f_exec_pre() tests comm and uid: 0 drop, 1 keep, 2 keep if
+// f_exec_path() with the executable's path (see f_exe_dims) says so; st carries the state.
+static __always_inline int f_exec_pre(struct f_state *st) {
+    if (!f_begin(st, F_FAM_EXEC))
         return 1;
-    int keep = f_alive(&st) && f_comm_dim(&st, F_FAM_EXEC) &&
-               f_num_dim(&st, F_FAM_EXEC, D_UID, (u32)bpf_get_current_uid_gid());
-    return f_keep(&st, F_FAM_EXEC, keep);
+    int keep = f_alive(st) && f_comm_dim(st, F_FAM_EXEC) &&
+               f_num_dim(st, F_FAM_EXEC, D_UID, (u32)bpf_get_current_uid_gid());
+    if (keep && (f_needs(st, D_PATH) || f_needs(st, D_PATH_PREFIX) || f_needs(st, D_PATH_SUFFIX)))
+        return 2;
+    return f_keep(st, F_FAM_EXEC, keep);
+}
+
+static __always_inline int f_exec_path(struct f_state *st, const char *exe, u32 len) {
+    return f_keep(st, F_FAM_EXEC, f_exe_dims(st, exe, len));
 }
 
 // open, at sys_enter: everything but the result. 0: drop now (do not even stash the call).

@@ -94,9 +94,17 @@
 #define AF_INET_ 2
 #define AF_INET6_ 10
 
+/*
+ * Two policy slots live side by side in every policy map (the `slot` in each key): a reload
+ * fills the inactive slot, then publishes it by bumping the generation in config[1]. A hook
+ * reads the generation once and looks only at that generation's slot, so it sees either the
+ * whole old policy or the whole new one, never a mix and never a gap. User space empties a
+ * slot only after a full RCU grace period (membarrier) since it stopped being current, and
+ * every hook runs inside an RCU read-side section, so no hook can still be reading it.
+ */
 struct ident_key {
     u32 dev; /* kernel-internal dev_t of the superblock: MAJOR << 20 | MINOR */
-    u32 pad;
+    u32 slot;
     u64 ino;
 };
 
@@ -108,13 +116,33 @@ struct ident_val {
 };
 
 struct net_key {
-    u32 prefixlen;
+    u32 prefixlen; /* 8 (the slot byte) + the address prefix length */
+    u8 slot;
     u8 addr[16]; /* IPv6, or IPv4 mapped as ::ffff:a.b.c.d */
+    u8 pad[3];
 };
 
 struct port_key {
+    u32 slot;
     u32 entry; /* CIDR entry id from net_trie; 0 = any address */
     u32 port;  /* host byte order; 0 = any port */
+};
+
+/* What a slot holds, so that hooks with nothing to check return at once. */
+#define F_WRITE 1   /* protected paths (write/move checks) */
+#define F_EXEC 2    /* exec denials */
+#define F_CONNECT 4 /* connect denials */
+
+struct slot_cfg {
+    u32 flags;
+    u32 deep_exec_rule; /* rule index that denies execs too deep to check (0: none) */
+};
+
+/* The generation a hook works with, read once at its start. */
+struct pol {
+    u32 gen; /* as stored in config[1]: the Gray code of the generation number */
+    u32 slot;
+    u32 flags;
 };
 
 struct deny_event {
@@ -132,6 +160,7 @@ struct deny_event {
     u16 port;
     u8 truncated;
     u8 pad;
+    u32 gen; /* config[1] when the hook ran: which policy's rule index `rule` is */
     u8 addr[16];
     char comm[16];
     char names[MAX_NAMES][NAME_LEN];
@@ -146,20 +175,25 @@ struct walk_result {
     u64 names[MAX_NAMES];
 };
 
-BPF_HASH(idents, struct ident_key, struct ident_val, MAX_IDENTS);
-BPF_LPM_TRIE(net_trie, struct net_key, u32, MAX_NETS);
-BPF_HASH(net_ports, struct port_key, u32, MAX_NET_PORTS);
+/* Room for two full policies (the current one and the one being loaded). */
+BPF_HASH(idents, struct ident_key, struct ident_val, 2 * MAX_IDENTS);
+BPF_LPM_TRIE(net_trie, struct net_key, u32, 2 * MAX_NETS);
+BPF_HASH(net_ports, struct port_key, u32, 2 * MAX_NET_PORTS);
+BPF_ARRAY(slot_cfg, struct slot_cfg, 2);
 /*
- * Files opened for writing while this policy is loaded, which file_open allowed. A file's
- * path never changes, and every way of bringing it under a protected path later (rename or
- * link into one, moving an ancestor, mounting onto one) is denied, so file_permission may
- * trust the verdict instead of walking again on every write(). Entries go away in
- * file_free_security; a full map only means falling back to the walk.
+ * Files opened for writing which file_open allowed, with the generation that allowed them. A
+ * file's path never changes, and every way of bringing it under a protected path later (rename
+ * or link into one, moving an ancestor, mounting onto one) is denied while that generation is
+ * current, so file_permission may trust the verdict instead of walking again on every write().
+ * A verdict of another generation is not trusted (the new policy may protect the file). Entries
+ * go away in file_free_security; a full map only means falling back to the walk.
  */
-BPF_HASH(write_ok, u64, u8, MAX_OPEN_FILES);
+BPF_HASH(write_ok, u64, u32, MAX_OPEN_FILES);
 /*
- * [0] = 1 once user space has filled the policy maps; before that nothing is cached.
- * [1] = rule index that denies execs too deep to check (0: no exec-prefix rules).
+ * [0] = 1 once the programs are attached; before that nothing is cached.
+ * [1] = the current generation as a Gray code: consecutive generations differ in one bit, so
+ *       even a torn read of a concurrent update sees the old or the new value, and the slot
+ *       (the generation's parity) is the parity of the code's bits.
  */
 BPF_ARRAY(config, u32, 2);
 BPF_RINGBUF_OUTPUT(deny_events, RING_PAGES);
@@ -180,6 +214,24 @@ static __always_inline void count(u32 idx)
         *c += 1;
 }
 
+static __always_inline void read_policy(struct pol *p)
+{
+    u32 one = 1;
+    u32 *g = config.lookup(&one);
+    u32 gen = g ? *(volatile u32 *)g : 0;
+    u32 x = gen;
+    x ^= x >> 16;
+    x ^= x >> 8;
+    x ^= x >> 4;
+    x ^= x >> 2;
+    x ^= x >> 1;
+    u32 slot = x & 1;
+    p->gen = gen;
+    p->slot = slot;
+    struct slot_cfg *c = slot_cfg.lookup(&slot);
+    p->flags = c ? c->flags : 0;
+}
+
 /* The superblock's dev_t, read once per file system crossed (all its dentries share it). */
 static __always_inline u32 sb_dev(void *dentry)
 {
@@ -197,10 +249,11 @@ static __always_inline u32 sb_dev(void *dentry)
  * names passed on the way are remembered (as kernel pointers) for the event.
  */
 static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt, u32 mode,
-                                int collect)
+                                int collect, u32 slot)
 {
     int first = 1;
     struct ident_key k = {};
+    k.slot = slot;
     k.dev = dentry ? sb_dev(dentry) : 0;
     res->nnames = 0;
     res->truncated = 0;
@@ -279,7 +332,8 @@ static __always_inline void fill_task(struct deny_event *e)
 }
 
 /* Report a path denial. The operation is denied whether or not the event fits the ring. */
-static __always_inline int deny_path(u32 rule, u8 hook, u8 op, struct walk_result *res)
+static __always_inline int deny_path(u32 rule, u8 hook, u8 op, struct walk_result *res,
+                                     struct pol *p)
 {
     count(1);
     struct deny_event *e = deny_events.ringbuf_reserve(sizeof(struct deny_event));
@@ -289,6 +343,7 @@ static __always_inline int deny_path(u32 rule, u8 hook, u8 op, struct walk_resul
     }
     __builtin_memset(e, 0, sizeof(*e));
     e->rule = rule;
+    e->gen = p->gen;
     e->hook = hook;
     e->op = op;
     e->ident_dev = res->ident_dev;
@@ -310,59 +365,80 @@ static __always_inline int deny_path(u32 rule, u8 hook, u8 op, struct walk_resul
 /*
  * An exec whose path is deeper than the walk can follow might be below an exec-denied
  * directory (anyone can nest directories in /tmp), so with exec-prefix rules loaded it is
- * denied in the name of config[1], the first of them: fail closed. Writes need no such rule:
- * nothing can be created below a protected directory, and lsm_policy refuses protected trees
- * that are already too deep.
+ * denied in the name of the slot's deep_exec_rule, the first of them: fail closed. Writes need
+ * no such rule: nothing can be created below a protected directory, and lsm_policy refuses
+ * protected trees that are already too deep.
  */
-static __always_inline u32 depth_rule(struct walk_result *res, u32 mode)
+static __always_inline u32 depth_rule(struct walk_result *res, u32 mode, struct pol *p)
 {
     if (mode != MODE_EXEC || !res->exhausted)
         return 0;
-    u32 one = 1;
-    u32 *rule = config.lookup(&one);
-    return rule ? *rule : 0;
+    /*
+     * Looked up again rather than carried in `p`: a value the verifier has to track from the
+     * hook's start through two walks multiplies its states (mmap_file went over its limit).
+     */
+    u32 slot = p->slot;
+    struct slot_cfg *c = slot_cfg.lookup(&slot);
+    return c ? c->deep_exec_rule : 0;
 }
 
-static __always_inline int check(void *dentry, void *mnt, u32 mode, u8 hook, u8 op)
+/* Does the current policy have anything to check in this mode? */
+static __always_inline int wanted(struct pol *p, u32 mode)
 {
+    return p->flags & (mode == MODE_EXEC ? F_EXEC : F_WRITE);
+}
+
+static __always_inline int check(void *dentry, void *mnt, u32 mode, u8 hook, u8 op,
+                                 struct pol *p)
+{
+    if (!wanted(p, mode))
+        return 0;
     struct walk_result res = {};
-    if (!walk(&res, dentry, mnt, mode, 0) && !depth_rule(&res, mode))
+    if (!walk(&res, dentry, mnt, mode, 0, p->slot) && !depth_rule(&res, mode, p))
         return 0;
     /* Denied: walk again, now collecting the names below the match for the event. */
-    u32 rule = walk(&res, dentry, mnt, mode, 1);
+    u32 rule = walk(&res, dentry, mnt, mode, 1, p->slot);
     if (!rule)
-        rule = depth_rule(&res, mode);
+        rule = depth_rule(&res, mode, p);
     if (!rule)
-        return -SENTINEL_EPERM; /* cannot happen (maps are not changed while loaded) */
-    return deny_path(rule, hook, op, &res);
+        return -SENTINEL_EPERM; /* cannot happen (a slot is not changed while current) */
+    return deny_path(rule, hook, op, &res, p);
 }
 
-static __always_inline int check_file(void *file, u32 mode, u8 hook, u8 op)
+static __always_inline int check_file(void *file, u32 mode, u8 hook, u8 op, struct pol *p)
 {
     if (!file)
         return 0;
     return check(rd_ptr(file, OFF_FILE_F_PATH_DENTRY), rd_ptr(file, OFF_FILE_F_PATH_MNT), mode,
-                 hook, op);
+                 hook, op, p);
 }
 
-static __always_inline int check_path(const void *path, u32 mode, u8 hook, u8 op)
+static __always_inline int check_path(const void *path, u32 mode, u8 hook, u8 op,
+                                      struct pol *p)
 {
     if (!path)
         return 0;
-    return check(rd_ptr(path, OFF_PATH_DENTRY), rd_ptr(path, OFF_PATH_MNT), mode, hook, op);
+    return check(rd_ptr(path, OFF_PATH_DENTRY), rd_ptr(path, OFF_PATH_MNT), mode, hook, op, p);
 }
 
 /* A dentry inside directory `dir` (a struct path): the mount is dir's. */
-static __always_inline int check_in_dir(const void *dir, void *dentry, u32 mode, u8 hook, u8 op)
+static __always_inline int check_in_dir(const void *dir, void *dentry, u32 mode, u8 hook, u8 op,
+                                        struct pol *p)
 {
-    return check(dentry, dir ? rd_ptr(dir, OFF_PATH_MNT) : 0, mode, hook, op);
+    return check(dentry, dir ? rd_ptr(dir, OFF_PATH_MNT) : 0, mode, hook, op, p);
 }
 
 /* ---- exec ------------------------------------------------------------------------------- */
 
+/* Every hook starts with POLICY: the generation it checks against, read once. */
+#define POLICY                                                                                 \
+    struct pol p = {};                                                                         \
+    read_policy(&p)
+
 LSM_PROBE(bprm_check_security, void *bprm)
 {
-    return check_file(rd_ptr(bprm, OFF_BPRM_FILE), MODE_EXEC, H_BPRM_CHECK, OP_EXEC);
+    POLICY;
+    return check_file(rd_ptr(bprm, OFF_BPRM_FILE), MODE_EXEC, H_BPRM_CHECK, OP_EXEC, &p);
 }
 
 /* ---- files ------------------------------------------------------------------------------ */
@@ -371,18 +447,26 @@ LSM_PROBE(file_open, void *file)
 {
     u32 fmode = 0, flags = 0;
     bpf_probe_read_kernel(&fmode, sizeof(fmode), (char *)file + OFF_FILE_F_MODE);
+    if (!(fmode & FMODE_WRITE_)) {
+        bpf_probe_read_kernel(&flags, sizeof(flags), (char *)file + OFF_FILE_F_FLAGS);
+        if (!(flags & O_TRUNC_))
+            return 0;
+    }
+    POLICY;
+    if (!(p.flags & F_WRITE))
+        return 0; /* nothing protected: nothing to check, nothing worth caching */
     bpf_probe_read_kernel(&flags, sizeof(flags), (char *)file + OFF_FILE_F_FLAGS);
     int ret = 0;
     if (flags & O_TRUNC_)
-        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_TRUNC);
+        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_TRUNC, &p);
     else if (fmode & FMODE_WRITE_)
-        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_WRITE);
+        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_WRITE, &p);
     u32 zero = 0;
     u32 *ready = config.lookup(&zero);
     if (ret == 0 && (fmode & FMODE_WRITE_) && ready && *ready) {
         u64 key = (u64)file;
-        u8 one = 1;
-        write_ok.update(&key, &one);
+        u32 gen = p.gen;
+        write_ok.update(&key, &gen);
     }
     return ret;
 }
@@ -403,76 +487,91 @@ LSM_PROBE(file_permission, void *file, int mask)
 {
     if (!(mask & (MAY_WRITE_ | MAY_APPEND_)))
         return 0;
-    u64 key = (u64)file;
-    if (write_ok.lookup(&key))
+    POLICY;
+    if (!(p.flags & F_WRITE))
         return 0;
-    return check_file(file, MODE_WRITE, H_FILE_PERMISSION, OP_WRITE);
+    u64 key = (u64)file;
+    u32 *ok = write_ok.lookup(&key);
+    if (ok && *ok == p.gen)
+        return 0;
+    return check_file(file, MODE_WRITE, H_FILE_PERMISSION, OP_WRITE, &p);
 }
 
 LSM_PROBE(path_truncate, const void *path)
 {
-    return check_path(path, MODE_WRITE, H_PATH_TRUNCATE, OP_TRUNCATE);
+    POLICY;
+    return check_path(path, MODE_WRITE, H_PATH_TRUNCATE, OP_TRUNCATE, &p);
 }
 
 #ifdef HAVE_file_truncate
 LSM_PROBE(file_truncate, void *file)
 {
-    return check_file(file, MODE_WRITE, H_FILE_TRUNCATE, OP_TRUNCATE);
+    POLICY;
+    return check_file(file, MODE_WRITE, H_FILE_TRUNCATE, OP_TRUNCATE, &p);
 }
 #endif
 
 LSM_PROBE(path_unlink, const void *dir, void *dentry)
 {
-    return check_in_dir(dir, dentry, MODE_MOVE, H_PATH_UNLINK, OP_UNLINK);
+    POLICY;
+    return check_in_dir(dir, dentry, MODE_MOVE, H_PATH_UNLINK, OP_UNLINK, &p);
 }
 
 LSM_PROBE(path_rmdir, const void *dir, void *dentry)
 {
-    return check_in_dir(dir, dentry, MODE_MOVE, H_PATH_RMDIR, OP_RMDIR);
+    POLICY;
+    return check_in_dir(dir, dentry, MODE_MOVE, H_PATH_RMDIR, OP_RMDIR, &p);
 }
 
 LSM_PROBE(path_mkdir, const void *dir, void *dentry, unsigned short mode)
 {
-    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_MKDIR, OP_MKDIR);
+    POLICY;
+    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_MKDIR, OP_MKDIR, &p);
 }
 
 /* Also reached by open(O_CREAT) of a new file. */
 LSM_PROBE(path_mknod, const void *dir, void *dentry, unsigned short mode, unsigned int dev)
 {
-    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_MKNOD, OP_MKNOD);
+    POLICY;
+    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_MKNOD, OP_MKNOD, &p);
 }
 
 LSM_PROBE(path_symlink, const void *dir, void *dentry, const char *old_name)
 {
-    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_SYMLINK, OP_SYMLINK);
+    POLICY;
+    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_SYMLINK, OP_SYMLINK, &p);
 }
 
 LSM_PROBE(path_link, void *old_dentry, const void *new_dir, void *new_dentry)
 {
+    POLICY;
     /* A hard link never crosses mounts, so new_dir's mount is also old_dentry's. */
-    int ret = check_in_dir(new_dir, old_dentry, MODE_WRITE, H_PATH_LINK, OP_LINK_FROM);
+    int ret = check_in_dir(new_dir, old_dentry, MODE_WRITE, H_PATH_LINK, OP_LINK_FROM, &p);
     if (ret)
         return ret;
-    return check_in_dir(new_dir, new_dentry, MODE_WRITE, H_PATH_LINK, OP_LINK_TO);
+    return check_in_dir(new_dir, new_dentry, MODE_WRITE, H_PATH_LINK, OP_LINK_TO, &p);
 }
 
 LSM_PROBE(path_rename, const void *old_dir, void *old_dentry, const void *new_dir,
           void *new_dentry)
 {
-    int ret = check_in_dir(old_dir, old_dentry, MODE_MOVE, H_PATH_RENAME, OP_RENAME_FROM);
+    POLICY;
+    int ret = check_in_dir(old_dir, old_dentry, MODE_MOVE, H_PATH_RENAME, OP_RENAME_FROM, &p);
     if (ret)
         return ret;
-    return check_in_dir(new_dir, new_dentry, MODE_MOVE, H_PATH_RENAME, OP_RENAME_TO);
+    return check_in_dir(new_dir, new_dentry, MODE_MOVE, H_PATH_RENAME, OP_RENAME_TO, &p);
 }
 
 LSM_PROBE(path_chmod, const void *path)
 {
-    return check_path(path, MODE_WRITE, H_PATH_CHMOD, OP_CHMOD);
+    POLICY;
+    return check_path(path, MODE_WRITE, H_PATH_CHMOD, OP_CHMOD, &p);
 }
 
 LSM_PROBE(path_chown, const void *path)
 {
-    return check_path(path, MODE_WRITE, H_PATH_CHOWN, OP_CHOWN);
+    POLICY;
+    return check_path(path, MODE_WRITE, H_PATH_CHOWN, OP_CHOWN, &p);
 }
 
 /* Arguments before the dentry differ across kernels (user_namespace, mnt_idmap, none). */
@@ -482,7 +581,8 @@ LSM_PROBE(inode_setattr, void *dentry)
 LSM_PROBE(inode_setattr, void *idmap, void *dentry)
 #endif
 {
-    return check(dentry, 0, MODE_WRITE, H_INODE_SETATTR, OP_SETATTR);
+    POLICY;
+    return check(dentry, 0, MODE_WRITE, H_INODE_SETATTR, OP_SETATTR, &p);
 }
 
 #if SETXATTR_DENTRY_ARG == 0
@@ -491,7 +591,8 @@ LSM_PROBE(inode_setxattr, void *dentry)
 LSM_PROBE(inode_setxattr, void *idmap, void *dentry)
 #endif
 {
-    return check(dentry, 0, MODE_WRITE, H_INODE_SETXATTR, OP_SETXATTR);
+    POLICY;
+    return check(dentry, 0, MODE_WRITE, H_INODE_SETXATTR, OP_SETXATTR, &p);
 }
 
 #if REMOVEXATTR_DENTRY_ARG == 0
@@ -500,21 +601,24 @@ LSM_PROBE(inode_removexattr, void *dentry)
 LSM_PROBE(inode_removexattr, void *idmap, void *dentry)
 #endif
 {
-    return check(dentry, 0, MODE_WRITE, H_INODE_REMOVEXATTR, OP_REMOVEXATTR);
+    POLICY;
+    return check(dentry, 0, MODE_WRITE, H_INODE_REMOVEXATTR, OP_REMOVEXATTR, &p);
 }
 
 /* POSIX ACLs have their own hooks since 6.2 (before, they went through the xattr hooks). */
 #ifdef HAVE_inode_set_acl
 LSM_PROBE(inode_set_acl, void *idmap, void *dentry)
 {
-    return check(dentry, 0, MODE_WRITE, H_INODE_SET_ACL, OP_SET_ACL);
+    POLICY;
+    return check(dentry, 0, MODE_WRITE, H_INODE_SET_ACL, OP_SET_ACL, &p);
 }
 #endif
 
 #ifdef HAVE_inode_remove_acl
 LSM_PROBE(inode_remove_acl, void *idmap, void *dentry)
 {
-    return check(dentry, 0, MODE_WRITE, H_INODE_REMOVE_ACL, OP_REMOVE_ACL);
+    POLICY;
+    return check(dentry, 0, MODE_WRITE, H_INODE_REMOVE_ACL, OP_REMOVE_ACL, &p);
 }
 #endif
 
@@ -526,21 +630,23 @@ LSM_PROBE(mmap_file, void *file, unsigned long reqprot, unsigned long prot, unsi
 {
     if (!file)
         return 0;
+    POLICY;
     if (prot & PROT_EXEC_) {
-        int ret = check_file(file, MODE_EXEC, H_MMAP_FILE, OP_MMAP_EXEC);
+        int ret = check_file(file, MODE_EXEC, H_MMAP_FILE, OP_MMAP_EXEC, &p);
         if (ret)
             return ret;
     }
     if (!(flags & MAP_SHARED_) || !(prot & PROT_WRITE_))
         return 0;
-    return check_file(file, MODE_WRITE, H_MMAP_FILE, OP_MMAP_SHARED_WRITE);
+    return check_file(file, MODE_WRITE, H_MMAP_FILE, OP_MMAP_SHARED_WRITE, &p);
 }
 
 LSM_PROBE(file_mprotect, void *vma, unsigned long reqprot, unsigned long prot)
 {
+    POLICY;
     if (prot & PROT_EXEC_) {
         int ret = check_file(rd_ptr(vma, OFF_VMA_VM_FILE), MODE_EXEC, H_FILE_MPROTECT,
-                             OP_MPROTECT_EXEC);
+                             OP_MPROTECT_EXEC, &p);
         if (ret)
             return ret;
     }
@@ -551,30 +657,36 @@ LSM_PROBE(file_mprotect, void *vma, unsigned long reqprot, unsigned long prot)
     if (!(vm_flags & VM_SHARED_))
         return 0;
     return check_file(rd_ptr(vma, OFF_VMA_VM_FILE), MODE_WRITE, H_FILE_MPROTECT,
-                      OP_MPROTECT_SHARED_WRITE);
+                      OP_MPROTECT_SHARED_WRITE, &p);
 }
 
 /* ---- mounts: mounting onto (or moving a mount onto) a protected path or an ancestor ------- */
 
 LSM_PROBE(sb_mount, const char *dev_name, const void *path)
 {
-    return check_path(path, MODE_MOVE, H_SB_MOUNT, OP_MOUNT);
+    POLICY;
+    return check_path(path, MODE_MOVE, H_SB_MOUNT, OP_MOUNT, &p);
 }
 
 LSM_PROBE(move_mount, const void *from_path, const void *to_path)
 {
-    return check_path(to_path, MODE_MOVE, H_MOVE_MOUNT, OP_MOUNT);
+    POLICY;
+    return check_path(to_path, MODE_MOVE, H_MOVE_MOUNT, OP_MOUNT, &p);
 }
 
 /* ---- network ---------------------------------------------------------------------------- */
 
 LSM_PROBE(socket_connect, void *sock, void *address, int addrlen)
 {
+    POLICY;
+    if (!(p.flags & F_CONNECT))
+        return 0;
     u16 family = 0;
     bpf_probe_read_kernel(&family, sizeof(family), address);
     struct net_key key = {};
     u16 nport = 0;
-    key.prefixlen = 128;
+    key.prefixlen = 8 + 128;
+    key.slot = p.slot;
     if (family == AF_INET_) {
         if (addrlen < 8)
             return 0;
@@ -592,6 +704,7 @@ LSM_PROBE(socket_connect, void *sock, void *address, int addrlen)
     }
     u32 port = ((nport & 0xff) << 8) | (nport >> 8);
     struct port_key pk = {};
+    pk.slot = p.slot;
     u32 *rule = 0;
     u32 *entry = net_trie.lookup(&key);
     if (entry) {
@@ -619,6 +732,7 @@ LSM_PROBE(socket_connect, void *sock, void *address, int addrlen)
     }
     __builtin_memset(e, 0, sizeof(*e));
     e->rule = r;
+    e->gen = p.gen;
     e->hook = H_SOCKET_CONNECT;
     e->op = OP_CONNECT;
     e->family = family;

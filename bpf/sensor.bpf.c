@@ -15,7 +15,6 @@
 #define EV_EXIT 3
 #define EV_OPEN 4
 #define EV_CONNECT 5
-#define EV_MAX 6
 
 #define SC_OPEN 1
 #define SC_OPENAT 2
@@ -29,6 +28,24 @@
 #define FLAG_BASE_DIRFD 32
 #define FLAG_BASE_BAD 64
 #define FLAG_BASE_TRUNC 128
+#define FLAG_EXECVEAT 256       // exec: made by execveat(2), not execve(2)
+
+// Falco event types, for the per-type counters: keep in step with EVT_TYPES in
+// sentinel/kernel/sensor.py. Per type, [t * C_N + C_*] counts events the prefilter dropped,
+// events that passed it (sent or lost), and events lost (ring buffer full).
+#define T_EXECVE 0
+#define T_EXECVEAT 1
+#define T_CLONE 2
+#define T_PROCEXIT 3
+#define T_OPEN 4
+#define T_OPENAT 5
+#define T_OPENAT2 6
+#define T_CONNECT 7
+#define T_MAX 8
+#define C_FILTERED 0
+#define C_PASSED 1
+#define C_LOST 2
+#define C_N 3
 
 #define ARGS_SIZE 1024          // power of two: bounded reads mask with ARGS_SIZE - 1
 #define FNAME_SIZE 256
@@ -36,6 +53,7 @@
 #define WALK_SIZE 768           // a dentry walk: NUL-separated components, leaf first
 #define WALK_LIMIT 512          // stop writing components past this offset
 #define NAME_MAX_READ 256
+#define EXE_END 512             // the executable's path ends here in exec_ev.exe (right-aligned)
 // Components per dentry walk. Every iteration is verified separately (bcc cannot emit the
 // bpf_loop() callback that would avoid it), so depth is start-up time: 16 keeps the load under
 // half a second. A deeper path is flagged truncated and user space falls back to /proc.
@@ -71,7 +89,7 @@ struct exec_ev {
     u32 sid;
     u32 pgid;
     u32 args_len;     // bytes of args[] used (NUL-separated argv)
-    u32 exe_len;      // bytes of exe[] used (walk of bprm->file)
+    u32 exe_len;      // length of the executable's path, which ends at exe[EXE_END]
     u32 cwd_len;      // bytes of cwd[] used (walk of fs->pwd)
     u32 old_pid;
     s32 res;          // 0 (sched_process_exec), or -errno of a failed execve/execveat
@@ -137,18 +155,33 @@ struct sc_args {
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
-BPF_PERCPU_ARRAY(lost, u64, EV_MAX);
+BPF_PERCPU_ARRAY(counts, u64, T_MAX * C_N);
 BPF_PERCPU_ARRAY(pending, u64, 1);
 // Per-CPU scratch where an open record is assembled, then copied into the ring buffer with
 // only the bytes it uses (bpf_ringbuf_output): a short path costs 2 cache lines of ring
 // instead of 6, and ring lines are what the producer pays for (the reader on the other CPU
 // last touched them).
 BPF_PERCPU_ARRAY(open_scratch, struct open_scratch_t, 1);
+// Per-CPU scratch for the executable's path: built once, before the prefilter judges it and
+// the record is reserved, then copied into the record.
+struct exe_buf {
+    char b[WALK_SIZE];
+    u32 len;
+    u32 trunc;
+};
+BPF_PERCPU_ARRAY(exe_scratch, struct exe_buf, 1);
 
-static __always_inline void count_lost(u32 type) {
-    u64 *v = lost.lookup(&type);
+static __always_inline void count(u32 t, u32 what) {
+    u32 i = t * C_N + what;
+    u64 *v = counts.lookup(&i);
     if (v)
         *v += 1;
+}
+
+// Whether the prefilter keeps an event of Falco type t; counts the verdict.
+static __always_inline int counted(u32 t, int keep) {
+    count(t, keep ? C_PASSED : C_FILTERED);
+    return keep;
 }
 
 static __always_inline void *rd_ptr(void *base, u32 off) {
@@ -175,13 +208,29 @@ static __always_inline int is_self(void) {
 
 // ---- prefilter hooks ---------------------------------------------------------------------
 // Return 0 to drop an event before it costs a ring-buffer reservation. Each hook gets what the
-// kernel knows at that point (the call's arguments and result). Today they keep everything but
-// Sentinel's own events; the in-kernel prefilter (bpf/filter.h, filled from the compiler's
-// kernel plan) replaces a hook by defining PREFILTER_<FAMILY> and its own function, in source
-// prepended to this file.
+// kernel knows at that point (the call's arguments and result). By default they keep
+// everything; the in-kernel prefilter (bpf/filter.h, filled from the compiler's kernel plan)
+// replaces a hook by defining PREFILTER_<FAMILY> and its own function, in source prepended to
+// this file. Sentinel's own events are dropped before the hooks, and not counted.
 #ifndef PREFILTER_PROC
 static __always_inline int prefilter_proc(u32 type) {
-    return !is_self();
+    return 1;
+}
+#endif
+#ifndef PREFILTER_EXEC
+// An exec, in two steps: _pre() returns 0 (drop), 1 (keep) or 2 (ask _path() with the
+// executable's path: len bytes, exactly what user space reports as proc.exepath, or len 0 when
+// it is not known here, for a failed exec or a walk cut short). The path is walked only for 2.
+// The state between the two lives on the caller's stack (the prefilter renames the struct).
+struct pf_exec_state {
+    u32 unused;
+};
+static __always_inline int prefilter_exec_pre(struct pf_exec_state *st) {
+    return 1;
+}
+static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const char *exe,
+                                               u32 len) {
+    return 1;
 }
 #endif
 // prefilter_open_base is called for every open prefilter_open kept, with the walk of the base
@@ -289,19 +338,113 @@ static __always_inline u32 walk_path(char *buf, void *dentry, void *vfsmnt, void
     return off;
 }
 
+// Walk like walk_path(), but write the path forward ("/usr/bin/ls"), right-aligned so that it
+// ends at buf[EXE_END]: one string that the prefilter looks up and user space reads as is.
+// Names are copied by their d_name length. Sets x->len to the path's length (0 when the file
+// is the root itself or has no name) and x->trunc when depth or room ran out.
+static __always_inline void walk_path_fwd(struct exe_buf *x, void *dentry, void *vfsmnt,
+                                          void *root_dentry, void *root_mnt) {
+    char *buf = x->b;
+    u32 pos = EXE_END;
+    void *mnt = vfsmnt - OFF_MOUNT_MNT;
+    u32 trunc_v = 1;
+    u32 *trunc = &trunc_v;
+    int i;
+    for (i = 0; i < WALK_DEPTH; i++) {
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            *trunc = 0;
+            break;
+        }
+        void *mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
+        if (dentry == mnt_root) {
+            void *parent_mnt = rd_ptr(mnt, OFF_MOUNT_MNT_PARENT);
+            if (parent_mnt == mnt || !parent_mnt) {
+                *trunc = 0;
+                break;
+            }
+            dentry = rd_ptr(mnt, OFF_MOUNT_MNT_MOUNTPOINT);
+            mnt = parent_mnt;
+            vfsmnt = mnt + OFF_MOUNT_MNT;
+            continue;
+        }
+        void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
+        if (parent == dentry || !parent) {
+            *trunc = 0;
+            break;
+        }
+        u32 len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
+        if (len == 0 || len >= NAME_MAX_READ || len + 1 > pos)
+            break;                      // no room left (or a nameless dentry): truncated
+        asm volatile("" : "+r"(len));   // keep the mask below: it bounds the copy for the verifier
+        pos -= len;
+        void *name = rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
+        if (bpf_probe_read_kernel(&buf[pos & (EXE_END - 1)], len & (NAME_MAX_READ - 1), name))
+            break;
+        pos -= 1;
+        buf[pos & (EXE_END - 1)] = '/';
+        dentry = parent;
+    }
+    x->len = EXE_END - pos;
+    x->trunc = trunc_v;
+}
+
 // ---------------------------------------------------------------------------------- exec
+
+// execve or execveat. The syscall number is gone by now (x86 resets the saved registers for
+// the new image), but an execveat that names its file by a directory fd (fexecve, fileless
+// memfd execution, a path relative to a dirfd) leaves bprm->fdpath ("/dev/fd/N[/name]").
+// An execveat with AT_FDCWD or an absolute path is indistinguishable from execve here and
+// counts as execve (failed ones are told apart exactly, at their own syscall exits).
+static __always_inline u32 exec_type(void *bprm) {
+    return rd_ptr(bprm, OFF_BPRM_FDPATH) ? T_EXECVEAT : T_EXECVE;
+}
 
 RAW_TRACEPOINT_PROBE(sched_process_exec) {
     void *task = (void *)ctx->args[0];
     void *bprm = (void *)ctx->args[2];
-    if (!prefilter_proc(EV_EXEC))
+    if (is_self())
         return 0;
+    u32 t = exec_type(bprm);
+    struct pf_exec_state pst = {};
+    int verdict = prefilter_exec_pre(&pst);
+    if (!verdict) {
+        count(t, C_FILTERED);
+        return 0;
+    }
+    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
+    // the record carries it.
+    u32 zero = 0;
+    struct exe_buf *xb = exe_scratch.lookup(&zero);
+    if (!xb)
+        return 0;
+    void *fs = rd_ptr(task, OFF_TASK_FS);
+    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    xb->len = 0;
+    xb->trunc = 0;
+    void *file = rd_ptr(bprm, OFF_BPRM_FILE);
+    if (file)
+        walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                      rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
+    // Read back through memory (volatile), so the filter below works on one unknown length
+    // rather than on whatever clang can prove about each way the walk ends; every copy it
+    // makes is bounded by masks of its own.
+    u32 exe_len = *(volatile u32 *)&xb->len;
+    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
+    u32 known = exe_trunc ? 0 : exe_len & (EXE_END - 1);
+    if (verdict == 2 && !prefilter_exec_path(&pst, xb->b + EXE_END - known, known)) {
+        count(t, C_FILTERED);
+        return 0;
+    }
+    count(t, C_PASSED);
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
-        count_lost(EV_EXEC);
+        count(t, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_EXEC, task);
+    if (t == T_EXECVEAT)
+        e->h.flags |= FLAG_EXECVEAT;
     e->old_pid = (u32)ctx->args[1];
     e->res = 0;
 
@@ -323,20 +466,12 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (alen > 0 && bpf_probe_read_user(&e->args, alen & (ARGS_SIZE - 1) ? alen & (ARGS_SIZE - 1) : ARGS_SIZE, (void *)as) == 0)
         e->args_len = alen;
 
-    // Executable path (symlinks resolved) and cwd, as dentry walks to the task's root.
-    void *fs = rd_ptr(task, OFF_TASK_FS);
-    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
-    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    // The executable's path, from the walk above; the cwd, as a dentry walk to the task's root.
+    bpf_probe_read_kernel(e->exe, WALK_SIZE, xb->b);
+    e->exe_len = exe_len;
+    if (exe_trunc)
+        e->h.flags |= FLAG_EXE_TRUNC;
     u32 trunc = 0;
-    void *file = rd_ptr(bprm, OFF_BPRM_FILE);
-    e->exe_len = 0;
-    if (file) {
-        e->exe_len = walk_path(e->exe, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
-                               rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry,
-                               root_mnt, &trunc, 0, 0);
-        if (trunc)
-            e->h.flags |= FLAG_EXE_TRUNC;
-    }
     e->cwd_len = walk_path(e->cwd, rd_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY),
                            rd_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT), root_dentry, root_mnt, &trunc,
                            0, 0);
@@ -366,11 +501,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
 
 RAW_TRACEPOINT_PROBE(sched_process_fork) {
     void *child = (void *)ctx->args[1];
-    if (!prefilter_proc(EV_FORK))
+    if (is_self() || !counted(T_CLONE, prefilter_proc(EV_FORK)))
         return 0;
     struct fork_ev *e = events.ringbuf_reserve(sizeof(struct fork_ev));
     if (!e) {
-        count_lost(EV_FORK);
+        count(T_CLONE, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_FORK, (void *)bpf_get_current_task());
@@ -392,11 +527,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exit) {
     if ((u32)pt != (u32)(pt >> 32))
         return 0;
 #endif
-    if (!prefilter_proc(EV_EXIT))
+    if (is_self() || !counted(T_PROCEXIT, prefilter_proc(EV_EXIT)))
         return 0;
     struct exit_ev *e = events.ringbuf_reserve(sizeof(struct exit_ev));
     if (!e) {
-        count_lost(EV_EXIT);
+        count(T_PROCEXIT, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_EXIT, task);
@@ -425,17 +560,21 @@ static __always_inline void read_args(struct sc_args *a) {
 // execve); the process image is unchanged, so only the attempted path and argv are recorded.
 #define FAILED_EXEC_ARGS 16
 
-static __always_inline int emit_exec_failure(long ret, u64 fname, u64 argvp) {
+static __always_inline int emit_exec_failure(long ret, u64 fname, u64 argvp, u32 t) {
     if (ret >= 0 || is_self())
         return 0;
-    if (!prefilter_proc(EV_EXEC))
+    struct pf_exec_state pst = {};
+    int verdict = prefilter_exec_pre(&pst);  // the image is unchanged: no new executable path
+    if (!counted(t, verdict == 2 ? prefilter_exec_path(&pst, 0, 0) : verdict))
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
-        count_lost(EV_EXEC);
+        count(t, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, EV_EXEC, 0);
+    if (t == T_EXECVEAT)
+        e->h.flags |= FLAG_EXECVEAT;
     e->tty = 0;
     e->sid = 0;
     e->pgid = 0;
@@ -472,7 +611,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execve) {
         return 0;
     struct sc_args a = {};
     read_args(&a);
-    return emit_exec_failure(args->ret, a.a0, a.a1);
+    return emit_exec_failure(args->ret, a.a0, a.a1, T_EXECVE);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_exit_execveat) {
@@ -480,7 +619,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat) {
         return 0;
     struct sc_args a = {};
     read_args(&a);
-    return emit_exec_failure(args->ret, a.a1, a.a2);
+    return emit_exec_failure(args->ret, a.a1, a.a2, T_EXECVEAT);
 }
 #endif
 
@@ -534,10 +673,20 @@ int open_judge(void *ctx) {
     if (!r)
         return 0;
     u32 fl = r->r.e.h.flags;
-    if (!prefilter_open_base(r->r.base, r->at, r->nc, fl & (FLAG_BASE_BAD | FLAG_BASE_TRUNC)))
+    u32 sc = r->r.e.syscall;
+    u32 t = sc == SC_OPEN ? T_OPEN : sc == SC_OPENAT ? T_OPENAT : T_OPENAT2;
+    if (!prefilter_open_base(r->r.base, r->at, r->nc, fl & (FLAG_BASE_BAD | FLAG_BASE_TRUNC))) {
+        // emit_open counted it passed before this verdict: move it to filtered (per-CPU, and
+        // this runs on the CPU that counted it)
+        u32 i = t * C_N + C_PASSED;
+        u64 *v = counts.lookup(&i);
+        if (v && *v)
+            *v -= 1;
+        count(t, C_FILTERED);
         return 0;
+    }
     if (events.ringbuf_output(&r->r, sizeof(struct open_ev_rel), wakeup_flags(EV_OPEN)) != 0)
-        count_lost(EV_OPEN);
+        count(t, C_LOST);
     return 0;
 }
 #endif
@@ -567,7 +716,8 @@ static __always_inline int emit_open(void *ctx, long ret, u32 sc) {
         flags = how[0];
         mode = how[1];
     }
-    if (!prefilter_open((u32)flags, (const char *)path, ret))
+    u32 t = sc == SC_OPEN ? T_OPEN : sc == SC_OPENAT ? T_OPENAT : T_OPENAT2;
+    if (!counted(t, prefilter_open((u32)flags, (const char *)path, ret)))
         return 0;
     u32 zero = 0;
     struct open_scratch_t *r = open_scratch.lookup(&zero);
@@ -609,7 +759,7 @@ static __always_inline int emit_open(void *ctx, long ret, u32 sc) {
         size = sizeof(struct open_ev_rel);
     }
     if (events.ringbuf_output(e, size, wakeup_flags(EV_OPEN)) != 0)
-        count_lost(EV_OPEN);
+        count(t, C_LOST);
     return 0;
 }
 
@@ -633,11 +783,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
         return 0;
     struct sc_args a = {};
     read_args(&a);
-    if (!prefilter_connect((const void *)a.a1, (u32)a.a2, args->ret))
+    if (!counted(T_CONNECT, prefilter_connect((const void *)a.a1, (u32)a.a2, args->ret)))
         return 0;
     struct connect_ev *e = events.ringbuf_reserve(sizeof(struct connect_ev));
     if (!e) {
-        count_lost(EV_CONNECT);
+        count(T_CONNECT, C_LOST);
         return 0;
     }
     void *task = (void *)bpf_get_current_task();

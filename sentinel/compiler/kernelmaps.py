@@ -140,7 +140,7 @@ class KernelView:
     family: str
     comm: str
     uid: int
-    path: str | None = None  # open: the path argument as passed
+    path: str | None = None  # open: the path argument as passed; exec: proc.exepath (None: unknown)
     flags: int = 0
     # open, relative path: the directory it starts from as the kernel's walk gives it (the cwd,
     # or the dirfd's file; what sentinel.kernel.records.join_walk makes of the walk), or None
@@ -231,11 +231,23 @@ def passes(tables: KernelTables, kv: KernelView) -> bool:
     return acc != 0
 
 
+def _exe_mask(ft: FamilyTables, dim: Dim, exe: str | None) -> int | None:
+    """proc.exepath: the kernel has exactly the string user space reports (any length the walk
+    fits, canonical by construction), or nothing (a failed exec, a walk cut short)."""
+    if not exe:
+        return None
+    if dim is Dim.PATH:
+        return ft.exact[dim].get(exe, 0)  # exact values are <= 255 bytes: a longer path is none
+    return _lpm(ft.lpm[dim], _key(dim, exe)[:LPM_PAYLOAD])
+
+
 def _dim_mask(ft: FamilyTables, dim: Dim, kv: KernelView) -> int | None:
     if dim is Dim.COMM:
         return ft.exact[dim].get(kv.comm[:15], 0)
     if dim is Dim.UID:
         return ft.exact[dim].get(kv.uid, 0)
+    if kv.family == "exec" and dim in (Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX):
+        return _exe_mask(ft, dim, kv.path)
     if dim in (Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX):
         path = kernel_path(kv)
         if path is None:

@@ -2,12 +2,13 @@
 
 For every event family the sensor traces (exec, open, connect), a rule's condition is
 specialised to the family's event types and abstracted: each check on a field the kernel can see
-becomes a *constraint* on one dimension (comm, uid, open path exact/prefix/suffix, open intent,
-destination port, destination address, socket family); every other check, and every negated
-check, becomes "unknown" (true). The result is put in disjunctive normal form: a list of *terms*,
-each a conjunction of per-dimension constraints ("boxes"). Dropping a check only widens a term,
-so the kernel part is an over-approximation: whenever the full condition can be true, some term
-is true. That is the invariant the kernel filter relies on to drop events safely.
+becomes a *constraint* on one dimension (comm, uid, open path exact/prefix/suffix, executable
+path exact/prefix/suffix, open intent, destination port, destination address, socket family);
+every other check, and every negated check, becomes "unknown" (true). The result is put in
+disjunctive normal form: a list of *terms*, each a conjunction of per-dimension constraints
+("boxes"). Dropping a check only widens a term, so the kernel part is an over-approximation:
+whenever the full condition can be true, some term is true. That is the invariant the kernel
+filter relies on to drop events safely.
 
 Encoding the terms into BPF maps is :mod:`sentinel.kernel.filters`' job.
 """
@@ -39,9 +40,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
 class Dim(StrEnum):
     COMM = "comm"
     UID = "uid"
-    PATH = "path"  # open: fd.name exact
-    PATH_PREFIX = "path_prefix"  # open: fd.name prefix
-    PATH_SUFFIX = "path_suffix"  # open: fd.name suffix
+    # The family's path: fd.name for open, proc.exepath for exec (the same map encodings).
+    PATH = "path"  # exact
+    PATH_PREFIX = "path_prefix"  # prefix
+    PATH_SUFFIX = "path_suffix"  # suffix
     OPEN_WRITE = "open_write"  # open: (flags & O_ACCMODE) in (O_WRONLY, O_RDWR)
     OPEN_READ = "open_read"  # open: (flags & O_ACCMODE) in (O_RDONLY, O_RDWR)
     DPORT = "dport"  # connect: destination port
@@ -52,7 +54,7 @@ class Dim(StrEnum):
 
 
 DIMS_OF: dict[str, tuple[Dim, ...]] = {
-    "exec": (Dim.COMM, Dim.UID),
+    "exec": (Dim.COMM, Dim.UID, Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX),
     "open": (
         Dim.COMM,
         Dim.UID,
@@ -69,6 +71,17 @@ DIMS_OF: dict[str, tuple[Dim, ...]] = {
 
 Value = str | int | bool | IPNetwork
 
+# What a path dimension is about, per family (for `sentinel explain`).
+PATH_FIELD = {"open": "fd.name", "exec": "proc.exepath"}
+
+
+def dim_label(dim: Dim, family: str | None = None) -> str:
+    """A dimension's name as `explain` shows it: the path dims name the family's field."""
+    field_name = PATH_FIELD.get(family or "")
+    if field_name is None or dim not in (Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX):
+        return dim.value
+    return field_name + {Dim.PATH: "", Dim.PATH_PREFIX: " prefix", Dim.PATH_SUFFIX: " suffix"}[dim]
+
 
 @dataclass(frozen=True, slots=True)
 class Constraint:
@@ -78,7 +91,7 @@ class Constraint:
     dim: Dim
     values: frozenset[Value]
 
-    def describe(self) -> str:
+    def describe(self, family: str | None = None) -> str:
         shown = sorted(str(v) for v in self.values)
         if len(shown) > 6:
             shown = [*shown[:6], f"... ({len(self.values)} values)"]
@@ -87,7 +100,10 @@ class Constraint:
             Dim.PATH_SUFFIX: "ends with",
             Dim.DADDR: "in",
         }.get(self.dim, "is")
-        return f"{self.dim.value} {verb} {{{', '.join(shown)}}}"
+        name = dim_label(self.dim, family)
+        if self.dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX) and family in PATH_FIELD:
+            name = PATH_FIELD[family]  # "proc.exepath starts with ..."
+        return f"{name} {verb} {{{', '.join(shown)}}}"
 
 
 Term = dict[Dim, Constraint]  # a conjunction; {} is "always true"
@@ -111,7 +127,8 @@ class RulePlan:
         if not self.terms:
             return ["never (no event of this family can match)"]
         return [
-            " and ".join(c.describe() for c in t.values()) if t else "always" for t in self.terms
+            " and ".join(c.describe(self.family) for c in t.values()) if t else "always"
+            for t in self.terms
         ]
 
 
@@ -195,15 +212,15 @@ def abstract(c: ast.Check, family: str) -> Constraint | object:
             return Constraint(Dim.UID, frozenset(int(v, 0) for v in vals))
         except ValueError:
             return _UNKNOWN
+    if family == "exec":
+        return _exepath(op, vals) if name == "proc.exepath" else _UNKNOWN
     if Dim.PATH in dims:
         if name == "fd.name":
             if exact:
                 if all(len(v.encode()) <= PATH_MAX_KEY for v in vals):
                     return Constraint(Dim.PATH, frozenset(vals))
-                return Constraint(
-                    Dim.PATH_PREFIX,
-                    frozenset(v.encode()[:PATH_MAX_KEY].decode("utf-8", "ignore") for v in vals),
-                )
+                # Too long for the exact-path hash: its head, as a prefix the trie can hold.
+                return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
             if op in ("startswith", "pmatch"):
                 return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
             if op == "endswith":
@@ -240,6 +257,23 @@ def abstract(c: ast.Check, family: str) -> Constraint | object:
         if name == "fd.type" and exact:
             fams2 = {"ipv4": "4", "ipv6": "6", "unix": "u"}
             return Constraint(Dim.FAMILY, frozenset(fams2[v] for v in vals if v in fams2))
+    return _UNKNOWN
+
+
+def _exepath(op: str, vals: list[str]) -> Constraint | object:
+    """proc.exepath of an exec: the path the sensor's walk built, exactly as user space reports
+    it, so =, in, startswith, pmatch, endswith and a glob's literal head are all kernel tests.
+    (proc.exe is argv[0], which the caller chooses: never a kernel dimension.)"""
+    if op in ("=", "==", "in"):
+        if all(len(v.encode()) <= PATH_MAX_KEY for v in vals):
+            return Constraint(Dim.PATH, frozenset(vals))
+        return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
+    if op in ("startswith", "pmatch"):
+        return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
+    if op == "endswith":
+        return Constraint(Dim.PATH_SUFFIX, frozenset(_cap(v, tail=True) for v in vals))
+    if op == "glob" and len(vals) == 1:
+        return Constraint(Dim.PATH_PREFIX, frozenset({_cap(_glob_prefix(vals[0]))}))
     return _UNKNOWN
 
 

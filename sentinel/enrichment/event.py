@@ -28,6 +28,7 @@ from sentinel.kernel.records import (
     EV_EXIT,
     EV_FORK,
     EV_OPEN,
+    FLAG_EXECVEAT,
     OPEN_SYSCALLS,
     Record,
 )
@@ -277,6 +278,8 @@ def _evt_type(e: LiveEvent) -> str:
     t = e.rec.type
     if t == EV_OPEN:
         return OPEN_SYSCALLS.get(e.rec.open_fixed[4], "open")
+    if t == EV_EXEC and e.rec.flags & FLAG_EXECVEAT:
+        return "execveat"
     return {EV_EXEC: "execve", EV_FORK: "clone", EV_EXIT: "procexit", EV_CONNECT: "connect"}[t]
 
 

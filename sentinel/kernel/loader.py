@@ -8,6 +8,10 @@ or raw tracepoint) and the maps the parent reads. The child exits without cleanu
 attachments stay; the parent closing those fds (or dying) detaches everything, as the kernel
 guarantees. The parent never imports bcc.
 
+BPF LSM programs (request key ``lsm``: the hooks) are only loaded (verified) in the child, not
+attached: their program fds come back, so the parent can fill the policy maps first and then
+attach each program itself with one bpf(2) call (:func:`attach_lsm`).
+
 Child: ``python -m sentinel.kernel.loader SOCKFD`` with a JSON request on the socket.
 """
 
@@ -20,9 +24,11 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 MAX_FDS = 64
 
@@ -37,12 +43,14 @@ class Loaded:
 
     maps: dict[str, int]
     links: dict[str, int] = field(default_factory=dict)
+    progs: dict[str, int] = field(default_factory=dict)  # loaded, not attached (``lsm``)
 
     def close(self) -> None:
-        for fd in [*self.links.values(), *self.maps.values()]:
+        for fd in [*self.links.values(), *self.progs.values(), *self.maps.values()]:
             with contextlib.suppress(OSError):
                 os.close(fd)
         self.links.clear()
+        self.progs.clear()
         self.maps.clear()
 
 
@@ -52,15 +60,21 @@ def load_in_child(
     maps: list[str],
     timeout: float = 120,
     prelude: str = "",
+    lsm: list[str] | None = None,
     tail_calls: Sequence[tuple[str, int, str]] = (),
 ) -> Loaded:
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
     ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks).
+    ``lsm``: load the BPF LSM programs ``lsm__<hook>`` of these hooks, all or none, without
+    attaching them (nothing else is autoloaded); their fds are in ``Loaded.progs``.
     ``tail_calls``: (program array, index, function) to load and install, for each program array
     the program defines (others are skipped); the array's fd comes back in ``maps``, since the
     kernel empties a program array when its last user-space fd closes."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    with parent_sock, child_sock:
+    # The child's stderr goes to a file, not a pipe: a rejected program's verifier log is
+    # often larger than a pipe holds, and the child would block writing it while we wait for
+    # its fds (seen: a load "timing out" instead of naming the verifier's complaint).
+    with parent_sock, child_sock, tempfile.TemporaryFile() as errf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sentinel.kernel.loader", str(child_sock.fileno())],
             # from the directory holding this sentinel package, so the child runs this very
@@ -68,7 +82,7 @@ def load_in_child(
             cwd=Path(__file__).resolve().parents[2],
             pass_fds=[child_sock.fileno()],
             stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
+            stderr=errf,
         )
         child_sock.close()
         request = {
@@ -76,6 +90,7 @@ def load_in_child(
             "cflags": cflags,
             "maps": maps,
             "prelude": prelude,
+            "lsm": lsm,
             "tail_calls": [list(t) for t in tail_calls],
         }
         parent_sock.sendall(json.dumps(request).encode() + b"\n")
@@ -84,8 +99,11 @@ def load_in_child(
             msg, fds, _flags, _addr = socket.recv_fds(parent_sock, 1 << 20, MAX_FDS)
         except TimeoutError:
             proc.kill()
+            proc.wait()
             raise LoaderError("the BPF loader timed out") from None
-        _out, err = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
+        errf.seek(0)
+        err = errf.read()
     if not msg:
         text = err.decode("utf-8", "replace").strip().splitlines()
         last = next((x for x in reversed(text) if x.strip()), "no output")
@@ -101,6 +119,8 @@ def load_in_child(
     for name, kind, fd in zip(names, kinds, fds, strict=True):
         if kind == "map":
             loaded.maps[name] = fd
+        elif kind == "prog":
+            loaded.progs[name] = fd
         else:
             loaded.links[name] = fd
     return loaded
@@ -115,11 +135,17 @@ def _child(sock_fd: int) -> int:
             return 1
         buf += chunk
     req = json.loads(buf)
+    names: list[str] = []
+    kinds: list[str] = []
+    fds: list[int] = []
     try:
         from bcc import BPF
 
         text = req.get("prelude", "").encode() + Path(req["source"]).read_bytes()
-        b = BPF(text=text, cflags=req["cflags"])
+        if req.get("lsm") is not None:
+            b = _load_lsm(BPF, text, req["cflags"], req["lsm"], names, kinds, fds)
+        else:
+            b = BPF(text=text, cflags=req["cflags"])
         tails: list[str] = []
         for array, index, func in req.get("tail_calls", []):
             try:
@@ -130,12 +156,10 @@ def _child(sock_fd: int) -> int:
             table[ctypes.c_int(index)] = ctypes.c_int(prog.fd)
             tails.append(array)
     except Exception as exc:  # the compile/verifier message is the useful part
-        sock.sendall(json.dumps({"error": f"loading the BPF sensor failed: {exc}"}).encode())
+        msg = str(exc) if req.get("lsm") is not None else f"loading the BPF sensor failed: {exc}"
+        sock.sendall(json.dumps({"error": msg}).encode())
         sock.close()
         os._exit(0)
-    names: list[str] = []
-    kinds: list[str] = []
-    fds: list[int] = []
     for tp, fd in b.raw_tracepoint_fds.items():
         names.append("raw:" + tp.decode())
         kinds.append("link")
@@ -152,6 +176,36 @@ def _child(sock_fd: int) -> int:
     sock.close()
     # No cleanup: bcc's atexit detach would undo what the parent now holds.
     os._exit(0)
+
+
+def _load_lsm(
+    bpf_cls: Any,
+    text: bytes,
+    cflags: list[str],
+    hooks: list[str],
+    names: list[str],
+    kinds: list[str],
+    fds: list[int],
+) -> Any:
+    """Compile, then load (verify) every ``lsm__<hook>`` program; attach none of them."""
+
+    class NoAutoload(bpf_cls):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:  # bcc would attach each program as it loads it
+            pass
+
+    try:
+        b = NoAutoload(text=text, cflags=cflags)
+    except Exception as exc:
+        raise RuntimeError(f"compiling bpf/lsm.c failed: {exc}") from exc
+    for hook in hooks:
+        try:
+            fn = b.load_func(f"lsm__{hook}".encode(), bpf_cls.LSM)
+        except Exception as exc:
+            raise RuntimeError(f"the kernel rejected the {hook} program: {exc}") from exc
+        names.append(hook)
+        kinds.append("prog")
+        fds.append(fn.fd)
+    return b
 
 
 # ---- reading a map without bcc: the bpf(2) syscall -------------------------------------------
@@ -203,6 +257,24 @@ def percpu_u64(map_fd: int, key: int, ncpus: int) -> list[int]:
     if err:
         raise OSError(err, os.strerror(err))
     return list(values)
+
+
+BPF_RAW_TRACEPOINT_OPEN = 17
+
+
+class _RawTpAttr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_uint64), ("prog_fd", ctypes.c_uint32), ("pad", ctypes.c_uint32)]
+
+
+def attach_lsm(prog_fd: int) -> int:
+    """Attach a loaded BPF LSM program to its hook (fixed at load); returns the link fd,
+    whose close detaches it (what bcc's attach_lsm does, without bcc)."""
+    attr = _RawTpAttr(0, prog_fd, 0)
+    res = _libc.syscall(_NR_BPF, BPF_RAW_TRACEPOINT_OPEN, ctypes.byref(attr), ctypes.sizeof(attr))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(res)
 
 
 if __name__ == "__main__":

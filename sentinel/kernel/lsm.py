@@ -7,6 +7,11 @@ matched (identities + dentry walk, not strings) is explained in :mod:`lsm_policy
 exist on this kernel comes from BTF (:mod:`lsm_btf`); whether BPF LSM works at all is
 :func:`lsm_available` (:mod:`lsm_probe`).
 
+This process never imports bcc: a short-lived child (:mod:`sentinel.kernel.loader`) compiles
+``bpf/lsm.c`` and loads every program, then hands back program and map fds; here the policy
+maps are filled by bpf(2), each program is attached with one bpf(2) call (closing its link fd
+detaches it), and the ring buffer is read from its mmap (:mod:`sentinel.kernel.ringbuf`).
+
 Hooks used (see ``bpf/lsm.c``): ``bprm_check_security``; ``file_open`` (FMODE_WRITE or
 O_TRUNC), ``file_permission`` (writes through descriptors opened earlier), ``path_truncate``,
 ``file_truncate`` (6.2+), ``path_unlink``, ``path_rename`` (source and target),
@@ -25,13 +30,16 @@ mappings); ``sendto``/``sendmsg`` with an address on an unconnected UDP socket i
 connect and is not covered. The dentry walk is bounded (32 levels, mount crossings included)
 for the verifier: protected trees deeper than that are refused at load (lsm_policy), and an
 exec too deep to check is denied while exec-prefix rules are loaded (fail closed). The policy is
-fixed for the enforcer's lifetime: to change it, start a new LsmEnforcer and close the old.
+replaced live with :meth:`LsmEnforcer.update`: every policy map holds two slots, a reload fills
+the idle one and publishes it with one generation switch (see ``bpf/lsm.c``), so each hook
+sees the whole old or the whole new policy; a path protected by both is never unprotected.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ipaddress
+import mmap
 import os
 import socket
 import threading
@@ -44,7 +52,24 @@ from typing import Any
 import structlog
 
 from sentinel.kernel.btf import Btf, BtfError, vmlinux_btf
+from sentinel.kernel.loader import (
+    Loaded,
+    LoaderError,
+    attach_lsm,
+    load_in_child,
+    percpu_u64,
+    possible_cpus,
+)
 from sentinel.kernel.lsm_btf import arg_index, lsm_hooks
+from sentinel.kernel.lsm_maps import (
+    MAX_IDENTS,
+    MAX_NET_PORTS,
+    MAX_NETS,
+    POLICY_MAPS,
+    MapsError,
+    PolicyMaps,
+    check_size,
+)
 from sentinel.kernel.lsm_policy import (
     ConnectDeny,
     DenyPolicy,
@@ -54,6 +79,7 @@ from sentinel.kernel.lsm_policy import (
     build_plan,
 )
 from sentinel.kernel.lsm_probe import lsm_available
+from sentinel.kernel.ringbuf import RingBufferReader
 from sentinel.paths import BPF_DIR
 
 __all__ = [
@@ -200,9 +226,6 @@ ARG_POSITIONS: dict[str, tuple[str, str, tuple[int, ...]]] = {
 
 _log = structlog.get_logger("sentinel.lsm")
 
-MAX_IDENTS = 65536
-MAX_NETS = 4096
-MAX_NET_PORTS = 16384
 MAX_OPEN_FILES = 65536
 NAME_LEN = 64
 
@@ -229,6 +252,7 @@ class _Event(ctypes.Structure):
         ("port", ctypes.c_uint16),
         ("truncated", ctypes.c_uint8),
         ("pad", ctypes.c_uint8),
+        ("gen", ctypes.c_uint32),
         ("addr", ctypes.c_uint8 * 16),
         ("comm", ctypes.c_char * 16),
         ("names", (ctypes.c_char * NAME_LEN) * 8),
@@ -312,19 +336,21 @@ def _cflags(btf: Btf, hooks: dict[str, list[str]]) -> tuple[list[str], list[str]
     return flags, lacking
 
 
-def _compile(cflags: list[str]) -> Any:
-    """Compile bpf/lsm.c without bcc's autoload (which attaches each program as it loads it).
+# Maps whose fds the enforcer keeps: the policy, the deny events, the counters, write_ok.
+CHILD_MAPS = (*POLICY_MAPS, "deny_events", "counters", "write_ok")
 
-    LsmEnforcer loads (verifies) all programs first and attaches them only if every one was
-    accepted, and it must be able to detach what it attached if anything fails.
+
+def _load(cflags: list[str], hooks: list[str]) -> Loaded:
+    """Compile bpf/lsm.c and load (verify) every program in a short-lived child process.
+
+    Why a child: bcc brings LLVM, ~130 MB of resident memory that the long-lived process would
+    keep for its whole life (see :mod:`sentinel.kernel.loader`). Nothing is attached yet:
+    LsmEnforcer fills the policy maps first, then attaches all programs (or none).
     """
-    from bcc import BPF  # imported late: planning policies and tests need no bcc
-
-    class _NoAutoload(BPF):  # type: ignore[misc]
-        def _trace_autoload(self) -> None:
-            pass
-
-    return _NoAutoload(src_file=str(BPF_DIR / "lsm.c").encode(), cflags=cflags)
+    try:
+        return load_in_child(BPF_DIR / "lsm.c", cflags, list(CHILD_MAPS), timeout=900, lsm=hooks)
+    except LoaderError as exc:
+        raise LsmError(str(exc)) from None
 
 
 def _names(ev: _Event) -> Iterator[str]:
@@ -343,14 +369,18 @@ class LsmEnforcer:
 
     def __init__(
         self,
-        policy: DenyPolicy,
+        policy: DenyPolicy | MapPlan,
         on_deny: Callable[[DenyEvent], None],
         *,
         thread: bool = True,
         ring_pages: int = 64,
         check_available: bool = True,
     ) -> None:
-        self.plan: MapPlan = build_plan(policy)
+        self.plan: MapPlan = policy if isinstance(policy, MapPlan) else build_plan(policy)
+        try:
+            check_size(self.plan)
+        except MapsError as exc:
+            raise LsmError(str(exc)) from None
         self._on_deny = on_deny
         if check_available:
             ok, why = lsm_available()
@@ -363,41 +393,39 @@ class LsmEnforcer:
         hooks = lsm_hooks(btf)
         flags, self.missing_hooks = _cflags(btf, hooks)
         flags.append(f"-DRING_PAGES={ring_pages}")
-        t0 = time.monotonic()
-        try:
-            self._bpf: Any = _compile(flags)
-        except Exception as exc:
-            raise LsmError(f"compiling bpf/lsm.c failed: {exc}") from exc
-        self.compile_seconds = time.monotonic() - t0
         hooks_to_attach = [h for h in HOOKS.values() if h not in self.missing_hooks]
         # file_free_security first, so that no write_ok entry can outlive its file.
         hooks_to_attach.sort(key=lambda h: h != "file_free_security")
+        t0 = time.monotonic()
+        # Every program is verified (in the child) before any is attached: a kernel that
+        # rejects one hook must not be left half-enforcing.
+        self._loaded = _load(flags, hooks_to_attach)
+        self.compile_seconds = time.monotonic() - t0
         self._closed = False
         self.callback_errors = 0
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._reader: RingBufferReader | None = None
         try:
-            # Verify every program before attaching any: a kernel that rejects one hook must
-            # not be left half-enforcing.
+            self.maps = PolicyMaps({m: self._loaded.maps[m] for m in POLICY_MAPS})
+            self.maps.install(self.plan)
+            self._reader = RingBufferReader(
+                self._loaded.maps["deny_events"], ring_pages * mmap.PAGESIZE
+            )
+            self._ncpus = possible_cpus()
             for hook in hooks_to_attach:
                 try:
-                    self._bpf.load_func(f"lsm__{hook}".encode(), self._bpf.LSM)
-                except Exception as exc:
-                    raise LsmError(f"the kernel rejected the {hook} program: {exc}") from exc
-            self._fill_maps()
-            self._bpf[b"deny_events"].open_ring_buffer(self._handle)
-            for hook in hooks_to_attach:
-                try:
-                    self._bpf.attach_lsm(f"lsm__{hook}".encode())
-                except Exception as exc:
+                    self._loaded.links[hook] = attach_lsm(self._loaded.progs[hook])
+                except OSError as exc:
                     raise LsmError(f"attaching the {hook} program failed: {exc}") from exc
             # Only now may file_open cache "allowed" verdicts (see write_ok in bpf/lsm.c).
-            self._bpf[b"config"][ctypes.c_int(0)] = ctypes.c_uint32(1)
-            self._bpf[b"config"][ctypes.c_int(1)] = ctypes.c_uint32(self.plan.deep_exec_rule)
+            self.maps.set_config(0, 1)
         except BaseException:
-            self._bpf.cleanup()
+            if self._reader is not None:
+                self._reader.close()
+            self._loaded.close()  # closing the link fds detaches, the last fds unload
             raise
-        self.attached_hooks = sorted(k.decode()[len("lsm__") :] for k in self._bpf.lsm_fds)
+        self.attached_hooks = sorted(self._loaded.links)
         self.load_seconds = time.monotonic() - t0
         self._thread: threading.Thread | None = None
         if thread:
@@ -406,35 +434,35 @@ class LsmEnforcer:
 
     # -- maps ------------------------------------------------------------------------------
 
-    def _fill_maps(self) -> None:
-        b = self._bpf
-        idents = b[b"idents"]
-        for ident, val in self.plan.idents.items():
-            k = idents.Key()
-            k.dev, k.ino = ident.dev, ident.ino
-            v = idents.Leaf()
-            v.write_rule = val.write_rule
-            v.exec_prefix_rule = val.exec_prefix_rule
-            v.exec_exact_rule = val.exec_exact_rule
-            v.ancestor_rule = val.ancestor_rule
-            idents[k] = v
-        trie = b[b"net_trie"]
-        for plen, addr, entry in self.plan.nets:
-            tk = trie.Key()
-            tk.prefixlen = plen
-            for i, byte in enumerate(addr):
-                tk.addr[i] = byte
-            trie[tk] = ctypes.c_uint32(entry)
-        ports = b[b"net_ports"]
-        for (entry, port), idx in self.plan.ports.items():
-            pk = ports.Key()
-            pk.entry, pk.port = entry, port
-            ports[pk] = ctypes.c_uint32(idx)
+    def update(self, policy: DenyPolicy | MapPlan) -> None:
+        """Replace the enforced policy live (see :class:`~sentinel.kernel.lsm_maps.PolicyMaps`).
+
+        Raises PolicyError (a path that cannot be resolved) or LsmError (too large, or a map
+        refused an entry); either way the old policy is still enforced. An empty policy is
+        allowed: the hooks stay attached and return at once.
+        """
+        plan = policy if isinstance(policy, MapPlan) else build_plan(policy)
+        # Not under self._lock: the poll thread holds it while delivering events, and under a
+        # storm of denials it would hardly ever let go (measured: a reload waited > 5 min).
+        if self._closed:
+            raise LsmError("the enforcer is closed")
+        try:
+            self.maps.update(plan)
+        except MapsError as exc:
+            raise LsmError(str(exc)) from None
+        self.plan = plan
+
+    @property
+    def generation(self) -> int:
+        """How many times the policy was replaced since load."""
+        return self.maps.gen
 
     # -- events ----------------------------------------------------------------------------
 
     def _decode(self, ev: _Event) -> DenyEvent:
-        rules = self.plan.rules
+        # The event names a rule index of the generation that denied (maybe not the current).
+        plan = self.maps.plan_for(ev.gen)
+        rules = plan.rules
         rule = rules[ev.rule - 1] if 0 < ev.rule <= len(rules) else f"#{ev.rule}"
         op = OPERATIONS.get(ev.op, f"op{ev.op}")
         common: dict[str, Any] = {
@@ -455,15 +483,19 @@ class LsmEnforcer:
             shown = str(mapped) if ev.family == socket.AF_INET and mapped else str(addr)
             return DenyEvent(**common, address=shown, port=ev.port)
         # ident 0/0: an exec denied for being too deep to check; only the tail is known.
-        base = self.plan.ident_paths.get(Ident(ev.ident_dev, ev.ident_ino), "/...")
+        base = plan.ident_paths.get(Ident(ev.ident_dev, ev.ident_ino), "/...")
         below = list(reversed(list(_names(ev))))
         if ev.truncated and ev.ident_ino:
             below.insert(0, "...")
         path = os.path.join(base, *below) if below else base
         return DenyEvent(**common, path=path)
 
-    def _handle(self, _ctx: Any, data: Any, _size: int) -> None:
-        ev = ctypes.cast(data, ctypes.POINTER(_Event)).contents
+    def _handle(self, raw: bytes) -> None:
+        if len(raw) < ctypes.sizeof(_Event):
+            self.callback_errors += 1
+            _log.error("lsm deny event too short", size=len(raw))
+            return
+        ev = _Event.from_buffer_copy(raw)
         decoded = self._decode(ev)
         try:
             self._on_deny(decoded)
@@ -474,9 +506,19 @@ class LsmEnforcer:
 
     def poll(self, timeout_ms: int = 100) -> None:
         """Deliver pending events to ``on_deny`` (only needed with ``thread=False``)."""
+        reader = self._reader
+        if reader is None or self._closed:
+            return
+        reader.wait(timeout_ms)
+        self._consume()
+
+    def _consume(self) -> None:
         with self._lock:
-            if not self._closed:
-                self._bpf.ring_buffer_poll(timeout_ms)
+            if self._closed or self._reader is None:
+                return
+            batch = self._reader.read_batch()
+        for raw in batch:
+            self._handle(raw)
 
     def _run(self) -> None:
         reported = 0
@@ -496,7 +538,7 @@ class LsmEnforcer:
                     reported = lost
 
     def _counter(self, idx: int) -> int:
-        return int(sum(self._bpf[b"counters"][ctypes.c_int(idx)]))
+        return sum(percpu_u64(self._loaded.maps["counters"], idx, self._ncpus))
 
     @property
     def lost_events(self) -> int:
@@ -517,11 +559,14 @@ class LsmEnforcer:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5)
+        with suppress(Exception):
+            self._consume()
         with self._lock:
-            with suppress(Exception):
-                self._bpf.ring_buffer_consume()
             self._closed = True
-            self._bpf.cleanup()
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+            self._loaded.close()  # link fds first: detaches every program
 
     def __enter__(self) -> LsmEnforcer:
         return self

@@ -98,20 +98,16 @@ def source() -> str:
 def sensor_prelude() -> str:
     """filter.h plus the sensor's prefilter hooks (see the hooks in ``bpf/sensor.bpf.c``)."""
     hooks = r"""
-#define PREFILTER_PROC 1
+#define PREFILTER_EXEC 1
 #define PREFILTER_OPEN 1
 #define PREFILTER_CONNECT 1
-static __always_inline int f_is_self(void) {
-#ifdef SELF_TGID
-    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
-#else
-    return 0;
-#endif
+// (fork and exit are never filtered: they keep the process table exact)
+#define pf_exec_state f_state
+static __always_inline int prefilter_exec_pre(struct f_state *st) {
+    return f_exec_pre(st);
 }
-static __always_inline int prefilter_proc(u32 type) {
-    if (f_is_self())
-        return 0;
-    return type == 1 ? f_exec() : 1;   // EV_EXEC is filtered; fork/exit keep the process table
+static __always_inline int prefilter_exec_path(struct f_state *st, const char *exe, u32 len) {
+    return f_exec_path(st, exe, len);
 }
 static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {
     struct f_state st = {};
@@ -265,6 +261,8 @@ class Prefilter:
 
     def _lpm_put(self, data: bytes, prefixlen: int, mask: int) -> None:
         key = LpmKey()
+        if len(data) > ctypes.sizeof(key.data):  # memmove below would write past the key
+            raise ValueError(f"LPM key of {len(data)} bytes exceeds {ctypes.sizeof(key.data)}")
         key.prefixlen = prefixlen
         ctypes.memmove(ctypes.addressof(key.data), data, len(data))
         map_update(self.fds["f_lpm"], key, _u64s(mask, self.nwords))

@@ -40,12 +40,14 @@ FLAG_THREAD = 16
 FLAG_BASE_DIRFD = 32
 FLAG_BASE_BAD = 64
 FLAG_BASE_TRUNC = 128
+FLAG_EXECVEAT = 256  # exec: made by execveat(2)
 
 HDR = struct.Struct("<QIIIIIIIIQ16s")  # 64 bytes
 EXEC_FIXED = struct.Struct("<IIIIIIIi")  # after the header
 FNAME_SIZE = 256
 ARGS_SIZE = 1024
 WALK_SIZE = 768
+EXE_END = 512  # the executable's path ends here in the exec record's exe field (right-aligned)
 EXEC_FILENAME = HDR.size + EXEC_FIXED.size
 EXEC_ARGS = EXEC_FILENAME + FNAME_SIZE
 EXEC_EXE = EXEC_ARGS + ARGS_SIZE
@@ -171,11 +173,17 @@ class Record:
 
     @cached_property
     def exepath(self) -> str:
-        """The executable (symlinks resolved); None-like '' when the walk was cut short."""
+        """The executable (symlinks resolved); None-like '' when the walk was cut short.
+
+        The kernel built it forward, right-aligned to ``EXE_END``, and its prefilter judged
+        exactly these bytes (``proc.exepath`` as a kernel dimension relies on that)."""
         n = self.exec_fixed[4]
         if self.flags & FLAG_EXE_TRUNC:
             return ""
-        return join_walk(self.raw, EXEC_EXE, n) if n else self.filename
+        if not n:
+            return self.filename
+        start = EXEC_EXE + EXE_END - min(n, EXE_END)
+        return self.raw[start : EXEC_EXE + EXE_END].decode("utf-8", "surrogateescape")
 
     @cached_property
     def cwd(self) -> str:

@@ -10,8 +10,9 @@ Why this way:
   tracepoints that keep the process table exact (exec, fork, exit) are nearly free and always on.
 - Only sys_exit_* syscall tracepoints: the arguments are read from the saved user registers,
   so no enter probe (and no enter->exit map) is needed.
-- One ring buffer carries all records; reserve failures are counted per event type in a per-CPU
-  map (bcc's ring buffer has no lost callback) and read with :meth:`Sensor.lost`.
+- One ring buffer carries all records. Per Falco event type, a per-CPU map counts the events
+  the prefilter dropped, those it passed, and the reserve failures among them (bcc's ring
+  buffer has no lost callback); read with :meth:`Sensor.counts` and :meth:`Sensor.lost`.
 - bcc (LLVM) runs in a short-lived child (:mod:`sentinel.kernel.loader`) that hands back the
   attachment and map fds; this process reads the ring from its mmap (:mod:`.ringbuf`).
 """
@@ -28,7 +29,6 @@ from pathlib import Path
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
 from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
-from sentinel.kernel.records import EV_NAMES
 from sentinel.kernel.ringbuf import RingBufferReader
 from sentinel.paths import BPF_DIR
 
@@ -56,9 +56,13 @@ FAMILY_TRACEPOINTS: dict[str, tuple[str, ...]] = {
     "execve": ("execve", "execveat"),  # failed execs only; successes come from sched
 }
 
+# Falco event types the sensor emits, in the order of the T_* codes in bpf/sensor.bpf.c.
+EVT_TYPES = ("execve", "execveat", "clone", "procexit", "open", "openat", "openat2", "connect")
+COUNTERS = ("filtered", "passed", "lost")  # C_FILTERED, C_PASSED, C_LOST
 # Programs reached by tail calls (program array, index, function), installed when compiled in:
 # open_judge finishes a relative open the prefilter left pending (see bpf/sensor.bpf.c).
 TAIL_CALLS = (("open_tail", 0, "open_judge"),)
+
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
 
@@ -191,7 +195,7 @@ class Sensor:
             self._loaded = load_in_child(
                 self.source,
                 cflags,
-                ["events", "lost", *self.extra_maps],
+                ["events", "counts", *self.extra_maps],
                 prelude=self.prelude,
                 tail_calls=TAIL_CALLS,
             )
@@ -235,15 +239,25 @@ class Sensor:
             for raw in batch:
                 callback(raw)
 
-    def lost(self) -> dict[str, int]:
-        """Reserve failures (lost records) per event type since start."""
-        out: dict[str, int] = {}
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Per Falco event type, since start: events the prefilter ``filtered`` (dropped in
+        the kernel), events it ``passed`` towards user space, and those of them ``lost``
+        (ring buffer full). Sentinel's own events are not counted. Events seen by the
+        kernel = filtered + passed; delivered = passed - lost."""
+        out: dict[str, dict[str, int]] = {}
         if self._loaded is None:
             return out
-        fd = self._loaded.maps["lost"]
-        for type_id, name in EV_NAMES.items():
-            out[name] = sum(percpu_u64(fd, type_id, self._ncpus))
+        fd = self._loaded.maps["counts"]
+        n = len(COUNTERS)
+        for i, name in enumerate(EVT_TYPES):
+            out[name] = {
+                c: sum(percpu_u64(fd, i * n + j, self._ncpus)) for j, c in enumerate(COUNTERS)
+            }
         return out
+
+    def lost(self) -> dict[str, int]:
+        """Reserve failures (lost records) per Falco event type since start."""
+        return {t: c["lost"] for t, c in self.counts().items()}
 
     def close(self) -> None:
         """Detach everything (closing the attachment fds detaches the programs)."""

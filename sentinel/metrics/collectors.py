@@ -4,10 +4,13 @@ The parts are duck-typed (Protocols), so this package imports no pipeline stage:
 in its sensor, engine, Dispatcher and process table. Names follow Prometheus conventions
 (``_total`` for counters). What each one answers for an operator:
 
-- ``sentinel_events_total{type}``: events evaluated in user space, per event type.
-- ``sentinel_kernel_filtered_events_total{type}``: dropped in the kernel by the prefilter
-  (only if the sensor offers ``filtered()``).
-- ``sentinel_kernel_lost_events_total{type}``: ring-buffer reserve failures, i.e. events lost.
+- ``sentinel_events_total{evt_type}``: events evaluated in user space, per Falco event type.
+- ``sentinel_kernel_filtered_events_total{evt_type}``: dropped in the kernel by the prefilter.
+- ``sentinel_kernel_passed_events_total{evt_type}``: passed by the prefilter towards user space
+  (filtered + passed = every event of that type the kernel saw).
+- ``sentinel_kernel_lost_events_total{evt_type}``: passed, but the ring buffer was full: lost.
+  (The three kernel counters need a sensor with ``counts()``; one with only ``lost()`` exports
+  just the last.)
 - ``sentinel_alerts_total{rule,priority,action}``: alerts raised.
 - ``sentinel_output_queue_depth{output}`` / ``sentinel_output_events_total{output,result}``:
   the outputs' backlog and sent/retried/dropped/dead-lettered counts.
@@ -63,7 +66,10 @@ class EventCounts:
     def collect(self) -> Iterable[Family]:
         counts = _stable(lambda: dict(self.counts))
         fam = Family(
-            "sentinel_events_total", "events evaluated by the engine, by type", "counter", ["type"]
+            "sentinel_events_total",
+            "events evaluated by the engine, by Falco event type",
+            "counter",
+            ["evt_type"],
         )
         for t, n in sorted(counts.items()):
             fam.add(n, t)
@@ -102,29 +108,28 @@ class EngineCollector:
         return [ev, fam]
 
 
+KERNEL_COUNTERS = (
+    ("filtered", "events dropped in the kernel by the rules' prefilter, by Falco event type"),
+    ("passed", "events the kernel's prefilter passed towards user space, by Falco event type"),
+    ("lost", "events lost in the kernel (ring buffer full), by Falco event type"),
+)
+
+
 def sensor_collector(sensor: SensorLike) -> Collector:
     def collect() -> Iterable[Family]:
-        lost = Family(
-            "sentinel_kernel_lost_events_total",
-            "events lost in the kernel (ring buffer full), by type",
-            "counter",
-            ["type"],
-        )
-        for t, n in sorted(sensor.lost().items()):
-            lost.add(n, t)
-        out = [lost]
-        filtered = getattr(sensor, "filtered", None)
-        if callable(filtered):
-            fam = Family(
-                "sentinel_kernel_filtered_events_total",
-                "events dropped in the kernel by the rules' prefilter, by type",
-                "counter",
-                ["type"],
-            )
-            counts: Mapping[str, int] = filtered()
-            for t, n in sorted(counts.items()):
-                fam.add(n, t)
-            out.append(fam)
+        read = getattr(sensor, "counts", None)
+        if callable(read):
+            counts: Mapping[str, Mapping[str, int]] = read()
+        else:
+            counts = {t: {"lost": n} for t, n in sensor.lost().items()}
+        out = []
+        for key, help in KERNEL_COUNTERS:
+            fam = Family(f"sentinel_kernel_{key}_events_total", help, "counter", ["evt_type"])
+            for t, values in sorted(counts.items()):
+                if key in values:
+                    fam.add(values[key], t)
+            if fam.samples or key == "lost":
+                out.append(fam)
         return out
 
     return collect

@@ -215,6 +215,7 @@ def test_open_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> None:
     _drain(bpf)
     old = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
     expected = []
+    cwd = os.getcwd()
     try:
         os.chdir("/tmp/sntl-x")
         for comm, path, flags in OPEN_CASES:
@@ -229,6 +230,7 @@ def test_open_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> None:
             expected.append((path, ret, passes(tables, kv)))
     finally:
         _set_comm(old)
+        os.chdir(cwd)  # later tests run `python -m sentinel` relative to the checkout
     got = [
         (p, r, bool(k))
         for fam, k, r, p in _drain(bpf)

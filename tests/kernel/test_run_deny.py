@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import pytest
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
+REPO = Path(__file__).resolve().parents[2]
 
 RULE = """
 - rule: Protect sntl dir
@@ -103,3 +107,133 @@ def test_alert_mode_reports_deny_unenforced(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+# -- reload: the same rules as at start --------------------------------------------------------
+
+WATCH = """
+- rule: Watch sntl dir
+  desc: an ordinary alert on writes below the directory
+  condition: >
+    evt.type in (open, openat, openat2) and evt.is_open_write = true
+    and fd.name pmatch ({dir})
+  output: "write to watched %fd.name by %proc.name"
+  priority: WARNING
+"""
+
+
+class LiveRun:
+    """``sentinel run`` in the background: alerts and stderr lines collected by threads."""
+
+    def __init__(self, cfg: Path) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "sentinel", "run", "--config", str(cfg), "--duration", "120"],
+            cwd=REPO,  # this checkout's sentinel, whatever directory an earlier test left us in
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.alerts: queue.Queue[dict[str, object]] = queue.Queue()
+        self.err: list[str] = []
+        self.skipped: list[dict[str, object]] = []  # alerts alert_for() passed over
+        threading.Thread(target=self._out, daemon=True).start()
+        threading.Thread(target=self._err, daemon=True).start()
+        self.wait_err("armed", since=0, timeout=90)
+
+    def _out(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                self.alerts.put(json.loads(line))
+
+    def _err(self) -> None:
+        assert self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.err.append(line)
+
+    def wait_err(self, text: str, since: int, timeout: float = 60) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.err[since:]:
+                if text in line:
+                    return line
+            time.sleep(0.05)
+        raise AssertionError(f"no {text!r} on stderr:\n" + "".join(self.err[-30:]))
+
+    def reload(self, rules: Path, text: str, expect: str) -> str:
+        rules.write_text(text)
+        since = len(self.err)
+        self.proc.send_signal(signal.SIGHUP)
+        return self.wait_err(expect, since)
+
+    def alert_for(self, path: Path, timeout: float = 20) -> dict[str, object]:
+        """The next alert about ``path``; alerts about other files are skipped."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                a = self.alerts.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            fields = a["output_fields"]
+            assert isinstance(fields, dict)
+            if fields.get("fd.name") == str(path):
+                return a
+            self.skipped.append(a)
+        raise AssertionError(f"no alert for {path}")
+
+    def close(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+def test_reload_adding_deny_rules_is_rejected_under_refuse(tmp_path: Path) -> None:
+    require_root()
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    rules, cfg = _write(tmp_path, protected, None)
+    rules.write_text(WATCH.format(dir=protected))
+    run = LiveRun(cfg)
+    try:
+        line = run.reload(
+            rules, WATCH.format(dir=protected) + RULE.format(dir=protected), "reload rejected"
+        )
+        assert "BPF LSM is unavailable" in line and "enforcement.unavailable: alert" in line
+        run.wait_err("rules_reload_rejected", since=0)
+        target = protected / "f.txt"
+        target.write_text("the old rules still run")
+        alert = run.alert_for(target)
+        assert alert["rule"] == "Watch sntl dir" and alert["action"] == "alert"
+        assert run.proc.poll() is None
+        time.sleep(1.0)
+        assert all(a["rule"] != "Protect sntl dir" for a in run.skipped)
+        assert all(a["rule"] != "Protect sntl dir" for a in list(run.alerts.queue))
+    finally:
+        run.close()
+
+
+def test_reload_follows_deny_rules_as_alerts_under_alert(tmp_path: Path) -> None:
+    require_root()
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    rules, cfg = _write(tmp_path, a, "alert")
+    rules.write_text(WATCH.format(dir=tmp_path / "elsewhere"))  # no deny rule at start
+    run = LiveRun(cfg)
+    try:
+        # First deny rules arrive by reload: they run as alerts, with the start-up warning.
+        since = len(run.err)
+        run.reload(rules, RULE.format(dir=a), "rules_reloaded")
+        run.wait_err("NOT enforced", since)
+        (a / "1.txt").write_text("not enforced here")
+        alert = run.alert_for(a / "1.txt")
+        assert alert["rule"] == "Protect sntl dir" and alert["action"] == "deny-unenforced"
+        # Then they move from a to b.
+        run.reload(rules, RULE.format(dir=b), "rules_reloaded")
+        (a / "2.txt").write_text("no longer covered")
+        (b / "2.txt").write_text("now covered")
+        alert = run.alert_for(b / "2.txt")
+        assert alert["action"] == "deny-unenforced"
+        names = [json.dumps(x["output_fields"]) for x in run.skipped]
+        assert not any(str(a / "2.txt") in n for n in names), names
+    finally:
+        run.close()

@@ -143,7 +143,7 @@ def test_http_scrape_follows_real_engine_work(tmp_path: Path) -> None:
         assert status == 200
         assert ctype.startswith("text/plain; version=0.0.4")
         assert value(before, "sentinel_engine_events_total") == 0
-        assert value(before, "sentinel_events_total", type="execve") is None
+        assert value(before, "sentinel_events_total", evt_type="execve") is None
         assert value(before, "sentinel_process_table_size") == 1
 
         for name in ("bash", "bash", "ls"):
@@ -153,8 +153,8 @@ def test_http_scrape_follows_real_engine_work(tmp_path: Path) -> None:
         _, _, after = scrape(srv.url + "/metrics")
 
     assert value(after, "sentinel_engine_events_total") == 4
-    assert value(after, "sentinel_events_total", type="execve") == 3
-    assert value(after, "sentinel_events_total", type="openat") == 1
+    assert value(after, "sentinel_events_total", evt_type="execve") == 3
+    assert value(after, "sentinel_events_total", evt_type="openat") == 1
     assert (
         value(
             after, "sentinel_alerts_total", rule="Shell spawned", priority="Warning", action="alert"

@@ -20,6 +20,7 @@ mountpoint -q /run/sentinel-vm || mount -t tmpfs -o size=512M tmpfs /run/sentine
 export TMPDIR=/run/sentinel-vm
 export PYTHONDONTWRITEBYTECODE=1
 export SENTINEL_IN_VM=1
+export SENTINEL_VM_OUT="$out"
 
 {
   echo "kernel=$(uname -r)"

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,31 @@ def test_enforcer_refuses_to_start_without_lsm(tmp_path: Path) -> None:
     (tmp_path / "p").mkdir()
     with pytest.raises(LsmError, match=r"BPF LSM is not available.*lsm="):
         LsmEnforcer(DenyPolicy(protect={str(tmp_path / "p"): "r"}), lambda e: None)
+
+
+def test_enforcer_load_errors_come_back_from_the_loader_child(tmp_path: Path) -> None:
+    """The programs are compiled and verified in a child process (no bcc in this one); the
+    kernel's refusal (EPERM here) must come back as a clear LsmError naming the hook."""
+    _require_root()
+    if lsm_available()[0]:
+        pytest.skip("BPF LSM works here; nothing is refused (never the case on CI hosts)")
+    (tmp_path / "p").mkdir()
+    with pytest.raises(LsmError, match=r"the kernel rejected the file_free_security program"):
+        LsmEnforcer(
+            DenyPolicy(protect={str(tmp_path / "p"): "r"}), lambda e: None, check_available=False
+        )
+    probe = (
+        "import sys\n"
+        "from sentinel.kernel.lsm import DenyPolicy, LsmEnforcer, LsmError\n"
+        "try:\n"
+        f"    LsmEnforcer(DenyPolicy(protect={{{str(tmp_path / 'p')!r}: 'r'}}), print,"
+        " check_available=False)\n"
+        "except LsmError:\n"
+        "    pass\n"
+        "print('bcc' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False", out
 
 
 # -- BTF hook discovery ----------------------------------------------------------------------

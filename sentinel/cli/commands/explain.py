@@ -16,7 +16,7 @@ from typing import Any
 from sentinel.cli.common import load_compiled
 from sentinel.compiler import OTHER
 from sentinel.compiler.kernelmaps import build_tables
-from sentinel.compiler.kernelplan import FAMILIES
+from sentinel.compiler.kernelplan import FAMILIES, dim_label
 from sentinel.language import to_text
 
 
@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
             "filtered": not ft.pass_all,
             "reason": ft.reason,
             "terms": ft.nterms,
-            "wildcards": {d.value: f"{m:#x}" for d, m in ft.wild.items()},
-            "exact_entries": {d.value: len(t) for d, t in ft.exact.items()},
-            "lpm_entries": {d.value: len(t) for d, t in ft.lpm.items()},
+            "wildcards": {dim_label(d, fam): f"{m:#x}" for d, m in ft.wild.items()},
+            "exact_entries": {dim_label(d, fam): len(t) for d, t in ft.exact.items()},
+            "lpm_entries": {dim_label(d, fam): len(t) for d, t in ft.lpm.items()},
             "cidr_entries": {str(v): len(t) for v, t in ft.nets.items()},
         }
     if args.json:

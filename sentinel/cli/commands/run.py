@@ -21,6 +21,20 @@ from typing import IO, Any
 from sentinel.paths import RULES_DIR
 
 LOSS_REPORT_SECS = 10.0
+COUNTS_REPORT_SECS = 60.0
+
+
+def kernel_counts(counts: dict[str, dict[str, int]]) -> dict[str, int]:
+    """The sensor's per-type counters as flat log fields (``passed_openat=12``...), nonzero
+    ones only: what the kernel filtered, passed and lost per Falco event type."""
+    return {
+        f"{key}_{evt_type}": n
+        for evt_type, values in counts.items()
+        for key, n in values.items()
+        if n
+    }
+
+
 METADATA_WAIT_S = 1.0  # longest an alert waits for its container's name and image
 
 
@@ -220,15 +234,13 @@ def run_live(
         if prefilter_on:
             prefilter = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES}, nwords)
             load_prefilter(first_tables)
-            pf = prefilter
-            # the metrics collector reads "filtered" from the sensor (per event family)
-            sensor.filtered = lambda: {k: v["dropped"] for k, v in pf.stats().items()}  # type: ignore[attr-defined]
 
         def emit_deny(alert: Any) -> None:
             ops.alert(alert)
             sink(alert)
 
-        enforcement.start(emit_deny)
+        if not enforcement.start(emit_deny):
+            return 1
         ops.watch(
             sensor=sensor,
             dispatcher=getattr(alert_sink, "dispatcher", None),
@@ -247,8 +259,9 @@ def run_live(
             seconds=f"{armed:.2f}",
         )
         deadline = None if args.duration is None else time.monotonic() + args.duration
-        last_report = time.monotonic()
+        last_report = last_counts = time.monotonic()
         reported: dict[str, int] = {}
+        reported_counts: dict[str, int] = {}
         while not stopping:
             sensor.poll()
             waiter.run_due()
@@ -270,6 +283,12 @@ def run_live(
                 if lost != reported and any(lost.values()):
                     log("lost events", **{k: v for k, v in lost.items() if v})
                     reported = lost
+            if now - last_counts >= COUNTS_REPORT_SECS:
+                last_counts = now
+                counts = kernel_counts(sensor.counts())
+                if counts != reported_counts:
+                    log("kernel events", **counts)
+                    reported_counts = counts
         sensor.drain()
         waiter.run_due(flush=True)
         lost = sensor.lost()
@@ -279,7 +298,7 @@ def run_live(
             alerts=stats["alerts"],
             errors=stats["errors"],
             lost=sum(lost.values()),
-            **{f"lost_{k}": v for k, v in lost.items() if v},
+            **kernel_counts(sensor.counts()),
         )
         return 0
     finally:
@@ -295,84 +314,155 @@ def run_live(
         signal.signal(signal.SIGTERM, old_term)
 
 
+class EnforcementError(Exception):
+    """Deny rules that cannot be enforced as loaded (the message says why)."""
+
+
 class Enforcement:
     """Deny rules: compiled to a BPF LSM policy and enforced, or, where BPF LSM is not
-    available, refused or run as alerts (``enforcement.unavailable``)."""
+    available, refused or run as alerts (``enforcement.unavailable``).
+
+    A reload goes through :meth:`make_engine` too, with the same rules as at start: new deny
+    rules that cannot be compiled or resolved, or that BPF LSM cannot enforce under
+    ``unavailable: refuse``, reject the whole reload (the old rules and the old policy keep
+    running). Otherwise the kernel policy is replaced atomically (``LsmEnforcer.update``), or
+    the programs are attached if this is the first reload with deny rules. Removing every deny
+    rule leaves the programs attached with an empty policy: they then return at once, and a
+    later reload can protect again without a new compile (which pauses the event loop).
+    """
 
     def __init__(self, config: Any, log_fn: Callable[..., None]) -> None:
         self.config = config
         self.log = log_fn
         self.ok = True
         self.mode = "none"  # none | enforced | unenforced
-        self.spec: Any = None
+        self.plan: Any = None  # the MapPlan to enforce (enforced mode)
         self.enforcer: Any = None
-        self._engine: Any = None
+        self._emit: Callable[[Any], Any] | None = None
+        # (engine, rules by name), newest first: a denial of an older generation may still be
+        # in the ring buffer after a reload, and its alert needs that generation's rule.
+        self._engines: list[tuple[Any, dict[str, Any]]] = []
 
     def make_engine(self, compiled: Any, config: Any) -> Any:
         """The engine without the deny rules the kernel enforces (each denial is reported
-        once, by the LSM program), or with them marked deny-unenforced."""
+        once, by the LSM program), or with them marked deny-unenforced. On a reload, also
+        installs the new deny policy (raising EnforcementError rejects the reload)."""
         import dataclasses
 
-        from sentinel.compiler.deny import DenyCompileError, compile_deny
         from sentinel.ops import default_engine
 
+        reloading = bool(self._engines)
         deny = [r for r in compiled.enabled if r.action == "deny"]
-        if deny and self.spec is None:
-            try:
-                self.spec = compile_deny([(r.name, r.expr) for r in deny])
-            except DenyCompileError as exc:
-                self.log(f"error: {exc}")
-                self.ok = False
-            else:
-                self._decide()
+        try:
+            mode, plan = self._prepare(deny)
+        except EnforcementError as exc:
+            if reloading:
+                self.log(f"error: reload rejected, the old rules and deny policy stay: {exc}")
+                raise
+            self.log(f"error: {exc}")
+            self.ok = False
+            mode, plan = self.mode, None
         rules = []
         for r in compiled.rules:
-            if r.action == "deny" and self.mode == "enforced":
+            if r.action == "deny" and mode == "enforced":
                 r = dataclasses.replace(r, enabled=False)
             elif r.action == "deny":
                 r = dataclasses.replace(r, action="deny-unenforced")
             rules.append(r)
-        self._engine = default_engine(dataclasses.replace(compiled, rules=rules), config)
-        return self._engine
+        engine = default_engine(dataclasses.replace(compiled, rules=rules), config)
+        if reloading and mode == "enforced":
+            self._apply(plan)
+        self.mode, self.plan = mode, plan
+        self._engines = [(engine, {r.name: r for r in engine.compiled.rules}), *self._engines][:3]
+        return engine
 
-    def _decide(self) -> None:
+    def _prepare(self, deny: list[Any]) -> tuple[str, Any]:
+        """(mode, MapPlan or None) for these deny rules; EnforcementError if they cannot run."""
+        from sentinel.compiler.deny import DenyCompileError, compile_deny
+        from sentinel.kernel.lsm import LsmError
+        from sentinel.kernel.lsm_policy import MapPlan, PolicyError, build_plan
+
+        mode = self.mode
+        if not deny:
+            # Nothing to deny: an attached enforcer keeps running with an empty policy.
+            return mode, (MapPlan() if mode == "enforced" else None)
+        try:
+            spec = compile_deny([(r.name, r.expr) for r in deny])
+        except DenyCompileError as exc:
+            raise EnforcementError(str(exc)) from None
+        if mode == "none":
+            mode = self._decide()
+        if mode != "enforced":
+            return mode, None
+        try:
+            return mode, build_plan(spec.to_policy())  # type: ignore[arg-type]
+        except (PolicyError, LsmError) as exc:
+            raise EnforcementError(str(exc)) from None
+
+    def _decide(self) -> str:
         from sentinel.kernel.lsm_probe import lsm_available
 
         available, why = lsm_available()
         if available:
-            self.mode = "enforced"
-        elif self.config.enforcement.unavailable == "refuse":
-            self.log(
-                f"error: deny rules are loaded but BPF LSM is unavailable: {why}; "
+            return "enforced"
+        if self.config.enforcement.unavailable == "refuse":
+            raise EnforcementError(
+                f"deny rules are loaded but BPF LSM is unavailable: {why}; "
                 "set enforcement.unavailable: alert to run them as alerts"
             )
-            self.ok = False
-        else:
-            self.mode = "unenforced"
-            self.log(
-                f"WARNING: BPF LSM is unavailable ({why}): deny rules are NOT enforced, only "
-                "alerted on (action deny-unenforced)"
-            )
+        self.log(
+            f"WARNING: BPF LSM is unavailable ({why}): deny rules are NOT enforced, only "
+            "alerted on (action deny-unenforced)"
+        )
+        return "unenforced"
 
-    def start(self, emit: Callable[[Any], Any]) -> None:
-        if self.mode != "enforced":
-            return
-        from sentinel.kernel.lsm import LsmEnforcer
+    def _apply(self, plan: Any) -> None:
+        """Install a reloaded policy: update the running enforcer, or attach one."""
+        from sentinel.kernel.lsm import LsmError
+        from sentinel.kernel.lsm_policy import PolicyError
 
-        engine = self._engine
-        by_name = {r.name: r for r in engine.compiled.rules}
+        try:
+            if self.enforcer is not None:
+                self.enforcer.update(plan)
+                self.log(
+                    "deny policy reloaded" if plan.rules else "deny policy lifted (no deny rules)",
+                    rules=len(plan.rules),
+                    generation=self.enforcer.generation,
+                )
+            elif self._emit is not None:
+                self.log("attaching BPF LSM programs for the reloaded deny rules")
+                self._attach(plan)
+        except (LsmError, PolicyError) as exc:
+            self.log(f"error: reload rejected, the old rules and deny policy stay: {exc}")
+            raise EnforcementError(str(exc)) from None
 
-        def on_deny(ev: Any) -> None:
+    def _on_deny(self, ev: Any) -> None:
+        assert self._emit is not None
+        for engine, by_name in self._engines:
             rule = by_name.get(ev.rule)
             if rule is not None:
-                emit(engine.alert(rule, ev.fields(), action="deny"))
+                self._emit(engine.alert(rule, ev.fields(), action="deny"))
+                return
 
-        self.enforcer = LsmEnforcer(self.spec.to_policy(), on_deny)
-        self.log(
-            "enforcing",
-            rules=len(self.spec.to_policy().rules()),
-            hooks=len(self.enforcer.attached_hooks),
-        )
+    def _attach(self, plan: Any) -> None:
+        from sentinel.kernel.lsm import LsmEnforcer
+
+        self.enforcer = LsmEnforcer(plan, self._on_deny)
+        self.log("enforcing", rules=len(plan.rules), hooks=len(self.enforcer.attached_hooks))
+
+    def start(self, emit: Callable[[Any], Any]) -> bool:
+        """Attach the programs if deny rules are enforced; False (logged) if that failed."""
+        from sentinel.kernel.lsm import LsmError
+
+        self._emit = emit
+        if self.mode != "enforced" or self.plan is None or not self.plan.rules:
+            return True
+        try:
+            self._attach(self.plan)
+        except LsmError as exc:
+            self.log(f"error: BPF LSM enforcement did not start: {exc}")
+            return False
+        return True
 
     def summary(self) -> dict[str, Any]:
         return {"deny_rules": self.mode}
