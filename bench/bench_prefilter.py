@@ -2,10 +2,11 @@
 
 The upstream Falco stable rules (``falco_rules.yaml``) are loaded into the real sensor with
 its prefilter; the workload is ``find /usr -type f`` then ``xargs cat`` over (at most FILES of)
-the files found, measured as two phases: find walks directories with *relative* openat()
-calls, which the kernel filter cannot judge (it keeps them), while cat opens absolute paths.
-The sensor's per-event-type counters (``Sensor.counts()``) give filtered vs passed per Falco
-event type; user space counts what actually arrived. The open-storm ratio to the
+the files found, measured as two phases, then the whole pipeline ``find /usr -type f -size
+-256k -print0 | xargs -0 cat`` on every file at once. find walks directories with *relative*
+openat(dirfd, name) calls, which the kernel judges on its walk of the dirfd; cat opens
+absolute paths. The sensor's per-event-type counters (``Sensor.counts()``) give filtered vs
+passed per Falco event type; user space counts what actually arrived. The open-storm ratio to the
 empty-program floor is measured by ``bench_kernel`` (with and without the prefilter).
 
 Second part: the BPF time of the exec program (kernel bpf_stats) per exec of ``/bin/true``,
@@ -56,19 +57,34 @@ def run(files: int = FILES) -> dict[str, Any]:
         phases: dict[str, Any] = {}
         listing = Path("/tmp/sentinel-bench-files.txt")
 
-        def phase(name: str, argv: list[str], stdin: Any = None, stdout: Any = None) -> None:
+        def phase(
+            name: str, pipeline: list[list[str]], stdin: Any = None, stdout: Any = None
+        ) -> None:
             sensor.drain()
             arrived["n"] = 0
             before = sensor.counts()
             t0 = time.monotonic()
-            # argv lists only: no shell anywhere
-            proc = subprocess.Popen(argv, stdin=stdin, stdout=stdout, stderr=subprocess.DEVNULL)
-            while proc.poll() is None:
+            # argv lists only, piped here: no shell anywhere
+            procs: list[subprocess.Popen[bytes]] = []
+            for i, argv in enumerate(pipeline):
+                last = i == len(pipeline) - 1
+                src = procs[-1].stdout if procs else stdin
+                procs.append(
+                    subprocess.Popen(
+                        argv,
+                        stdin=src,
+                        stdout=stdout if last else subprocess.PIPE,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+                if src is not None and src is not stdin:
+                    src.close()  # the next process holds it now
+            while any(p.poll() is None for p in procs):
                 sensor.poll(50)
             sensor.drain()
             after = sensor.counts()
             phases[name] = {
-                "argv": " ".join(argv),
+                "argv": " | ".join(" ".join(argv) for argv in pipeline),
                 "seconds": round(time.monotonic() - t0, 2),
                 "records_reaching_user_space": arrived["n"],
                 "evt_types": {
@@ -81,13 +97,20 @@ def run(files: int = FILES) -> dict[str, Any]:
                 },
             }
 
+        find = ["find", "/usr", "-type", "f", "-size", "-256k"]
         with listing.open("w") as out:
-            phase("find", ["find", "/usr", "-type", "f", "-size", "-256k"], stdout=out)
+            phase("find", [find], stdout=out)
         lines = listing.read_text().splitlines()[:files]
         listing.write_text("\n".join(lines) + "\n")
         with listing.open() as inp:
-            phase("xargs cat", ["xargs", "-d", "\n", "cat"], stdin=inp, stdout=subprocess.DEVNULL)
+            phase("xargs cat", [["xargs", "-d", "\n", "cat"]], stdin=inp, stdout=subprocess.DEVNULL)
         listing.unlink()
+        # the whole pipeline at once, every file (~137k here, ~15 s)
+        phase(
+            "find | xargs cat",
+            [[*find, "-print0"], ["xargs", "-0", "cat"]],
+            stdout=subprocess.DEVNULL,
+        )
     finally:
         sensor.close()
     families = {

@@ -9,8 +9,18 @@
 // prefixes/suffixes and CIDRs) and the result ORed with the dimension's wildcard mask (terms
 // that do not constrain it); the accumulator ANDs these. A surviving bit means some rule may
 // match: the event goes to user space. A dimension the kernel cannot judge for this event
-// (a relative or non-canonical path, an unknown address family) is skipped, which only keeps
-// more events.
+// (a non-canonical path, an unknown address family) is skipped, which only keeps more events.
+//
+// Relative open paths are judged in two steps, so the base directory is walked only when the
+// verdict depends on it: f_open_enter/f_open_exit judge everything else and, when a live term
+// still constrains the path, return F_NEED_BASE (the state waits in the per-CPU scratch); the
+// caller then walks the base (the cwd or the dirfd's file, into the buffer its own record uses,
+// so a kept event is walked once) and calls f_open_base (the sensor does so in a tail-called
+// program, so the verifier checks it once), which composes "/" + base components + "/" + rel
+// exactly as user space builds fd.name (sentinel.kernel.records.join_walk, then os.path.join
+// and normpath; "." is the base, ".." its parent) and judges the path dimensions on it. Any
+// doubt (walk truncated, bad dirfd, rel not canonical, composed path too long) keeps the
+// event. sentinel.compiler.kernelmaps.kernel_path is the Python model of this.
 //
 // Reloads are atomic: every key carries a slot (generation & 1); user space fills the inactive
 // slot, then publishes the new generation in f_active. A syscall whose enter and exit straddle
@@ -23,6 +33,12 @@
 #define F_NDIM 12
 #define F_PATH 256
 #define F_LPM_PAYLOAD 252   // LPM trie data is at most 256 bytes: 4 header bytes + payload
+// Hides a value's known range from clang, so it keeps the masks that bound it for the verifier.
+#define F_OPAQUE(x) asm volatile("" : "+r"(x))
+#define F_NEED_BASE 2       // f_open_exit: keep only if f_open_base agrees
+#ifndef F_WALK_MAX
+#define F_WALK_MAX 16       // components of a base walk composed (deeper: not judged)
+#endif
 
 #define F_FAM_EXEC 0
 #define F_FAM_OPEN 1
@@ -79,11 +95,17 @@ struct f_scratch {
     struct f_lpm_key lk;
     u64 ra[F_PATH / 8];     // the path right-aligned (for reversing 8 bytes at a time)
     u64 rev[F_PATH / 8];    // the path reversed
+    struct fmask pacc;      // a relative open waiting for its base (F_NEED_BASE): its terms,
+    u32 pgen;               // generation
+    u32 plen;               // and the length of the relative path, left in pk.path (0: none)
+    u32 pcanon;             // no "//", "/." or trailing "/" in it
+    u32 pad;
+    u8 zeros[F_PATH];       // never written: a source of zeros
 };
 
 struct f_state {            // carried from a syscall's enter to its exit
     u32 gen;                // full generation counter; 0: not filtered
-    u32 pad;
+    u32 pend;               // open: length of a relative path still to be judged
     struct fmask acc;
     struct f_fam_cfg *cfg;  // this generation's family config (map value)
 };
@@ -187,11 +209,46 @@ static __always_inline int f_lpm_dim(struct f_state *st, struct f_lpm_key *lk, u
     return f_and_st(st, f_lpm.lookup(lk), dim);
 }
 
+// Exact, prefix and suffix lookups of the canonical absolute path in s->pk.path (len bytes,
+// zero-padded). Returns whether a bit survives.
+static __always_inline int f_path_judge(struct f_state *st, struct f_scratch *s, u32 fam, u32 len) {
+    u32 slot = st->gen & 1;
+    if (f_needs(st, D_PATH) && !f_and_st(st, f_path.lookup(&s->pk), D_PATH))
+        return 0;
+    if (!f_needs(st, D_PATH_PREFIX) && !f_needs(st, D_PATH_SUFFIX))
+        return 1;
+    // Prefixes and suffixes are stored at most F_LPM_PAYLOAD bytes long, so looking up the
+    // first (or, reversed, the last) F_LPM_PAYLOAD bytes of a longer path finds all of them.
+    u32 plen = len > F_LPM_PAYLOAD ? F_LPM_PAYLOAD : len;
+    F_OPAQUE(len);
+    F_OPAQUE(plen);
+    struct f_lpm_key *lk = &s->lk;
+    lk->data[0] = slot;
+    lk->data[1] = fam;
+    lk->data[2] = D_PATH_PREFIX;
+    bpf_probe_read_kernel(&lk->data[3], plen & 255, s->pk.path);
+    lk->prefixlen = 24 + plen * 8;
+    if (!f_lpm_dim(st, lk, fam, D_PATH_PREFIX))
+        return 0;
+    // Reverse: right-align the path, then byte-swap the 8-byte words in reverse order.
+    bpf_probe_read_kernel((char *)s->ra + ((F_PATH - len) & (F_PATH - 1)), len & (F_PATH - 1),
+                          s->pk.path);
+    for (int i = 0; i < F_PATH / 8; i++)
+        s->rev[i & (F_PATH / 8 - 1)] = __builtin_bswap64(s->ra[(F_PATH / 8 - 1 - i) & (F_PATH / 8 - 1)]);
+    lk->data[2] = D_PATH_SUFFIX;
+    bpf_probe_read_kernel(&lk->data[3], plen & 255, (char *)s->rev);
+    return f_lpm_dim(st, lk, fam, D_PATH_SUFFIX);
+}
+
+static __always_inline int f_path_needed(struct f_state *st) {
+    return f_needs(st, D_PATH) || f_needs(st, D_PATH_PREFIX) || f_needs(st, D_PATH_SUFFIX);
+}
+
 // The path dimensions of an open: the path string is read once from user memory.
-// Returns whether a bit survives.
+// Returns 0 (no bit survives), 1 (keep) or F_NEED_BASE (a canonical relative path, left in
+// the scratch with st->pend set: judged by f_open_base once the base is known).
 static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *upath) {
-    if (!f_needs(st, D_PATH) && !f_needs(st, D_PATH_PREFIX) && !f_needs(st, D_PATH_SUFFIX) &&
-        !f_needs(st, D_RAW_DOTDOT))
+    if (!f_path_needed(st) && !f_needs(st, D_RAW_DOTDOT))
         return 1;
     u32 zero = 0;
     struct f_scratch *s = f_scratch_map.lookup(&zero);
@@ -207,7 +264,8 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
     // Scan 8 bytes at a time (no per-byte loop: cheap to run and to verify). A byte equal
     // to c is found exactly with the carry-free zero-byte test on (word ^ c*0x0101..).
     u64 *w = (u64 *)s->pk.path;
-    int canon = s->pk.path[0] == '/';
+    int abs = s->pk.path[0] == '/';
+    int canon = 1;
     int dotdot = 0;
     for (int i = 0; i < F_PATH / 8; i++) {
         u64 cur = w[i & (F_PATH / 8 - 1)];
@@ -225,30 +283,78 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
         canon = 0;
     if (!f_num_dim(st, fam, D_RAW_DOTDOT, dotdot))
         return 0;
+    if (!f_path_needed(st))
+        return 1;
+    if (!abs) {
+        // Judged, or found not canonical, by f_open_base (kept apart from the sensor's
+        // program: every test here multiplies the states the verifier explores there).
+        s->pcanon = canon;
+        st->pend = len;
+        return F_NEED_BASE;
+    }
     if (!canon)
         return 1;                       // the user-space fd.name differs from the raw path
-    if (f_needs(st, D_PATH) && !f_and_st(st, f_path.lookup(&s->pk), D_PATH))
+    return f_path_judge(st, s, fam, len);
+}
+
+// "/" + the walk's components root-first + "/" + the relative path (in s->pk.path, rlen
+// bytes) into s->pk.path, zero-padded: what user space makes of it (join_walk, os.path.join;
+// normpath changes nothing: components are dentry names and rel is canonical; "." is the base
+// itself and ".." the base without its leaf, "/" when nothing is left). walk holds
+// NUL-terminated components leaf first; walk step i wrote at[i] .. at[i + 1] - 1 (nothing
+// when it crossed a mount), nc steps in all.
+// Returns the length, or 0 when it cannot be composed exactly (too long, odd walk).
+static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, const u16 *at,
+                                     u32 nc, u32 rlen) {
+    if (rlen == 0 || rlen >= F_PATH || nc > F_WALK_MAX)
         return 0;
-    if (!f_needs(st, D_PATH_PREFIX) && !f_needs(st, D_PATH_SUFFIX))
-        return 1;
-    // Prefixes and suffixes are stored at most F_LPM_PAYLOAD bytes long, so looking up the
-    // first (or, reversed, the last) F_LPM_PAYLOAD bytes of a longer path finds all of them.
-    u32 plen = len > F_LPM_PAYLOAD ? F_LPM_PAYLOAD : len;
-    struct f_lpm_key *lk = &s->lk;
-    lk->data[0] = slot;
-    lk->data[1] = fam;
-    lk->data[2] = D_PATH_PREFIX;
-    bpf_probe_read_kernel(&lk->data[3], plen & 255, s->pk.path);
-    lk->prefixlen = 24 + plen * 8;
-    if (!f_lpm_dim(st, lk, fam, D_PATH_PREFIX))
+    // A relative path must have no "//", "/.", trailing "/" (s->pcanon) and not start with
+    // '.' ("./x", "../x", and, conservatively, ".x"), except "." and ".." themselves.
+    int dot = s->pk.path[0] == '.' && (rlen == 1 || (rlen == 2 && s->pk.path[1] == '.'));
+    if (!s->pcanon || (s->pk.path[0] == '.' && !dot))
         return 0;
-    // Reverse: right-align the path, then byte-swap the 8-byte words in reverse order.
-    bpf_probe_read_kernel((char *)s->ra + ((F_PATH - len) & (F_PATH - 1)), len, s->pk.path);
-    for (int i = 0; i < F_PATH / 8; i++)
-        s->rev[i & (F_PATH / 8 - 1)] = __builtin_bswap64(s->ra[(F_PATH / 8 - 1 - i) & (F_PATH / 8 - 1)]);
-    lk->data[2] = D_PATH_SUFFIX;
-    bpf_probe_read_kernel(&lk->data[3], plen & 255, (char *)s->rev);
-    return f_lpm_dim(st, lk, fam, D_PATH_SUFFIX);
+    F_OPAQUE(rlen);
+    bpf_probe_read_kernel(s->ra, rlen & (F_PATH - 1), s->pk.path);
+    __builtin_memset(s->pk.path, 0, F_PATH);
+    u32 q = 0, qlast = 0;               // qlast: where the last (leaf) component starts
+    for (int k = 0; k < F_WALK_MAX; k++) {
+        int i = (int)nc - 1 - k;
+        if (i < 0)
+            break;
+        u32 b = at[i & (F_WALK_MAX - 1)];
+        u32 e = at[(i + 1) & (2 * F_WALK_MAX - 1)];
+        if (e == b)
+            continue;                   // a step that crossed a mount point
+        if (e <= b + 1 || q + e - b >= F_PATH)
+            return 0;                   // empty name (user space would drop it), or too long
+        u32 clen = e - b - 1;
+        F_OPAQUE(clen);
+        F_OPAQUE(q);
+        s->pk.path[q & (F_PATH - 1)] = '/';
+        bpf_probe_read_kernel(&s->pk.path[(q + 1) & (F_PATH - 1)], clen & (F_PATH - 1),
+                              walk + (b & 1023));
+        qlast = q;
+        q += clen + 1;
+    }
+    if (dot) {
+        if (rlen == 2 && q) {           // "..": the base without its leaf component
+            F_OPAQUE(q);
+            F_OPAQUE(qlast);
+            bpf_probe_read_kernel(&s->pk.path[qlast & (F_PATH - 1)], (q - qlast) & (F_PATH - 1),
+                                  s->zeros);
+            q = qlast;
+        }
+        if (q == 0)
+            s->pk.path[0] = '/';        // the root
+        return q ? q : 1;
+    }
+    if (q + 1 + rlen >= F_PATH)
+        return 0;
+    F_OPAQUE(q);
+    F_OPAQUE(rlen);
+    s->pk.path[q & (F_PATH - 1)] = '/';
+    bpf_probe_read_kernel(&s->pk.path[(q + 1) & (F_PATH - 1)], rlen & (F_PATH - 1), s->ra);
+    return q + 1 + rlen;
 }
 
 // The executable's path of an exec, in the family's path dimensions (D_PATH, D_PATH_PREFIX,
@@ -402,6 +508,7 @@ static __always_inline int f_exec_path(struct f_state *st, const char *exe, u32 
 }
 
 // open, at sys_enter: everything but the result. 0: drop now (do not even stash the call).
+// F_NEED_BASE: a relative path is still to be judged (see f_open_exit).
 static __always_inline int f_open_enter(struct f_state *st, u32 oflags, const char *upath) {
     if (!f_begin(st, F_FAM_OPEN))
         return 1;
@@ -409,18 +516,70 @@ static __always_inline int f_open_enter(struct f_state *st, u32 oflags, const ch
     int keep = f_alive(st) && f_num_dim(st, F_FAM_OPEN, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, F_FAM_OPEN, D_OPEN_READ, acc == 0 || acc == 2) &&
                f_comm_dim(st, F_FAM_OPEN) &&
-               f_num_dim(st, F_FAM_OPEN, D_UID, (u32)bpf_get_current_uid_gid()) &&
-               f_path_dims(st, F_FAM_OPEN, upath);
+               f_num_dim(st, F_FAM_OPEN, D_UID, (u32)bpf_get_current_uid_gid());
+    if (keep)
+        keep = f_path_dims(st, F_FAM_OPEN, upath);
     if (!keep)
         f_count(F_FAM_OPEN, 0);
     return keep;
 }
 
-// open, at sys_exit, for a call f_open_enter kept. Returns 1 to emit the event.
+// open, at sys_exit, for a call f_open_enter kept. Returns 1 to emit the event, 0 to drop it,
+// F_NEED_BASE when a relative path decides: the caller walks the base and calls f_open_base.
 static __always_inline int f_open_exit(struct f_state *st, long ret) {
     if (!st->gen)
         return 1;
-    return f_keep(st, F_FAM_OPEN, f_finish(st, F_FAM_OPEN, ret));
+    int keep = f_finish(st, F_FAM_OPEN, ret);
+    if (keep) {
+        // Every kept open writes plen, so f_open_base never sees another event's pending state.
+        u32 zero = 0;
+        struct f_scratch *s = f_scratch_map.lookup(&zero);
+        if (s && st->pend && f_path_needed(st)) {
+            __builtin_memcpy(&s->pacc, &st->acc, sizeof(s->pacc));
+            s->pgen = st->gen;
+            s->plen = st->pend;
+            return F_NEED_BASE;         // counted by f_open_base
+        }
+        if (s)
+            s->plen = 0;
+    }
+    return f_keep(st, F_FAM_OPEN, keep);
+}
+
+// The path dimensions of a relative open left pending by f_open_exit, now that the base is
+// known: walk/at/nc as filled by the sensor's walk_path; bad: the walk is unusable (truncated,
+// bad dirfd). Returns 1 to emit the event.
+// Without such a call pending (plen 0) it returns 1 at once, so a caller may call it for every
+// event it keeps, which spares the verifier a state per answer of f_open_exit.
+static __always_inline int f_open_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
+    struct f_state st = {};
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s || !s->plen)
+        return 1;
+    u32 rlen = s->plen;
+    s->plen = 0;
+    if (bad)
+        return f_keep(&st, F_FAM_OPEN, 1);
+    st.gen = s->pgen;
+    u32 *g = f_active.lookup(&zero);
+    if (!g || *g != st.gen)
+        return f_keep(&st, F_FAM_OPEN, 1);    // a reload happened in between
+    u32 idx = (st.gen & 1) * F_NFAM + F_FAM_OPEN;
+    struct f_fam_cfg *c = f_fam.lookup(&idx);
+    if (!c)
+        return f_keep(&st, F_FAM_OPEN, 1);
+    st.cfg = c;
+    __builtin_memcpy(&st.acc, &s->pacc, sizeof(st.acc));
+    s->plen = f_compose(s, walk, at, nc, rlen);
+    // Read back through memory: every way out of the composing loop leaves a different length
+    // range, and the verifier would check everything below once per range; a value loaded from
+    // a map has none, so they all meet here as one state.
+    u32 len = *(volatile u32 *)&s->plen;
+    s->plen = 0;
+    if (len == 0 || len >= F_PATH)
+        return f_keep(&st, F_FAM_OPEN, 1);
+    return f_keep(&st, F_FAM_OPEN, f_path_judge(&st, s, F_FAM_OPEN, len));
 }
 
 static __always_inline int f_connect_enter(struct f_state *st, const void *uaddr, u32 addrlen) {

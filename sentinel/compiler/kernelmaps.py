@@ -16,6 +16,7 @@ stored prefix of it too. Destination addresses use one LPM trie per IP version t
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -141,6 +142,10 @@ class KernelView:
     uid: int
     path: str | None = None  # open: the path argument as passed; exec: proc.exepath (None: unknown)
     flags: int = 0
+    # open, relative path: the directory it starts from as the kernel's walk gives it (the cwd,
+    # or the dirfd's file; what sentinel.kernel.records.join_walk makes of the walk), or None
+    # when the walk is unusable (truncated, bad dirfd)
+    base: str | None = None
     dport: int | None = None
     daddr: str | None = None
     sock_family: str | None = None  # '4', '6', 'u'
@@ -150,12 +155,45 @@ class KernelView:
 O_ACCMODE, O_WRONLY, O_RDWR = 3, 1, 2
 
 
+PATH_READ_MAX = 254  # longest path argument the kernel reads whole (256 bytes with the NUL)
+COMPOSED_MAX = 255  # longest base + "/" + relative path the kernel composes
+
+
 def canonical_path(raw: str) -> bool:
     """True when the user-space fd.name equals the raw path (absolute, no '//', no '/.'
     component or hidden name, no trailing '/'); otherwise the kernel cannot judge the path."""
     if not raw.startswith("/") or "//" in raw or "/." in raw:
         return False
     return raw == "/" or not raw.endswith("/")
+
+
+def canonical_relative(raw: str) -> bool:
+    """True when the kernel composes fd.name from the base and raw: '.', '..', or a path
+    with no leading '.' ('./x', '../x' and, conservatively, '.x'), no '//', no '/.', no
+    trailing '/' (then fd.name is base + '/' + raw)."""
+    if raw in (".", ".."):
+        return True
+    if not raw or raw.startswith(("/", ".")) or "//" in raw or "/." in raw:
+        return False
+    return not raw.endswith("/")
+
+
+def kernel_path(kv: KernelView) -> str | None:
+    """The path the kernel judges the path dimensions on (fd.name as user space will compute
+    it), or None when it cannot know it exactly (then those dimensions are skipped)."""
+    raw = kv.path
+    if raw is None or len(raw.encode("utf-8", "surrogateescape")) > PATH_READ_MAX:
+        return None
+    if raw.startswith("/"):
+        return raw if canonical_path(raw) else None
+    if kv.base is None or not canonical_relative(raw):
+        return None
+    if raw == ".":
+        return kv.base
+    if raw == "..":
+        return posixpath.dirname(kv.base)
+    full = ("" if kv.base == "/" else kv.base) + "/" + raw
+    return full if len(full.encode("utf-8", "surrogateescape")) <= COMPOSED_MAX else None
 
 
 def _lpm(table: Mapping[bytes, int], key: bytes) -> int:
@@ -211,13 +249,12 @@ def _dim_mask(ft: FamilyTables, dim: Dim, kv: KernelView) -> int | None:
     if kv.family == "exec" and dim in (Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX):
         return _exe_mask(ft, dim, kv.path)
     if dim in (Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX):
-        if kv.path is None or not canonical_path(kv.path):
-            return None
-        if len(kv.path.encode()) > 255:
+        path = kernel_path(kv)
+        if path is None:
             return None
         if dim is Dim.PATH:
-            return ft.exact[dim].get(kv.path, 0)
-        key = _key(dim, kv.path)[:LPM_PAYLOAD]  # the kernel looks up at most this many bytes
+            return ft.exact[dim].get(path, 0)
+        key = _key(dim, path)[:LPM_PAYLOAD]  # the kernel looks up at most this many bytes
         return _lpm(ft.lpm[dim], key)
     if dim is Dim.OPEN_WRITE:
         return ft.exact[dim].get((kv.flags & O_ACCMODE) in (O_WRONLY, O_RDWR), 0)
@@ -226,8 +263,8 @@ def _dim_mask(ft: FamilyTables, dim: Dim, kv: KernelView) -> int | None:
     if dim is Dim.FAILED:
         return ft.exact[dim].get(kv.ret < 0, 0)
     if dim is Dim.RAW_DOTDOT:
-        if kv.path is None:
-            return None
+        if not kv.path or len(kv.path.encode("utf-8", "surrogateescape")) > PATH_READ_MAX:
+            return None  # empty or not read whole: the kernel judges no path dimension
         return ft.exact[dim].get("../" in kv.path, 0)
     if dim is Dim.DPORT:
         return None if kv.dport is None else ft.exact[dim].get(kv.dport, 0)

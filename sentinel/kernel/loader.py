@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,11 +61,15 @@ def load_in_child(
     timeout: float = 120,
     prelude: str = "",
     lsm: list[str] | None = None,
+    tail_calls: Sequence[tuple[str, int, str]] = (),
 ) -> Loaded:
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
     ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks).
     ``lsm``: load the BPF LSM programs ``lsm__<hook>`` of these hooks, all or none, without
-    attaching them (nothing else is autoloaded); their fds are in ``Loaded.progs``."""
+    attaching them (nothing else is autoloaded); their fds are in ``Loaded.progs``.
+    ``tail_calls``: (program array, index, function) to load and install, for each program array
+    the program defines (others are skipped); the array's fd comes back in ``maps``, since the
+    kernel empties a program array when its last user-space fd closes."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # The child's stderr goes to a file, not a pipe: a rejected program's verifier log is
     # often larger than a pipe holds, and the child would block writing it while we wait for
@@ -72,6 +77,9 @@ def load_in_child(
     with parent_sock, child_sock, tempfile.TemporaryFile() as errf:
         proc = subprocess.Popen(
             [sys.executable, "-m", "sentinel.kernel.loader", str(child_sock.fileno())],
+            # from the directory holding this sentinel package, so the child runs this very
+            # loader whatever the caller's cwd (-m looks in the cwd first)
+            cwd=Path(__file__).resolve().parents[2],
             pass_fds=[child_sock.fileno()],
             stdout=subprocess.DEVNULL,
             stderr=errf,
@@ -83,6 +91,7 @@ def load_in_child(
             "maps": maps,
             "prelude": prelude,
             "lsm": lsm,
+            "tail_calls": [list(t) for t in tail_calls],
         }
         parent_sock.sendall(json.dumps(request).encode() + b"\n")
         parent_sock.settimeout(timeout)
@@ -137,6 +146,15 @@ def _child(sock_fd: int) -> int:
             b = _load_lsm(BPF, text, req["cflags"], req["lsm"], names, kinds, fds)
         else:
             b = BPF(text=text, cflags=req["cflags"])
+        tails: list[str] = []
+        for array, index, func in req.get("tail_calls", []):
+            try:
+                table = b[array.encode()]
+            except KeyError:
+                continue  # not compiled in
+            prog = b.load_func(func.encode(), BPF.TRACEPOINT)
+            table[ctypes.c_int(index)] = ctypes.c_int(prog.fd)
+            tails.append(array)
     except Exception as exc:  # the compile/verifier message is the useful part
         msg = str(exc) if req.get("lsm") is not None else f"loading the BPF sensor failed: {exc}"
         sock.sendall(json.dumps({"error": msg}).encode())
@@ -150,7 +168,7 @@ def _child(sock_fd: int) -> int:
         names.append("tp:" + tp.decode())
         kinds.append("link")
         fds.append(fd)
-    for m in req["maps"]:
+    for m in [*req["maps"], *tails]:
         names.append(m)
         kinds.append("map")
         fds.append(b[m.encode()].map_fd)

@@ -111,9 +111,13 @@ static __always_inline int prefilter_exec_path(struct f_state *st, const char *e
 }
 static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {
     struct f_state st = {};
-    if (!f_open_enter(&st, oflags, upath))
+    int keep = f_open_enter(&st, oflags, upath);
+    if (!keep)
         return 0;
-    return f_open_exit(&st, ret);
+    return f_open_exit(&st, ret) != 0;  // F_NEED_BASE: prefilter_open_base decides
+}
+static __always_inline int prefilter_open_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
+    return f_open_base(walk, at, nc, bad);
 }
 static __always_inline int prefilter_connect(const void *uaddr, u32 addrlen, long ret) {
     struct f_state st = {};

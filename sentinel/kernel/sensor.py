@@ -59,6 +59,9 @@ FAMILY_TRACEPOINTS: dict[str, tuple[str, ...]] = {
 # Falco event types the sensor emits, in the order of the T_* codes in bpf/sensor.bpf.c.
 EVT_TYPES = ("execve", "execveat", "clone", "procexit", "open", "openat", "openat2", "connect")
 COUNTERS = ("filtered", "passed", "lost")  # C_FILTERED, C_PASSED, C_LOST
+# Programs reached by tail calls (program array, index, function), installed when compiled in:
+# open_judge finishes a relative open the prefilter left pending (see bpf/sensor.bpf.c).
+TAIL_CALLS = (("open_tail", 0, "open_judge"),)
 
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
@@ -190,7 +193,11 @@ class Sensor:
         try:
             # A child process runs bcc (compile, verify, attach) and passes back the fds.
             self._loaded = load_in_child(
-                self.source, cflags, ["events", "counts", *self.extra_maps], prelude=self.prelude
+                self.source,
+                cflags,
+                ["events", "counts", *self.extra_maps],
+                prelude=self.prelude,
+                tail_calls=TAIL_CALLS,
             )
         except LoaderError as exc:
             raise SensorError(str(exc)) from None

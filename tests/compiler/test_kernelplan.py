@@ -41,8 +41,20 @@ PATHS = [
     "/etc/../tmp/x",
     "passwd",
     "/var/log/a.log",
+    # relative: judged on cwd + "/" + path when canonical (see kernelmaps.kernel_path)
+    "./passwd",
+    "..",
+    ".",
+    "ssh/sshd_config",
+    "a.log",
+    "log/a.log",
+    "bin/ls",
+    "x/",
+    ".pw",
+    "tmp",
+    "etc/passwd",
 ]
-CWDS = ["/", "/etc", "/tmp"]
+CWDS = ["/", "/etc", "/tmp", "/var", "/usr", "/etc/ssh"]
 EXES = [
     "/usr/bin/ls",
     "/usr/bin/bash",
@@ -205,7 +217,9 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
                 "evt.is_open_read": (flags & 3) in (0, 2),
             }
         )
-        return KernelView(fam, comm, uid, path=path, flags=flags, ret=ret), ev
+        # the kernel's walk of the base: usually known, sometimes unusable (truncated, bad fd)
+        base = draw(st.sampled_from([cwd, cwd, None]))
+        return KernelView(fam, comm, uid, path=path, flags=flags, ret=ret, base=base), ev
     if fam == "connect":
         ip = draw(st.sampled_from(IPS))
         port = draw(st.sampled_from(PORTS))
@@ -312,7 +326,23 @@ def test_storm_on_unmentioned_path_is_filtered_and_watched_path_passes(tmp_path:
     assert not passes(tables, KernelView("open", "cat", 0, path="/etc/passwd", flags=0))
     assert passes(tables, KernelView("open", "cat", 0, path="/etc/passwd", flags=1))
     assert passes(tables, KernelView("open", "cat", 0, path="/var/run/secret"))
-    assert passes(tables, KernelView("open", "cat", 0, path="relative"))  # cannot judge
+    assert passes(tables, KernelView("open", "cat", 0, path="relative"))  # no base: kept
+    # relative paths are judged on the walked base
+    assert not passes(tables, KernelView("open", "cat", 0, path="libc.so.6", base="/usr/lib"))
+    assert not passes(tables, KernelView("open", "cat", 0, path="etc/passwd", base="/"))
+    assert passes(tables, KernelView("open", "cat", 0, path="passwd", flags=1, base="/etc"))
+    assert passes(tables, KernelView("open", "cat", 0, path="etc/passwd", flags=1, base="/"))
+    assert passes(tables, KernelView("open", "cat", 0, path="run/secret", base="/var"))
+    # not canonical, or the base is unknown: kept
+    assert passes(tables, KernelView("open", "cat", 0, path="./libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("open", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("open", "cat", 0, path="libc.so.6", base=None))
+    # "." is the base and ".." its parent
+    assert not passes(tables, KernelView("open", "cat", 0, path="..", base="/usr/lib"))
+    assert passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
+    assert not passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh"))
+    assert passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc/ssh"))
+    assert not passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc"))
     assert not passes(tables, KernelView("exec", "ls", 0, path="/usr/bin/ls"))
     assert passes(tables, KernelView("exec", "bash", 0, path="/usr/bin/bash"))
     # no rule can match a connect: every connect is dropped

@@ -1,7 +1,8 @@
 """The prefilter inside the real sensor, with the upstream Falco stable rules loaded.
 
 An open storm on a path no rule mentions must reach user space as ~0 events (the kernel's
-counters show them dropped), while every open of a watched path arrives.
+counters show them dropped), while every open of a watched path arrives; the same for paths
+relative to the cwd (judged on the kernel's walk of it).
 """
 
 from __future__ import annotations
@@ -49,10 +50,12 @@ def sensor() -> Iterator[tuple[object, object, list[bytes]]]:
         s.close()
 
 
-def _opens_in_child(path: str, n: int, flags: int = os.O_RDONLY) -> int:
+def _opens_in_child(path: str, n: int, flags: int = os.O_RDONLY, cwd: str | None = None) -> int:
     pid = os.fork()
     if pid == 0:
         try:
+            if cwd is not None:
+                os.chdir(cwd)  # then a relative path is judged on the walked cwd
             for _ in range(n):
                 with contextlib.suppress(OSError):
                     os.close(os.open(path, flags, 0o600))
@@ -84,3 +87,26 @@ def test_opens_of_a_watched_path_all_arrive(sensor: tuple) -> None:  # type: ign
     s.drain()  # type: ignore[attr-defined]
     mine = [r for r in got if Record(r).pid == pid and Record(r).type == EV_OPEN]
     assert len(mine) == 200
+
+
+def test_relative_storm_on_unmentioned_path_is_dropped_in_the_kernel(sensor: tuple) -> None:  # type: ignore[type-arg]
+    s, pf, got = sensor
+    s.drain()  # type: ignore[attr-defined]
+    got.clear()
+    before = pf.stats()["open"]["dropped"]  # type: ignore[attr-defined]
+    pid = _opens_in_child("os-release", STORM, cwd="/usr/lib")
+    s.drain()  # type: ignore[attr-defined]
+    mine = [r for r in got if Record(r).pid == pid and Record(r).type == EV_OPEN]
+    dropped = pf.stats()["open"]["dropped"] - before  # type: ignore[attr-defined]
+    assert len(mine) == 0
+    assert dropped >= STORM
+
+
+def test_relative_opens_of_a_watched_path_all_arrive(sensor: tuple) -> None:  # type: ignore[type-arg]
+    s, _pf, got = sensor
+    s.drain()  # type: ignore[attr-defined]
+    got.clear()
+    pid = _opens_in_child("shadow", 200, os.O_RDONLY, cwd="/etc")
+    s.drain()  # type: ignore[attr-defined]
+    mine = [Record(r) for r in got if Record(r).pid == pid and Record(r).type == EV_OPEN]
+    assert [(r.open_base, r.open_path) for r in mine] == [("/etc", "shadow")] * 200
