@@ -19,6 +19,7 @@
 #define SC_OPEN 1
 #define SC_OPENAT 2
 #define SC_OPENAT2 3
+#define SC_CREAT 4
 
 #define FLAG_ARGS_TRUNC 1
 #define FLAG_PATH_TRUNC 2
@@ -41,7 +42,8 @@
 #define T_OPENAT 5
 #define T_OPENAT2 6
 #define T_CONNECT 7
-#define T_MAX 8
+#define T_CREAT 8
+#define T_MAX 9
 #define C_FILTERED 0
 #define C_PASSED 1
 #define C_LOST 2
@@ -625,6 +627,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_execveat) {
 
 // ---------------------------------------------------------------------------------- open
 
+// The Falco event type of an open-like syscall, for the per-type counters.
+static __always_inline u32 open_type(u32 sc) {
+    if (sc == SC_OPEN)
+        return T_OPEN;
+    if (sc == SC_OPENAT)
+        return T_OPENAT;
+    return sc == SC_CREAT ? T_CREAT : T_OPENAT2;
+}
+
 // Directory a relative path starts from: the cwd, or the file behind dirfd.
 static __always_inline u32 walk_base(char *buf, void *task, s32 dirfd, u32 *flags, u16 *at,
                                      u32 *nc) {
@@ -674,7 +685,7 @@ int open_judge(void *ctx) {
         return 0;
     u32 fl = r->r.e.h.flags;
     u32 sc = r->r.e.syscall;
-    u32 t = sc == SC_OPEN ? T_OPEN : sc == SC_OPENAT ? T_OPENAT : T_OPENAT2;
+    u32 t = open_type(sc);
     if (!prefilter_open_base(r->r.base, r->at, r->nc, fl & (FLAG_BASE_BAD | FLAG_BASE_TRUNC))) {
         // emit_open counted it passed before this verdict: move it to filtered (per-CPU, and
         // this runs on the CPU that counted it)
@@ -703,6 +714,11 @@ static __always_inline int emit_open(void *ctx, long ret, u32 sc) {
         flags = a.a1;
         mode = a.a2;
         dirfd = AT_FDCWD_VAL;
+    } else if (sc == SC_CREAT) {
+        path = a.a0;
+        flags = 0x241;                  // creat(2) is open(O_CREAT | O_WRONLY | O_TRUNC)
+        mode = a.a1;
+        dirfd = AT_FDCWD_VAL;
     } else if (sc == SC_OPENAT) {
         dirfd = (s32)a.a0;
         path = a.a1;
@@ -716,7 +732,7 @@ static __always_inline int emit_open(void *ctx, long ret, u32 sc) {
         flags = how[0];
         mode = how[1];
     }
-    u32 t = sc == SC_OPEN ? T_OPEN : sc == SC_OPENAT ? T_OPENAT : T_OPENAT2;
+    u32 t = open_type(sc);
     if (!counted(t, prefilter_open((u32)flags, (const char *)path, ret)))
         return 0;
     u32 zero = 0;
@@ -773,6 +789,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat) { return emit_open(args, args->ret, 
 
 #ifdef ATTACH_OPENAT2
 TRACEPOINT_PROBE(syscalls, sys_exit_openat2) { return emit_open(args, args->ret, SC_OPENAT2); }
+#endif
+
+#ifdef ATTACH_CREAT
+TRACEPOINT_PROBE(syscalls, sys_exit_creat) { return emit_open(args, args->ret, SC_CREAT); }
 #endif
 
 // ------------------------------------------------------------------------------- connect

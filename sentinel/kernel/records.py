@@ -30,7 +30,8 @@ EV_NAMES = {
 SC_OPEN = 1
 SC_OPENAT = 2
 SC_OPENAT2 = 3
-OPEN_SYSCALLS = {SC_OPEN: "open", SC_OPENAT: "openat", SC_OPENAT2: "openat2"}
+SC_CREAT = 4
+OPEN_SYSCALLS = {SC_OPEN: "open", SC_OPENAT: "openat", SC_OPENAT2: "openat2", SC_CREAT: "creat"}
 
 FLAG_ARGS_TRUNC = 1
 FLAG_PATH_TRUNC = 2

@@ -41,23 +41,34 @@ SYSCALL_FAMILIES: dict[str, str] = {
     "open": "open",
     "openat": "openat",
     "openat2": "openat2",
-    "creat": "open",
+    "creat": "creat",
     "connect": "connect",
 }
 # Families always attached: they keep the process table exact and cost almost nothing.
 SCHED_TRACEPOINTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
-ALL_FAMILIES = frozenset({"open", "openat", "openat2", "connect", "execve"})
+ALL_FAMILIES = frozenset({"open", "openat", "openat2", "creat", "connect", "execve"})
 # Tracepoints (syscalls:sys_exit_<name>) per family.
 FAMILY_TRACEPOINTS: dict[str, tuple[str, ...]] = {
     "open": ("open",),
     "openat": ("openat",),
     "openat2": ("openat2",),
+    "creat": ("creat",),
     "connect": ("connect",),
     "execve": ("execve", "execveat"),  # failed execs only; successes come from sched
 }
 
 # Falco event types the sensor emits, in the order of the T_* codes in bpf/sensor.bpf.c.
-EVT_TYPES = ("execve", "execveat", "clone", "procexit", "open", "openat", "openat2", "connect")
+EVT_TYPES = (
+    "execve",
+    "execveat",
+    "clone",
+    "procexit",
+    "open",
+    "openat",
+    "openat2",
+    "connect",
+    "creat",
+)
 COUNTERS = ("filtered", "passed", "lost")  # C_FILTERED, C_PASSED, C_LOST
 # Programs reached by tail calls (program array, index, function), installed when compiled in:
 # open_judge finishes a relative open the prefilter left pending (see bpf/sensor.bpf.c).

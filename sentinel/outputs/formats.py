@@ -81,7 +81,7 @@ _FILE_CREATE = {"creat", "mkdir", "mkdirat", "symlink", "symlinkat", "link", "li
 _FILE_DELETE = {"unlink", "unlinkat", "rmdir"}
 _FILE_CHANGE = {"rename", "renameat", "renameat2", "chmod", "fchmod", "fchmodat", "chown",
                 "fchown", "fchownat", "lchown", "truncate", "ftruncate", "setxattr"}  # fmt: skip
-_FILE_ACCESS = {"open", "openat", "openat2", "open_by_handle_at", "read", "write", "mmap"}
+_FILE_ACCESS = {"open", "openat", "openat2", "creat", "open_by_handle_at", "read", "write", "mmap"}
 _NETWORK = {"connect", "accept", "accept4", "bind", "listen", "sendto", "recvfrom", "sendmsg",
             "recvmsg", "socket"}  # fmt: skip
 

@@ -127,6 +127,25 @@ def test_write_below_etc(run: Run, tmp_path: Path) -> None:
     assert str(other) not in names
 
 
+def test_write_below_etc_through_creat(run: Run) -> None:
+    """creat(2) (what glibc's creat() issues on x86-64) is an open for writing as well."""
+    target = Path("/etc") / f"sentinel-creat-{uuid.uuid4().hex[:8]}"
+    code = (
+        "import ctypes, os, sys\n"
+        "fd = ctypes.CDLL(None, use_errno=True).creat(sys.argv[1].encode(), 0o600)\n"
+        "assert fd >= 0, os.strerror(ctypes.get_errno())\n"
+        "os.close(fd)\n"
+    )
+    try:
+        subprocess.run([sys.executable, "-c", code, str(target)], check=True)
+    finally:
+        target.unlink(missing_ok=True)
+    hits = run.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target))
+    assert len(hits) == 1
+    assert hits[0]["rule"] == "Write Below Sensitive Path"
+    assert "O_CREAT" in hits[0]["output_fields"]["evt.arg.flags"]
+
+
 NETNS_CODE = """
 import socket, sys
 servers = []

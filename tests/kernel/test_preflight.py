@@ -26,7 +26,7 @@ def test_families_for_rules_event_types() -> None:
     }
     assert families_for({"execve", "procexit", "clone"}) == set()
     assert families_for({"openat"}) == {"openat"}
-    assert families_for({"creat", "open"}) == {"open"}
+    assert families_for({"creat", "open"}) == {"creat", "open"}  # creat(2): its own tracepoint
     assert families_for(set()) == set()
 
 

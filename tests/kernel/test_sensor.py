@@ -221,6 +221,7 @@ def test_no_losses_at_light_load(live: LiveSensor) -> None:
         "openat",
         "openat2",
         "connect",
+        "creat",
     }
     assert sum(lost.values()) == 0
 
@@ -246,6 +247,7 @@ def test_only_exit_tracepoints_are_attached(live: LiveSensor) -> None:
             "raw:sched_process_exit",
             "raw:sched_process_fork",
             "tp:syscalls:sys_exit_connect",
+            "tp:syscalls:sys_exit_creat",
             "tp:syscalls:sys_exit_execve",
             "tp:syscalls:sys_exit_execveat",
             "tp:syscalls:sys_exit_open",
