@@ -19,13 +19,6 @@ EV_FORK = 2
 EV_EXIT = 3
 EV_OPEN = 4
 EV_CONNECT = 5
-EV_NAMES = {
-    EV_EXEC: "exec",
-    EV_FORK: "fork",
-    EV_EXIT: "exit",
-    EV_OPEN: "open",
-    EV_CONNECT: "connect",
-}
 
 SC_OPEN = 1
 SC_OPENAT = 2
