@@ -272,11 +272,16 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
         u64 nxt = i + 1 < F_PATH / 8 ? w[(i + 1) & (F_PATH / 8 - 1)] : 0;
         u64 n1 = (cur >> 8) | (nxt << 56);
         u64 n2 = (cur >> 16) | (nxt << 48);
+        u64 n3 = (cur >> 24) | (nxt << 40);
         u64 slash = f_bytes_eq(cur, 0x2f), dot = f_bytes_eq(cur, 0x2e);
         u64 slash1 = f_bytes_eq(n1, 0x2f), dot1 = f_bytes_eq(n1, 0x2e);
-        if (slash & (slash1 | dot1))
-            canon = 0;                  // "//" or "/." somewhere
-        if (dot & dot1 & f_bytes_eq(n2, 0x2f))
+        u64 slash2 = f_bytes_eq(n2, 0x2f), dot2 = f_bytes_eq(n2, 0x2e);
+        u64 end2 = f_bytes_eq(n2, 0), end3 = f_bytes_eq(n3, 0);
+        // An empty, "." or ".." component ("//", "/./", "/../", a trailing "/." or "/..");
+        // hidden names ("/.x", "/..x") are ordinary components.
+        if (slash & (slash1 | (dot1 & (slash2 | end2 | (dot2 & (f_bytes_eq(n3, 0x2f) | end3))))))
+            canon = 0;
+        if (dot & dot1 & slash2)
             dotdot = 1;                 // "../"
     }
     if (len > 1 && s->pk.path[(len - 1) & (F_PATH - 1)] == '/')
@@ -308,10 +313,13 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
                                      u32 nc, u32 rlen) {
     if (rlen == 0 || rlen >= F_PATH || nc > F_WALK_MAX)
         return 0;
-    // A relative path must have no "//", "/.", trailing "/" (s->pcanon) and not start with
-    // '.' ("./x", "../x", and, conservatively, ".x"), except "." and ".." themselves.
+    // A relative path must have no empty, "." or ".." component past the first, no trailing
+    // "/" (s->pcanon), and not start with "./" or "../"; "." and ".." themselves are the base
+    // and its parent (".x" is an ordinary name).
     int dot = s->pk.path[0] == '.' && (rlen == 1 || (rlen == 2 && s->pk.path[1] == '.'));
-    if (!s->pcanon || (s->pk.path[0] == '.' && !dot))
+    int lead = s->pk.path[0] == '.' &&
+               (s->pk.path[1] == '/' || (s->pk.path[1] == '.' && s->pk.path[2] == '/'));
+    if (!s->pcanon || lead)
         return 0;
     F_OPAQUE(rlen);
     bpf_probe_read_kernel(s->ra, rlen & (F_PATH - 1), s->pk.path);

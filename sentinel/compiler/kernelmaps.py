@@ -160,22 +160,24 @@ COMPOSED_MAX = 255  # longest base + "/" + relative path the kernel composes
 
 
 def canonical_path(raw: str) -> bool:
-    """True when the user-space fd.name equals the raw path (absolute, no '//', no '/.'
-    component or hidden name, no trailing '/'); otherwise the kernel cannot judge the path."""
-    if not raw.startswith("/") or "//" in raw or "/." in raw:
+    """True when the user-space fd.name (normpath) equals the raw path: absolute, no empty,
+    '.' or '..' component, no trailing '/' (hidden names such as '/.x' are ordinary);
+    otherwise the kernel cannot judge the path."""
+    if not raw.startswith("/"):
         return False
-    return raw == "/" or not raw.endswith("/")
+    return raw == "/" or _plain_components(raw[1:])
 
 
 def canonical_relative(raw: str) -> bool:
-    """True when the kernel composes fd.name from the base and raw: '.', '..', or a path
-    with no leading '.' ('./x', '../x' and, conservatively, '.x'), no '//', no '/.', no
-    trailing '/' (then fd.name is base + '/' + raw)."""
+    """True when the kernel composes fd.name from the base and raw: '.', '..', or a path with
+    no empty, '.' or '..' component and no trailing '/' (then fd.name is base + '/' + raw)."""
     if raw in (".", ".."):
         return True
-    if not raw or raw.startswith(("/", ".")) or "//" in raw or "/." in raw:
-        return False
-    return not raw.endswith("/")
+    return bool(raw) and not raw.startswith("/") and _plain_components(raw)
+
+
+def _plain_components(rel: str) -> bool:
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
 
 
 def kernel_path(kv: KernelView) -> str | None:

@@ -134,7 +134,8 @@ CASES: list[tuple[str, str, int]] = [
     (f"cwd:{ROOT}/plain", "./.", os.O_RDONLY | os.O_DIRECTORY),  # not canonical: kept
     (f"cwd:{ROOT}/plain", "sub/..", os.O_RDONLY | os.O_DIRECTORY),  # not canonical: kept
     (f"cwd:{ROOT}/plain", "sub/", os.O_RDONLY | os.O_DIRECTORY),  # trailing slash: kept
-    (f"cwd:{ROOT}/plain", ".hidden.pem", os.O_RDONLY),  # leading dot: kept
+    (f"cwd:{ROOT}/plain", ".hidden.pem", os.O_RDONLY),  # hidden name: ordinary, dropped
+    (f"cwd:{ROOT}", "plain/.hidden.pem", os.O_RDONLY),  # hidden name deeper: dropped
     (f"cwd:{ROOT}/plain", "missing.txt", os.O_RDONLY),  # failed, unwatched: dropped
     (f"cwd:{ROOT}", "watched/w1.txt", os.O_RDONLY),  # prefix
     (f"cwd:{ROOT}", "plain/a2.txt", os.O_RDONLY),  # dropped
