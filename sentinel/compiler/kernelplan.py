@@ -213,20 +213,13 @@ def abstract(c: ast.Check, family: str) -> Constraint | object:
         except ValueError:
             return _UNKNOWN
     if family == "exec":
-        return _exepath(op, vals) if name == "proc.exepath" else _UNKNOWN
+        # proc.exe is argv[0], which the caller chooses: never a kernel dimension.
+        if name == "proc.exepath":
+            return _path(op in ("=", "==", "in"), op, vals)
+        return _UNKNOWN
     if Dim.PATH in dims:
         if name == "fd.name":
-            if exact:
-                if all(len(v.encode()) <= PATH_MAX_KEY for v in vals):
-                    return Constraint(Dim.PATH, frozenset(vals))
-                # Too long for the exact-path hash: its head, as a prefix the trie can hold.
-                return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
-            if op in ("startswith", "pmatch"):
-                return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
-            if op == "endswith":
-                return Constraint(Dim.PATH_SUFFIX, frozenset(_cap(v, tail=True) for v in vals))
-            if op == "glob" and len(vals) == 1:
-                return Constraint(Dim.PATH_PREFIX, frozenset({_cap(_glob_prefix(vals[0]))}))
+            return _path(exact, op, vals)
         if name == "fd.directory" and exact:
             return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v.rstrip("/") + "/") for v in vals))
         if name == "fd.filename" and exact:
@@ -260,13 +253,14 @@ def abstract(c: ast.Check, family: str) -> Constraint | object:
     return _UNKNOWN
 
 
-def _exepath(op: str, vals: list[str]) -> Constraint | object:
-    """proc.exepath of an exec: the path the sensor's walk built, exactly as user space reports
-    it, so =, in, startswith, pmatch, endswith and a glob's literal head are all kernel tests.
-    (proc.exe is argv[0], which the caller chooses: never a kernel dimension.)"""
-    if op in ("=", "==", "in"):
+def _path(exact: bool, op: str, vals: list[str]) -> Constraint | object:
+    """A path field the kernel holds as the very string user space reports (an open's fd.name,
+    an exec's proc.exepath): equality through the exact-path hash, startswith / pmatch / a
+    glob's literal head as a prefix, endswith as a suffix."""
+    if exact:
         if all(len(v.encode()) <= PATH_MAX_KEY for v in vals):
             return Constraint(Dim.PATH, frozenset(vals))
+        # Too long for the exact-path hash: its head, as a prefix the trie can hold.
         return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
     if op in ("startswith", "pmatch"):
         return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v) for v in vals))
