@@ -15,9 +15,9 @@ from typing import Any
 
 from sentinel.cli.common import load_compiled
 from sentinel.compiler import OTHER
-from sentinel.compiler.kernelmaps import build_tables
-from sentinel.compiler.kernelplan import FAMILIES, dim_label
 from sentinel.language import to_text
+from sentinel.prefilter.plan import FAMILIES, dim_label
+from sentinel.prefilter.tables import build_tables
 
 
 def register(sub: Any) -> None:

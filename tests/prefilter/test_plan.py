@@ -1,7 +1,7 @@
 """The kernel prefilter's invariant: it never drops an event the full rule would match.
 
-Checked here against the Python model of the maps (``sentinel.compiler.kernelmaps.passes``),
-which mirrors ``bpf/filter.h``; the real-kernel tests check the BPF side on a sample.
+Checked here against the Python model of the maps (``sentinel.prefilter.tables.passes``),
+which mirrors ``bpf/prefilter/filter.h``; the real-kernel tests check the BPF side on a sample.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import KernelView, build_tables, passes
 from sentinel.engine import Engine
 from sentinel.loader import load_rules
+from sentinel.prefilter.model import KernelView, passes
+from sentinel.prefilter.tables import build_tables
 from tests.helpers import CORPUS
 
 COMMS = ["bash", "sh", "cat", "nginx", "verylongprocessname123"]
@@ -73,9 +74,10 @@ NETS = ["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32", "0.0.0.0/0", "10.0.0.1"
 PORTS = [22, 80, 443, 5432]
 TYPES = {
     "exec": ["execve", "execveat"],
-    "open": ["openat", "open", "openat2", "creat"],
+    "file": ["openat", "open", "openat2", "creat", "unlink", "unlinkat"],
     "connect": ["connect"],
 }
+OPENS = ("openat", "open", "openat2", "creat")
 
 
 def _q(v: str) -> str:
@@ -99,6 +101,12 @@ ATOMS = st.one_of(
     ),
     st.builds(lambda v: f"fd.name in {_lst(v)}", st.lists(st.sampled_from(PATHS), max_size=3)),
     st.builds(
+        lambda o, v: f"fs.path.name {o} {_q(v)}",
+        st.sampled_from(["=", "!=", "startswith", "endswith", "glob"]),
+        st.sampled_from([*PATHS, "/etc", "/tmp/*"]),
+    ),
+    st.builds(lambda v: f"fs.path.name pmatch ({_q(v)})", st.sampled_from(["/etc", "/tmp"])),
+    st.builds(
         lambda v: f"fd.name pmatch {_lst(v)}",
         st.lists(st.sampled_from(["/etc", "/tmp", "/usr"]), min_size=1, max_size=2),
     ),
@@ -116,7 +124,10 @@ ATOMS = st.one_of(
     st.builds(lambda v: f"fd.typechar = {_q(v)}", st.sampled_from(["4", "6", "u", "f"])),
     st.builds(
         lambda v: f"evt.type in {_lst(v)}",
-        st.lists(st.sampled_from(["execve", "openat", "open", "connect"]), min_size=1),
+        st.lists(
+            st.sampled_from(["execve", "openat", "open", "connect", "unlink", "unlinkat"]),
+            min_size=1,
+        ),
     ),
     st.builds(lambda v: f"proc.pname = {_q(v)}", st.sampled_from(COMMS)),
     st.sampled_from(
@@ -198,13 +209,17 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
         "evt.rawres": ret,
         "evt.res": "SUCCESS" if ret >= 0 else {-2: "ENOENT", -13: "EACCES"}[ret],
     }
-    if fam == "open":
+    if fam == "file":
         path = draw(st.sampled_from(PATHS))
         flags = draw(st.sampled_from([0, 1, 2, 0o101, 0o1102]))
         cwd = draw(st.sampled_from(CWDS))
-        # the sensor's derivation: absolute, lexically normalised (sentinel.enrichment.event)
+        # the sensor's derivation: absolute, lexically normalised (sentinel.events.file)
         full = os.path.normpath(path if path.startswith("/") else os.path.join(cwd, path))
         full = "/" + full.lstrip("/") if full.startswith("//") else full
+        ev.update({"fs.path.name": full, "fs.path.nameraw": path})
+        if ev["evt.type"] not in OPENS:  # unlink, unlinkat: no descriptor, no open flags
+            base = draw(st.sampled_from([cwd, cwd, None]))
+            return KernelView(fam, comm, uid, path=path, flags=0, ret=ret, base=base), ev
         ev.update(
             {
                 "fd.name": full,
@@ -321,28 +336,28 @@ def test_storm_on_unmentioned_path_is_filtered_and_watched_path_passes(tmp_path:
         ],
     )
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert not tables.families["open"].pass_all
-    assert not passes(tables, KernelView("open", "cat", 0, path="/usr/lib/libc.so.6"))
-    assert not passes(tables, KernelView("open", "cat", 0, path="/etc/passwd", flags=0))
-    assert passes(tables, KernelView("open", "cat", 0, path="/etc/passwd", flags=1))
-    assert passes(tables, KernelView("open", "cat", 0, path="/var/run/secret"))
-    assert passes(tables, KernelView("open", "cat", 0, path="relative"))  # no base: kept
+    assert not tables.families["file"].pass_all
+    assert not passes(tables, KernelView("file", "cat", 0, path="/usr/lib/libc.so.6"))
+    assert not passes(tables, KernelView("file", "cat", 0, path="/etc/passwd", flags=0))
+    assert passes(tables, KernelView("file", "cat", 0, path="/etc/passwd", flags=1))
+    assert passes(tables, KernelView("file", "cat", 0, path="/var/run/secret"))
+    assert passes(tables, KernelView("file", "cat", 0, path="relative"))  # no base: kept
     # relative paths are judged on the walked base
-    assert not passes(tables, KernelView("open", "cat", 0, path="libc.so.6", base="/usr/lib"))
-    assert not passes(tables, KernelView("open", "cat", 0, path="etc/passwd", base="/"))
-    assert passes(tables, KernelView("open", "cat", 0, path="passwd", flags=1, base="/etc"))
-    assert passes(tables, KernelView("open", "cat", 0, path="etc/passwd", flags=1, base="/"))
-    assert passes(tables, KernelView("open", "cat", 0, path="run/secret", base="/var"))
+    assert not passes(tables, KernelView("file", "cat", 0, path="libc.so.6", base="/usr/lib"))
+    assert not passes(tables, KernelView("file", "cat", 0, path="etc/passwd", base="/"))
+    assert passes(tables, KernelView("file", "cat", 0, path="passwd", flags=1, base="/etc"))
+    assert passes(tables, KernelView("file", "cat", 0, path="etc/passwd", flags=1, base="/"))
+    assert passes(tables, KernelView("file", "cat", 0, path="run/secret", base="/var"))
     # not canonical, or the base is unknown: kept
-    assert passes(tables, KernelView("open", "cat", 0, path="./libc.so.6", base="/usr/lib"))
-    assert passes(tables, KernelView("open", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
-    assert passes(tables, KernelView("open", "cat", 0, path="libc.so.6", base=None))
+    assert passes(tables, KernelView("file", "cat", 0, path="./libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("file", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("file", "cat", 0, path="libc.so.6", base=None))
     # "." is the base and ".." its parent
-    assert not passes(tables, KernelView("open", "cat", 0, path="..", base="/usr/lib"))
-    assert passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
-    assert not passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh"))
-    assert passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc/ssh"))
-    assert not passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc"))
+    assert not passes(tables, KernelView("file", "cat", 0, path="..", base="/usr/lib"))
+    assert passes(tables, KernelView("file", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
+    assert not passes(tables, KernelView("file", "cat", 0, path="..", flags=1, base="/etc/ssh"))
+    assert passes(tables, KernelView("file", "cat", 0, path=".", flags=1, base="/etc/ssh"))
+    assert not passes(tables, KernelView("file", "cat", 0, path=".", flags=1, base="/etc"))
     assert not passes(tables, KernelView("exec", "ls", 0, path="/usr/bin/ls"))
     assert passes(tables, KernelView("exec", "bash", 0, path="/usr/bin/bash"))
     # no rule can match a connect: every connect is dropped
@@ -353,10 +368,10 @@ def test_falco_stable_rules_plan() -> None:
     rules = load_rules([CORPUS / "falco_rules.yaml"])
     engine = Engine(compile_rules(rules))
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    fam = tables.families["open"]
+    fam = tables.families["file"]
     # the open family is filterable with the stable rules: a read of a library is dropped
     assert not fam.pass_all, fam.reason
-    assert not passes(tables, KernelView("open", "cat", 1000, path="/usr/lib/x.so"))
+    assert not passes(tables, KernelView("file", "cat", 1000, path="/usr/lib/x.so"))
 
 
 def test_exepath_is_a_kernel_dimension_of_execs(tmp_path: Path) -> None:
@@ -442,7 +457,7 @@ def test_exact_path_longer_than_a_hash_key_becomes_a_prefix_the_trie_holds(
     long_path = "/" + "a" * 150 + "/" + "b" * 150
     engine = _engine(tmp_path, [f"evt.type = openat and fd.name = {long_path}"])
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert passes(tables, KernelView("open", "cat", 0, path=long_path))
-    assert not passes(tables, KernelView("open", "cat", 0, path="/usr/lib/x.so"))
-    payloads = [p for lpm in tables.families["open"].lpm.values() for p in lpm]
+    assert passes(tables, KernelView("file", "cat", 0, path=long_path))
+    assert not passes(tables, KernelView("file", "cat", 0, path="/usr/lib/x.so"))
+    payloads = [p for lpm in tables.families["file"].lpm.values() for p in lpm]
     assert payloads and all(len(p) <= 252 for p in payloads)
