@@ -224,6 +224,11 @@ class ProcessTable:
             cgroup_id=rec.cgroup_id,
         )
 
+    def insert(self, proc: Proc) -> None:
+        """Add or replace one entry (what seeding does per process; tests build trees)."""
+        self._procs[proc.pid] = proc
+        self.version += 1
+
     def set_cwd(self, pid: int, cwd: str) -> None:
         p = self._procs.get(pid)
         if p is not None and p.cwd != cwd:

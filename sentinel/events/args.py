@@ -18,6 +18,7 @@ from sentinel.events.common import AT_FDCWD, res_text
 from sentinel.events.schema import EventType, Getters, Param, ParamType
 
 RESULT_TYPES = (ParamType.ERRNO, ParamType.FD, ParamType.PID)
+L4_CHAR = {"tcp": "t", "udp": "u", "icmp": "i", "raw": "r"}
 
 
 def flags_text(value: int, names: Sequence[tuple[int, str]]) -> str:
@@ -54,8 +55,12 @@ def render(p: Param, e: Any) -> tuple[str, str] | None:
         fd = int(value)
         if fd == AT_FDCWD:
             return str(fd), "AT_FDCWD"
-        if fd >= 0 and fd == e.get("fd.num") and e.get("fd.name") is not None:
-            return str(fd), f"<{e.get('fd.typechar') or ''}>{e.get('fd.name')}"
+        if fd < 0:
+            return str(fd), errno.errorcode.get(-fd, "")
+        if fd == e.get("fd.num") and e.get("fd.name") is not None:
+            # "<typechar[l4 char]>name", as libsinsp's render_fd: "<4t>1.2.3.4:5->6.7.8.9:80"
+            proto = L4_CHAR.get(e.get("fd.l4proto") or "", "")
+            return str(fd), f"<{e.get('fd.typechar') or ''}{proto}>{e.get('fd.name')}"
         return str(fd), ""
     if t is ParamType.ERRNO:
         v = int(value)

@@ -27,7 +27,7 @@ from sentinel.events.common import (
     WALK_SIZE,
 )
 from sentinel.events.dims import Bind
-from sentinel.events.record import Record, cstr, join_walk
+from sentinel.events.record import Record, cstr, join_walk, walk
 from sentinel.events.schema import (
     Category,
     EventType,
@@ -174,6 +174,26 @@ EVENT_TYPES = [
     ),
 ]
 
+
+def encode(values: dict[str, Any]) -> dict[str, Any]:
+    """Builder values: ``argv`` (a list), ``exe`` (the executable's path), ``cwd``."""
+    out = dict(values)
+    argv_ = out.pop("argv", None)
+    if argv_ is not None:
+        out["args"] = block = b"".join(a.encode() + b"\0" for a in argv_)
+        out.setdefault("args_len", len(block))
+    exe = out.pop("exe", None)
+    if exe is not None:
+        raw = exe.encode("utf-8", "surrogateescape")
+        out["exe"] = b"\0" * (FWD_END - len(raw)) + raw  # right-aligned to end at FWD_END
+        out.setdefault("exe_len", len(raw))
+    cwd_ = out.pop("cwd", None)
+    if cwd_ is not None:
+        out["cwd"] = w = walk(cwd_)
+        out.setdefault("cwd_len", len(w))
+    return out
+
+
 FAMILY = Family(
     "exec",
     LAYOUT,
@@ -181,4 +201,5 @@ FAMILY = Family(
     event_types=EVENT_TYPES,
     getters=Getters(),
     kernel_fields={"proc.name": Bind.COMM, "user.uid": Bind.UID, "proc.exepath": Bind.PATH},
+    encode=encode,
 )

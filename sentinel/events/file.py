@@ -24,7 +24,7 @@ from sentinel.events.common import (
     WALK_SIZE,
 )
 from sentinel.events.dims import Bind
-from sentinel.events.record import Record, join_walk
+from sentinel.events.record import Record, join_walk, walk
 from sentinel.events.schema import (
     Category,
     EventType,
@@ -270,6 +270,22 @@ def _fd_kind(e: Any) -> tuple[str, str]:
 FIELDS("fd.type", only=OPENS)(lambda e: _fd_kind(e)[0])
 FIELDS("fd.typechar", only=OPENS)(lambda e: _fd_kind(e)[1])
 
+
+def encode(values: dict[str, Any]) -> dict[str, Any]:
+    """Builder values: ``path`` (as passed) and ``base`` (the walked directory, absolute)."""
+    out = dict(values)
+    out.setdefault("dirfd", AT_FDCWD)
+    path = out.pop("path", None)
+    if path is not None:
+        out["path"] = raw = path.encode("utf-8", "surrogateescape")
+        out.setdefault("path_len", len(raw))
+    base = out.pop("base", None)
+    if base is not None:
+        out["base"] = w = walk(base)
+        out.setdefault("base_len", len(w))
+    return out
+
+
 FAMILY = Family(
     "file",
     LAYOUT,
@@ -291,4 +307,5 @@ FAMILY = Family(
         "fd.nameraw": Bind.RAW_DOTDOT,
     },
     tail_calls=(("open_tail", 0, "open_judge"),),
+    encode=encode,
 )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -201,6 +202,32 @@ for _name in ("fd.ip", "fd.net"):
     FIELDS(_name)(lambda e: _both(local_ip(e), remote_ip(e)))
 FIELDS("fd.port")(lambda e: _both(local_port(e), remote_port(e)))
 
+
+def encode_sockaddr(addr: tuple[str, int] | str) -> bytes:
+    """A sockaddr as a caller passes it: (ip, port) for IPv4/IPv6, a path for AF_UNIX."""
+    if isinstance(addr, str):
+        return struct.pack("<H", socket.AF_UNIX) + addr.encode() + b"\0"
+    ip, port = addr
+    a = ipaddress.ip_address(ip)
+    if a.version == 4:
+        return struct.pack("<H", socket.AF_INET) + struct.pack(">H", port) + a.packed + bytes(8)
+    head = struct.pack("<H", socket.AF_INET6) + struct.pack(">H", port) + bytes(4)
+    return head + a.packed + bytes(4)
+
+
+def encode(values: dict[str, Any]) -> dict[str, Any]:
+    """Builder values: ``addr`` ((ip, port) or a unix path), ``laddr`` (the local ip)."""
+    out = dict(values)
+    addr = out.pop("addr", None)
+    if addr is not None:
+        out["addr"] = raw = encode_sockaddr(addr)
+        out.setdefault("addrlen", len(raw))
+    laddr = out.pop("laddr", None)
+    if laddr is not None:
+        out["laddr"] = ipaddress.ip_address(laddr).packed
+    return out
+
+
 FAMILY = Family(
     "connect",
     LAYOUT,
@@ -224,4 +251,5 @@ FAMILY = Family(
         "evt.res": Bind.RESULT,
         "evt.rawres": Bind.RESULT,
     },
+    encode=encode,
 )

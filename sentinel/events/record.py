@@ -37,6 +37,13 @@ def join_walk(raw: bytes, start: int, length: int) -> str:
     return "/" + "/".join(names)
 
 
+def walk(path: str) -> bytes:
+    """The inverse of :func:`join_walk`: an absolute path as the sensor's dentry walk writes it
+    (components leaf first, each NUL-terminated; the root is an empty walk)."""
+    parts = [p for p in path.split("/") if p]
+    return b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in reversed(parts))
+
+
 class Record:
     """Header fields eagerly; the family's members and buffers lazily (``__dict__`` caches
     what the family modules' accessors compute)."""

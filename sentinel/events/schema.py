@@ -281,6 +281,9 @@ class Family:
     kernel_fields: Mapping[str, Bind] = field(default_factory=dict)
     prefilter: bool = True
     tail_calls: Sequence[tuple[str, int, str]] = ()
+    # Readable values -> raw member values (the record builder's half of the family's
+    # decoding: a path as its walk, an address as sockaddr bytes...); see events.builder.
+    encode: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
         for t in self.event_types:

@@ -108,7 +108,7 @@ def _ignore(_raw: bytes) -> None:
 
 class Sensor:
     """The compiled and attached sensor. ``start`` arms it, ``poll`` delivers records to the
-    callback as raw bytes (decode with :class:`sentinel.kernel.records.Record`), ``close``
+    callback as raw bytes (decode with :func:`sentinel.events.decode`), ``close``
     detaches everything."""
 
     def __init__(
