@@ -73,11 +73,12 @@ def stub(t: EventType) -> str:
     """The tracepoint program of one syscall event type."""
     sc = t.syscall
     assert sc is not None
-    call = ", ".join(["args", "args->ret", evt_macro(t), *sc.call])
+    call = ", ".join(["args", "args->ret", evt_macro(t), *([sc.call] if sc.call else [])])
     return (
         f"TRACEPOINT_PROBE(syscalls, sys_exit_{sc.name}) {{\n"
         "    struct sc_args a = {};\n"
         "    read_args(&a);\n"
+        "    u64 a0 = a.a0, a1 = a.a1, a2 = a.a2, a3 = a.a3;\n"
         f"    return {sc.handler}({call});\n"
         "}\n"
     )

@@ -10,15 +10,12 @@ from __future__ import annotations
 
 import errno
 
-from sentinel.events.schema import Getters, Layout, Member, scalars
+from sentinel.events.schema import Getters, Layout
 
 HDR = Layout(
     "hdr",
-    [
-        *scalars("u64 ts, u32 type, u32 pid, u32 tid, u32 ppid, u32 uid, u32 gid"),
-        *scalars("u32 loginuid, u32 flags, u64 cgroup_id"),
-        Member("comm", "char", 16),
-    ],
+    "u64 ts, u32 type, u32 pid, u32 tid, u32 ppid, u32 uid, u32 gid, u32 loginuid, u32 flags,"
+    "u64 cgroup_id, char comm[16]",
 )
 
 # Header flag bits (``hdr.flags``), for all families.

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from sentinel.events import schema
 from sentinel.events.common import (
     FLAG_ARGS_TRUNC,
     FLAG_CWD_TRUNC,
@@ -27,34 +28,17 @@ from sentinel.events.common import (
     WALK_SIZE,
 )
 from sentinel.events.dims import Bind
-from sentinel.events.record import Record, cstr, join_walk, walk
-from sentinel.events.schema import (
-    Category,
-    EventType,
-    Family,
-    Getters,
-    Layout,
-    Member,
-    Param,
-    ParamType,
-    Syscall,
-    scalars,
-)
+from sentinel.events.record import Record, cstr, join_walk, walk_buffer
 
 FNAME_SIZE = 256
 ARGS_SIZE = 1024  # a power of two: the BPF reads mask with ARGS_SIZE - 1
 FAILED_EXEC_ARGS = 16  # argv entries a failed exec records
 
-LAYOUT = Layout(
+LAYOUT = schema.Layout(
     "exec_ev",
-    [
-        *scalars("u32 tty, u32 sid, u32 pgid, u32 args_len, u32 exe_len, u32 cwd_len"),
-        *scalars("u32 old_pid, s32 res"),
-        Member("filename", "char", FNAME_SIZE),
-        Member("args", "char", ARGS_SIZE),
-        Member("exe", "char", WALK_SIZE),
-        Member("cwd", "char", WALK_SIZE),
-    ],
+    "u32 tty, u32 sid, u32 pgid, u32 args_len, u32 exe_len, u32 cwd_len, u32 old_pid, s32 res,"
+    f"char filename[{FNAME_SIZE}], char args[{ARGS_SIZE}], char exe[{WALK_SIZE}],"
+    f"char cwd[{WALK_SIZE}]",
     base=HDR,
 )
 _TTY, _SID, _PGID, _ARGS_LEN, _EXE_LEN, _CWD_LEN, _OLD_PID, _RES = (
@@ -135,71 +119,68 @@ def _exe(e: Any) -> str:
     return a[0] if a else filename(e.rec)
 
 
-def _params() -> list[Param]:
+P = schema.ParamType
+
+
+def _params() -> list[schema.Param]:
+    """Falco's execve exit parameters that the record (or the header) carries."""
     return [
-        Param("res", ParamType.ERRNO, lambda e: res(e.rec)),
-        Param("exe", ParamType.CHARBUF, _exe),
-        Param("args", ParamType.CHARBUF, lambda e: " ".join(argv(e.rec)[1:])),
-        Param("tid", ParamType.PID, lambda e: e.rec.tid),
-        Param("pid", ParamType.PID, lambda e: e.rec.pid),
-        Param("ptid", ParamType.PID, lambda e: e.rec.ppid),
-        Param("cwd", ParamType.CHARBUF, lambda e: cwd(e.rec) if res(e.rec) == 0 else None),
-        Param("comm", ParamType.CHARBUF, lambda e: e.rec.comm),
-        Param("tty", ParamType.UINT, lambda e: tty_sid_pgid(e.rec)[0]),
-        Param("loginuid", ParamType.INT, lambda e: e.get("user.loginuid")),
-        Param("uid", ParamType.UINT, lambda e: e.rec.uid),
-        Param("pgid", ParamType.PID, lambda e: tty_sid_pgid(e.rec)[2] or None),
-        Param("gid", ParamType.UINT, lambda e: e.rec.gid),
-        Param("filename", ParamType.PATH, lambda e: filename(e.rec)),
+        schema.Param(name, kind, get)
+        for name, kind, get in (
+            ("res", P.ERRNO, lambda e: res(e.rec)),
+            ("exe", P.CHARBUF, _exe),
+            ("args", P.CHARBUF, lambda e: " ".join(argv(e.rec)[1:])),
+            ("tid", P.PID, lambda e: e.rec.tid),
+            ("pid", P.PID, lambda e: e.rec.pid),
+            ("ptid", P.PID, lambda e: e.rec.ppid),
+            ("cwd", P.CHARBUF, lambda e: cwd(e.rec) if res(e.rec) == 0 else None),
+            ("comm", P.CHARBUF, lambda e: e.rec.comm),
+            ("tty", P.UINT, lambda e: tty_sid_pgid(e.rec)[0]),
+            ("loginuid", P.INT, lambda e: e.get("user.loginuid")),
+            ("uid", P.UINT, lambda e: e.rec.uid),
+            ("pgid", P.PID, lambda e: tty_sid_pgid(e.rec)[2] or None),
+            ("gid", P.UINT, lambda e: e.rec.gid),
+            ("filename", P.PATH, lambda e: filename(e.rec)),
+        )
     ]
 
 
-EVENT_TYPES = [
-    EventType(
-        "execve",
-        Category.PROCESS,
+def exec_type(name: str, call: str) -> schema.EventType:
+    """Successes come from sched_process_exec (exec.h); the syscall's own exit reports only
+    failures, (path, argv) from its registers, attached only beside other syscalls."""
+    sc = schema.Syscall(name, "emit_exec_failure", call, piggyback=True)
+    return schema.EventType(
+        name,
+        schema.Category.PROCESS,
         _params(),
         sched="sched_process_exec",
-        # failures only (successes come from sched_process_exec)
-        syscall=Syscall("execve", "emit_exec_failure", ("a.a0", "a.a1"), piggyback=True),
+        syscall=sc,
         deny="exec",
-    ),
-    EventType(
-        "execveat",
-        Category.PROCESS,
-        _params(),
-        sched="sched_process_exec",
-        syscall=Syscall("execveat", "emit_exec_failure", ("a.a1", "a.a2"), piggyback=True),
-        deny="exec",
-    ),
-]
+    )
 
 
-def encode(values: dict[str, Any]) -> dict[str, Any]:
-    """Builder values: ``argv`` (a list), ``exe`` (the executable's path), ``cwd``."""
-    out = dict(values)
-    argv_ = out.pop("argv", None)
-    if argv_ is not None:
-        out["args"] = block = b"".join(a.encode() + b"\0" for a in argv_)
-        out.setdefault("args_len", len(block))
-    exe = out.pop("exe", None)
-    if exe is not None:
-        raw = exe.encode("utf-8", "surrogateescape")
-        out["exe"] = b"\0" * (FWD_END - len(raw)) + raw  # right-aligned to end at FWD_END
-        out.setdefault("exe_len", len(raw))
-    cwd_ = out.pop("cwd", None)
-    if cwd_ is not None:
-        out["cwd"] = w = walk(cwd_)
-        out.setdefault("cwd_len", len(w))
-    return out
+EVENT_TYPES = [exec_type("execve", "a0, a1"), exec_type("execveat", "a1, a2")]
 
 
-FAMILY = Family(
-    "exec",
-    LAYOUT,
-    source="exec.h",
-    event_types=EVENT_TYPES,
-    getters=Getters(),
-    kernel_fields={"proc.name": Bind.COMM, "user.uid": Bind.UID, "proc.exepath": Bind.PATH},
-    encode=encode,
+def _argv_block(argv_: list[str]) -> tuple[bytes, int]:
+    block = b"".join(a.encode() + b"\0" for a in argv_)
+    return block, len(block)
+
+
+def _exe_buffer(path: str) -> tuple[bytes, int]:
+    raw = path.encode("utf-8", "surrogateescape")
+    return b"\0" * (FWD_END - len(raw)) + raw, len(raw)  # right-aligned to end at FWD_END
+
+
+# Record builder: ``args`` (argv, a list), ``exe`` (the executable's path), ``cwd``.
+ENCODE = schema.buffers(
+    {
+        "args": ("args_len", _argv_block),
+        "exe": ("exe_len", _exe_buffer),
+        "cwd": ("cwd_len", walk_buffer),
+    }
+)
+KERNEL_FIELDS = {"proc.name": Bind.COMM, "user.uid": Bind.UID, "proc.exepath": Bind.PATH}
+FAMILY = schema.Family(
+    "exec", LAYOUT, "exec.h", EVENT_TYPES, schema.Getters(), KERNEL_FIELDS, encode=ENCODE
 )

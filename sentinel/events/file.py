@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from sentinel.events import schema
 from sentinel.events.common import (
     AT_FDCWD,
     FLAG_BASE_BAD,
@@ -24,29 +25,14 @@ from sentinel.events.common import (
     WALK_SIZE,
 )
 from sentinel.events.dims import Bind
-from sentinel.events.record import Record, join_walk, walk
-from sentinel.events.schema import (
-    Category,
-    EventType,
-    Family,
-    Getters,
-    Layout,
-    Member,
-    Param,
-    ParamType,
-    Syscall,
-    scalars,
-)
+from sentinel.events.record import Record, join_walk, walk_buffer
 
 PATH_SIZE = 256  # the path argument (with its NUL)
 
-LAYOUT = Layout(
+LAYOUT = schema.Layout(
     "file_ev",
-    [
-        *scalars("s64 res, s32 dirfd, u32 flags, u32 mode, u32 path_len, u32 base_len, u32 pad"),
-        Member("path", "char", PATH_SIZE),
-        Member("base", "char", WALK_SIZE),
-    ],
+    "s64 res, s32 dirfd, u32 flags, u32 mode, u32 path_len, u32 base_len, u32 pad,"
+    f"char path[{PATH_SIZE}], char base[{WALK_SIZE}]",
     base=HDR,
 )
 _RES, _DIRFD, _FLAGS, _MODE, _PATH_LEN, _BASE_LEN = (
@@ -171,80 +157,48 @@ def _dirfd(e: Any) -> int:
 
 # ---- the table ---------------------------------------------------------------------------------
 
-_FD = Param("fd", ParamType.FD, _res)
-_RES_P = Param("res", ParamType.ERRNO, _res)
-_DIRFD_P = Param("dirfd", ParamType.FD, _dirfd)
-_OFLAGS = Param("flags", ParamType.FLAGS, _flags, text=open_flags_text)
-_MODE_P = Param("mode", ParamType.MODE, _mode)
+P = schema.ParamType
+FD = schema.Param("fd", P.FD, _res)
+RES = schema.Param("res", P.ERRNO, _res)
+DIRFD = schema.Param("dirfd", P.FD, _dirfd)
+FLAGS = schema.Param("flags", P.FLAGS, _flags, text=open_flags_text)
+MODE = schema.Param("mode", P.MODE, _mode)
+UNLINK_FLAGS = schema.Param("flags", P.FLAGS, _flags, names=UNLINKAT_FLAG_NAMES)
 
 
-def _path_param(name: str, relative_to_dirfd: bool) -> Param:
-    kind = ParamType.RELPATH if relative_to_dirfd else ParamType.PATH
-    return Param(name, kind, _raw, resolve=path_name)
+def path(name: str, relative_to_dirfd: bool = False) -> schema.Param:
+    """A path argument: as passed, resolved (relative ones) to what fs.path.name says."""
+    kind = P.RELPATH if relative_to_dirfd else P.PATH
+    return schema.Param(name, kind, _raw, resolve=path_name)
 
 
-def _sys(name: str, *call: str) -> Syscall:
-    return Syscall(name, "emit_path", call)
+def op(
+    name: str, params: list[schema.Param], call: str, deny: str | None = None
+) -> schema.EventType:
+    """One file operation: its Falco parameters, and the handler's (dirfd, path, flags, mode)
+    as C over the syscall's argument registers a0-a3 (see emit_path in bpf/sensor/file.h)."""
+    sc = schema.Syscall(name, "emit_path", call)
+    return schema.EventType(name, schema.Category.FILE, params, syscall=sc, deny=deny)
 
 
-# Handler arguments: (dirfd, path, flags, mode), as C over the argument registers a.a0-a.a3.
-CWD = "AT_FDCWD_VAL"
+# creat(2) is open(O_CREAT | O_WRONLY | O_TRUNC); Falco's creat has no flags, ours adds them so
+# that write rules on evt.arg.flags cover it as an open. openat2's flags and mode are the first
+# two u64 of the struct open_how its third argument points to.
+CREAT, HOW = O_CREAT | O_WRONLY | O_TRUNC, "how_u64(a2, 0), how_u64(a2, 8)"
+REL = path("name", relative_to_dirfd=True)
 EVENT_TYPES = [
-    EventType(
-        "open",
-        Category.FILE,
-        [_FD, _path_param("name", False), _OFLAGS, _MODE_P],
-        syscall=_sys("open", CWD, "a.a0", "a.a1", "a.a2"),
-        deny="file",
-    ),
-    EventType(
-        "openat",
-        Category.FILE,
-        [_FD, _DIRFD_P, _path_param("name", True), _OFLAGS, _MODE_P],
-        syscall=_sys("openat", "a.a0", "a.a1", "a.a2", "a.a3"),
-        deny="file",
-    ),
-    EventType(
-        "openat2",
-        Category.FILE,
-        [_FD, _DIRFD_P, _path_param("name", True), _OFLAGS, _MODE_P],
-        # flags and mode are the first two u64 of the struct open_how a2 points to
-        syscall=_sys("openat2", "a.a0", "a.a1", "how_u64(a.a2, 0)", "how_u64(a.a2, 8)"),
-        deny="file",
-    ),
-    EventType(
-        "creat",
-        Category.FILE,
-        # Falco's creat has no flags; ours adds them (what creat(2) means), so that write rules
-        # on evt.arg.flags cover it as an open
-        [_FD, _path_param("name", False), _MODE_P, _OFLAGS],
-        # creat(2) is open(O_CREAT | O_WRONLY | O_TRUNC)
-        syscall=_sys("creat", CWD, "a.a0", str(O_CREAT | O_WRONLY | O_TRUNC), "a.a1"),
-        deny="file",
-    ),
-    EventType(
-        "unlink",
-        Category.FILE,
-        [_RES_P, _path_param("path", False)],
-        syscall=_sys("unlink", CWD, "a.a0", "0", "0"),
-    ),
-    EventType(
-        "unlinkat",
-        Category.FILE,
-        [
-            _RES_P,
-            _DIRFD_P,
-            _path_param("name", True),
-            Param("flags", ParamType.FLAGS, _flags, names=UNLINKAT_FLAG_NAMES),
-        ],
-        syscall=_sys("unlinkat", "a.a0", "a.a1", "a.a2", "0"),
-    ),
+    op("open", [FD, path("name"), FLAGS, MODE], "AT_FDCWD_VAL, a0, a1, a2", "file"),
+    op("openat", [FD, DIRFD, REL, FLAGS, MODE], "a0, a1, a2, a3", "file"),
+    op("openat2", [FD, DIRFD, REL, FLAGS, MODE], f"a0, a1, {HOW}", "file"),
+    op("creat", [FD, path("name"), MODE, FLAGS], f"AT_FDCWD_VAL, a0, {CREAT}, a1", "file"),
+    op("unlink", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
+    op("unlinkat", [RES, DIRFD, REL, UNLINK_FLAGS], "a0, a1, a2, 0"),
 ]
 OPENS = ("open", "openat", "openat2", "creat")
 
 # ---- fields ------------------------------------------------------------------------------------
 
-FIELDS = Getters()
+FIELDS = schema.Getters()
 FIELDS("fs.path.name")(path_name)
 FIELDS("fs.path.nameraw")(_raw)
 FIELDS("fd.name", only=OPENS)(path_name)
@@ -271,41 +225,26 @@ FIELDS("fd.type", only=OPENS)(lambda e: _fd_kind(e)[0])
 FIELDS("fd.typechar", only=OPENS)(lambda e: _fd_kind(e)[1])
 
 
-def encode(values: dict[str, Any]) -> dict[str, Any]:
-    """Builder values: ``path`` (as passed) and ``base`` (the walked directory, absolute)."""
-    out = dict(values)
-    out.setdefault("dirfd", AT_FDCWD)
-    path = out.pop("path", None)
-    if path is not None:
-        out["path"] = raw = path.encode("utf-8", "surrogateescape")
-        out.setdefault("path_len", len(raw))
-    base = out.pop("base", None)
-    if base is not None:
-        out["base"] = w = walk(base)
-        out.setdefault("base_len", len(w))
-    return out
-
-
-FAMILY = Family(
-    "file",
-    LAYOUT,
-    source="file.h",
-    event_types=EVENT_TYPES,
-    getters=FIELDS,
-    kernel_fields={
-        "proc.name": Bind.COMM,
-        "user.uid": Bind.UID,
-        "fd.name": Bind.PATH,
-        "fs.path.name": Bind.PATH,
-        "fd.directory": Bind.PATH_DIR,
-        "fd.filename": Bind.PATH_BASE,
-        "evt.is_open_write": Bind.OPEN_WRITE,
-        "evt.is_open_read": Bind.OPEN_READ,
-        "evt.res": Bind.RESULT,
-        "evt.rawres": Bind.RESULT,
-        "fd.num": Bind.RESULT_FD,
-        "fd.nameraw": Bind.RAW_DOTDOT,
-    },
-    tail_calls=(("open_tail", 0, "open_judge"),),
-    encode=encode,
+KERNEL_FIELDS = {
+    "proc.name": Bind.COMM,
+    "user.uid": Bind.UID,
+    "fd.name": Bind.PATH,
+    "fs.path.name": Bind.PATH,
+    "fd.directory": Bind.PATH_DIR,
+    "fd.filename": Bind.PATH_BASE,
+    "evt.is_open_write": Bind.OPEN_WRITE,
+    "evt.is_open_read": Bind.OPEN_READ,
+    "evt.res": Bind.RESULT,
+    "evt.rawres": Bind.RESULT,
+    "fd.num": Bind.RESULT_FD,
+    "fd.nameraw": Bind.RAW_DOTDOT,
+}
+# Record builder: ``path`` as passed, ``base`` the walked directory (absolute).
+ENCODE = schema.buffers(
+    {"path": ("path_len", schema.utf8), "base": ("base_len", walk_buffer)}, dirfd=AT_FDCWD
+)
+# open_judge finishes a relative path the prefilter left pending (bpf/sensor/file.h).
+TAILS = (("open_tail", 0, "open_judge"),)
+FAMILY = schema.Family(
+    "file", LAYOUT, "file.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE, tail_calls=TAILS
 )

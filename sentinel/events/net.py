@@ -16,30 +16,17 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
+from sentinel.events import schema
 from sentinel.events.common import HDR
 from sentinel.events.dims import Bind
 from sentinel.events.record import Record
-from sentinel.events.schema import (
-    Category,
-    EventType,
-    Family,
-    Getters,
-    Layout,
-    Member,
-    Param,
-    ParamType,
-    Syscall,
-    scalars,
-)
 
 SOCKADDR_SIZE = 112
-LAYOUT = Layout(
+# laddr: the local address after the call (4 or 16 bytes); addr: the sockaddr as passed.
+LAYOUT = schema.Layout(
     "connect_ev",
-    [
-        *scalars("s64 res, s32 fd, u32 addrlen, u16 sock_type, u16 protocol, u16 lport, u16 pad"),
-        Member("laddr", "char", 16),  # local address after the call (4 or 16 bytes)
-        Member("addr", "char", SOCKADDR_SIZE),  # the sockaddr as passed
-    ],
+    "s64 res, s32 fd, u32 addrlen, u16 sock_type, u16 protocol, u16 lport, u16 pad,"
+    f"char laddr[16], char addr[{SOCKADDR_SIZE}]",
     base=HDR,
 )
 _RES, _FD, _ADDRLEN, _STYPE, _PROTO, _LPORT, _LADDR = (
@@ -163,24 +150,27 @@ def _both(a: Any, b: Any) -> list[Any] | None:
 
 # ---- the table ---------------------------------------------------------------------------------
 
+P = schema.ParamType
+CONNECT = [
+    schema.Param("res", P.ERRNO, lambda e: e.rec.fixed[_RES]),
+    schema.Param("tuple", P.SOCKTUPLE, tuple_text),
+    schema.Param("fd", P.FD, lambda e: e.rec.fixed[_FD]),
+    schema.Param("addr", P.SOCKADDR, _addr_text),
+]
 EVENT_TYPES = [
-    EventType(
+    schema.EventType(
         "connect",
-        Category.NET,
-        [
-            Param("res", ParamType.ERRNO, lambda e: e.rec.fixed[_RES]),
-            Param("tuple", ParamType.SOCKTUPLE, tuple_text),
-            Param("fd", ParamType.FD, lambda e: e.rec.fixed[_FD]),
-            Param("addr", ParamType.SOCKADDR, _addr_text),
-        ],
-        syscall=Syscall("connect", "emit_connect", ("a.a0", "a.a1", "a.a2")),
+        schema.Category.NET,
+        CONNECT,
+        # the handler's (fd, sockaddr pointer, addrlen)
+        syscall=schema.Syscall("connect", "emit_connect", "a0, a1, a2"),
         deny="connect",
     ),
 ]
 
 # ---- fields ------------------------------------------------------------------------------------
 
-FIELDS = Getters()
+FIELDS = schema.Getters()
 FIELDS("fd.name")(tuple_text)
 FIELDS("fd.num")(lambda e: int(e.rec.fixed[_FD]))
 FIELDS("fd.type")(lambda e: _fd_kind(e)[0])
@@ -215,41 +205,34 @@ def encode_sockaddr(addr: tuple[str, int] | str) -> bytes:
     return head + a.packed + bytes(4)
 
 
-def encode(values: dict[str, Any]) -> dict[str, Any]:
-    """Builder values: ``addr`` ((ip, port) or a unix path), ``laddr`` (the local ip)."""
-    out = dict(values)
-    addr = out.pop("addr", None)
-    if addr is not None:
-        out["addr"] = raw = encode_sockaddr(addr)
-        out.setdefault("addrlen", len(raw))
-    laddr = out.pop("laddr", None)
-    if laddr is not None:
-        out["laddr"] = ipaddress.ip_address(laddr).packed
-    return out
+def _sockaddr(addr: tuple[str, int] | str) -> tuple[bytes, int]:
+    raw = encode_sockaddr(addr)
+    return raw, len(raw)
 
 
-FAMILY = Family(
-    "connect",
-    LAYOUT,
-    source="net.h",
-    event_types=EVENT_TYPES,
-    getters=FIELDS,
-    kernel_fields={
-        "proc.name": Bind.COMM,
-        "user.uid": Bind.UID,
-        "fd.sport": Bind.PORT,
-        "fd.rport": Bind.PORT,
-        "fd.dport": Bind.PORT,
-        "fd.sip": Bind.ADDR,
-        "fd.rip": Bind.ADDR,
-        "fd.dip": Bind.ADDR,
-        "fd.snet": Bind.ADDR,
-        "fd.rnet": Bind.ADDR,
-        "fd.typechar": Bind.TYPECHAR,
-        "fd.sockfamily": Bind.SOCKFAMILY,
-        "fd.type": Bind.FDTYPE,
-        "evt.res": Bind.RESULT,
-        "evt.rawres": Bind.RESULT,
-    },
-    encode=encode,
+def _ip(ip: str) -> tuple[bytes, int]:
+    return ipaddress.ip_address(ip).packed, 0
+
+
+# Record builder: ``addr`` ((ip, port) or a unix path), ``laddr`` (the local ip).
+ENCODE = schema.buffers({"addr": ("addrlen", _sockaddr), "laddr": (None, _ip)})
+KERNEL_FIELDS = {
+    "proc.name": Bind.COMM,
+    "user.uid": Bind.UID,
+    "fd.sport": Bind.PORT,
+    "fd.rport": Bind.PORT,
+    "fd.dport": Bind.PORT,
+    "fd.sip": Bind.ADDR,
+    "fd.rip": Bind.ADDR,
+    "fd.dip": Bind.ADDR,
+    "fd.snet": Bind.ADDR,
+    "fd.rnet": Bind.ADDR,
+    "fd.typechar": Bind.TYPECHAR,
+    "fd.sockfamily": Bind.SOCKFAMILY,
+    "fd.type": Bind.FDTYPE,
+    "evt.res": Bind.RESULT,
+    "evt.rawres": Bind.RESULT,
+}
+FAMILY = schema.Family(
+    "connect", LAYOUT, "net.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE
 )

@@ -11,22 +11,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from sentinel.events import schema
 from sentinel.events.common import FLAG_THREAD, HDR
 from sentinel.events.record import Record
-from sentinel.events.schema import (
-    Category,
-    EventType,
-    Family,
-    Getters,
-    Layout,
-    Param,
-    ParamType,
-    scalars,
-)
 
-LAYOUT = Layout(
-    "proc_ev", scalars("u32 child_pid, u32 child_tid, s32 exit_code, u32 pad"), base=HDR
-)
+LAYOUT = schema.Layout("proc_ev", "u32 child_pid, u32 child_tid, s32 exit_code, u32 pad", base=HDR)
 _CHILD_PID, _CHILD_TID, _EXIT_CODE = (
     LAYOUT.index[n] for n in ("child_pid", "child_tid", "exit_code")
 )
@@ -51,43 +40,29 @@ def _status(e: Any) -> int:
     return exit_code(e.rec)
 
 
+P = schema.ParamType
+CLONE = [
+    schema.Param("res", P.PID, lambda e: child(e.rec)[0]),
+    schema.Param("tid", P.PID, lambda e: e.rec.tid),
+    schema.Param("pid", P.PID, lambda e: e.rec.pid),
+    schema.Param("ptid", P.PID, lambda e: e.rec.ppid),
+    schema.Param("comm", P.CHARBUF, lambda e: e.rec.comm),
+    schema.Param("uid", P.UINT, lambda e: e.rec.uid),
+    schema.Param("gid", P.UINT, lambda e: e.rec.gid),
+]
+PROCEXIT = [
+    schema.Param("status", P.INT, _status),
+    schema.Param("ret", P.INT, lambda e: (_status(e) >> 8) & 0xFF),
+    schema.Param("sig", P.ENUM, lambda e: _status(e) & 0x7F, names=SIGNAL_NAMES),
+    schema.Param("core", P.UINT, lambda e: (_status(e) >> 7) & 1),
+]
+PROCESS = schema.Category.PROCESS
 EVENT_TYPES = [
-    EventType(
-        "clone",
-        Category.PROCESS,
-        [
-            Param("res", ParamType.PID, lambda e: child(e.rec)[0]),
-            Param("tid", ParamType.PID, lambda e: e.rec.tid),
-            Param("pid", ParamType.PID, lambda e: e.rec.pid),
-            Param("ptid", ParamType.PID, lambda e: e.rec.ppid),
-            Param("comm", ParamType.CHARBUF, lambda e: e.rec.comm),
-            Param("uid", ParamType.UINT, lambda e: e.rec.uid),
-            Param("gid", ParamType.UINT, lambda e: e.rec.gid),
-        ],
-        sched="sched_process_fork",
-    ),
-    EventType(
-        "procexit",
-        Category.PROCESS,
-        [
-            Param("status", ParamType.INT, _status),
-            Param("ret", ParamType.INT, lambda e: (_status(e) >> 8) & 0xFF),
-            Param("sig", ParamType.ENUM, lambda e: _status(e) & 0x7F, names=SIGNAL_NAMES),
-            Param("core", ParamType.UINT, lambda e: (_status(e) >> 7) & 1),
-        ],
-        sched="sched_process_exit",
-        returns=False,
-    ),
+    schema.EventType("clone", PROCESS, CLONE, sched="sched_process_fork"),
+    schema.EventType("procexit", PROCESS, PROCEXIT, sched="sched_process_exit", returns=False),
 ]
 
-FIELDS = Getters()
+FIELDS = schema.Getters()
 FIELDS("proc.exitcode", only=("procexit",))(_status)
 
-FAMILY = Family(
-    "process",
-    LAYOUT,
-    source="process.h",
-    event_types=EVENT_TYPES,
-    getters=FIELDS,
-    prefilter=False,
-)
+FAMILY = schema.Family("process", LAYOUT, "process.h", EVENT_TYPES, FIELDS, prefilter=False)

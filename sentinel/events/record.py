@@ -44,6 +44,12 @@ def walk(path: str) -> bytes:
     return b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in reversed(parts))
 
 
+def walk_buffer(path: str) -> tuple[bytes, int]:
+    """A walk as a record buffer and its length (for the record builder)."""
+    w = walk(path)
+    return w, len(w)
+
+
 class Record:
     """Header fields eagerly; the family's members and buffers lazily (``__dict__`` caches
     what the family modules' accessors compute)."""

@@ -70,12 +70,16 @@ class Member:
         return f"{self.ctype} {self.name}" + (f"[{self.count}]" if self.count else "") + ";"
 
 
-def scalars(spec: str) -> list[Member]:
-    """``"s64 res, s32 dirfd"`` -> members (a compact way to declare scalar runs)."""
+def members(decl: str) -> list[Member]:
+    """C-like member declarations -> members: ``"s64 res, u32 flags, char path[256]"``."""
     out = []
-    for part in spec.split(","):
+    for part in decl.split(","):
         ctype, name = part.split()
-        out.append(Member(name, ctype))
+        count = 0
+        if name.endswith("]"):
+            name, _, n = name[:-1].partition("[")
+            count = int(n)
+        out.append(Member(name, ctype, count))
     return out
 
 
@@ -93,10 +97,10 @@ class Layout:
 
     size: int
 
-    def __init__(self, name: str, members: Sequence[Member], base: Layout | None = None) -> None:
+    def __init__(self, name: str, decl: str | Sequence[Member], base: Layout | None = None) -> None:
         self.name = name
         self.base = base
-        self.members = list(members)
+        self.members = members(decl) if isinstance(decl, str) else list(decl)
         self.offsets: dict[str, int] = {}
         off = base.size if base is not None else 0
         seen_buffer = False
@@ -139,6 +143,33 @@ class Layout:
         lines += [f"    {m.c_decl()}" for m in self.members]
         lines.append(f"}};  // {self.size} bytes")
         return "\n".join(lines)
+
+
+BufferEncoder = Callable[[Any], tuple[bytes, int]]  # readable value -> (bytes stored, length)
+
+
+def buffers(
+    spec: Mapping[str, tuple[str | None, BufferEncoder]], **defaults: Any
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """A family's record-builder encoder: ``spec`` maps a buffer member to its length member
+    (None: it has none) and how a readable value becomes its bytes (sentinel.events.builder)."""
+
+    def encode(values: dict[str, Any]) -> dict[str, Any]:
+        out = {**defaults, **values}
+        for name, (length, to_bytes) in spec.items():
+            value = out.pop(name, None)
+            if value is not None:
+                out[name], n = to_bytes(value)
+                if length is not None:
+                    out.setdefault(length, n)
+        return out
+
+    return encode
+
+
+def utf8(value: str) -> tuple[bytes, int]:
+    raw = value.encode("utf-8", "surrogateescape")
+    return raw, len(raw)
 
 
 # ---- parameters ------------------------------------------------------------------------------
@@ -230,14 +261,14 @@ class Getters:
 class Syscall:
     """A syscall exit that produces an event: the tracepoint ``syscalls:sys_exit_<name>`` and
     the C call the generated stub makes with its arguments. ``call`` is the handler's trailing
-    arguments as C expressions over ``a.a0``..``a.a3`` (the saved argument registers; see
-    ``read_args`` in bpf/sensor/common.h); the stub passes ``ctx``, the result and the event
-    code first. ``piggyback``: attached only when some other syscall tracepoint is (the cost is
-    in being attached at all, see KERNEL.md)."""
+    arguments, comma-separated C expressions over ``a0``..``a3`` (the syscall's first four
+    arguments, from the saved registers; see ``read_args`` in bpf/sensor/common.h); the stub
+    passes ``ctx``, the result and the event code first. ``piggyback``: attached only when
+    some other syscall tracepoint is (the cost is in being attached at all, see KERNEL.md)."""
 
     name: str
     handler: str
-    call: Sequence[str] = ()
+    call: str = ""
     piggyback: bool = False
 
 

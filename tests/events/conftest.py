@@ -64,7 +64,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "execve": {
         "comm": "sh",
         "ppid": PARENT,
-        "argv": ["/bin/sh", "-c", "id"],
+        "args": ["/bin/sh", "-c", "id"],
         "filename": "/bin/sh",
         "exe": "/usr/bin/dash",
         "cwd": "/root",
@@ -75,7 +75,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "execveat": {
         "comm": "tool",
         "ppid": PARENT,
-        "argv": ["tool"],
+        "args": ["tool"],
         "filename": "/dev/fd/3",
         "exe": "/memfd:x (deleted)",
         "cwd": "/",
