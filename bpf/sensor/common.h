@@ -76,8 +76,9 @@ static __always_inline int is_self(void) {
 }
 
 // ---- prefilter hooks ---------------------------------------------------------------------
-// Return 0 to drop an event before it costs a ring-buffer reservation. Each hook gets what the
-// kernel knows at that point (the call's arguments and result). By default they keep
+// Return 0 to drop an event before it costs a ring-buffer reservation. Each hook gets the event
+// code (t: the prefilter judges each event type on its own terms) and what the kernel knows at
+// that point (the call's arguments and result). By default they keep
 // everything; the in-kernel prefilter (bpf/prefilter/filter.h, filled from the kernel plan)
 // replaces a family's hooks by defining PREFILTER_<FAMILY> and its own functions, in source
 // placed before this file. Sentinel's own events are dropped before the hooks, and not counted.
@@ -89,7 +90,7 @@ static __always_inline int is_self(void) {
 struct pf_exec_state {
     u32 unused;
 };
-static __always_inline int prefilter_exec_pre(struct pf_exec_state *st) {
+static __always_inline int prefilter_exec_pre(struct pf_exec_state *st, u32 t) {
     return 1;
 }
 static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const char *exe,
@@ -101,7 +102,7 @@ static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const c
 // base directory of a relative path (bad: the walk is unusable, or there is none): the
 // prefilter may have left the verdict on a relative path to it.
 #ifndef PREFILTER_FILE
-static __always_inline int prefilter_file(u32 oflags, const char *upath, long ret) {
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
     return 1;
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
@@ -109,7 +110,7 @@ static __always_inline int prefilter_file_base(const char *walk, const u16 *at, 
 }
 #endif
 #ifndef PREFILTER_CONNECT
-static __always_inline int prefilter_connect(const void *uaddr, u32 addrlen, long ret) {
+static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
     return 1;
 }
 #endif

@@ -24,7 +24,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
         return 0;
     u32 t = exec_type(bprm);
     struct pf_exec_state pst = {};
-    int verdict = prefilter_exec_pre(&pst);
+    int verdict = prefilter_exec_pre(&pst, t);
     if (!verdict) {
         count(t, C_FILTERED);
         return 0;
@@ -119,7 +119,7 @@ static __always_inline int emit_exec_failure(void *ctx, long ret, u32 t, u64 fna
     if (ret >= 0 || is_self())
         return 0;
     struct pf_exec_state pst = {};
-    int verdict = prefilter_exec_pre(&pst);  // the image is unchanged: no new executable path
+    int verdict = prefilter_exec_pre(&pst, t);  // the image is unchanged: no new executable path
     if (!counted(t, verdict == 2 ? prefilter_exec_path(&pst, 0, 0) : verdict))
         return 0;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));

@@ -82,7 +82,7 @@ static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 
                                      u64 mode) {
     if (is_self())
         return 0;
-    if (!counted(t, prefilter_file((u32)flags, (const char *)path, ret)))
+    if (!counted(t, prefilter_file(t, (u32)flags, (const char *)path, ret)))
         return 0;
     u32 zero = 0;
     struct file_scratch_t *r = file_scratch.lookup(&zero);

@@ -5,7 +5,7 @@ static __always_inline int emit_connect(void *ctx, long ret, u32 t, s32 fd, u64 
                                         u32 addrlen) {
     if (is_self())
         return 0;
-    if (!counted(t, prefilter_connect((const void *)uaddr, addrlen, ret)))
+    if (!counted(t, prefilter_connect(t, (const void *)uaddr, addrlen, ret)))
         return 0;
     struct connect_ev *e = events.ringbuf_reserve(sizeof(struct connect_ev));
     if (!e) {

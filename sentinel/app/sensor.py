@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from sentinel.events import EVENT_TYPES
 from sentinel.kernel.sensor import DEFAULT_RINGBUF_PAGES, POLL_MS, Sensor, syscalls_for
 from sentinel.language import ast
 from sentinel.prefilter.maps import MAP_NAMES, Prefilter, nwords_for, sensor_prelude
@@ -71,10 +72,12 @@ class FilteredSensor:
         return self.loaded
 
     def unfiltered(self) -> list[str]:
-        """The families the kernel does not filter now (no rule lets it, or too many terms)."""
+        """The event types the kernel does not filter now (no rule lets it, or too many
+        terms), among those attached."""
         if self.prefilter is None:
             return []
-        names = [f for f, t in self.tables.families.items() if t.pass_all]
+        attached = self.syscalls | {t.name for t in EVENT_TYPES if t.sched}  # sched: always
+        names = [n for n, t in self.tables.types.items() if t.pass_all and n in attached]
         return names + list(self.prefilter.overflow)
 
     # -- the sensor's own interface -------------------------------------------------------------

@@ -33,9 +33,12 @@ for _code, _t in enumerate(EVENT_TYPES):
     _t.code = _code
 BY_NAME: dict[str, EventType] = {t.name: t for t in EVENT_TYPES}
 BY_FAMILY: dict[str, Family] = {f.name: f for f in FAMILIES}
-# Families the prefilter judges, in the order of their prefilter codes (F_FAM_* in C).
+# Families the prefilter judges; it judges each of their event types on its own terms (a rule
+# the kernel cannot constrain on unlink must not leave openat unfiltered), keyed by event code.
 PREFILTER_FAMILIES: tuple[Family, ...] = tuple(f for f in FAMILIES if f.prefilter)
-PREFILTER_CODES: dict[str, int] = {f.name: i for i, f in enumerate(PREFILTER_FAMILIES)}
+PREFILTER_CODES: dict[str, int] = {
+    t.name: t.code for f in PREFILTER_FAMILIES for t in f.event_types
+}
 
 if len(BY_NAME) != len(EVENT_TYPES):
     raise RuntimeError("an event type is declared twice in the event table")

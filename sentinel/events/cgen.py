@@ -1,7 +1,7 @@
 """The C side of the event table: constants, record structs and tracepoint stubs.
 
 Every number C and Python share (event codes, counter positions, header flag bits, buffer
-sizes, prefilter family and dimension codes) and every record layout is defined once, in
+sizes, prefilter dimension codes) and every record layout is defined once, in
 :mod:`sentinel.events`, and handed to C here, as text placed before the sensor's sources
 (the way ``sentinel.kernel.offsets`` hands over struct offsets as ``-D`` flags). Nothing in
 ``bpf/sensor`` repeats a number this header defines.
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sentinel.events import EVENT_TYPES, FAMILIES, PREFILTER_FAMILIES
+from sentinel.events import EVENT_TYPES, FAMILIES
 from sentinel.events import exec as exec_family
 from sentinel.events import file as file_family
 from sentinel.events import net as net_family
@@ -57,8 +57,7 @@ def constants() -> dict[str, int]:
     out.update(HEADER_FLAGS)
     out.update(SIZES)
     out["AT_FDCWD_VAL"] = AT_FDCWD
-    out.update({f"F_FAM_{f.name.upper()}": i for i, f in enumerate(PREFILTER_FAMILIES)})
-    out["F_NFAM"] = len(PREFILTER_FAMILIES)
+    out["F_NFAM"] = len(EVENT_TYPES)  # the prefilter's maps are keyed by event code
     out.update({f"D_{d.name}": code for d, code in DIM_CODES.items()})
     out["F_NDIM"] = len(DIM_CODES)
     return out

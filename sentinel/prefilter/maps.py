@@ -19,7 +19,7 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from sentinel.events import PREFILTER_CODES
+from sentinel.events import EVENT_TYPES, PREFILTER_CODES
 from sentinel.events.cgen import defines as event_defines
 from sentinel.events.dims import DIM_CODES, Dim
 from sentinel.kernel.loader import (
@@ -33,17 +33,17 @@ from sentinel.kernel.loader import (
 )
 from sentinel.paths import BPF_DIR
 from sentinel.prefilter.layout import F_LPM_DATA, F_PATH, NWORDS, defines
-from sentinel.prefilter.tables import FamilyTables, KernelTables
+from sentinel.prefilter.tables import KernelTables, TypeTables
 
-FAMILY_CODES = PREFILTER_CODES
-NFAM, NDIM = len(FAMILY_CODES), len(DIM_CODES)
+FAMILY_CODES = PREFILTER_CODES  # event type -> its code: the maps' "family" of its entries
+NFAM, NDIM = len(EVENT_TYPES), len(DIM_CODES)
 MAP_NAMES = ("f_active", "f_fam", "f_comm", "f_num", "f_path", "f_lpm", "f_stats")
 
 
 def nwords_for(tables: KernelTables) -> int:
     """Mask words the BPF programs are compiled with: enough for these rules, and headroom
     for reloads (a family that outgrows it is left unfiltered, and that is logged)."""
-    most = max((ft.nterms for ft in tables.families.values()), default=0) + 32  # headroom
+    most = max((ft.nterms for ft in tables.types.values()), default=0) + 32  # headroom
     need = max(1, -(-most // 64))
     return min(NWORDS, 1 << (need - 1).bit_length()) if need > 1 else 1
 
@@ -51,7 +51,8 @@ def nwords_for(tables: KernelTables) -> int:
 # ---- the byte format of every map (mirrors of the structs in bpf/prefilter/filter.h) -----------
 #
 # A *mask* is ``nwords`` little-endian u64 words; bit i is term i of the family (a term is one
-# DNF conjunction of one rule's kernel part; tables.py numbers them). ``slot`` is
+# DNF conjunction of one rule's kernel part; tables.py numbers them). A *family* of the maps is
+# one event type: its code (the event table's) is the ``family`` byte of every key. ``slot`` is
 # ``generation & 1``: every key carries the slot it belongs to, a reload fills the other slot
 # and then flips ``f_active``.
 #
@@ -120,15 +121,15 @@ SENSOR_HOOKS = r"""
 #define PREFILTER_CONNECT 1
 // (clone and procexit are never filtered: they keep the process table exact)
 #define pf_exec_state f_state
-static __always_inline int prefilter_exec_pre(struct f_state *st) {
-    return f_exec_pre(st);
+static __always_inline int prefilter_exec_pre(struct f_state *st, u32 t) {
+    return f_exec_pre(st, t);
 }
 static __always_inline int prefilter_exec_path(struct f_state *st, const char *exe, u32 len) {
     return f_exec_path(st, exe, len);
 }
-static __always_inline int prefilter_file(u32 oflags, const char *upath, long ret) {
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
     struct f_state st = {};
-    int keep = f_file_enter(&st, oflags, upath);
+    int keep = f_file_enter(&st, t, oflags, upath);
     if (!keep)
         return 0;
     return f_file_exit(&st, ret) != 0;  // F_NEED_BASE: prefilter_file_base decides
@@ -136,9 +137,9 @@ static __always_inline int prefilter_file(u32 oflags, const char *upath, long re
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     return f_file_base(walk, at, nc, bad);
 }
-static __always_inline int prefilter_connect(const void *uaddr, u32 addrlen, long ret) {
+static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
     struct f_state st = {};
-    if (!f_connect_enter(&st, uaddr, addrlen))
+    if (!f_connect_enter(&st, t, uaddr, addrlen))
         return 0;
     return f_connect_exit(&st, ret);
 }
@@ -230,11 +231,11 @@ class Prefilter:
         n = self.nwords
         self.overflow: list[str] = []
         for name, code in FAMILY_CODES.items():
-            ft = tables.families.get(name) or FamilyTables(name, pass_all=True)
+            ft = tables.types.get(name) or TypeTables(name, pass_all=True)
             if not ft.pass_all and ft.nterms > 64 * n:
                 # compiled for fewer mask words: this family is not filtered until a restart
                 self.overflow.append(name)
-                ft = FamilyTables(name, pass_all=True)
+                ft = TypeTables(name, pass_all=True)
             cfg = self._fam_cfg()
             cfg.filter = 0 if ft.pass_all else 1
             cfg.all = _u64s(ft.all_bits, n)
@@ -248,7 +249,7 @@ class Prefilter:
         return counts
 
     def _write_family(
-        self, ft: FamilyTables, gf: int, slot: int, code: int, counts: dict[str, int]
+        self, ft: TypeTables, gf: int, slot: int, code: int, counts: dict[str, int]
     ) -> None:
         for dim, entries in ft.exact.items():
             for value, mask in entries.items():

@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from sentinel.events.dims import PATH_DIMS, Dim
 from sentinel.events.file import O_ACCMODE, O_RDWR, O_WRONLY
 from sentinel.prefilter.layout import COMPOSED_MAX, LPM_PAYLOAD, PATH_READ_MAX
-from sentinel.prefilter.plan import DIMS_OF
-from sentinel.prefilter.tables import FamilyTables, KernelTables, key_bytes
+from sentinel.prefilter.plan import DIMS_OF, FAMILY_OF
+from sentinel.prefilter.tables import KernelTables, TypeTables, key_bytes
 
 
 @dataclass(frozen=True, slots=True)
 class KernelView:
     """What the BPF program sees of an event (before any user-space enrichment)."""
 
-    family: str
+    evt_type: str
     comm: str
     uid: int
     # file: the path argument as passed; exec: proc.exepath (None: unknown)
@@ -100,11 +100,11 @@ def _lpm_net(table: Mapping[tuple[bytes, int], int], addr: bytes) -> int:
 
 def passes(tables: KernelTables, kv: KernelView) -> bool:
     """The kernel filter's verdict for one event (True: sent to user space)."""
-    ft = tables.families.get(kv.family)
+    ft = tables.types.get(kv.evt_type)
     if ft is None or ft.pass_all:
         return True
     acc = ft.all_bits
-    for dim in DIMS_OF[kv.family]:
+    for dim in DIMS_OF[kv.evt_type]:
         m = _dim_mask(ft, dim, kv)
         if m is None:
             continue  # the kernel cannot judge this dimension for this event
@@ -114,7 +114,7 @@ def passes(tables: KernelTables, kv: KernelView) -> bool:
     return acc != 0
 
 
-def _exe_mask(ft: FamilyTables, dim: Dim, exe: str | None) -> int | None:
+def _exe_mask(ft: TypeTables, dim: Dim, exe: str | None) -> int | None:
     """proc.exepath: the kernel has exactly the string user space reports (any length the walk
     fits, canonical by construction), or nothing (a failed exec, a walk cut short)."""
     if not exe:
@@ -124,12 +124,12 @@ def _exe_mask(ft: FamilyTables, dim: Dim, exe: str | None) -> int | None:
     return _lpm(ft.lpm[dim], key_bytes(dim, exe)[:LPM_PAYLOAD])
 
 
-def _dim_mask(ft: FamilyTables, dim: Dim, kv: KernelView) -> int | None:
+def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
     if dim is Dim.COMM:
         return ft.exact[dim].get(kv.comm[:15], 0)
     if dim is Dim.UID:
         return ft.exact[dim].get(kv.uid, 0)
-    if kv.family == "exec" and dim in PATH_DIMS:
+    if FAMILY_OF[kv.evt_type] == "exec" and dim in PATH_DIMS:
         return _exe_mask(ft, dim, kv.path)
     if dim in PATH_DIMS:
         path = kernel_path(kv)

@@ -1,7 +1,7 @@
 """The kernel part of each rule: a necessary condition the BPF programs can test cheaply.
 
-For every family the prefilter judges (exec, file, connect: see sentinel.events), a rule's
-condition is specialised to each of the family's event types and abstracted: each check on a
+For every event type the prefilter judges (those of the exec, file and connect families: see
+sentinel.events), a rule's condition is specialised to the type and abstracted: each check on a
 field the event table binds to a kernel dimension for that type (comm, uid, the family's path
 exact/prefix/suffix, open intent, result, destination port, address, socket family) becomes a
 *constraint* on that dimension; every other check, and every negated check, becomes "unknown"
@@ -31,8 +31,9 @@ from sentinel.prefilter.layout import LPM_PAYLOAD, PATH_MAX_KEY
 COMM_LEN = 15  # TASK_COMM_LEN - 1: proc.name is the task's comm
 MAX_TERMS_PER_RULE = 32
 
-# The families the prefilter judges, by name: their event types.
-FAMILIES: dict[str, tuple[str, ...]] = {f.name: f.type_names for f in PREFILTER_FAMILIES}
+# The event types the prefilter judges (each on its own terms), and their families.
+TYPES: tuple[str, ...] = tuple(t for f in PREFILTER_FAMILIES for t in f.type_names)
+FAMILY_OF: dict[str, str] = {t: f.name for f in PREFILTER_FAMILIES for t in f.type_names}
 
 
 def _dims(f: Family) -> tuple[Dim, ...]:
@@ -40,8 +41,11 @@ def _dims(f: Family) -> tuple[Dim, ...]:
     return tuple(d for d in Dim if d in used)
 
 
-# The dimensions each family's BPF code evaluates (the union of its bindings').
-DIMS_OF: dict[str, tuple[Dim, ...]] = {f.name: _dims(f) for f in PREFILTER_FAMILIES}
+# The dimensions the BPF code evaluates for each event type: its family's (the union of the
+# family's bindings'; its handler computes them all).
+DIMS_OF: dict[str, tuple[Dim, ...]] = {
+    t: _dims(f) for f in PREFILTER_FAMILIES for t in f.type_names
+}
 
 
 def bindings(evt_type: str) -> dict[str, Bind]:
@@ -58,20 +62,20 @@ def bindings(evt_type: str) -> dict[str, Bind]:
     }
 
 
-# What a path dimension is about, per family (for `sentinel explain`).
+# What a path dimension is about, per event type (for `sentinel explain`).
 PATH_FIELD = {
-    f.name: next(n for n, b in f.kernel_fields.items() if b is Bind.PATH)
-    for f in PREFILTER_FAMILIES
-    if Bind.PATH in f.kernel_fields.values()
+    t: next(n for n, b in bindings(t).items() if b is Bind.PATH)
+    for t in TYPES
+    if Bind.PATH in bindings(t).values()
 }
 
 
 Value = str | int | bool | IPNetwork
 
 
-def dim_label(dim: Dim, family: str | None = None) -> str:
-    """A dimension's name as `explain` shows it: the path dims name the family's field."""
-    field_name = PATH_FIELD.get(family or "")
+def dim_label(dim: Dim, evt_type: str | None = None) -> str:
+    """A dimension's name as `explain` shows it: the path dims name the type's path field."""
+    field_name = PATH_FIELD.get(evt_type or "")
     if field_name is None or dim not in PATH_DIMS:
         return dim.value
     return field_name + {Dim.PATH: "", Dim.PATH_PREFIX: " prefix", Dim.PATH_SUFFIX: " suffix"}[dim]
@@ -85,7 +89,7 @@ class Constraint:
     dim: Dim
     values: frozenset[Value]
 
-    def describe(self, family: str | None = None) -> str:
+    def describe(self, evt_type: str | None = None) -> str:
         shown = sorted(str(v) for v in self.values)
         if len(shown) > 6:
             shown = [*shown[:6], f"... ({len(self.values)} values)"]
@@ -94,9 +98,9 @@ class Constraint:
             Dim.PATH_SUFFIX: "ends with",
             Dim.DADDR: "in",
         }.get(self.dim, "is")
-        name = dim_label(self.dim, family)
-        if self.dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX) and family in PATH_FIELD:
-            name = PATH_FIELD[family]  # "proc.exepath starts with ..."
+        name = dim_label(self.dim, evt_type)
+        if self.dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX) and evt_type in PATH_FIELD:
+            name = PATH_FIELD[evt_type]  # "proc.exepath starts with ..."
         return f"{name} {verb} {{{', '.join(shown)}}}"
 
 
@@ -105,11 +109,11 @@ Term = dict[Dim, Constraint]  # a conjunction; {} is "always true"
 
 @dataclass
 class RulePlan:
-    """One rule's kernel part for one family: ``terms`` (DNF); ``[{}]`` means unconstrained,
-    ``[]`` means the rule cannot match this family at all."""
+    """One rule's kernel part for one event type: ``terms`` (DNF); ``[{}]`` means
+    unconstrained, ``[]`` means the rule cannot match this event type at all."""
 
     rule: str
-    family: str
+    evt_type: str
     terms: list[Term] = field(default_factory=list)
     approximated: list[str] = field(default_factory=list)  # what was widened, for `explain`
 
@@ -119,9 +123,9 @@ class RulePlan:
 
     def describe(self) -> list[str]:
         if not self.terms:
-            return ["never (no event of this family can match)"]
+            return ["never (no event of this type can match)"]
         return [
-            " and ".join(c.describe(self.family) for c in t.values()) if t else "always"
+            " and ".join(c.describe(self.evt_type) for c in t.values()) if t else "always"
             for t in self.terms
         ]
 
@@ -346,18 +350,14 @@ def _dedupe(terms: Iterable[Term]) -> list[Term]:
     return seen
 
 
-def plan_rule(name: str, expr: ast.Expr, family: str) -> RulePlan:
-    """The rule's kernel part for ``family`` (union over the family's event types)."""
-    plan = RulePlan(name, family)
-    terms: list[Term] = []
-    for t in FAMILIES[family]:
-        cond = specialize(expr, t)
-        try:
-            terms.extend(_dnf(cond, bindings(t), plan.approximated))
-        except _TooBig:
-            plan.approximated.append(
-                f"more than {MAX_TERMS_PER_RULE} terms for {t}: widened to 'always'"
-            )
-            terms.append({})
+def plan_rule(name: str, expr: ast.Expr, evt_type: str) -> RulePlan:
+    """The rule's kernel part for one event type."""
+    plan = RulePlan(name, evt_type)
+    cond = specialize(expr, evt_type)
+    try:
+        terms = _dnf(cond, bindings(evt_type), plan.approximated)
+    except _TooBig:
+        plan.approximated.append(f"more than {MAX_TERMS_PER_RULE} terms: widened to 'always'")
+        terms = [{}]
     plan.terms = _dedupe(terms)
     return plan

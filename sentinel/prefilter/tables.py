@@ -2,7 +2,7 @@
 selector encoding in ``pkg/selectors``); :mod:`.model` evaluates them as ``bpf/prefilter/filter.h``
 does, and :mod:`.maps` writes them (the byte layout of every key is documented there).
 
-Per family, every term of every rule gets a bit. Per dimension the kernel looks the event's
+Per event type, every term of every rule gets a bit. Per dimension the kernel looks the event's
 value up and ORs the result with that dimension's *wildcard* mask (the terms that do not
 constrain it); ANDing over the dimensions leaves the terms whose box contains the event. The
 event goes to user space iff a bit survives. Masks are ``NWORDS`` 64-bit words, so the number
@@ -23,14 +23,16 @@ from typing import Any
 from sentinel.events.dims import Dim
 from sentinel.language import ast
 from sentinel.prefilter.layout import MAX_TERMS
-from sentinel.prefilter.plan import DIMS_OF, FAMILIES, RulePlan, plan_rule
+from sentinel.prefilter.plan import DIMS_OF, TYPES, RulePlan, plan_rule
 
 LPM_DIMS = (Dim.PATH_PREFIX, Dim.PATH_SUFFIX)
 
 
 @dataclass
-class FamilyTables:
-    family: str
+class TypeTables:
+    """The map contents of one event type (a "family" of the maps, in filter.h's words)."""
+
+    evt_type: str
     nterms: int = 0
     pass_all: bool = False
     reason: str = ""
@@ -47,7 +49,7 @@ class FamilyTables:
 
 @dataclass
 class KernelTables:
-    families: dict[str, FamilyTables]
+    types: dict[str, TypeTables]
     plans: list[RulePlan]
 
 
@@ -59,9 +61,9 @@ def key_bytes(dim: Dim, v: Any) -> bytes:
 def build_tables(rules: Sequence[tuple[str, ast.Expr]]) -> KernelTables:
     """``rules``: (name, expanded condition) of the enabled rules, in order."""
     plans: list[RulePlan] = []
-    fams: dict[str, FamilyTables] = {}
-    for fam in FAMILIES:
-        ft = FamilyTables(fam)
+    fams: dict[str, TypeTables] = {}
+    for fam in TYPES:
+        ft = TypeTables(fam)
         fams[fam] = ft
         terms: list[tuple[str, dict[Dim, Any]]] = []
         for name, expr in rules:
@@ -69,7 +71,7 @@ def build_tables(rules: Sequence[tuple[str, ast.Expr]]) -> KernelTables:
             plans.append(plan)
             if plan.unconstrained and not ft.pass_all:
                 ft.pass_all = True
-                ft.reason = f"rule '{name}' has no condition the kernel can test for {fam} events"
+                ft.reason = f"rule '{name}' has no condition the kernel can test for {fam}"
             terms.extend((name, t) for t in plan.terms)
         if not ft.pass_all and len(terms) > MAX_TERMS:
             ft.pass_all = True

@@ -92,7 +92,7 @@ def sensor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list
     got: list[bytes] = []
     s = FilteredSensor([(r.name, r.expr) for r in engine.rules], event_types=engine.event_types())
     tables = s.tables
-    assert not tables.families["exec"].pass_all, tables.families["exec"].reason
+    assert not tables.types["execve"].pass_all, tables.types["execve"].reason
     s.start(got.append)
     try:
         yield s, got, (engine, tables)
@@ -125,7 +125,7 @@ def test_exec_verdicts_match_the_model_and_paths_match_user_space(sensor: Any) -
             by_pid.setdefault(r.pid, []).append(r)
     expected, arrived = {}, {}
     for p, proc in procs:
-        kv = KernelView("exec", p.name[:15], os.getuid(), path=_kernel_path(p))
+        kv = KernelView("execve", p.name[:15], os.getuid(), path=_kernel_path(p))
         expected[str(p)] = passes(tables, kv)
         recs = by_pid.get(proc.pid, [])
         arrived[str(p)] = bool(recs)

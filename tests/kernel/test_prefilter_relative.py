@@ -73,7 +73,7 @@ def sensor() -> Iterator[tuple[Any, Any, KernelTables, list[bytes]]]:
     got: list[bytes] = []
     s = FilteredSensor([(r.name, r.expr) for r in engine.rules], event_types=engine.event_types())
     tables = s.tables
-    assert not tables.families["file"].pass_all
+    assert not tables.types["openat"].pass_all
     s.start(got.append)
     pf = s.prefilter
     _make_tree()
@@ -214,15 +214,15 @@ def test_relative_verdicts_match_the_model(sensor: tuple) -> None:  # type: igno
     s, pf, tables, got = sensor
     s.drain()
     got.clear()
-    before = pf.stats()["file"]
+    before = pf.stats()["openat"]
     pid, results = _run_child(CASES)
     s.drain()
-    after = pf.stats()["file"]
+    after = pf.stats()["openat"]
     expected: list[tuple[str, str, str | None]] = []  # (spec, rel, fd.name) of the kept
     verdicts = []
     for (spec, rel, flags), ret in zip(CASES, results, strict=True):
         base = _base_of(spec)
-        kv = KernelView("file", COMM, os.getuid(), path=rel, flags=flags, ret=ret, base=base)
+        kv = KernelView("openat", COMM, os.getuid(), path=rel, flags=flags, ret=ret, base=base)
         keep = passes(tables, kv)
         verdicts.append(keep)
         if keep:
@@ -303,11 +303,11 @@ def test_relative_storm_in_an_unwatched_directory_is_dropped(
     s, pf, _tables, got = sensor
     s.drain()
     got.clear()
-    before = pf.stats()["file"]["dropped"]
+    before = pf.stats()["openat"]["dropped"]
     pid = _storm_child(cwd, rel, STORM, dirfd_of)
     s.drain()
     assert len(_opens_of(got, pid)) == 0
-    assert pf.stats()["file"]["dropped"] - before >= STORM
+    assert pf.stats()["openat"]["dropped"] - before >= STORM
 
 
 def test_relative_opens_into_a_watched_path_all_arrive(sensor: tuple) -> None:  # type: ignore[type-arg]

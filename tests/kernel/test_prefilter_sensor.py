@@ -66,11 +66,11 @@ def test_storm_on_unmentioned_path_is_dropped_in_the_kernel(sensor: tuple) -> No
     s, pf, got = sensor
     s.drain()  # type: ignore[attr-defined]
     got.clear()
-    before = pf.stats()["file"]["dropped"]  # type: ignore[attr-defined]
+    before = pf.stats()["openat"]["dropped"]  # type: ignore[attr-defined]
     pid = _opens_in_child("/usr/lib/os-release", STORM)
     s.drain()  # type: ignore[attr-defined]
     mine = _file_records(got, pid)
-    dropped = pf.stats()["file"]["dropped"] - before  # type: ignore[attr-defined]
+    dropped = pf.stats()["openat"]["dropped"] - before  # type: ignore[attr-defined]
     assert len(mine) == 0
     assert dropped >= STORM
 
@@ -90,11 +90,11 @@ def test_relative_storm_on_unmentioned_path_is_dropped_in_the_kernel(sensor: tup
     s, pf, got = sensor
     s.drain()  # type: ignore[attr-defined]
     got.clear()
-    before = pf.stats()["file"]["dropped"]  # type: ignore[attr-defined]
+    before = pf.stats()["openat"]["dropped"]  # type: ignore[attr-defined]
     pid = _opens_in_child("os-release", STORM, cwd="/usr/lib")
     s.drain()  # type: ignore[attr-defined]
     mine = _file_records(got, pid)
-    dropped = pf.stats()["file"]["dropped"] - before  # type: ignore[attr-defined]
+    dropped = pf.stats()["openat"]["dropped"] - before  # type: ignore[attr-defined]
     assert len(mine) == 0
     assert dropped >= STORM
 

@@ -197,11 +197,12 @@ CONDS = st.recursive(
 @st.composite
 def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dict[str, Any]]:
     fam = family or draw(st.sampled_from(sorted(TYPES)))
+    evt_type = draw(st.sampled_from(TYPES[fam]))
     ret = draw(st.sampled_from([0, 3, -2, -13]))
     comm = draw(st.sampled_from(COMMS))[:15]
     uid = draw(st.sampled_from([0, 1000, 33]))
     ev: dict[str, Any] = {
-        "evt.type": draw(st.sampled_from(TYPES[fam])),
+        "evt.type": evt_type,
         "evt.dir": "<",
         "proc.name": comm,
         "user.uid": uid,
@@ -219,7 +220,7 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
         ev.update({"fs.path.name": full, "fs.path.nameraw": path})
         if ev["evt.type"] not in OPENS:  # unlink, unlinkat: no descriptor, no open flags
             base = draw(st.sampled_from([cwd, cwd, None]))
-            return KernelView(fam, comm, uid, path=path, flags=0, ret=ret, base=base), ev
+            return KernelView(evt_type, comm, uid, path=path, flags=0, ret=ret, base=base), ev
         ev.update(
             {
                 "fd.name": full,
@@ -234,7 +235,7 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
         )
         # the kernel's walk of the base: usually known, sometimes unusable (truncated, bad fd)
         base = draw(st.sampled_from([cwd, cwd, None]))
-        return KernelView(fam, comm, uid, path=path, flags=flags, ret=ret, base=base), ev
+        return KernelView(evt_type, comm, uid, path=path, flags=flags, ret=ret, base=base), ev
     if fam == "connect":
         ip = draw(st.sampled_from(IPS))
         port = draw(st.sampled_from(PORTS))
@@ -252,13 +253,13 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
                 "fd.num": 5,
             }
         )
-        return KernelView(fam, comm, uid, dport=port, daddr=ip, sock_family=fam_c, ret=ret), ev
+        return KernelView(evt_type, comm, uid, dport=port, daddr=ip, sock_family=fam_c, ret=ret), ev
     exe = draw(st.sampled_from(EXES))
     ev["proc.exepath"] = exe
     ev["proc.exe"] = draw(st.sampled_from([exe, os.path.basename(exe), "ls"]))  # argv[0]
     if ret < 0:  # a failed exec: the image (and proc.exepath) is the old one, unknown in BPF
-        return KernelView(fam, comm, uid, path=None, ret=ret), ev
-    return KernelView(fam, comm, uid, path=exe), ev
+        return KernelView(evt_type, comm, uid, path=None, ret=ret), ev
+    return KernelView(evt_type, comm, uid, path=exe), ev
 
 
 def _engine(tmp_path: Path, conds: list[str]) -> Engine:
@@ -336,30 +337,30 @@ def test_storm_on_unmentioned_path_is_filtered_and_watched_path_passes(tmp_path:
         ],
     )
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert not tables.families["file"].pass_all
-    assert not passes(tables, KernelView("file", "cat", 0, path="/usr/lib/libc.so.6"))
-    assert not passes(tables, KernelView("file", "cat", 0, path="/etc/passwd", flags=0))
-    assert passes(tables, KernelView("file", "cat", 0, path="/etc/passwd", flags=1))
-    assert passes(tables, KernelView("file", "cat", 0, path="/var/run/secret"))
-    assert passes(tables, KernelView("file", "cat", 0, path="relative"))  # no base: kept
+    assert not tables.types["openat"].pass_all
+    assert not passes(tables, KernelView("openat", "cat", 0, path="/usr/lib/libc.so.6"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="/etc/passwd", flags=0))
+    assert passes(tables, KernelView("openat", "cat", 0, path="/etc/passwd", flags=1))
+    assert passes(tables, KernelView("openat", "cat", 0, path="/var/run/secret"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="relative"))  # no base: kept
     # relative paths are judged on the walked base
-    assert not passes(tables, KernelView("file", "cat", 0, path="libc.so.6", base="/usr/lib"))
-    assert not passes(tables, KernelView("file", "cat", 0, path="etc/passwd", base="/"))
-    assert passes(tables, KernelView("file", "cat", 0, path="passwd", flags=1, base="/etc"))
-    assert passes(tables, KernelView("file", "cat", 0, path="etc/passwd", flags=1, base="/"))
-    assert passes(tables, KernelView("file", "cat", 0, path="run/secret", base="/var"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="libc.so.6", base="/usr/lib"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="etc/passwd", base="/"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="passwd", flags=1, base="/etc"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="etc/passwd", flags=1, base="/"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="run/secret", base="/var"))
     # not canonical, or the base is unknown: kept
-    assert passes(tables, KernelView("file", "cat", 0, path="./libc.so.6", base="/usr/lib"))
-    assert passes(tables, KernelView("file", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
-    assert passes(tables, KernelView("file", "cat", 0, path="libc.so.6", base=None))
+    assert passes(tables, KernelView("openat", "cat", 0, path="./libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="libc.so.6", base=None))
     # "." is the base and ".." its parent
-    assert not passes(tables, KernelView("file", "cat", 0, path="..", base="/usr/lib"))
-    assert passes(tables, KernelView("file", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
-    assert not passes(tables, KernelView("file", "cat", 0, path="..", flags=1, base="/etc/ssh"))
-    assert passes(tables, KernelView("file", "cat", 0, path=".", flags=1, base="/etc/ssh"))
-    assert not passes(tables, KernelView("file", "cat", 0, path=".", flags=1, base="/etc"))
-    assert not passes(tables, KernelView("exec", "ls", 0, path="/usr/bin/ls"))
-    assert passes(tables, KernelView("exec", "bash", 0, path="/usr/bin/bash"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="..", base="/usr/lib"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="..", flags=1, base="/etc/ssh"))
+    assert passes(tables, KernelView("openat", "cat", 0, path=".", flags=1, base="/etc/ssh"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path=".", flags=1, base="/etc"))
+    assert not passes(tables, KernelView("execve", "ls", 0, path="/usr/bin/ls"))
+    assert passes(tables, KernelView("execve", "bash", 0, path="/usr/bin/bash"))
     # no rule can match a connect: every connect is dropped
     assert not passes(tables, KernelView("connect", "curl", 0, dport=1, daddr="1.1.1.1"))
 
@@ -368,10 +369,10 @@ def test_falco_stable_rules_plan() -> None:
     rules = load_rules([CORPUS / "falco_rules.yaml"])
     engine = Engine(compile_rules(rules))
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    fam = tables.families["file"]
+    fam = tables.types["openat"]
     # the open family is filterable with the stable rules: a read of a library is dropped
     assert not fam.pass_all, fam.reason
-    assert not passes(tables, KernelView("file", "cat", 1000, path="/usr/lib/x.so"))
+    assert not passes(tables, KernelView("openat", "cat", 1000, path="/usr/lib/x.so"))
 
 
 def test_exepath_is_a_kernel_dimension_of_execs(tmp_path: Path) -> None:
@@ -386,22 +387,22 @@ def test_exepath_is_a_kernel_dimension_of_execs(tmp_path: Path) -> None:
         ],
     )
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    fam = tables.families["exec"]
+    fam = tables.types["execve"]
     assert fam.pass_all and "'R3'" in fam.reason  # the proc.exe rule leaves execs unfiltered
     engine = _engine(tmp_path, _EXE_RULES)
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert not tables.families["exec"].pass_all
-    assert passes(tables, KernelView("exec", "tool", 1000, path="/opt/x/tool"))
-    assert passes(tables, KernelView("exec", "tool", 1000, path="/opt/x/a/b/c"))
-    assert not passes(tables, KernelView("exec", "tool", 1000, path="/opt/xy/tool"))
-    assert passes(tables, KernelView("exec", "nc", 1000, path="/bin/nc"))
-    assert not passes(tables, KernelView("exec", "nc", 1000, path="/bin/nc.openbsd"))
-    assert passes(tables, KernelView("exec", "ncat", 0, path="/usr/local/bin/ncat"))
-    assert not passes(tables, KernelView("exec", "ncat", 1000, path="/usr/local/bin/ncat"))
-    assert not passes(tables, KernelView("exec", "ls", 0, path="/usr/bin/ls"))
+    assert not tables.types["execve"].pass_all
+    assert passes(tables, KernelView("execve", "tool", 1000, path="/opt/x/tool"))
+    assert passes(tables, KernelView("execve", "tool", 1000, path="/opt/x/a/b/c"))
+    assert not passes(tables, KernelView("execve", "tool", 1000, path="/opt/xy/tool"))
+    assert passes(tables, KernelView("execve", "nc", 1000, path="/bin/nc"))
+    assert not passes(tables, KernelView("execve", "nc", 1000, path="/bin/nc.openbsd"))
+    assert passes(tables, KernelView("execve", "ncat", 0, path="/usr/local/bin/ncat"))
+    assert not passes(tables, KernelView("execve", "ncat", 1000, path="/usr/local/bin/ncat"))
+    assert not passes(tables, KernelView("execve", "ls", 0, path="/usr/bin/ls"))
     # unknown executable path (failed exec, walk cut short): the kernel cannot judge, keeps it
-    assert passes(tables, KernelView("exec", "ls", 0, path=None))
-    plan = next(p for p in tables.plans if p.rule == "R0" and p.family == "exec")
+    assert passes(tables, KernelView("execve", "ls", 0, path=None))
+    plan = next(p for p in tables.plans if p.rule == "R0" and p.evt_type == "execve")
     assert plan.describe() == ["proc.exepath starts with {/opt/x/}"]
 
 
@@ -442,10 +443,10 @@ def test_explain_names_the_executable_path(tmp_path: Path) -> None:
         text=True,
         cwd=repo,
     )
-    fams = json.loads(res.stdout)["families"]
-    assert fams["exec"]["filtered"] is True
-    assert fams["exec"]["exact_entries"]["proc.exepath"] == 2
-    assert fams["exec"]["lpm_entries"] == {"proc.exepath prefix": 1, "proc.exepath suffix": 1}
+    fams = json.loads(res.stdout)["event_types"]
+    assert fams["execve"]["filtered"] is True
+    assert fams["execve"]["exact_entries"]["proc.exepath"] == 2
+    assert fams["execve"]["lpm_entries"] == {"proc.exepath prefix": 1, "proc.exepath suffix": 1}
 
 
 def test_exact_path_longer_than_a_hash_key_becomes_a_prefix_the_trie_holds(
@@ -457,7 +458,7 @@ def test_exact_path_longer_than_a_hash_key_becomes_a_prefix_the_trie_holds(
     long_path = "/" + "a" * 150 + "/" + "b" * 150
     engine = _engine(tmp_path, [f"evt.type = openat and fd.name = {long_path}"])
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert passes(tables, KernelView("file", "cat", 0, path=long_path))
-    assert not passes(tables, KernelView("file", "cat", 0, path="/usr/lib/x.so"))
-    payloads = [p for lpm in tables.families["file"].lpm.values() for p in lpm]
+    assert passes(tables, KernelView("openat", "cat", 0, path=long_path))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="/usr/lib/x.so"))
+    payloads = [p for lpm in tables.types["openat"].lpm.values() for p in lpm]
     assert payloads and all(len(p) <= 252 for p in payloads)
