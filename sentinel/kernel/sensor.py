@@ -43,6 +43,10 @@ BPFFS = Path("/sys/fs/bpf")
 ALL_SYSCALLS = program.ALL_SYSCALL_TYPES
 syscalls_for = program.syscall_types
 
+# How long the loader child may compile and verify (a hang must not stall start-up forever).
+# Seconds on real hardware; minutes under software emulation (the BPF LSM VM) with both cores
+# busy, so the bound is generous.
+LOAD_TIMEOUT_S = 600.0
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
 
@@ -153,6 +157,7 @@ class Sensor:
                 program.text(self.syscalls, self.prelude),
                 cflags,
                 ["events", "counts", *self.extra_maps],
+                timeout=LOAD_TIMEOUT_S,
                 tail_calls=program.tail_calls(),
             )
         except LoaderError as exc:
