@@ -35,6 +35,7 @@ from sentinel.enrichment.container_cgroup import (
 from sentinel.enrichment.container_meta import DEFAULT_SOCKETS, MetadataFetcher
 
 __all__ = [
+    "CONTAINER_FIELDS",
     "HOST",
     "ContainerInfo",
     "ContainerResolver",
@@ -43,6 +44,33 @@ __all__ = [
 ]
 
 SHORT_ID_LEN = 12  # what Falco (and docker ps) print as container.id
+
+# The fields ContainerInfo.fields() (with the runtime metadata it merges in) can fill: every
+# event type has them (sentinel.enrichment.event derives "filled by the sensor" from this).
+CONTAINER_FIELDS = frozenset(
+    {
+        "container.id",
+        "container.full_id",
+        "container.type",
+        "container.name",
+        "container.image",
+        "container.image.repository",
+        "container.image.tag",
+        "container.image.digest",
+        "container.image.id",
+        "container.privileged",
+        "container.start_ts",
+        "container.mounts",
+        "container.mount",
+        "container.mount.dest",
+        "container.mount.source",
+        "container.labels",
+        "container.label",
+        "k8s.ns.name",
+        "k8s.pod.name",
+        "k8s.pod.uid",
+    }
+)
 
 
 class ContainerInfo:
