@@ -333,7 +333,7 @@ class DenyEvent(ctypes.Structure):
         ("action", ctypes.c_uint8),
         ("addr", ctypes.c_uint8 * 16),
         ("comm", ctypes.c_char * 16),
-        ("names", ctypes.c_char * (MAX_NAMES * NAME_LEN)),  # name i at i * NAME_LEN, leaf first
+        ("names", ctypes.c_uint8 * (MAX_NAMES * NAME_LEN)),  # name i at i * NAME_LEN, leaf first
         ("pad", ctypes.c_uint32),
     ]
 

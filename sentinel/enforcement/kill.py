@@ -19,11 +19,13 @@ project's host kernel (tests/kernel/test_kill.py):
 * **write(), pwrite64(), writev(), pwritev(), pwritev2()** on a protected file through any
   descriptor (also one opened before the policy): the signal is sent at syscall entry; a
   buffered write to tmpfs or ext4 then stops before copying any byte (the copy loop checks
-  for a fatal signal first), but other write paths may complete.
+  for a fatal signal first), but the file's modification time has been updated by then, and
+  other write paths (direct I/O, other file systems) may complete.
 * **connect** (and TCP Fast Open through sendto/sendmsg with MSG_FASTOPEN) to a denied
   address: killed at syscall exit, judged on the peer address the socket really has (kernel
   state, not the caller's memory). The TCP handshake has completed: the peer may see a
-  connection that closes at once, without data.
+  connection that closes at once, without data; with Fast Open, the data of that very
+  sendto has reached the peer (nothing after it).
 
 Not judged at all (they need BPF LSM): rename, unlink, link, mkdir, rmdir, mknod, symlink,
 chmod, chown, utimes, truncate(), xattrs, ioctls, mounts, mmap, io_uring and AIO writes,
