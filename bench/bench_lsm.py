@@ -6,12 +6,13 @@ inside with ``--inside-vm``; the VM suite (tests/vm) runs it the same way after 
 
 Workloads are C loops, so the figure is the hooks' cost and not Python's. Files sit six
 levels below a tmpfs mount, on the same file system as the protected directory:
-  * ``dd-write``: ``dd bs=512`` from /dev/zero into a file it opens: one ``file_open`` walk,
-    then a ``file_permission`` per write() answered by the write-verdict cache;
+  * ``dd-write``: ``dd bs=512`` from /dev/zero into a file it opens: ``file_open``, then a
+    ``file_permission`` per write() (one identity lookup each);
   * ``dd-write-preopened-fd``: the same into a descriptor opened before the programs were
-    attached: the worst case, a full dentry walk (crossing two mounts) on every write();
+    attached (before this project judged writes by identity, this was a dentry walk crossing
+    two mounts on every write());
   * ``sh-open-trunc-write``: a dash loop of ``echo x > file`` (builtin, no fork): open with
-    O_CREAT|O_TRUNC (``file_open`` + ``path_truncate`` walks) and a write per iteration.
+    O_CREAT|O_TRUNC (``file_open``, ``inode_setattr``) and a write per iteration.
 One LsmEnforcer (a protected directory, an exec deny, connect denies) is loaded, and the
 runs alternate between its programs detached (= no programs run) and attached, ABBA, ROUNDS
 times each. ratio = median(attached) / median(detached), and ratio_of_minimums (less
@@ -22,7 +23,6 @@ Counts are calibrated so that one run takes ~1 s without programs.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -38,12 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sentinel.enforcement.lsm import ConnectDeny, DenyPolicy, LsmEnforcer, lsm_available  # noqa: E402
-from sentinel.kernel.loader import (  # noqa: E402
-    BPF_MAP_DELETE_ELEM,
-    BPF_MAP_GET_NEXT_KEY,
-    attach_lsm,
-    bpf_map_op,
-)
+from sentinel.kernel.loader import attach_lsm  # noqa: E402
 
 ROUNDS = 7
 TARGET_S = 1.0
@@ -96,24 +91,16 @@ def _calibrate(fn: Callable[[Path, int], float], path: Path, n: int) -> int:
 def _set_attached(enf: LsmEnforcer, on: bool) -> None:
     """Benchmark-only toggle, so that both conditions interleave within one compile.
 
-    Detached programs cost nothing; they stay loaded. Not an enforcement feature: files freed
-    while detached would leave stale write_ok entries, so the cache is cleared on re-attach.
+    Detached programs cost nothing; they stay loaded. Not an enforcement feature.
     """
     loaded = enf._loaded
+    assert loaded is not None
     if on:
-        _clear_map(loaded.maps["write_ok"], ctypes.c_uint64)
         for hook in enf.attached_hooks:
             loaded.links[hook] = attach_lsm(loaded.progs[hook])
     else:
         for hook in list(loaded.links):
             os.close(loaded.links.pop(hook))
-
-
-def _clear_map(fd: int, key_type: type[ctypes.c_uint64]) -> None:
-    """Delete every entry of a hash map (bpf(2) GET_NEXT_KEY from the start each time)."""
-    key = key_type()
-    while bpf_map_op(BPF_MAP_GET_NEXT_KEY, fd, None, key) == 0:
-        bpf_map_op(BPF_MAP_DELETE_ELEM, fd, key)
 
 
 def run_inside(json_out: Path | None) -> int:
