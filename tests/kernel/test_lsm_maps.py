@@ -197,3 +197,29 @@ def test_a_policy_larger_than_one_slot_is_refused() -> None:
     plan = MapPlan(nets=[(128, bytes(16), i) for i in range(MAX_NETS + 1)])
     with pytest.raises(MapsError, match="CIDRs"):
         check_size(plan)
+
+
+def test_scan_after_the_switch_adds_late_files_and_drops_deleted_ones(
+    maps: PolicyMaps, tmp_path: Path
+) -> None:
+    """Between the scan and the switch a file may appear in (or vanish from) a protected
+    tree; once the policy is in force nothing can change there, and the second scan
+    makes the maps match the tree."""
+    prot = tmp_path / "prot"
+    prot.mkdir()
+    gone = prot / "gone.txt"
+    gone.write_text("deleted before the switch")
+    gone_ident = Ident.of(os.stat(gone))
+    plan = build_plan(DenyPolicy(protect={str(prot): "P"}))
+    late = prot / "late.txt"
+    late.write_text("created after the scan")
+    gone.unlink()
+    maps.install(plan)
+    assert _hook_rule(maps, prot) == 1 and _hook_rule(maps, late) == 0
+    maps.after_attach()
+    assert _hook_rule(maps, late) == 1
+    assert maps.rescan_added == 1
+    assert gone_ident not in maps.plan.idents
+    val = IdentVal()
+    key = IdentKey(gone_ident.dev, 0, gone_ident.ino)
+    assert bpf_map_op(BPF_MAP_LOOKUP_ELEM, maps.fds["idents"], key, val) != 0
