@@ -193,13 +193,13 @@ class LiveEvent(Mapping[str, Any]):
         fn = _GETTERS.get(name)
         if fn is not None:
             value = fn(self)
-        elif name.endswith("]") and "[" in name:
+        elif name.endswith("]") and "[" in name and not name.startswith(("container.", "k8s.")):
             base, _, arg = name[:-1].partition("[")
             ifn = _INDEXED.get(base)
             if ifn is None or not arg.isdigit():
                 return default
             value = ifn(self, int(arg))
-        elif name.startswith(("container.", "k8s.")):
+        elif name.startswith(("container.", "k8s.")):  # incl. the flat k8s.pod.label[KEY] keys
             value = self._container_fields().get(name)
         else:
             return default
