@@ -34,8 +34,8 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.kernel_floor import syscalls
 from bench.kernel_storm import build, paced, storm
+from sentinel.kernel.program import syscall_names as syscalls
 
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
@@ -75,7 +75,7 @@ class Sentinel:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line.rstrip())
-            if " armed " in line and not self.armed.is_set():
+            if _log_record(line).get("event") == "armed" and not self.armed.is_set():
                 self.armed_s = time.monotonic() - self.t0
                 self.armed.set()
 
@@ -100,15 +100,19 @@ class Sentinel:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(60)
         time.sleep(0.05)
-        stopped = [x for x in self.stderr if " stopped " in x]
+        # sentinel's log is structlog JSON on a pipe: {"event": "stopped", "lost": 0, ...}
+        stopped = [r for r in map(_log_record, self.stderr) if r.get("event") == "stopped"]
         if not stopped:
             raise RuntimeError(f"no 'stopped' line: {self.stderr}")
-        out: dict[str, int] = {}
-        for kv in stopped[-1].split()[2:]:
-            k, _, v = kv.partition("=")
-            if v.isdigit():
-                out[k] = int(v)
-        return out
+        return {k: v for k, v in stopped[-1].items() if isinstance(v, int)}
+
+
+def _log_record(line: str) -> dict[str, Any]:
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return {}
+    return rec if isinstance(rec, dict) else {}
 
 
 class Floor:
@@ -183,12 +187,12 @@ class BpfStats:
 def default_families() -> list[str]:
     from sentinel.cli.common import load_compiled
     from sentinel.engine import Engine
-    from sentinel.kernel.sensor import families_for
+    from sentinel.kernel.sensor import syscalls_for
     from sentinel.paths import RULES_DIR
 
     compiled = load_compiled([RULES_DIR])
     assert compiled is not None
-    return sorted(families_for(Engine(compiled).event_types()))
+    return sorted(syscalls_for(Engine(compiled).event_types()))
 
 
 def median_storm(binary: Path, n: int, rounds: int) -> float:
@@ -322,7 +326,7 @@ def bench_drain(binary: Path, n: int) -> dict[str, Any]:
     from sentinel.engine import Engine
     from sentinel.enrichment.containers import ContainerResolver
     from sentinel.enrichment.live import Enricher
-    from sentinel.kernel.sensor import Sensor, families_for
+    from sentinel.kernel.sensor import Sensor, syscalls_for
     from sentinel.paths import RULES_DIR
 
     compiled = load_compiled([RULES_DIR])
@@ -337,7 +341,7 @@ def bench_drain(binary: Path, n: int) -> dict[str, Any]:
         count += 1
         engine.process(enricher.event(raw))
 
-    sensor = Sensor(families_for(engine.event_types()))
+    sensor = Sensor(syscalls_for(engine.event_types()))
     sensor.start(on_raw)
     resolver.start()
     enricher.seed()

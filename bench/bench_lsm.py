@@ -37,13 +37,13 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from sentinel.enforcement.lsm import ConnectDeny, DenyPolicy, LsmEnforcer, lsm_available  # noqa: E402
 from sentinel.kernel.loader import (  # noqa: E402
     BPF_MAP_DELETE_ELEM,
     BPF_MAP_GET_NEXT_KEY,
     attach_lsm,
     bpf_map_op,
 )
-from sentinel.kernel.lsm import ConnectDeny, DenyPolicy, LsmEnforcer, lsm_available  # noqa: E402
 
 ROUNDS = 7
 TARGET_S = 1.0

@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import build_tables
 from sentinel.engine import Engine
 from sentinel.loader import load_rules
 
@@ -34,8 +33,7 @@ FILES = 20_000
 
 
 def run(files: int = FILES) -> dict[str, Any]:
-    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
-    from sentinel.kernel.sensor import Sensor, families_for
+    from sentinel.app.sensor import FilteredSensor
 
     engine = Engine(compile_rules(load_rules([CORPUS / "falco_rules.yaml"])))
     arrived = {"n": 0}
@@ -43,17 +41,12 @@ def run(files: int = FILES) -> dict[str, Any]:
     def count(_raw: bytes) -> None:
         arrived["n"] += 1
 
-    sensor = Sensor(
-        families_for(engine.event_types()),
-        prelude=sensor_prelude(),
-        maps=list(MAP_NAMES),
-        extra_cflags=cflags(),
+    sensor = FilteredSensor(
+        [(r.name, r.expr) for r in engine.rules], event_types=engine.event_types()
     )
     sensor.start(count)
     try:
-        pf = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES})
-        tables = build_tables([(r.name, r.expr) for r in engine.rules])
-        pf.load(tables)
+        tables = sensor.tables
         phases: dict[str, Any] = {}
         listing = Path("/tmp/sentinel-bench-files.txt")
 
@@ -143,8 +136,7 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
     import tempfile
 
     from bench.bench_kernel import BpfStats
-    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
-    from sentinel.kernel.sensor import Sensor
+    from sentinel.app.sensor import FilteredSensor
 
     true = os.path.realpath("/bin/true")
     out: dict[str, Any] = {"execs": execs, "binary": true}
@@ -156,12 +148,10 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
                 "  output: o\n  priority: INFO\n"
             )
             engine = Engine(compile_rules(load_rules([rules])))
-        sensor = Sensor([], prelude=sensor_prelude(), maps=list(MAP_NAMES), extra_cflags=cflags())
+        sensor = FilteredSensor([(r.name, r.expr) for r in engine.rules], syscalls=())
         stats = BpfStats()
         try:
             sensor.start(lambda _raw: None)
-            pf = Prefilter({m: sensor.map_fd(m) for m in MAP_NAMES})
-            pf.load(build_tables([(r.name, r.expr) for r in engine.rules]))
             before = sensor.counts()["execve"]
             # argv lists only; the loop is sh's own, /bin/true is exec'd each time
             loop = f"i=0; while [ $i -lt {execs} ]; do {true}; i=$((i+1)); done"

@@ -2,27 +2,25 @@
 ``sentinel run`` attaches for a rule set. Whatever this costs is the price of attaching at
 all (every syscall takes the slow path); the sensor's own work is measured against it.
 
-Run as ``python -m bench.kernel_floor FAMILY...``: prints ``ready`` once attached, detaches
-when stdin closes.
+Run as ``python -m bench.kernel_floor EVENT_TYPE...`` (the syscall event types attached):
+prints ``ready`` once attached, detaches when stdin closes.
 """
 
 from __future__ import annotations
 
 import sys
 
-from sentinel.kernel.sensor import FAMILY_TRACEPOINTS, SCHED_TRACEPOINTS
+from sentinel.kernel.program import tracepoints
 
 
-def syscalls(families: list[str]) -> list[str]:
-    """The syscalls whose sys_exit tracepoint the sensor attaches for these families."""
-    return [c for f in families for c in FAMILY_TRACEPOINTS.get(f, (f,))]
-
-
-def source(families: list[str]) -> str:
-    parts = [f"RAW_TRACEPOINT_PROBE({tp}) {{ return 0; }}" for tp in SCHED_TRACEPOINTS]
-    parts += [
-        f"TRACEPOINT_PROBE(syscalls, sys_exit_{c}) {{ return 0; }}" for c in syscalls(families)
-    ]
+def source(syscalls: list[str]) -> str:
+    """Empty programs on the tracepoints the sensor attaches for these syscall event types."""
+    parts = []
+    for category, name in tracepoints(syscalls):
+        if category == "sched":
+            parts.append(f"RAW_TRACEPOINT_PROBE({name}) {{ return 0; }}")
+        else:
+            parts.append(f"TRACEPOINT_PROBE({category}, {name}) {{ return 0; }}")
     return "\n".join(parts) + "\n"
 
 

@@ -238,7 +238,7 @@ def check_bcc() -> list[Check]:
 
 def check_lsm() -> Check:
     try:
-        from sentinel.kernel.lsm_probe import lsm_available
+        from sentinel.enforcement.probe import lsm_available
     except ImportError as exc:  # pragma: no cover - the module ships with sentinel
         return Check("WARN", "bpf-lsm", f"cannot probe ({exc})")
     ok, why = lsm_available()
@@ -350,7 +350,7 @@ def kernel_features() -> dict[str, object]:
     feats: dict[str, object] = {"kernel": platform.release(), "btf": VMLINUX.exists()}
     feats["tracefs"] = _mounted(TRACEFS, "tracefs")
     try:
-        from sentinel.kernel.lsm_probe import lsm_available
+        from sentinel.enforcement.probe import lsm_available
 
         feats["bpf_lsm"] = lsm_available()[0]
     except Exception:  # the summary must never stop start-up

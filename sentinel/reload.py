@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any, Generic, TypeVar
 
 from sentinel.compiler import CompiledRules, compile_rules
+from sentinel.enrichment.event import filled_fields
 from sentinel.loader import RulesError, expand_paths, load_ruleset
 from sentinel.logging import get_logger
 
@@ -46,7 +47,7 @@ def load_compiled_rules(paths: list[Path]) -> CompiledRules:
     """Load and compile ``paths``; raise RulesError (every problem, with positions) on error."""
     rs = load_ruleset(paths)
     rs.diagnostics.raise_if_errors()
-    compiled = compile_rules(rs, strict=False)
+    compiled = compile_rules(rs, strict=False, filled=filled_fields())
     compiled.diagnostics.raise_if_errors()
     return compiled
 

@@ -54,3 +54,26 @@ def sentinel_env(base: dict[str, str] | None = None) -> dict[str, str]:
     """Environment for a ``sentinel run`` subprocess: metrics on an ephemeral loopback port, so
     two runs at once (two tests, a test and an operator's Sentinel) never fight over 9376."""
     return {**(os.environ if base is None else base), "SENTINEL_METRICS_ADDRESS": "127.0.0.1:0"}
+
+
+def log_records(lines: str | list[str]) -> list[dict[str, Any]]:
+    """Sentinel's stderr log lines (structlog JSON when stderr is not a terminal) as dicts;
+    other lines are skipped."""
+    import json
+
+    text = lines if isinstance(lines, str) else "\n".join(lines)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                continue
+    return out
+
+
+def log_event(line: str, event: str) -> dict[str, Any] | None:
+    """The log record of one stderr line if its event is ``event`` (else None)."""
+    recs = log_records(line)
+    return recs[0] if recs and recs[0].get("event") == event else None

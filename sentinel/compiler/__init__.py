@@ -6,6 +6,7 @@ only match events. The kernel plan (in-kernel prefilter) will be derived from th
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from sentinel.compiler.fold import OTHER, UNIVERSE, maybe_true, specialize
@@ -43,11 +44,15 @@ class CompiledRules:
         return [r for r in self.rules if r.enabled]
 
 
-def compile_rules(rs: RuleSet, strict: bool = True) -> CompiledRules:
+def compile_rules(
+    rs: RuleSet, strict: bool = True, filled: Collection[str] | None = None
+) -> CompiledRules:
     """Compile every rule (enabled or not, so that errors surface either way).
 
     With ``strict`` the first batch of errors raises :class:`RulesError`; otherwise they stay
-    in ``diagnostics`` (``sentinel validate`` reports them all).
+    in ``diagnostics`` (``sentinel validate`` reports them all). ``filled``: the fields the
+    live sensor fills (sentinel.enrichment.event.sensor_fields); every other field an enabled
+    rule uses gets a warning. None: no such warnings (replay, tests).
     """
     diag = rs.diagnostics
     out = CompiledRules(diagnostics=diag, ruleset=rs)
@@ -105,7 +110,7 @@ def compile_rules(rs: RuleSet, strict: bool = True) -> CompiledRules:
                 location=r.location,
             )
         )
-    for f in sorted(_unsupported_fields(out)):
+    for f in sorted(_unsupported_fields(out, filled) if filled is not None else ()):
         diag.warn(
             f"field '{f}' is not produced by Sentinel's sensor: checks on it are false "
             "(treated as missing) unless events carry it",
@@ -118,14 +123,13 @@ def compile_rules(rs: RuleSet, strict: bool = True) -> CompiledRules:
     return out
 
 
-def _unsupported_fields(out: CompiledRules) -> set[str]:
+def _unsupported_fields(out: CompiledRules, filled: Collection[str]) -> set[str]:
     names: set[str] = set()
     for r in out.enabled:
         for node in ast.walk(r.expr):
             if isinstance(node, ast.Check):
                 for f in ast.operand_fields(node.lhs) + ast.operand_fields(node.rhs):
-                    info = FIELDS.get(f.name)
-                    if info is not None and not info.sensor:
+                    if f.name in FIELDS and f.name not in filled:
                         names.add(f.name)
     return names
 

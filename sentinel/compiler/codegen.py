@@ -149,6 +149,8 @@ class CodeGen:
             return f"(not {k}.isdisjoint({v}))"
         x = self.tmp()
         inner = self._scalar_test(c, ltype, x)
+        if lkind is Kind.EITHER and c.op == "!=":
+            return f"all({inner} for {x} in {v})"  # differs from both ends (libsinsp)
         return f"any({inner} for {x} in {v})"
 
     def _scalar_test(self, c: ast.Check, ltype: FieldType, v: str) -> str:

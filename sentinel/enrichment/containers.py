@@ -36,6 +36,7 @@ from sentinel.enrichment.container_cgroup import (
 from sentinel.enrichment.container_meta import MetadataFetcher, RuntimeSocket
 
 __all__ = [
+    "CONTAINER_FIELDS",
     "HOST",
     "ContainerInfo",
     "ContainerResolver",
@@ -45,21 +46,24 @@ __all__ = [
 
 SHORT_ID_LEN = 12  # what Falco (and docker ps) print as container.id
 
-# Every container/k8s field :meth:`ContainerInfo.fields` can fill (the field registry's
-# ``sensor`` flag follows this list; a test keeps the two equal). Identity comes from cgroups;
-# the rest from the runtime (``container_fields.ContainerMeta.fields``). The ``[arg]`` fields
-# are answered from ``container.mounts`` and the flat ``...label[KEY]`` keys.
-FILLED_FIELDS = (
-    "container.id", "container.full_id", "container.type", "container.name",
-    "container.image", "container.image.id", "container.image.repository",
-    "container.image.tag", "container.image.digest", "container.privileged",
-    "container.start_ts", "container.duration", "container.mounts", "container.mount",
-    "container.mount.source", "container.mount.dest", "container.mount.mode",
-    "container.mount.rdwr", "container.mount.propagation", "container.label",
-    "container.labels", "container.ip", "container.host_pid", "container.host_network",
-    "container.host_ipc",
-    "k8s.ns.name", "k8s.pod.name", "k8s.pod.uid", "k8s.pod.label", "k8s.pod.labels",
-    "k8s.pod.ip", "k8s.pod.sandbox_id", "k8s.pod.full_sandbox_id", "k8s.container.name",
+# Every container/k8s field ContainerInfo.fields() (with the runtime metadata it merges in) can
+# fill: every event type has them (sentinel.enrichment.event derives "filled by the sensor"
+# from this). Identity comes from cgroups; the rest from the runtime (Docker API or CRI, via
+# container_fields.ContainerMeta.fields). The [arg] fields are answered from container.mounts
+# and the flat container.label[KEY] / k8s.pod.label[KEY] keys.
+CONTAINER_FIELDS = frozenset(
+    {
+        "container.id", "container.full_id", "container.type", "container.name",
+        "container.image", "container.image.id", "container.image.repository",
+        "container.image.tag", "container.image.digest", "container.privileged",
+        "container.start_ts", "container.duration", "container.mounts", "container.mount",
+        "container.mount.source", "container.mount.dest", "container.mount.mode",
+        "container.mount.rdwr", "container.mount.propagation", "container.label",
+        "container.labels", "container.ip", "container.host_pid", "container.host_network",
+        "container.host_ipc",
+        "k8s.ns.name", "k8s.pod.name", "k8s.pod.uid", "k8s.pod.label", "k8s.pod.labels",
+        "k8s.pod.ip", "k8s.pod.sandbox_id", "k8s.pod.full_sandbox_id", "k8s.container.name",
+    }
 )  # fmt: skip
 
 

@@ -11,12 +11,10 @@ from typing import Any
 
 from sentinel.enrichment.containers import ContainerInfo, ContainerResolver
 from sentinel.enrichment.event import Clock, LiveEvent
-from sentinel.enrichment.proctable import ProcessTable
-from sentinel.kernel.records import EV_EXEC, EV_EXIT, EV_FORK, EV_OPEN, OPEN_BASE, Record
+from sentinel.enrichment.proctable import PROCESS_TYPES, ProcessTable
+from sentinel.events import decode
+from sentinel.events import file as file_records
 
-_PROCESS_RECORDS = (EV_EXEC, EV_FORK, EV_EXIT)
-_SHORT_OPEN = OPEN_BASE  # open records longer than this carry a directory walk
-AT_FDCWD = -100
 _HOST = {"container.id": "host", "container.full_id": "host", "container.name": "host"}
 
 
@@ -64,14 +62,18 @@ class Enricher:
         return self.table.seed()
 
     def event(self, raw: bytes) -> LiveEvent:
-        rec = Record(raw)
-        if rec.type in _PROCESS_RECORDS:
+        rec = decode(raw)
+        name = rec.evt.name
+        if name in PROCESS_TYPES:
             self.table.apply(rec)
-        elif rec.type == EV_OPEN and len(raw) > _SHORT_OPEN and rec.open_fixed[3] == AT_FDCWD:
-            # A relative open carries the kernel's walk of the current directory: the freshest
-            # cwd we can know without tracing chdir(), so proc.cwd follows `cd`.
-            base = rec.open_base
-            if base is not None:
-                self.table.set_cwd(rec.pid, base)
         self.count += 1
-        return LiveEvent(rec, self.table, self.clock, self.containers, self.count)
+        ev = LiveEvent(rec, self.table, self.clock, self.containers, self.count)
+        fam = rec.evt.family
+        if fam is file_records.FAMILY:
+            # A relative path from AT_FDCWD carries the kernel's walk of the current
+            # directory: the freshest cwd we can know without tracing chdir(), so proc.cwd
+            # follows `cd`.
+            cwd = file_records.cwd_walk(rec)
+            if cwd is not None:
+                self.table.set_cwd(rec.pid, cwd)
+        return ev

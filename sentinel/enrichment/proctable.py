@@ -18,9 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from sentinel.kernel.records import FLAG_THREAD, Record
+from sentinel.events import exec as exec_records
+from sentinel.events import process as process_records
+from sentinel.events.record import Record
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+EXEC_TYPES = frozenset(exec_records.FAMILY.type_names)
+# The event types whose records change the table (the enricher applies only these).
+PROCESS_TYPES = EXEC_TYPES | frozenset(process_records.FAMILY.type_names)
 
 
 @dataclass(slots=True)
@@ -141,13 +146,14 @@ class ProcessTable:
     # -- updates from records ---------------------------------------------------------------
 
     def apply(self, rec: Record) -> None:
-        """Fold one process record (exec/fork/exit) into the table; others are ignored."""
-        t = rec.type
-        self.version += 1
-        if t == 2:  # fork
-            if rec.flags & FLAG_THREAD:
+        """Fold one process record (clone, exec, procexit) into the table; others are
+        ignored."""
+        name = rec.evt.name
+        if name == "clone":
+            self.version += 1
+            if process_records.is_thread(rec):
                 return
-            child_pid, _tid = rec.child
+            child_pid, _tid = process_records.child(rec)
             parent = self._procs.get(rec.pid)
             if parent is None:
                 parent = self._from_header(rec)
@@ -165,18 +171,20 @@ class ProcessTable:
                 cgroup_id=rec.cgroup_id,
             )
             self._exited.pop(child_pid, None)
-        elif t == 1 and rec.exec_res == 0:  # exec (a failed one changes nothing)
-            tty, sid, pgid = rec.exec_fixed[0], rec.exec_fixed[1], rec.exec_fixed[2]
-            argv = rec.argv
+        elif name in EXEC_TYPES and exec_records.res(rec) == 0:  # a failed exec changes nothing
+            self.version += 1
+            tty, sid, pgid = exec_records.tty_sid_pgid(rec)
+            argv = exec_records.argv(rec)
+            filename = exec_records.filename(rec)
             old = self._procs.get(rec.pid)
             self._procs[rec.pid] = Proc(
                 pid=rec.pid,
                 ppid=rec.ppid,
                 comm=rec.comm,
-                exe=argv[0] if argv else rec.filename,
-                exepath=rec.exepath or _readlink(f"/proc/{rec.pid}/exe") or rec.filename,
+                exe=argv[0] if argv else filename,
+                exepath=exec_records.exepath(rec) or _readlink(f"/proc/{rec.pid}/exe") or filename,
                 args=argv[1:],
-                cwd=rec.cwd or _readlink(f"/proc/{rec.pid}/cwd"),
+                cwd=exec_records.cwd(rec) or _readlink(f"/proc/{rec.pid}/cwd"),
                 tty=tty,
                 uid=rec.uid,
                 gid=rec.gid,
@@ -185,9 +193,10 @@ class ProcessTable:
                 pgid=pgid,
                 start_ns=old.start_ns if old is not None and not old.exited else rec.ts,
                 cgroup_id=rec.cgroup_id,
-                args_truncated=bool(rec.flags & 1),
+                args_truncated=exec_records.args_truncated(rec),
             )
-        elif t == 3:  # exit
+        elif name == "procexit":
+            self.version += 1
             p = self._procs.get(rec.pid)
             if p is None:
                 return
@@ -214,6 +223,11 @@ class ProcessTable:
             loginuid=rec.loginuid,
             cgroup_id=rec.cgroup_id,
         )
+
+    def insert(self, proc: Proc) -> None:
+        """Add or replace one entry (what seeding does per process; tests build trees)."""
+        self._procs[proc.pid] = proc
+        self.version += 1
 
     def set_cwd(self, pid: int, cwd: str) -> None:
         p = self._procs.get(pid)

@@ -2,9 +2,11 @@
 
 A field's type decides how a right-hand value is read at compile time (``fd.num >= 0`` is an
 integer comparison, ``fd.snet in (10.0.0.0/8)`` a CIDR test, ``evt.arg.flags contains O_TRUNC``
-a flag test), so type errors surface when rules load, not per event. ``sensor`` says whether
-Sentinel's kernel sensor fills the field; a rule may still use one it does not fill (the check is
-then false, as Falco does for a missing value), and ``sentinel validate`` warns about it.
+a flag test), so type errors surface when rules load, not per event. Whether Sentinel's sensor
+fills a field is not declared here: it follows from the code that fills it
+(``sentinel.enrichment.event.sensor_fields``, derived from the event table's getters). A rule
+may still use a field the sensor does not fill (the check is then false, as Falco does for a
+missing value), and ``sentinel validate`` warns about it.
 
 Names and meanings follow Falco's syscall fields (``falco --list``) so rules port unchanged.
 """
@@ -36,6 +38,9 @@ class Kind(StrEnum):
     SCALAR = "scalar"
     LIST = "list"  # several values; `in` is subset, `intersects` overlap, others: any value
     ANCESTORS = "ancestors"  # proc.aname & co: without index any ancestor matches; [N] selects
+    # fd.ip, fd.net, fd.port: both ends of a connection; a check holds when it holds for
+    # either end, except ``!=``, which holds when it holds for both (libsinsp's compare_ip)
+    EITHER = "either"
 
 
 class Arg(StrEnum):
@@ -60,7 +65,6 @@ class FieldInfo:
     desc: str
     kind: Kind = Kind.SCALAR
     arg: Arg = Arg.NONE
-    sensor: bool = True
     event_types: frozenset[str] | None = None  # None: every event type
 
     @property
@@ -79,10 +83,9 @@ def _add(
     *,
     kind: Kind = Kind.SCALAR,
     arg: Arg = Arg.NONE,
-    sensor: bool = True,
     ev: frozenset[str] | None = None,
 ) -> None:
-    _F.append(FieldInfo(name, typ, desc, kind, arg, sensor, ev))
+    _F.append(FieldInfo(name, typ, desc, kind, arg, ev))
 
 
 # ---- evt ---------------------------------------------------------------------------------------
@@ -103,7 +106,7 @@ _add("evt.is_open_exec", B, "open of a file to execute it", ev=FILE_EVENTS)
 _add("evt.is_open_create", B, "open that created the file", ev=FILE_EVENTS)
 _add("evt.args", S, "all event arguments as text")
 _add("evt.arg", S, "an event argument by name or index: evt.arg[0]", arg=Arg.REQUIRED)
-_add("evt.rawarg", S, "an event argument's raw value by name", arg=Arg.REQUIRED, sensor=False)
+_add("evt.rawarg", S, "an event argument's raw value by name", arg=Arg.REQUIRED)
 for _n, _t in [
     ("flags", FieldType.FLAGS),
     ("mode", S),
@@ -131,15 +134,14 @@ for _n, _t in [
     ("pid", S),
 ]:
     # evt.arg.* are the rendered argument values (text), as in Falco; evt.rawarg.* are raw.
-    _sensor = _n in {"flags", "mode", "fd", "name", "path", "filename", "res", "dirfd", "tuple"}
-    _add(f"evt.arg.{_n}", _t, f"the event's '{_n}' argument", sensor=_sensor)
-_add("evt.buffer", FieldType.BYTES, "read/write data buffer", sensor=False)
-_add("evt.buflen", U, "read/write buffer length", sensor=False)
+    _add(f"evt.arg.{_n}", _t, f"the event's '{_n}' argument")
+_add("evt.buffer", FieldType.BYTES, "read/write data buffer")
+_add("evt.buflen", U, "read/write buffer length")
 _add("evt.hostname", S, "host name the event was seen on")
 _add("evt.source", S, "event source (syscall)")
-_add("evt.latency", FieldType.RELTIME, "syscall latency in ns", sensor=False)
-_add("evt.plugininfo", S, "plugin event info", sensor=False)
-_add("evt.is_async", B, "asynchronous event", sensor=False)
+_add("evt.latency", FieldType.RELTIME, "syscall latency in ns")
+_add("evt.plugininfo", S, "plugin event info")
+_add("evt.is_async", B, "asynchronous event")
 _add("evt.count", U, "always 1, for aggregations")
 
 # ---- proc / thread -----------------------------------------------------------------------------
@@ -156,7 +158,7 @@ _add("proc.cmdline", S, "name and arguments: 'bash -c id'")
 _add("proc.cmdnargs", U, "number of command-line arguments")
 _add("proc.cmdlenargs", U, "total length of command-line arguments")
 _add("proc.args", S, "arguments, space-separated (without the name)")
-_add("proc.env", S, "environment variables", sensor=False)
+_add("proc.env", S, "environment variables")
 _add("proc.cwd", S, "current working directory")
 _add("proc.tty", INT, "controlling terminal (0 when none)")
 _add("proc.loginshellid", INT, "pid of the oldest shell ancestor")
@@ -177,28 +179,29 @@ _add("proc.sid.exepath", S, "session leader's executable path")
 _add("proc.vpgid.name", S, "process group leader's name")
 _add("proc.vpgid.exe", S, "process group leader's argv[0]")
 _add("proc.vpgid.exepath", S, "process group leader's executable path")
+_add("proc.exitcode", INT, "a procexit's exit status, as wait(2) reports it (Sentinel's)")
 _add("proc.is_vpgid_leader", B, "true if the process leads its process group")
 _add("proc.is_sid_leader", B, "true if the process leads its session")
-_add("proc.is_exe_writable", B, "the executable is writable by the process's user", sensor=False)
-_add("proc.is_exe_upper_layer", B, "executable in an overlayfs upper layer", sensor=False)
-_add("proc.is_exe_from_memfd", B, "executable is a memfd", sensor=False)
-_add("proc.is_container_healthcheck", B, "container health check process", sensor=False)
-_add("proc.is_container_liveness_probe", B, "liveness probe", sensor=False)
-_add("proc.is_container_readiness_probe", B, "readiness probe", sensor=False)
-_add("proc.exe_ino", U, "executable inode", sensor=False)
-_add("proc.exe_ino.ctime", FieldType.ABSTIME, "executable inode ctime", sensor=False)
-_add("proc.exe_ino.mtime", FieldType.ABSTIME, "executable inode mtime", sensor=False)
-_add("proc.exe_ino.ctime_duration_proc_start", FieldType.RELTIME, "ctime to start", sensor=False)
-_add("proc.exe_ino.ctime_duration_pidns_start", FieldType.RELTIME, "ctime to ns", sensor=False)
-_add("proc.pidns_init_start_ts", FieldType.ABSTIME, "pid namespace init start", sensor=False)
-_add("proc.nthreads", U, "number of threads", sensor=False)
-_add("proc.fdopencount", U, "open file descriptors", sensor=False)
+_add("proc.is_exe_writable", B, "the executable is writable by the process's user")
+_add("proc.is_exe_upper_layer", B, "executable in an overlayfs upper layer")
+_add("proc.is_exe_from_memfd", B, "executable is a memfd")
+_add("proc.is_container_healthcheck", B, "container health check process")
+_add("proc.is_container_liveness_probe", B, "liveness probe")
+_add("proc.is_container_readiness_probe", B, "readiness probe")
+_add("proc.exe_ino", U, "executable inode")
+_add("proc.exe_ino.ctime", FieldType.ABSTIME, "executable inode ctime")
+_add("proc.exe_ino.mtime", FieldType.ABSTIME, "executable inode mtime")
+_add("proc.exe_ino.ctime_duration_proc_start", FieldType.RELTIME, "ctime to start")
+_add("proc.exe_ino.ctime_duration_pidns_start", FieldType.RELTIME, "ctime to ns")
+_add("proc.pidns_init_start_ts", FieldType.ABSTIME, "pid namespace init start")
+_add("proc.nthreads", U, "number of threads")
+_add("proc.fdopencount", U, "open file descriptors")
 _add("thread.tid", INT, "thread id")
 _add("thread.vtid", INT, "thread id in its pid namespace")
 _add("thread.ismain", B, "true for the main thread")
-_add("thread.cap_permitted", S, "permitted capabilities", sensor=False)
-_add("thread.cap_effective", S, "effective capabilities", sensor=False)
-_add("thread.cap_inheritable", S, "inheritable capabilities", sensor=False)
+_add("thread.cap_permitted", S, "permitted capabilities")
+_add("thread.cap_effective", S, "effective capabilities")
+_add("thread.cap_inheritable", S, "inheritable capabilities")
 
 # ---- user / group ------------------------------------------------------------------------------
 _add("user.uid", U, "user id")
@@ -219,41 +222,43 @@ _add("fd.name", S, "absolute path, or the connection tuple for sockets", ev=_FD)
 _add("fd.nameraw", S, "the path as passed to the syscall", ev=_FD)
 _add("fd.directory", S, "directory part of fd.name", ev=FILE_EVENTS)
 _add("fd.filename", S, "file part of fd.name", ev=FILE_EVENTS)
-_add("fd.name_changed", B, "fd.name differs from the name at open", ev=_FD, sensor=False)
-_add("fd.ino", U, "inode number", ev=_FD, sensor=False)
-_add("fd.dev", U, "device number", ev=_FD, sensor=False)
+_add("fd.name_changed", B, "fd.name differs from the name at open", ev=_FD)
+_add("fd.ino", U, "inode number", ev=_FD)
+_add("fd.dev", U, "device number", ev=_FD)
 _add("fd.cip", FieldType.IPADDR, "client IP", ev=NET_EVENTS)
 _add("fd.sip", FieldType.IPADDR, "server IP", ev=NET_EVENTS)
 _add("fd.lip", FieldType.IPADDR, "local IP", ev=NET_EVENTS)
 _add("fd.rip", FieldType.IPADDR, "remote IP", ev=NET_EVENTS)
-_add("fd.ip", FieldType.IPADDR, "either IP (matches client or server)", ev=NET_EVENTS)
+_add("fd.ip", FieldType.IPADDR, "client or server IP", kind=Kind.EITHER, ev=NET_EVENTS)
 _add("fd.cport", FieldType.PORT, "client port", ev=NET_EVENTS)
 _add("fd.sport", FieldType.PORT, "server port", ev=NET_EVENTS)
 _add("fd.lport", FieldType.PORT, "local port", ev=NET_EVENTS)
 _add("fd.rport", FieldType.PORT, "remote port", ev=NET_EVENTS)
-_add("fd.port", FieldType.PORT, "either port", ev=NET_EVENTS)
+_add("fd.port", FieldType.PORT, "client or server port", kind=Kind.EITHER, ev=NET_EVENTS)
 _add("fd.dport", FieldType.PORT, "destination port of a connect", ev=NET_EVENTS)
 _add("fd.dip", FieldType.IPADDR, "destination IP of a connect", ev=NET_EVENTS)
 _add("fd.cnet", FieldType.IPNET, "client IP, matched against CIDRs", ev=NET_EVENTS)
 _add("fd.snet", FieldType.IPNET, "server IP, matched against CIDRs", ev=NET_EVENTS)
 _add("fd.lnet", FieldType.IPNET, "local IP, matched against CIDRs", ev=NET_EVENTS)
 _add("fd.rnet", FieldType.IPNET, "remote IP, matched against CIDRs", ev=NET_EVENTS)
-_add("fd.net", FieldType.IPNET, "either IP, matched against CIDRs", ev=NET_EVENTS)
-_add("fd.cip.name", S, "client domain name", ev=NET_EVENTS, sensor=False)
-_add("fd.sip.name", S, "server domain name", ev=NET_EVENTS, sensor=False)
-_add("fd.lip.name", S, "local domain name", ev=NET_EVENTS, sensor=False)
-_add("fd.rip.name", S, "remote domain name", ev=NET_EVENTS, sensor=False)
+_add(
+    "fd.net", FieldType.IPNET, "client or server IP, against CIDRs", kind=Kind.EITHER, ev=NET_EVENTS
+)
+_add("fd.cip.name", S, "client domain name", ev=NET_EVENTS)
+_add("fd.sip.name", S, "server domain name", ev=NET_EVENTS)
+_add("fd.lip.name", S, "local domain name", ev=NET_EVENTS)
+_add("fd.rip.name", S, "remote domain name", ev=NET_EVENTS)
 _add("fd.l4proto", S, "tcp, udp, icmp, raw", ev=NET_EVENTS)
 _add("fd.sockfamily", S, "ip or unix", ev=NET_EVENTS)
 _add("fd.is_server", B, "the process is the server end", ev=NET_EVENTS)
 _add("fd.connected", B, "the socket is connected", ev=NET_EVENTS)
-_add("fd.uid", S, "unique fd id (pid + fd)", ev=_FD, sensor=False)
-_add("fd.containername", S, "container name + fd name", ev=_FD, sensor=False)
-_add("fd.containerdirectory", S, "container name + directory", ev=_FD, sensor=False)
-_add("fs.path.name", S, "path of a filesystem event", sensor=False)
-_add("fs.path.nameraw", S, "raw path of a filesystem event", sensor=False)
-_add("fs.path.source", S, "source path of a rename/link", sensor=False)
-_add("fs.path.target", S, "target path of a rename/link", sensor=False)
+_add("fd.uid", S, "unique fd id (pid + fd)", ev=_FD)
+_add("fd.containername", S, "container name + fd name", ev=_FD)
+_add("fd.containerdirectory", S, "container name + directory", ev=_FD)
+_add("fs.path.name", S, "path of a filesystem event")
+_add("fs.path.nameraw", S, "raw path of a filesystem event")
+_add("fs.path.source", S, "source path of a rename/link")
+_add("fs.path.target", S, "target path of a rename/link")
 
 # ---- container / k8s ---------------------------------------------------------------------------
 _add("container.id", S, "12-hex short container id, 'host' outside containers")
@@ -275,11 +280,11 @@ _add("container.mount.rdwr", S, "mount rdwr by index or source glob", arg=Arg.RE
 _add("container.mount.propagation", S, "mount propagation by index or source", arg=Arg.REQUIRED)
 _add("container.start_ts", FieldType.ABSTIME, "container creation, ns since the epoch")
 _add("container.duration", FieldType.RELTIME, "ns since the container was created")
-_add("container.healthcheck", S, "health check command", sensor=False)
-_add("container.liveness_probe", S, "liveness probe command", sensor=False)
-_add("container.readiness_probe", S, "readiness probe command", sensor=False)
+_add("container.healthcheck", S, "health check command")
+_add("container.liveness_probe", S, "liveness probe command")
+_add("container.readiness_probe", S, "readiness probe command")
 _add("container.ip", S, "container (pod) IP")
-_add("container.cni.json", S, "CNI result", sensor=False)
+_add("container.cni.json", S, "CNI result")
 _add("container.host_pid", B, "shares the host pid namespace (pod's hostPID)")
 _add("container.host_network", B, "shares the host network namespace (pod's hostNetwork)")
 _add("container.host_ipc", B, "shares the host ipc namespace (pod's hostIPC)")
@@ -291,7 +296,7 @@ _add("k8s.pod.uid", S, "Kubernetes pod uid")
 _add("k8s.pod.label", S, "a pod label by name", arg=Arg.REQUIRED)
 _add("k8s.pod.labels", S, "pod labels as key:value, comma-separated")
 _add("k8s.pod.ip", S, "pod IP")
-_add("k8s.pod.cni.json", S, "pod CNI result", sensor=False)
+_add("k8s.pod.cni.json", S, "pod CNI result")
 _add("k8s.pod.sandbox_id", S, "12-hex short pod sandbox id")
 _add("k8s.pod.full_sandbox_id", S, "full 64-hex pod sandbox id")
 _add("k8s.container.name", S, "the container's name in its pod spec (Sentinel's; not Falco's)")

@@ -55,7 +55,7 @@ class Loaded:
 
 
 def load_in_child(
-    source: Path,
+    source: Path | str,
     cflags: list[str],
     maps: list[str],
     timeout: float = 120,
@@ -64,7 +64,8 @@ def load_in_child(
     tail_calls: Sequence[tuple[str, int, str]] = (),
 ) -> Loaded:
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
-    ``prelude`` is C source placed in front of the file (e.g. the prefilter's hooks).
+    ``source``: a C file, or the program text itself (a ``str``: the sensor assembles its
+    program, see sentinel.kernel.program). ``prelude`` is C source placed in front of it.
     ``lsm``: load the BPF LSM programs ``lsm__<hook>`` of these hooks, all or none, without
     attaching them (nothing else is autoloaded); their fds are in ``Loaded.progs``.
     ``tail_calls``: (program array, index, function) to load and install, for each program array
@@ -86,7 +87,8 @@ def load_in_child(
         )
         child_sock.close()
         request = {
-            "source": str(source),
+            "source": str(source) if isinstance(source, Path) else None,
+            "text": source if isinstance(source, str) else None,
             "cflags": cflags,
             "maps": maps,
             "prelude": prelude,
@@ -141,7 +143,8 @@ def _child(sock_fd: int) -> int:
     try:
         from bcc import BPF
 
-        text = req.get("prelude", "").encode() + Path(req["source"]).read_bytes()
+        body = req["text"].encode() if req.get("text") else Path(req["source"]).read_bytes()
+        text = req.get("prelude", "").encode() + body
         if req.get("lsm") is not None:
             b = _load_lsm(BPF, text, req["cflags"], req["lsm"], names, kinds, fds)
         else:
@@ -196,7 +199,7 @@ def _load_lsm(
     try:
         b = NoAutoload(text=text, cflags=cflags)
     except Exception as exc:
-        raise RuntimeError(f"compiling bpf/lsm.c failed: {exc}") from exc
+        raise RuntimeError(f"compiling bpf/enforcement/lsm.c failed: {exc}") from exc
     for hook in hooks:
         try:
             fn = b.load_func(f"lsm__{hook}".encode(), bpf_cls.LSM)

@@ -84,7 +84,6 @@ def sensor_cflags(btf: Btf, machine: str | None = None) -> list[str]:
     flags = btf.cflags(OFFSETS)
     flags += [f"-DOFF_REGS_ARG{i}={btf.offsetof('pt_regs', r)}" for i, r in enumerate(regs)]
     flags += [f"-DPIDTYPE_PGID_IDX={PIDTYPE_PGID}", f"-DPIDTYPE_SID_IDX={PIDTYPE_SID}"]
-    flags.append("-DAT_FDCWD_VAL=-100")
     if btf.has_member("task_struct", "exit_code") and _exit_has_group_dead(btf):
         flags.append("-DEXIT_HAS_GROUP_DEAD=1")
     return flags

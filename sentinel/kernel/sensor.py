@@ -1,18 +1,20 @@
-"""Load, attach and read the sensor (``bpf/sensor.bpf.c``) with bcc.
+"""Load, attach and read the sensor (``bpf/sensor/``, assembled by :mod:`.program`) with bcc.
 
 Why this way:
 
 - Offsets of every kernel struct field come from the running kernel's BTF
   (:mod:`sentinel.kernel.offsets`), so the program is correct even though bcc compiles it
   against headers of another kernel (or works where none for this kernel exist).
-- Only the syscall families the loaded rules can match are compiled in and attached: a syscall
-  tracepoint puts every syscall of every task on the slow path (KERNEL.md), while the sched
-  tracepoints that keep the process table exact (exec, fork, exit) are nearly free and always on.
+- Only the syscall event types the loaded rules can match are compiled in and attached: a
+  syscall tracepoint puts every syscall of every task on the slow path (KERNEL.md), while the
+  sched tracepoints that keep the process table exact (exec, fork, exit) are nearly free and
+  always on.
 - Only sys_exit_* syscall tracepoints: the arguments are read from the saved user registers,
   so no enter probe (and no enter->exit map) is needed.
-- One ring buffer carries all records. Per Falco event type, a per-CPU map counts the events
-  the prefilter dropped, those it passed, and the reserve failures among them (bcc's ring
-  buffer has no lost callback); read with :meth:`Sensor.counts` and :meth:`Sensor.lost`.
+- One ring buffer carries all records. Per event type (the event table's codes), a per-CPU map
+  counts the events the prefilter dropped, those it passed, and the reserve failures among them
+  (bcc's ring buffer has no lost callback); read with :meth:`Sensor.counts` and
+  :meth:`Sensor.lost`.
 - bcc (LLVM) runs in a short-lived child (:mod:`sentinel.kernel.loader`) that hands back the
   attachment and map fds; this process reads the ring from its mmap (:mod:`.ringbuf`).
 """
@@ -26,73 +28,31 @@ import subprocess
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+from sentinel.events import EVENT_TYPES
+from sentinel.events.common import COUNTERS
+from sentinel.kernel import program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
 from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
 from sentinel.kernel.ringbuf import RingBufferReader
-from sentinel.paths import BPF_DIR
 
 TRACEFS = Path("/sys/kernel/tracing")
 BPFFS = Path("/sys/fs/bpf")
-SOURCE = BPF_DIR / "sensor.bpf.c"
 
-# Falco event type -> syscall family compiled in with -DATTACH_<FAMILY>.
-SYSCALL_FAMILIES: dict[str, str] = {
-    "open": "open",
-    "openat": "openat",
-    "openat2": "openat2",
-    "creat": "creat",
-    "connect": "connect",
-}
-# Families always attached: they keep the process table exact and cost almost nothing.
-SCHED_TRACEPOINTS = ("sched_process_exec", "sched_process_fork", "sched_process_exit")
-ALL_FAMILIES = frozenset({"open", "openat", "openat2", "creat", "connect", "execve"})
-# Tracepoints (syscalls:sys_exit_<name>) per family.
-FAMILY_TRACEPOINTS: dict[str, tuple[str, ...]] = {
-    "open": ("open",),
-    "openat": ("openat",),
-    "openat2": ("openat2",),
-    "creat": ("creat",),
-    "connect": ("connect",),
-    "execve": ("execve", "execveat"),  # failed execs only; successes come from sched
-}
+# Every syscall event type the sensor can attach (their names; sched ones are always on).
+ALL_SYSCALLS = program.ALL_SYSCALL_TYPES
+syscalls_for = program.syscall_types
 
-# Falco event types the sensor emits, in the order of the T_* codes in bpf/sensor.bpf.c.
-EVT_TYPES = (
-    "execve",
-    "execveat",
-    "clone",
-    "procexit",
-    "open",
-    "openat",
-    "openat2",
-    "connect",
-    "creat",
-)
-COUNTERS = ("filtered", "passed", "lost")  # C_FILTERED, C_PASSED, C_LOST
-# Programs reached by tail calls (program array, index, function), installed when compiled in:
-# open_judge finishes a relative open the prefilter left pending (see bpf/sensor.bpf.c).
-TAIL_CALLS = (("open_tail", 0, "open_judge"),)
-
+# How long the loader child may compile and verify (a hang must not stall start-up forever).
+# Seconds on real hardware; minutes under software emulation (the BPF LSM VM) with both cores
+# busy, so the bound is generous.
+LOAD_TIMEOUT_S = 600.0
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
 
 
 class SensorError(Exception):
     """A start-up problem, phrased as the one line the user should read."""
-
-
-def families_for(event_types: Iterable[str]) -> set[str]:
-    """Syscall families needed for a set of Falco event types (unknown types are ignored).
-
-    Failed execs need the execve exit tracepoints; they are added only when some other
-    syscall tracepoint is attached anyway (the expensive part is being attached at all,
-    KERNEL.md), so rules about execs alone keep the nearly free sched-only sensor."""
-    types = set(event_types)
-    fams = {SYSCALL_FAMILIES[t] for t in types if t in SYSCALL_FAMILIES}
-    if fams and types & {"execve", "execveat"}:
-        fams.add("execve")
-    return fams
 
 
 def _mount(fstype: str, target: Path) -> None:
@@ -111,7 +71,7 @@ def check_root() -> None:
         raise SensorError("sentinel must run as root to load BPF programs")
 
 
-def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[str]:
+def preflight(tracepoints: Iterable[tuple[str, str]], btf_path: Path | str = VMLINUX) -> list[str]:
     """Check everything that can be checked before compiling; returns the cflags.
 
     Raises :class:`SensorError` with one clear line for: not root, no BTF, bcc missing, a
@@ -131,14 +91,9 @@ def preflight(families: Iterable[str], btf_path: Path | str = VMLINUX) -> list[s
         )
     _mount("tracefs", TRACEFS)
     _mount("bpf", BPFFS)
-    for tp in SCHED_TRACEPOINTS:
-        if not (TRACEFS / "events" / "sched" / tp).is_dir():
-            raise SensorError(f"tracepoint sched:{tp} does not exist on this kernel")
-    for fam in families:
-        for call in FAMILY_TRACEPOINTS.get(fam, (fam,)):
-            name = f"sys_exit_{call}"  # only exits: arguments come from the saved registers
-            if not (TRACEFS / "events" / "syscalls" / name).is_dir():
-                raise SensorError(f"tracepoint syscalls:{name} does not exist on this kernel")
+    for category, name in tracepoints:
+        if not (TRACEFS / "events" / category / name).is_dir():
+            raise SensorError(f"tracepoint {category}:{name} does not exist on this kernel")
     try:
         # Parsed once and dropped: the raw BTF is ~5 MB the sensor does not need afterwards.
         return sensor_cflags(Btf.load(btf_path))
@@ -157,33 +112,31 @@ def _ignore(_raw: bytes) -> None:
 
 class Sensor:
     """The compiled and attached sensor. ``start`` arms it, ``poll`` delivers records to the
-    callback as raw bytes (decode with :class:`sentinel.kernel.records.Record`), ``close``
+    callback as raw bytes (decode with :func:`sentinel.events.decode`), ``close``
     detaches everything."""
 
     def __init__(
         self,
-        families: Iterable[str] = ALL_FAMILIES,
+        syscalls: Iterable[str] = ALL_SYSCALLS,
         *,
         ringbuf_pages: int = DEFAULT_RINGBUF_PAGES,
-        source: Path = SOURCE,
         btf_path: Path | str = VMLINUX,
         extra_cflags: Iterable[str] = (),
         ignore_self: bool = True,
         prelude: str = "",
         maps: Iterable[str] = (),
     ) -> None:
-        unknown = set(families) - ALL_FAMILIES
+        unknown = set(syscalls) - ALL_SYSCALLS
         if unknown:
-            raise SensorError(f"unknown syscall families: {', '.join(sorted(unknown))}")
+            raise SensorError(f"unknown syscall event types: {', '.join(sorted(unknown))}")
         if ringbuf_pages & (ringbuf_pages - 1):
             raise SensorError("ring buffer pages must be a power of two")
-        self.families = frozenset(families)
+        self.syscalls = frozenset(syscalls)
         self.ringbuf_pages = ringbuf_pages
-        self.source = source
         self.btf_path = btf_path
         self.extra_cflags = list(extra_cflags)
-        # C placed before bpf/sensor.bpf.c (the in-kernel prefilter's hooks and maps), and extra
-        # map names whose fds the caller wants (see maps()).
+        # C placed before bpf/sensor/common.h (the in-kernel prefilter's hooks and maps), and
+        # extra map names whose fds the caller wants (see map_fd()).
         self.prelude = prelude
         self.extra_maps = list(maps)
         if ignore_self:
@@ -195,20 +148,17 @@ class Sensor:
         self._callback: RawCallback = _ignore
 
     def start(self, callback: RawCallback) -> None:
-        cflags = preflight(self.families, self.btf_path)
+        cflags = preflight(program.tracepoints(self.syscalls), self.btf_path)
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
-        cflags += [f"-DATTACH_{f.upper()}=1" for f in sorted(self.families)]
         cflags += self.extra_cflags
-        if not self.source.is_file():
-            raise SensorError(f"cannot read BPF source {self.source}")
         try:
             # A child process runs bcc (compile, verify, attach) and passes back the fds.
             self._loaded = load_in_child(
-                self.source,
+                program.text(self.syscalls, self.prelude),
                 cflags,
                 ["events", "counts", *self.extra_maps],
-                prelude=self.prelude,
-                tail_calls=TAIL_CALLS,
+                timeout=LOAD_TIMEOUT_S,
+                tail_calls=program.tail_calls(),
             )
         except LoaderError as exc:
             raise SensorError(str(exc)) from None
@@ -260,9 +210,9 @@ class Sensor:
             return out
         fd = self._loaded.maps["counts"]
         n = len(COUNTERS)
-        for i, name in enumerate(EVT_TYPES):
-            out[name] = {
-                c: sum(percpu_u64(fd, i * n + j, self._ncpus)) for j, c in enumerate(COUNTERS)
+        for t in EVENT_TYPES:
+            out[t.name] = {
+                c: sum(percpu_u64(fd, t.code * n + j, self._ncpus)) for j, c in enumerate(COUNTERS)
             }
         return out
 

@@ -215,3 +215,34 @@ def test_run_without_a_config_file_still_reads_environment_overrides():
     assert res.returncode == 2
     assert "SENTINEL_MATCHING" in res.stderr and "matching" in res.stderr
     assert res.stdout == ""
+
+
+def test_validate_warns_about_every_field_no_event_type_fills(tmp_path: Path):
+    """A check on a field the live sensor never fills is always false: say so, per field,
+    and only for those (the derived set, not a hand-kept list)."""
+    from sentinel.enrichment.event import filled_fields
+
+    path = write_rules(
+        tmp_path,
+        """
+        - rule: Env
+          desc: d
+          condition: evt.type = execve and proc.env contains SECRET and fd.ip = 10.0.0.1
+          output: o
+          priority: INFO
+        - rule: Net
+          desc: d
+          condition: evt.type = connect and fd.net = 10.0.0.0/8 and fd.port = 22
+          output: o
+          priority: INFO
+        """,
+    )
+    res = sentinel("validate", "--json", str(path))
+    assert res.returncode == 0, res.stderr
+    warned = {
+        w["message"].split("'")[1]
+        for w in json.loads(res.stdout)["warnings"]
+        if w["code"] == "unsupported-field"
+    }
+    assert "proc.env" not in filled_fields() and "fd.ip" in filled_fields()
+    assert warned == {"proc.env"}

@@ -25,8 +25,9 @@ from sentinel.enrichment.container_meta import (
     discover_sockets,
     sockets_from_env,
 )
-from sentinel.enrichment.containers import FILLED_FIELDS
+from sentinel.enrichment.containers import CONTAINER_FIELDS
 from sentinel.enrichment.cri_api import api_pb2
+from sentinel.enrichment.event import filled_fields
 from sentinel.fields import FIELDS
 from sentinel.loader import load_ruleset
 from tests.helpers import cond_engine, matches, write_rules
@@ -101,15 +102,18 @@ def test_unknown_stays_missing() -> None:
     assert "container.image.tag" not in f
 
 
-def test_filled_fields_are_the_registry_sensor_fields() -> None:
-    """FILLED_FIELDS (next to ContainerInfo.fields) is what the registry calls sensor fields,
-    and it covers every key a fully known container produces."""
-    registry = {n for n, i in FIELDS.items() if n.startswith(("container.", "k8s.")) and i.sensor}
-    assert set(FILLED_FIELDS) == registry
+def test_container_fields_cover_what_is_produced() -> None:
+    """CONTAINER_FIELDS (next to ContainerInfo.fields, what "filled by the sensor" derives
+    from) names every field a fully known container produces, and each is a registry field."""
     produced = {k.split("[", 1)[0] for k in FULL.fields()}
     produced |= {"container.id", "container.full_id", "container.duration"}
-    arg_fields = {n for n in FILLED_FIELDS if FIELDS[n].arg.value == "required"}
-    assert produced | arg_fields == set(FILLED_FIELDS) | {"container.label", "k8s.pod.label"}
+    mount_args = {n for n in CONTAINER_FIELDS if n.startswith("container.mount")} - {
+        "container.mounts"
+    }
+    assert produced | mount_args == set(CONTAINER_FIELDS)
+    assert set(CONTAINER_FIELDS) <= set(FIELDS)
+    filled = filled_fields()
+    assert set(CONTAINER_FIELDS) <= filled
 
 
 def test_fields_survive_the_replay_format() -> None:
@@ -122,7 +126,7 @@ def test_fields_survive_the_replay_format() -> None:
 def test_validate_does_not_warn_about_filled_fields(tmp_path: Path) -> None:
     checks = " and ".join(
         f"{n}[0] exists" if FIELDS[n].arg.value == "required" else f"{n} exists"
-        for n in FILLED_FIELDS
+        for n in sorted(CONTAINER_FIELDS)
     )
     rules = write_rules(
         tmp_path,

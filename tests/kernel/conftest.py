@@ -17,6 +17,7 @@ import pytest
 
 from sentinel.enrichment.event import LiveEvent
 from sentinel.enrichment.live import Enricher
+from sentinel.events.process import child
 
 
 def require_root() -> None:
@@ -31,9 +32,9 @@ class LiveSensor:
 
     def __init__(self, families: frozenset[str] | None = None) -> None:
         from sentinel.enrichment.containers import ContainerResolver
-        from sentinel.kernel.sensor import ALL_FAMILIES, Sensor
+        from sentinel.kernel.sensor import ALL_SYSCALLS, Sensor
 
-        self.sensor = Sensor(families if families is not None else ALL_FAMILIES)
+        self.sensor = Sensor(families if families is not None else ALL_SYSCALLS)
         self.resolver = ContainerResolver(fetch_metadata=False)
         self.enricher = Enricher(resolver=self.resolver)
         self.events: list[dict[str, Any]] = []
@@ -48,8 +49,8 @@ class LiveSensor:
         # materialising every event of the machine would be slow and pointless.
         pid, ppid = ev.rec.pid, ev.rec.ppid
         if pid in self.watch or ppid in self.watch:
-            if ev.rec.type == 2:  # fork: follow the watched processes' descendants
-                self.watch.add(ev.rec.child[0])
+            if ev.rec.evt.name == "clone":  # follow the watched processes' descendants
+                self.watch.add(child(ev.rec)[0])
             d = ev.to_dict()
             with self.lock:
                 self.events.append(d)

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import sentinel_env
+from tests.helpers import log_event, sentinel_env
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -71,7 +71,7 @@ class Run:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line.rstrip())
-            if " armed " in line:
+            if log_event(line, "armed"):
                 self.armed.set()
 
     def wait_for(

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import build_tables
 from sentinel.engine import Engine
-from sentinel.kernel.records import EV_EXEC, EV_OPEN, Record
+from sentinel.events import decode
 from sentinel.loader import load_rules
 from tests.kernel.conftest import require_root
 from tests.ops.test_metrics import scrape, value
@@ -47,7 +46,7 @@ RULES = f"""
 
 # execveat(dirfd, name, argv, envp, 0) through syscall(2) (glibc has no wrapper): a file named
 # relative to a directory fd, which the kernel can tell from execve at sched_process_exec (an
-# execveat with AT_FDCWD cannot be told apart there; see exec_type() in bpf/sensor.bpf.c).
+# execveat with AT_FDCWD cannot be told apart there; see exec_type() in bpf/sensor/exec.h).
 EXECVEAT = (
     "import ctypes, os, sys\n"
     "libc = ctypes.CDLL(None, use_errno=True)\n"
@@ -62,8 +61,7 @@ EXECVEAT = (
 @pytest.fixture(scope="module")
 def sensor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[bytes]]]:
     require_root()
-    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
-    from sentinel.kernel.sensor import Sensor, families_for
+    from sentinel.app.sensor import FilteredSensor
 
     WATCHED.mkdir(parents=True, exist_ok=True)
     (WATCHED / "f").write_text("x")
@@ -72,16 +70,8 @@ def sensor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list
     rules.write_text(RULES)
     engine = Engine(compile_rules(load_rules([rules])))
     got: list[bytes] = []
-    s = Sensor(
-        families_for(engine.event_types()),
-        prelude=sensor_prelude(),
-        maps=list(MAP_NAMES),
-        extra_cflags=cflags(),
-    )
+    s = FilteredSensor([(r.name, r.expr) for r in engine.rules], event_types=engine.event_types())
     s.start(got.append)
-    Prefilter({m: s.map_fd(m) for m in MAP_NAMES}).load(
-        build_tables([(r.name, r.expr) for r in engine.rules])
-    )
     try:
         yield s, got
     finally:
@@ -113,15 +103,16 @@ def _delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) 
     return {t: {k: after[t][k] - before[t][k] for k in after[t]} for t in after}
 
 
-def _types_of(s: Any, got: list[bytes], pid: int, kind: int) -> list[str]:
+def _types_of(s: Any, got: list[bytes], pid: int, family: str) -> list[str]:
     from sentinel.enrichment.live import Enricher
 
     s.drain()
     enricher = Enricher()
+    recs = [(r, decode(r)) for r in got]
     return [
-        str(enricher.event(r).get("evt.type"))
-        for r in got
-        if Record(r).pid == pid and Record(r).type == kind
+        str(enricher.event(raw).get("evt.type"))
+        for raw, rec in recs
+        if rec.pid == pid and rec.evt.family is not None and rec.evt.family.name == family
     ]
 
 
@@ -140,16 +131,16 @@ def test_open_and_openat_storms_are_counted_under_their_own_type(sensor: Any) ->
     assert first["open"]["filtered"] + first["open"]["passed"] < STORM, first["open"]
     # the legacy open(2) storm: dropped as open (glibc itself never calls open(2))
     assert second["open"]["filtered"] >= STORM, second["open"]
-    assert _types_of(s, got, at_pid, EV_OPEN) == []
-    assert _types_of(s, got, open_pid, EV_OPEN) == []
+    assert _types_of(s, got, at_pid, "file") == []
+    assert _types_of(s, got, open_pid, "file") == []
     # a watched path passes under its own type, and user space sees that type
     before = s.counts()
     at_pid = _storm_in_child(str(WATCHED / "f"), 50, use_open_syscall=False)
     open_pid = _storm_in_child(str(WATCHED / "f"), 30, use_open_syscall=True)
     d = _delta(before, s.counts())
     assert d["openat"]["passed"] >= 50 and d["open"]["passed"] >= 30, d
-    assert _types_of(s, got, at_pid, EV_OPEN) == ["openat"] * 50
-    assert _types_of(s, got, open_pid, EV_OPEN) == ["open"] * 30
+    assert _types_of(s, got, at_pid, "file") == ["openat"] * 50
+    assert _types_of(s, got, open_pid, "file") == ["open"] * 30
     assert sum(c["lost"] for c in s.counts().values()) == 0
 
 
@@ -171,11 +162,11 @@ def test_execve_and_execveat_are_counted_under_their_own_type(sensor: Any) -> No
     assert d["execve"]["passed"] + d["execve"]["filtered"] >= 30, d["execve"]
     assert d["execve"]["filtered"] >= 20, d["execve"]
     for p in plain:
-        assert _types_of(s, got, p.pid, EV_EXEC) == ["execve"]
+        assert _types_of(s, got, p.pid, "exec") == ["execve"]
     for p in via_at:
-        assert _types_of(s, got, p.pid, EV_EXEC) == ["execveat"]  # the interpreter's was dropped
+        assert _types_of(s, got, p.pid, "exec") == ["execveat"]  # the interpreter's was dropped
     for p in others:
-        assert _types_of(s, got, p.pid, EV_EXEC) == []
+        assert _types_of(s, got, p.pid, "exec") == []
 
 
 def test_scrape_shows_the_kernel_counters_per_evt_type(sensor: Any) -> None:
@@ -192,7 +183,9 @@ def test_scrape_shows_the_kernel_counters_per_evt_type(sensor: Any) -> None:
     filtered = value(text, "sentinel_kernel_filtered_events_total", evt_type="open")
     assert filtered is not None and filtered >= 100
     assert filtered <= counts["open"]["filtered"]
-    for t in ("execve", "execveat", "clone", "procexit", "open", "openat", "openat2", "connect"):
+    from sentinel.events import EVENT_TYPES
+
+    for t in (t.name for t in EVENT_TYPES):
         for key in ("filtered", "passed", "lost"):
             assert value(text, f"sentinel_kernel_{key}_events_total", evt_type=t) is not None
     assert value(text, "sentinel_kernel_lost_events_total", evt_type="openat") == 0

@@ -1,8 +1,8 @@
 """The LSM policy maps' two-slot reload, on real kernel maps of this host.
 
-BPF LSM programs do not load here, but ``bpf/lsm.c``'s maps do: bcc compiles it and creates
+BPF LSM programs do not load here, but ``lsm.c``'s maps do: bcc compiles it and creates
 them without loading any program. The hooks' view is modelled exactly as ``read_policy`` and
-``walk`` in bpf/lsm.c do it: read ``config[1]`` once, take the parity of its bits as the slot,
+``walk`` in lsm.c do it: read ``config[1]`` once, take the parity of its bits as the slot,
 look the identity up with that slot. (That the real hooks deny what these maps say is proven
 in the VM: tests/vm/guest/test_run_reload.py.)
 """
@@ -18,11 +18,9 @@ from typing import Any
 
 import pytest
 
-from sentinel.kernel.btf import vmlinux_btf
-from sentinel.kernel.loader import BPF_MAP_LOOKUP_ELEM, bpf_map_op
-from sentinel.kernel.lsm import ConnectDeny, DenyPolicy, _cflags
-from sentinel.kernel.lsm_btf import lsm_hooks
-from sentinel.kernel.lsm_maps import (
+from sentinel.enforcement.lsm import ConnectDeny, DenyPolicy, _cflags
+from sentinel.enforcement.lsm_btf import lsm_hooks
+from sentinel.enforcement.lsm_maps import (
     F_CONNECT,
     F_WRITE,
     MAX_NETS,
@@ -35,7 +33,9 @@ from sentinel.kernel.lsm_maps import (
     gray,
     slot_of,
 )
-from sentinel.kernel.lsm_policy import Ident, MapPlan, build_plan
+from sentinel.enforcement.policy import Ident, MapPlan, build_plan
+from sentinel.kernel.btf import vmlinux_btf
+from sentinel.kernel.loader import BPF_MAP_LOOKUP_ELEM, bpf_map_op
 from sentinel.paths import BPF_DIR
 from tests.kernel.conftest import require_root
 
@@ -53,7 +53,9 @@ def bpf() -> Iterator[Any]:
         def _trace_autoload(self) -> None:  # creates the maps, loads no program
             pass
 
-    b = NoAutoload(src_file=str(BPF_DIR / "lsm.c").encode(), cflags=[*flags, "-DRING_PAGES=4"])
+    b = NoAutoload(
+        src_file=str(BPF_DIR / "enforcement" / "lsm.c").encode(), cflags=[*flags, "-DRING_PAGES=4"]
+    )
     yield b
     b.cleanup()
 

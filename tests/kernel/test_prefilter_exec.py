@@ -4,7 +4,7 @@ Real binaries (copies of /bin/true) are executed at varied paths: under a watche
 beside it, exact names, a suffix, a hidden directory, a symlink (the path is the resolved
 one), a path longer than an exact-match key, and one deeper than the kernel's walk (which the
 kernel cannot judge, so it keeps it). For each exec, whether its record reached user space
-must equal the Python model's verdict (:func:`sentinel.compiler.kernelmaps.passes`), the
+must equal the Python model's verdict (:func:`sentinel.prefilter.tables.passes`), the
 path user space reports must be the real path, an exec under the watched prefix must alert,
 and the kernel's counter must show the others dropped.
 """
@@ -21,10 +21,12 @@ from typing import Any
 import pytest
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import KernelTables, KernelView, build_tables, passes
 from sentinel.engine import Engine
-from sentinel.kernel.records import EV_EXEC, Record
+from sentinel.events import decode
+from sentinel.events.exec import exepath
 from sentinel.loader import load_rules
+from sentinel.prefilter.model import KernelView, passes
+from sentinel.prefilter.tables import KernelTables
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -76,8 +78,7 @@ def _install() -> None:
 @pytest.fixture(scope="module")
 def sensor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list[bytes], Any]]:
     require_root()
-    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
-    from sentinel.kernel.sensor import Sensor, families_for
+    from sentinel.app.sensor import FilteredSensor
 
     _install()
     rules = tmp_path_factory.mktemp("rules") / "rules.yaml"
@@ -88,17 +89,11 @@ def sensor(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, list
         )
     )
     engine = Engine(compile_rules(load_rules([rules])), matching="all")
-    tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert not tables.families["exec"].pass_all, tables.families["exec"].reason
     got: list[bytes] = []
-    s = Sensor(
-        families_for(engine.event_types()),
-        prelude=sensor_prelude(),
-        maps=list(MAP_NAMES),
-        extra_cflags=cflags(),
-    )
+    s = FilteredSensor([(r.name, r.expr) for r in engine.rules], event_types=engine.event_types())
+    tables = s.tables
+    assert not tables.types["execve"].pass_all, tables.types["execve"].reason
     s.start(got.append)
-    Prefilter({m: s.map_fd(m) for m in MAP_NAMES}).load(tables)
     try:
         yield s, got, (engine, tables)
     finally:
@@ -123,20 +118,20 @@ def test_exec_verdicts_match_the_model_and_paths_match_user_space(sensor: Any) -
     s.drain()
     after = s.counts()["execve"]
     assert after["lost"] == before["lost"]
-    by_pid: dict[int, list[Record]] = {}
+    by_pid: dict[int, list[Any]] = {}
     for raw in got:
-        r = Record(raw)
-        if r.type == EV_EXEC:
+        r = decode(raw)
+        if r.evt.name in ("execve", "execveat"):
             by_pid.setdefault(r.pid, []).append(r)
     expected, arrived = {}, {}
     for p, proc in procs:
-        kv = KernelView("exec", p.name[:15], os.getuid(), path=_kernel_path(p))
+        kv = KernelView("execve", p.name[:15], os.getuid(), path=_kernel_path(p))
         expected[str(p)] = passes(tables, kv)
         recs = by_pid.get(proc.pid, [])
         arrived[str(p)] = bool(recs)
         for r in recs:
             if kv.path is not None:
-                assert r.exepath == kv.path  # the very string the kernel judged
+                assert exepath(r) == kv.path  # the very string the kernel judged
     assert arrived == expected
     # both verdicts on every kind of check
     assert expected[str(ROOT / "opt-x" / "tool")] and not expected[str(ROOT / "opt-xy" / "tool")]
@@ -167,12 +162,12 @@ def test_prefix_rule_alerts_while_the_kernel_drops_other_execs(sensor: Any) -> N
     after = s.counts()["execve"]
     assert after["filtered"] - before["filtered"] >= 50
     pids = {p.pid for p in others}
-    assert not [r for r in got if Record(r).pid in pids and Record(r).type == EV_EXEC]
+    assert not [r for r in map(decode, got) if r.pid in pids and r.evt.name == "execve"]
     enricher = Enricher()
     alerts, paths = [], []
     for raw in got:
         ev = enricher.event(raw)
-        if ev.rec.pid == tool.pid and ev.rec.type == EV_EXEC:
+        if ev.rec.pid == tool.pid and ev.rec.evt.name == "execve":
             paths.append(ev.get("proc.exepath"))
             alerts += engine.process(ev)
     assert paths == [str(ROOT / "opt-x" / "tool")]

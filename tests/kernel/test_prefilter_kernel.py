@@ -1,10 +1,10 @@
-"""``bpf/filter.h`` on the real kernel agrees with the Python model of the maps.
+"""``bpf/prefilter/filter.h`` on the real kernel agrees with the Python model of the maps.
 
 A small probe program includes filter.h exactly as the sensor does and reports, for every open
 and connect this test process makes, the kernel's verdict. The test loads the tables compiled
-from real rules through :class:`sentinel.kernel.prefilter.Prefilter`, then makes real opens and
+from real rules through :class:`sentinel.prefilter.maps.Prefilter`, then makes real opens and
 connects with varied comm, flags, paths (absolute, relative, non-canonical), results and
-addresses, and compares each verdict with :func:`sentinel.compiler.kernelmaps.passes`.
+addresses, and compares each verdict with :func:`sentinel.prefilter.tables.passes`.
 """
 
 from __future__ import annotations
@@ -22,15 +22,18 @@ import pytest
 import yaml
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import KernelTables, KernelView, build_tables, passes
 from sentinel.engine import Engine
+from sentinel.events import BY_NAME
 from sentinel.loader import load_rules
+from sentinel.prefilter.model import KernelView, passes
+from sentinel.prefilter.tables import KernelTables, build_tables
 
 pytestmark = pytest.mark.kernel
 
 if os.geteuid() != 0:
     pytest.skip("loading BPF programs needs root (CI runs as root)", allow_module_level=True)
 
+EVENT_CODES = {t: BY_NAME[t].code for t in ("openat", "connect")}
 PROBE = r"""
 
 struct verdict {
@@ -83,12 +86,12 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat) {
         return 0;
     struct call c = *cp;
     struct f_state st = {};
-    u32 keep = f_open_enter(&st, (u32)c.a1, (const char *)c.a0);
+    u32 keep = f_file_enter(&st, EVT_OPENAT, (u32)c.a1, (const char *)c.a0);
     if (keep)
-        keep = f_open_exit(&st, args->ret);
+        keep = f_file_exit(&st, args->ret);
     if (keep == F_NEED_BASE)  // no walk in this probe: an unknown base keeps the open
-        keep = f_open_base(0, 0, 0, 1);
-    report(F_FAM_OPEN, keep, args->ret, c.a0);
+        keep = f_file_base(0, 0, 0, 1);
+    report(EVT_OPENAT, keep, args->ret, c.a0);
     return 0;
 }
 
@@ -110,10 +113,10 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
         return 0;
     struct call c = *cp;
     struct f_state st = {};
-    u32 keep = f_connect_enter(&st, (const void *)c.a0, (u32)c.a1);
+    u32 keep = f_connect_enter(&st, EVT_CONNECT, (const void *)c.a0, (u32)c.a1);
     if (keep)
         keep = f_connect_exit(&st, args->ret);
-    report(F_FAM_CONNECT, keep, args->ret, 0);
+    report(EVT_CONNECT, keep, args->ret, 0);
     return 0;
 }
 """
@@ -134,7 +137,7 @@ RULES = [
 def probe() -> Iterator[tuple[Any, KernelTables]]:
     from bcc import BPF
 
-    from sentinel.kernel.prefilter import Prefilter, source
+    from sentinel.prefilter.maps import Prefilter, source
 
     text = "#include <uapi/linux/ptrace.h>\n" + source() + PROBE
     bpf = BPF(text=text.encode(), cflags=[f"-DTARGET={os.getpid()}", "-Wno-unused-function"])
@@ -226,7 +229,7 @@ def test_open_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> None:
                 ret = fd
             except OSError as exc:
                 ret = -exc.errno
-            kv = KernelView("open", comm, os.getuid(), path=path, flags=flags, ret=ret)
+            kv = KernelView("openat", comm, os.getuid(), path=path, flags=flags, ret=ret)
             expected.append((path, ret, passes(tables, kv)))
     finally:
         _set_comm(old)
@@ -234,7 +237,7 @@ def test_open_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> None:
     got = [
         (p, r, bool(k))
         for fam, k, r, p in _drain(bpf)
-        if fam == 1 and p in {c[1] for c in OPEN_CASES}
+        if fam == EVENT_CODES["openat"] and p in {c[1] for c in OPEN_CASES}
     ]
     assert got == expected
     kept = {p for p, _r, k in got if k}
@@ -280,13 +283,13 @@ def test_connect_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> No
             expected.append(passes(tables, kv))
     finally:
         _set_comm(old)
-    got = [bool(k) for fam, k, _r, _p in _drain(bpf) if fam == 2]
+    got = [bool(k) for fam, k, _r, _p in _drain(bpf) if fam == EVENT_CODES["connect"]]
     assert got == expected
     assert got[0] and not got[1] and got[2] and not got[3] and got[4]
 
 
 def test_reload_swaps_tables_and_counts(probe: tuple[Any, KernelTables]) -> None:
-    from sentinel.kernel.prefilter import Prefilter
+    from sentinel.prefilter.maps import Prefilter
 
     bpf, tables = probe
     pf = Prefilter.from_bcc(bpf)
@@ -295,11 +298,11 @@ def test_reload_swaps_tables_and_counts(probe: tuple[Any, KernelTables]) -> None
     _drain(bpf)
     fd = os.open("/etc/hostname", os.O_RDONLY)
     os.close(fd)
-    assert [k for fam, k, _r, _p in _drain(bpf) if fam == 1] == [0]
+    assert [k for fam, k, _r, _p in _drain(bpf) if fam == EVENT_CODES["openat"]] == [0]
     pf.load(tables)
     fd = os.open("/etc/hostname", os.O_RDONLY)
     os.close(fd)
-    assert [k for fam, k, _r, _p in _drain(bpf) if fam == 1] == [1]
-    stats = pf.stats()["open"]
+    assert [k for fam, k, _r, _p in _drain(bpf) if fam == EVENT_CODES["openat"]] == [1]
+    stats = pf.stats()["openat"]
     assert stats["dropped"] >= 1 and stats["kept"] >= 1
     assert ctypes.sizeof(bpf["f_lpm"].Key()) == 4 + 256

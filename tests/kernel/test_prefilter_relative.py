@@ -6,7 +6,7 @@ child process (the sensor ignores its own process) makes real relative opens: cw
 dirfd-relative, "./x", "sub/..", ".." and "." (the base's parent, the base), a trailing "/",
 a hidden name, bases at "/", across a mount
 (procfs), a bad dirfd, a base deeper than the walk, a composed path too long to judge. For each,
-the model (:func:`sentinel.compiler.kernelmaps.passes` given the base) says whether it reaches
+the model (:func:`sentinel.prefilter.tables.passes` given the base) says whether it reaches
 user space; the test checks exactly those arrive, each with the right absolute ``fd.name``.
 """
 
@@ -24,12 +24,13 @@ import pytest
 import yaml
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import KernelTables, KernelView, build_tables, passes
 from sentinel.engine import Engine
-from sentinel.enrichment.event import normalize
 from sentinel.enrichment.live import Enricher
-from sentinel.kernel.records import EV_OPEN, Record
+from sentinel.events import decode
+from sentinel.events.file import FAMILY, normalize, raw_path
 from sentinel.loader import load_rules
+from sentinel.prefilter.model import KernelView, passes
+from sentinel.prefilter.tables import KernelTables
 
 pytestmark = pytest.mark.kernel
 
@@ -57,8 +58,7 @@ AT_FDCWD = -100
 
 @pytest.fixture(scope="module")
 def sensor() -> Iterator[tuple[Any, Any, KernelTables, list[bytes]]]:
-    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
-    from sentinel.kernel.sensor import Sensor, families_for
+    from sentinel.app.sensor import FilteredSensor
 
     rules = Path("/tmp/sntl-rel-rules.yaml")
     rules.write_text(
@@ -70,18 +70,12 @@ def sensor() -> Iterator[tuple[Any, Any, KernelTables, list[bytes]]]:
         )
     )
     engine = Engine(compile_rules(load_rules([rules])))
-    tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert not tables.families["open"].pass_all
     got: list[bytes] = []
-    s = Sensor(
-        families_for(engine.event_types()),
-        prelude=sensor_prelude(),
-        maps=list(MAP_NAMES),
-        extra_cflags=cflags(),
-    )
+    s = FilteredSensor([(r.name, r.expr) for r in engine.rules], event_types=engine.event_types())
+    tables = s.tables
+    assert not tables.types["openat"].pass_all
     s.start(got.append)
-    pf = Prefilter({m: s.map_fd(m) for m in MAP_NAMES})
-    pf.load(tables)
+    pf = s.prefilter
     _make_tree()
     try:
         yield s, pf, tables, got
@@ -213,22 +207,22 @@ def _run_child(cases: list[tuple[str, str, int]]) -> tuple[int, list[int]]:
 
 
 def _opens_of(got: list[bytes], pid: int) -> list[bytes]:
-    return [raw for raw in got if Record(raw).pid == pid and Record(raw).type == EV_OPEN]
+    return [raw for raw in got if (r := decode(raw)).pid == pid and r.evt.family is FAMILY]
 
 
 def test_relative_verdicts_match_the_model(sensor: tuple) -> None:  # type: ignore[type-arg]
     s, pf, tables, got = sensor
     s.drain()
     got.clear()
-    before = pf.stats()["open"]
+    before = pf.stats()["openat"]
     pid, results = _run_child(CASES)
     s.drain()
-    after = pf.stats()["open"]
+    after = pf.stats()["openat"]
     expected: list[tuple[str, str, str | None]] = []  # (spec, rel, fd.name) of the kept
     verdicts = []
     for (spec, rel, flags), ret in zip(CASES, results, strict=True):
         base = _base_of(spec)
-        kv = KernelView("open", COMM, os.getuid(), path=rel, flags=flags, ret=ret, base=base)
+        kv = KernelView("openat", COMM, os.getuid(), path=rel, flags=flags, ret=ret, base=base)
         keep = passes(tables, kv)
         verdicts.append(keep)
         if keep:
@@ -239,8 +233,8 @@ def test_relative_verdicts_match_the_model(sensor: tuple) -> None:  # type: igno
     arrived = []
     for raw in _opens_of(got, pid):
         ev = enricher.event(raw)
-        if not ev.rec.open_path.startswith("/"):  # (not the dirfd cases' own opens)
-            arrived.append((ev.rec.open_path, ev.get("fd.name")))
+        if not raw_path(ev.rec).startswith("/"):  # (not the dirfd cases' own opens)
+            arrived.append((raw_path(ev.rec), ev.get("fd.name")))
     assert [a[0] for a in arrived] == [rel for _s, rel, _f in expected]
     for (rel, name), (_spec, _rel, full) in zip(arrived, expected, strict=True):
         if full is not None:
@@ -309,11 +303,11 @@ def test_relative_storm_in_an_unwatched_directory_is_dropped(
     s, pf, _tables, got = sensor
     s.drain()
     got.clear()
-    before = pf.stats()["open"]["dropped"]
+    before = pf.stats()["openat"]["dropped"]
     pid = _storm_child(cwd, rel, STORM, dirfd_of)
     s.drain()
     assert len(_opens_of(got, pid)) == 0
-    assert pf.stats()["open"]["dropped"] - before >= STORM
+    assert pf.stats()["openat"]["dropped"] - before >= STORM
 
 
 def test_relative_opens_into_a_watched_path_all_arrive(sensor: tuple) -> None:  # type: ignore[type-arg]

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 import pytest
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import build_tables
 from sentinel.engine import Engine
-from sentinel.kernel.records import EV_OPEN, Record
+from sentinel.events import decode
+from sentinel.events.file import FAMILY, base_dir, raw_path
 from sentinel.loader import load_rules
 from tests.helpers import CORPUS
 
@@ -30,24 +30,21 @@ STORM = 20_000
 
 @pytest.fixture(scope="module")
 def sensor() -> Iterator[tuple[object, object, list[bytes]]]:
-    from sentinel.kernel.prefilter import MAP_NAMES, Prefilter, cflags, sensor_prelude
-    from sentinel.kernel.sensor import Sensor, families_for
+    from sentinel.app.sensor import FilteredSensor
 
     engine = Engine(compile_rules(load_rules([CORPUS / "falco_rules.yaml"])))
     got: list[bytes] = []
-    s = Sensor(
-        families_for(engine.event_types()),
-        prelude=sensor_prelude(),
-        maps=list(MAP_NAMES),
-        extra_cflags=cflags(),
-    )
+    s = FilteredSensor([(r.name, r.expr) for r in engine.rules], event_types=engine.event_types())
     s.start(got.append)
-    pf = Prefilter({m: s.map_fd(m) for m in MAP_NAMES})
-    pf.load(build_tables([(r.name, r.expr) for r in engine.rules]))
     try:
-        yield s, pf, got
+        yield s, s.prefilter, got
     finally:
         s.close()
+
+
+def _file_records(got: list[bytes], pid: int) -> list:  # type: ignore[type-arg]
+    recs = [decode(r) for r in got]
+    return [r for r in recs if r.pid == pid and r.evt.family is FAMILY]
 
 
 def _opens_in_child(path: str, n: int, flags: int = os.O_RDONLY, cwd: str | None = None) -> int:
@@ -69,11 +66,11 @@ def test_storm_on_unmentioned_path_is_dropped_in_the_kernel(sensor: tuple) -> No
     s, pf, got = sensor
     s.drain()  # type: ignore[attr-defined]
     got.clear()
-    before = pf.stats()["open"]["dropped"]  # type: ignore[attr-defined]
+    before = pf.stats()["openat"]["dropped"]  # type: ignore[attr-defined]
     pid = _opens_in_child("/usr/lib/os-release", STORM)
     s.drain()  # type: ignore[attr-defined]
-    mine = [r for r in got if Record(r).pid == pid and Record(r).type == EV_OPEN]
-    dropped = pf.stats()["open"]["dropped"] - before  # type: ignore[attr-defined]
+    mine = _file_records(got, pid)
+    dropped = pf.stats()["openat"]["dropped"] - before  # type: ignore[attr-defined]
     assert len(mine) == 0
     assert dropped >= STORM
 
@@ -85,7 +82,7 @@ def test_opens_of_a_watched_path_all_arrive(sensor: tuple) -> None:  # type: ign
     got.clear()
     pid = _opens_in_child("/etc/shadow", 200, os.O_RDONLY)
     s.drain()  # type: ignore[attr-defined]
-    mine = [r for r in got if Record(r).pid == pid and Record(r).type == EV_OPEN]
+    mine = _file_records(got, pid)
     assert len(mine) == 200
 
 
@@ -93,11 +90,11 @@ def test_relative_storm_on_unmentioned_path_is_dropped_in_the_kernel(sensor: tup
     s, pf, got = sensor
     s.drain()  # type: ignore[attr-defined]
     got.clear()
-    before = pf.stats()["open"]["dropped"]  # type: ignore[attr-defined]
+    before = pf.stats()["openat"]["dropped"]  # type: ignore[attr-defined]
     pid = _opens_in_child("os-release", STORM, cwd="/usr/lib")
     s.drain()  # type: ignore[attr-defined]
-    mine = [r for r in got if Record(r).pid == pid and Record(r).type == EV_OPEN]
-    dropped = pf.stats()["open"]["dropped"] - before  # type: ignore[attr-defined]
+    mine = _file_records(got, pid)
+    dropped = pf.stats()["openat"]["dropped"] - before  # type: ignore[attr-defined]
     assert len(mine) == 0
     assert dropped >= STORM
 
@@ -108,5 +105,5 @@ def test_relative_opens_of_a_watched_path_all_arrive(sensor: tuple) -> None:  # 
     got.clear()
     pid = _opens_in_child("shadow", 200, os.O_RDONLY, cwd="/etc")
     s.drain()  # type: ignore[attr-defined]
-    mine = [Record(r) for r in got if Record(r).pid == pid and Record(r).type == EV_OPEN]
-    assert [(r.open_base, r.open_path) for r in mine] == [("/etc", "shadow")] * 200
+    mine = _file_records(got, pid)
+    assert [(base_dir(r), raw_path(r)) for r in mine] == [("/etc", "shadow")] * 200

@@ -10,28 +10,30 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.kernel.sensor import Sensor, SensorError, families_for, preflight
+from sentinel.kernel.sensor import Sensor, SensorError, preflight, syscalls_for
+from tests.helpers import log_records
 from tests.kernel.conftest import require_root
 
 REPO = Path(__file__).resolve().parents[2]
 SENTINEL = [sys.executable, "-m", "sentinel"]
 
 
-def test_families_for_rules_event_types() -> None:
+def test_syscalls_for_rules_event_types() -> None:
     # failed execs ride along only when a syscall tracepoint is attached anyway
-    assert families_for({"execve", "openat", "connect", "procexit"}) == {
+    assert syscalls_for({"execve", "openat", "connect", "procexit"}) == {
         "openat",
         "connect",
         "execve",
     }
-    assert families_for({"execve", "procexit", "clone"}) == set()
-    assert families_for({"openat"}) == {"openat"}
-    assert families_for({"creat", "open"}) == {"creat", "open"}  # creat(2): its own tracepoint
-    assert families_for(set()) == set()
+    assert syscalls_for({"execve", "procexit", "clone"}) == set()
+    assert syscalls_for({"openat"}) == {"openat"}
+    assert syscalls_for({"creat", "open"}) == {"creat", "open"}  # creat(2): its own tracepoint
+    assert syscalls_for({"execveat", "unlinkat"}) == {"execveat", "unlinkat"}
+    assert syscalls_for(set()) == set()
 
 
-def test_unknown_family_is_refused() -> None:
-    with pytest.raises(SensorError, match="unknown syscall families: bogus"):
+def test_unknown_syscall_event_type_is_refused() -> None:
+    with pytest.raises(SensorError, match="unknown syscall event types: bogus"):
         Sensor({"bogus"})
 
 
@@ -40,7 +42,7 @@ def test_missing_tracepoint() -> None:
     with pytest.raises(
         SensorError, match=r"^tracepoint syscalls:sys_exit_nosuchcall does not exist"
     ):
-        preflight(["nosuchcall"])
+        preflight([("syscalls", "sys_exit_nosuchcall")])
 
 
 def test_missing_btf(tmp_path: Path) -> None:
@@ -64,6 +66,8 @@ def test_not_root_gives_one_line() -> None:
     )
     assert res.returncode != 0
     assert res.returncode == 1
-    assert res.stderr.strip() == (
-        "sentinel: error: sentinel must run as root to load BPF programs"
-    ), res.stderr
+    # one line, through structlog (JSON: stderr is not a terminal here)
+    assert len(res.stderr.strip().splitlines()) == 1, res.stderr
+    (rec,) = log_records(res.stderr)
+    assert rec["level"] == "error"
+    assert rec["event"] == "sentinel must run as root to load BPF programs", res.stderr

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import sentinel_env
+from tests.helpers import log_records, sentinel_env
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -244,9 +244,9 @@ def test_stop_flush_and_replay_gives_same_alerts(session: Session) -> None:
     s.proc.send_signal(signal.SIGINT)
     assert s.proc.wait(30) == 0
     live = s.settle(0.3)
-    stopped = [line for line in s.stderr if "stopped" in line]
+    stopped = [r for r in log_records(s.stderr) if r.get("event") == "stopped"]
     assert stopped, s.stderr
-    assert " lost=0" in stopped[-1] and " errors=0" in stopped[-1], stopped[-1]
+    assert stopped[-1]["lost"] == 0 and stopped[-1]["errors"] == 0, stopped[-1]
 
     events = [json.loads(x) for x in s.capture.read_text().splitlines()]
     target = str(s.workdir / "flags.txt")

@@ -152,10 +152,13 @@ def test_depth_limit():
 # ---- properties --------------------------------------------------------------------------------
 
 _names = st.sampled_from(["proc.name", "fd.name", "proc.cmdline", "evt.type", "user.name"])
+# A value ending in a backslash has no quoted form: libsinsp (and we) end a quoted string at
+# the first delimiter not preceded by a backslash, so '"x\\"' never closes. Such a value can
+# only come from a hand-built tree, never from a parse, so the round trip leaves it out.
 _texts = st.text(
     alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
     max_size=12,
-)
+).filter(lambda t: not t.endswith("\\"))
 _values = st.builds(ast.Value, _texts)
 _fields = st.builds(ast.FieldRef, _names)
 _checks = st.one_of(

@@ -92,7 +92,7 @@ class LiveLoop:
         self.sensor.start(self.on_raw)
         self.resolver.start()
         self.enricher.seed()
-        self.ops.start(programs=sorted(self.sensor.families))
+        self.ops.start(programs=sorted(self.sensor.syscalls))
 
     @property
     def url(self) -> str:

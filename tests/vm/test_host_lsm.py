@@ -18,8 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.kernel.btf import VMLINUX, vmlinux_btf
-from sentinel.kernel.lsm import (
+from sentinel.enforcement.lsm import (
     HOOKS,
     OPTIONAL_HOOKS,
     REQUIRED_HOOKS,
@@ -31,8 +30,9 @@ from sentinel.kernel.lsm import (
     _cflags,
     lsm_available,
 )
-from sentinel.kernel.lsm_btf import arg_index, lsm_hook_btf_id, lsm_hooks
-from sentinel.kernel.lsm_policy import Ident, build_plan
+from sentinel.enforcement.lsm_btf import arg_index, lsm_hook_btf_id, lsm_hooks
+from sentinel.enforcement.policy import Ident, build_plan
+from sentinel.kernel.btf import VMLINUX, vmlinux_btf
 
 NEEDS_BTF = pytest.mark.skipif(not VMLINUX.exists(), reason="no kernel BTF (CI machines have it)")
 
@@ -96,7 +96,7 @@ def test_enforcer_load_errors_come_back_from_the_loader_child(tmp_path: Path) ->
         )
     probe = (
         "import sys\n"
-        "from sentinel.kernel.lsm import DenyPolicy, LsmEnforcer, LsmError\n"
+        "from sentinel.enforcement.lsm import DenyPolicy, LsmEnforcer, LsmError\n"
         "try:\n"
         f"    LsmEnforcer(DenyPolicy(protect={{{str(tmp_path / 'p')!r}: 'r'}}), print,"
         " check_available=False)\n"
@@ -232,7 +232,7 @@ def _lookup(plan_nets: list[tuple[int, bytes, int]], addr: str) -> int | None:
 
 def _decide(plan_nets: list[tuple[int, bytes, int]], ports: dict[tuple[int, int], int],
             addr: str, port: int) -> int | None:  # fmt: skip
-    """The same decision sequence as socket_connect in bpf/lsm.c."""
+    """The same decision sequence as socket_connect in bpf/enforcement/lsm.c."""
     entry = _lookup(plan_nets, addr)
     if entry is not None:
         rule = ports.get((entry, port)) or ports.get((entry, 0))
@@ -291,7 +291,7 @@ def test_rejected_program_leaves_nothing_loaded(tmp_path: Path) -> None:
 
 
 def test_deny_event_as_falco_fields() -> None:
-    from sentinel.kernel.lsm import DenyEvent
+    from sentinel.enforcement.lsm import DenyEvent
 
     f = DenyEvent(
         "r", "file_open", "open_trunc", 10, 11, 1, 0, "sh", 123, path="/etc/shadow"
@@ -312,7 +312,7 @@ def test_deny_event_as_falco_fields() -> None:
 
 
 def test_protected_tree_too_deep_for_the_walk_is_refused(tmp_path: Path) -> None:
-    from sentinel.kernel.lsm_policy import MAX_PROTECTED_DEPTH
+    from sentinel.enforcement.policy import MAX_PROTECTED_DEPTH
 
     ok = tmp_path / "ok"
     (ok / Path(*["d"] * (MAX_PROTECTED_DEPTH - 1))).mkdir(parents=True)

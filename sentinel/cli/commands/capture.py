@@ -10,7 +10,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from sentinel.cli.commands.run import add_common_options, log, run_live
+from sentinel.cli.commands.run import add_common_options, run_live
+from sentinel.logging import configure_logging, get_logger
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -24,7 +25,8 @@ def capture(args: argparse.Namespace) -> int:
     try:
         out = args.output.open("w", encoding="utf-8")
     except OSError as exc:
-        log(f"error: cannot write {args.output}: {exc.strerror}")
+        configure_logging("auto", "info")
+        get_logger("sentinel").error(f"cannot write {args.output}: {exc.strerror}")
         return 2
     with out:
         return run_live(args, capture=out)

@@ -1,8 +1,9 @@
 """``sentinel explain FILE...``: how each rule is split between the kernel and user space.
 
-Per rule: the event types it can match, its kernel part per traced family (the terms the BPF
-filter tests, or why there is none), and the user-space residue (the condition Python checks
-on what the kernel lets through). Then, per family, the map entries the rules produced.
+Per rule: the event types it can match, its kernel part per event type the prefilter judges
+(the terms the BPF filter tests, or why there is none; types with the same terms are shown
+together), and the user-space residue (the condition Python checks on what the kernel lets
+through). Then, per event type, whether the kernel filters it and the map entries.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from typing import Any
 
 from sentinel.cli.common import load_compiled
 from sentinel.compiler import OTHER
-from sentinel.compiler.kernelmaps import build_tables
-from sentinel.compiler.kernelplan import FAMILIES, dim_label
 from sentinel.language import to_text
+from sentinel.prefilter.plan import TYPES, dim_label
+from sentinel.prefilter.tables import build_tables
 
 
 def register(sub: Any) -> None:
@@ -33,16 +34,22 @@ def run(args: argparse.Namespace) -> int:
         return 1
     rules = compiled.enabled
     tables = build_tables([(r.name, r.expr) for r in rules])
-    plans = {(p.rule, p.family): p for p in tables.plans}
+    plans = {(p.rule, p.evt_type): p for p in tables.plans}
     out_rules: list[dict[str, Any]] = []
     for r in rules:
         types = sorted(t for t in r.event_types if t != OTHER)
-        fams: dict[str, Any] = {}
-        for fam, ftypes in FAMILIES.items():
-            if not set(ftypes) & r.event_types:
+        # event types with the same kernel part, shown once: "open, openat, openat2"
+        groups: dict[tuple[tuple[str, ...], tuple[str, ...]], list[str]] = {}
+        for t in TYPES:
+            if t not in r.event_types:
                 continue
-            plan = plans[(r.name, fam)]
-            fams[fam] = {"terms": plan.describe(), "approximated": plan.approximated}
+            plan = plans[(r.name, t)]
+            key = (tuple(plan.describe()), tuple(plan.approximated))
+            groups.setdefault(key, []).append(t)
+        fams: dict[str, Any] = {
+            ", ".join(ts): {"terms": list(terms), "approximated": list(approx)}
+            for (terms, approx), ts in groups.items()
+        }
         out_rules.append(
             {
                 "rule": r.name,
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
             }
         )
     out_fams: dict[str, Any] = {}
-    for fam, ft in tables.families.items():
+    for fam, ft in tables.types.items():
         out_fams[fam] = {
             "filtered": not ft.pass_all,
             "reason": ft.reason,
@@ -63,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             "cidr_entries": {str(v): len(t) for v, t in ft.nets.items()},
         }
     if args.json:
-        json.dump({"rules": out_rules, "families": out_fams}, sys.stdout, indent=2)
+        json.dump({"rules": out_rules, "event_types": out_fams}, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     for row in out_rules:
@@ -80,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     for fam, info in out_fams.items():
         state = "filtered in the kernel" if info["filtered"] else f"NOT filtered: {info['reason']}"
         print(
-            f"family {fam}: {state}; {info['terms']} terms; exact {info['exact_entries']}, "
+            f"{fam}: {state}; {info['terms']} terms; exact {info['exact_entries']}, "
             f"prefix/suffix {info['lpm_entries']}, cidr {info['cidr_entries']}"
         )
     return 0

@@ -1,4 +1,5 @@
-"""``sentinel fields``: the fields conditions and outputs may use."""
+"""``sentinel fields``: the fields conditions and outputs may use; ``--sensor``: those the live
+sensor fills (derived from the event table's getters, with the event types that fill each)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,10 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    infos = [f for f in FIELDS.values() if f.sensor or not args.sensor]
+    from sentinel.enrichment.event import sensor_fields
+
+    filled = sensor_fields()  # field -> the event types whose getters fill it
+    infos = [f for f in FIELDS.values() if f.name in filled or not args.sensor]
     if args.json:
         rows = [
             {
@@ -26,7 +30,8 @@ def run(args: argparse.Namespace) -> int:
                 "type": f.type.value,
                 "kind": f.kind.value,
                 "arg": f.arg.value,
-                "sensor": f.sensor,
+                "sensor": f.name in filled,
+                "sensor_event_types": sorted(filled.get(f.name, ())),
                 "event_types": sorted(f.event_types) if f.event_types else None,
                 "desc": f.desc,
             }
@@ -38,6 +43,6 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(f.name) for f in infos) + 2
     for f in infos:
         name = f.name + ("[N]" if f.kind.value == "ancestors" else "")
-        mark = "" if f.sensor else "  (not filled by the sensor)"
+        mark = "" if f.name in filled else "  (not filled by the sensor)"
         print(f"{name:<{width + 3}} {f.type.value:<9} {f.desc}{mark}")
     return 0

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from sentinel.compiler import compile_rules
+from sentinel.enrichment.event import filled_fields
 from sentinel.loader import load_ruleset
 
 
@@ -22,7 +23,7 @@ def register(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     rs = load_ruleset(args.files)
-    compiled = compile_rules(rs, strict=False)
+    compiled = compile_rules(rs, strict=False, filled=filled_fields())
     diag = rs.diagnostics
     summary = {
         "ok": not diag.errors,

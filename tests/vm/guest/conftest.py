@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.kernel.lsm import ConnectDeny, DenyEvent, DenyPolicy, LsmEnforcer, lsm_available
+from sentinel.enforcement.lsm import ConnectDeny, DenyEvent, DenyPolicy, LsmEnforcer, lsm_available
 
 CONTENT = b"protected content\n" * 64
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.kernel.lsm import DenyEvent, LsmEnforcer
+from sentinel.enforcement.lsm import DenyEvent, LsmEnforcer
 
 from .conftest import CONTENT, Events, Layout, make_policy, sha
 

@@ -110,7 +110,7 @@ def run() -> Iterator[Run]:
         assert proc.stderr is not None
         for line in proc.stderr:
             r.stderr.append(line)
-            if " armed " in line:
+            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
                 armed.set()
 
     threading.Thread(target=read_out, daemon=True).start()

@@ -188,7 +188,7 @@ def run() -> Iterator[Run]:
         for line in r.proc.stderr:
             with r.lock:
                 r.stderr.append(line)
-            if " armed " in line:
+            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
                 armed.set()
 
     threading.Thread(target=read_out, daemon=True).start()
@@ -231,7 +231,7 @@ def test_reload_moves_protection_from_a_to_b_without_a_gap(run: Run) -> None:
         time.sleep(0.5)
         run.write_rules(("Protect B", run.b), ("Protect KEEP", run.keep))
         line = run.reload("deny policy reloaded")
-        assert "generation=1" in line, line
+        assert '"generation": 1' in line, line
         time.sleep(1.0)
     finally:
         stop.touch()

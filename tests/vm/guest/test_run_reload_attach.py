@@ -53,7 +53,7 @@ def test_first_deny_rules_by_reload_attach_and_enforce() -> None:
         for line in r.proc.stderr:
             with r.lock:
                 r.stderr.append(line)
-            if " armed " in line:
+            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
                 armed.set()
 
     threading.Thread(target=read_out, daemon=True).start()
@@ -64,7 +64,7 @@ def test_first_deny_rules_by_reload_attach_and_enforce() -> None:
         assert _writable(a / "data.txt")
         r.write_rules(("Protect A", a))
         t0 = time.monotonic()
-        line = r.reload(" enforcing ", timeout=600)
+        line = r.reload('"enforcing"', timeout=600)
         print(f"attach on reload took {time.monotonic() - t0:.1f} s: {line.strip()}")
         assert _lsm_progs() > r.lsm_before
         assert not _writable(a / "data.txt")

@@ -3,7 +3,7 @@
 Why: a BPF LSM program attaches to ``bpf_lsm_<hook>``; a hook the kernel lacks makes the
 whole load fail, and some hooks changed their argument lists between kernels (``inode_setattr``
 gained a leading ``mnt_idmap`` in 6.x). Reading the ``FUNC``/``FUNC_PROTO`` records of the
-running kernel's BTF tells us both, so ``bpf/lsm.c`` compiles only the hooks that exist and
+running kernel's BTF tells us both, so ``lsm.c`` compiles only the hooks that exist and
 reads each argument at its real position. ``sentinel.kernel.btf`` decodes structs only; this
 module reads function records through the same parsed blob.
 """

@@ -1,62 +1,37 @@
 // Sentinel's in-kernel prefilter: drop events that no rule can match, before they cost a
 // ring-buffer reservation. Pasted in front of the sensor's source by user space
-// (sentinel.kernel.prefilter.source()): bcc rewrites map calls such as f_wild.lookup() only in
+// (sentinel.prefilter.maps.source()): bcc rewrites map calls such as f_wild.lookup() only in
 // the main source text, not in #included files. Filled from user space by
-// sentinel/kernel/prefilter.py with the contents sentinel/compiler/kernelmaps.py computes.
+// sentinel/prefilter/maps.py with the contents sentinel/prefilter/tables.py computes.
 //
-// Encoding (see kernelmaps.py): per event family, each term of each rule's kernel part owns a
-// bit. For each dimension the event's value is looked up (exact hash, or LPM trie for path
-// prefixes/suffixes and CIDRs) and the result ORed with the dimension's wildcard mask (terms
-// that do not constrain it); the accumulator ANDs these. A surviving bit means some rule may
+// Encoding (see sentinel/prefilter/tables.py): per event family, each term of each rule's
+// kernel part owns a bit. For each dimension the event's value is looked up (exact hash, or LPM
+// trie for path prefixes/suffixes and CIDRs) and the result ORed with the dimension's wildcard
+// mask (terms that do not constrain it); the accumulator ANDs these. A surviving bit means some rule may
 // match: the event goes to user space. A dimension the kernel cannot judge for this event
 // (a non-canonical path, an unknown address family) is skipped, which only keeps more events.
 //
-// Relative open paths are judged in two steps, so the base directory is walked only when the
-// verdict depends on it: f_open_enter/f_open_exit judge everything else and, when a live term
+// Relative paths (of opens and the other file events) are judged in two steps, so the base directory is walked only when the
+// verdict depends on it: f_file_enter/f_file_exit judge everything else and, when a live term
 // still constrains the path, return F_NEED_BASE (the state waits in the per-CPU scratch); the
 // caller then walks the base (the cwd or the dirfd's file, into the buffer its own record uses,
-// so a kept event is walked once) and calls f_open_base (the sensor does so in a tail-called
+// so a kept event is walked once) and calls f_file_base (the sensor does so in a tail-called
 // program, so the verifier checks it once), which composes "/" + base components + "/" + rel
-// exactly as user space builds fd.name (sentinel.kernel.records.join_walk, then os.path.join
+// exactly as user space builds fd.name (sentinel.events.record.join_walk, then os.path.join
 // and normpath; "." is the base, ".." its parent) and judges the path dimensions on it. Any
 // doubt (walk truncated, bad dirfd, rel not canonical, composed path too long) keeps the
-// event. sentinel.compiler.kernelmaps.kernel_path is the Python model of this.
+// event. sentinel.prefilter.model.kernel_path is the Python model of this.
 //
 // Reloads are atomic: every key carries a slot (generation & 1); user space fills the inactive
 // slot, then publishes the new generation in f_active. A syscall whose enter and exit straddle
 // a reload is kept (the generation is carried from enter to exit and compared).
 
-#ifndef F_NWORDS
-#define F_NWORDS 8          // 512 terms per family
-#endif
-#define F_NFAM 3
-#define F_NDIM 12
-#define F_PATH 256
-#define F_LPM_PAYLOAD 252   // LPM trie data is at most 256 bytes: 4 header bytes + payload
+// Constants shared with Python come from user space, defined once there: family and
+// dimension codes (F_NFAM, D_*, F_NDIM) from the event table (sentinel.events.cgen);
+// F_NWORDS, F_PATH, F_LPM_PAYLOAD and F_WALK_MAX from sentinel.prefilter.layout.
 // Hides a value's known range from clang, so it keeps the masks that bound it for the verifier.
 #define F_OPAQUE(x) asm volatile("" : "+r"(x))
-#define F_NEED_BASE 2       // f_open_exit: keep only if f_open_base agrees
-#ifndef F_WALK_MAX
-#define F_WALK_MAX 16       // components of a base walk composed (deeper: not judged)
-#endif
-
-#define F_FAM_EXEC 0
-#define F_FAM_OPEN 1
-#define F_FAM_CONNECT 2
-
-// Dimension numbers: keep in step with DIM_CODES in sentinel/kernel/prefilter.py.
-#define D_COMM 0
-#define D_UID 1
-#define D_PATH 2
-#define D_PATH_PREFIX 3
-#define D_PATH_SUFFIX 4
-#define D_OPEN_WRITE 5
-#define D_OPEN_READ 6
-#define D_DPORT 7
-#define D_DADDR 8
-#define D_FAMILY 9
-#define D_FAILED 10
-#define D_RAW_DOTDOT 11
+#define F_NEED_BASE 2       // f_file_exit: keep only if f_file_base agrees
 
 struct fmask {
     u64 w[F_NWORDS];
@@ -99,13 +74,15 @@ struct f_scratch {
     u32 pgen;               // generation
     u32 plen;               // and the length of the relative path, left in pk.path (0: none)
     u32 pcanon;             // no "//", "/." or trailing "/" in it
-    u32 pad;
+    u32 pfam;               // and its event type
     u8 zeros[F_PATH];       // never written: a source of zeros
 };
 
 struct f_state {            // carried from a syscall's enter to its exit
     u32 gen;                // full generation counter; 0: not filtered
-    u32 pend;               // open: length of a relative path still to be judged
+    u32 pend;               // file: length of a relative path still to be judged
+    u32 fam;                // the event's code: each event type is judged on its own terms
+    u32 pad;
     struct fmask acc;
     struct f_fam_cfg *cfg;  // this generation's family config (map value)
 };
@@ -117,7 +94,7 @@ BPF_HASH(f_num, struct f_num_key, struct fmask, 8192);
 BPF_HASH(f_path, struct f_path_key, struct fmask, 4096);
 BPF_LPM_TRIE(f_lpm, struct f_lpm_key, struct fmask, 16384);
 BPF_PERCPU_ARRAY(f_scratch_map, struct f_scratch, 1);
-// per family: [fam * 2] events dropped in the kernel, [fam * 2 + 1] events kept
+// per event type: [fam * 2] events dropped in the kernel, [fam * 2 + 1] events kept
 BPF_PERCPU_ARRAY(f_stats, u64, 2 * F_NFAM);
 
 static __always_inline void f_count(u32 fam, int kept) {
@@ -166,12 +143,15 @@ static __always_inline int f_and_st(struct f_state *st, struct fmask *m, u32 dim
     return any != 0;
 }
 
-// Start filtering an event of `fam`: 0 if the family is not filtered (keep the event),
-// else 1 with st->acc set to all terms and st->gen to the current generation.
+// Start filtering an event of type `fam` (its event code: a "family" of the maps is one event
+// type, so that a rule no kernel dimension constrains for one type leaves the others
+// filtered): 0 if it is not filtered (keep the event), else 1 with st->acc set to all terms
+// and st->gen to the current generation.
 static __always_inline int f_begin(struct f_state *st, u32 fam) {
     u32 zero = 0;
     u32 *g = f_active.lookup(&zero);
     st->gen = 0;
+    st->fam = fam;
     if (!g || *g == 0)
         return 0;
     u32 idx = (*g & 1) * F_NFAM + fam;
@@ -246,7 +226,7 @@ static __always_inline int f_path_needed(struct f_state *st) {
 
 // The path dimensions of an open: the path string is read once from user memory.
 // Returns 0 (no bit survives), 1 (keep) or F_NEED_BASE (a canonical relative path, left in
-// the scratch with st->pend set: judged by f_open_base once the base is known).
+// the scratch with st->pend set: judged by f_file_base once the base is known).
 static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *upath) {
     if (!f_path_needed(st) && !f_needs(st, D_RAW_DOTDOT))
         return 1;
@@ -291,7 +271,7 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
     if (!f_path_needed(st))
         return 1;
     if (!abs) {
-        // Judged, or found not canonical, by f_open_base (kept apart from the sensor's
+        // Judged, or found not canonical, by f_file_base (kept apart from the sensor's
         // program: every test here multiplies the states the verifier explores there).
         s->pcanon = canon;
         st->pend = len;
@@ -366,7 +346,7 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
 }
 
 // The executable's path of an exec, in the family's path dimensions (D_PATH, D_PATH_PREFIX,
-// D_PATH_SUFFIX mean proc.exepath for F_FAM_EXEC). exe: the path the sensor's walk built, len
+// D_PATH_SUFFIX mean proc.exepath for execs). exe: the path the sensor's walk built, len
 // bytes, exactly the string user space reports; len 0: unknown, not judged. Every exact value
 // is at most F_PATH - 1 bytes long (longer ones are prefixes), so a longer path matches none.
 static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 len) {
@@ -384,7 +364,7 @@ static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 l
         struct fmask *m = 0;
         if (len < F_PATH) {
             __builtin_memset(s->pk.path, 0, F_PATH);
-            s->pk.gf = (slot << 8) | F_FAM_EXEC;
+            s->pk.gf = (slot << 8) | st->fam;
             bpf_probe_read_kernel(s->pk.path, len & (F_PATH - 1), exe);
             m = f_path.lookup(&s->pk);
         }
@@ -395,12 +375,12 @@ static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 l
     asm volatile("" : "+r"(plen));
     struct f_lpm_key *lk = &s->lk;
     lk->data[0] = slot;
-    lk->data[1] = F_FAM_EXEC;
+    lk->data[1] = st->fam;
     if (f_needs(st, D_PATH_PREFIX)) {
         lk->data[2] = D_PATH_PREFIX;
         bpf_probe_read_kernel(&lk->data[3], plen & 255, exe);
         lk->prefixlen = 24 + plen * 8;
-        if (!f_lpm_dim(st, lk, F_FAM_EXEC, D_PATH_PREFIX))
+        if (!f_lpm_dim(st, lk, st->fam, D_PATH_PREFIX))
             return 0;
     }
     if (!f_needs(st, D_PATH_SUFFIX))
@@ -414,7 +394,7 @@ static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 l
     lk->data[2] = D_PATH_SUFFIX;
     bpf_probe_read_kernel(&lk->data[3], plen & 255, (char *)s->rev);
     lk->prefixlen = 24 + plen * 8;
-    return f_lpm_dim(st, lk, F_FAM_EXEC, D_PATH_SUFFIX);
+    return f_lpm_dim(st, lk, st->fam, D_PATH_SUFFIX);
 }
 
 // Connect: family, port and address from the sockaddr the caller passed.
@@ -439,18 +419,18 @@ static __always_inline int f_sockaddr_dims(struct f_state *st, const void *uaddr
     } else {
         return 1;
     }
-    if (!f_num_dim(st, F_FAM_CONNECT, D_FAMILY, famc))
+    if (!f_num_dim(st, st->fam, D_FAMILY, famc))
         return 0;
     if (!ver)
         return 1;
     u16 port_be = 0;
     bpf_probe_read_user(&port_be, sizeof(port_be), uaddr + 2);
     u64 port = ((port_be & 0xff) << 8) | (port_be >> 8);
-    if (!f_num_dim(st, F_FAM_CONNECT, D_DPORT, port))
+    if (!f_num_dim(st, st->fam, D_DPORT, port))
         return 0;
     struct f_lpm_key *lk = &s->lk;
     lk->data[0] = slot;
-    lk->data[1] = F_FAM_CONNECT;
+    lk->data[1] = st->fam;
     lk->data[2] = D_DADDR;
     if (ver == 4) {
         lk->data[3] = 4;
@@ -477,7 +457,7 @@ static __always_inline int f_sockaddr_dims(struct f_state *st, const void *uaddr
             lk->prefixlen = 32 + 128;
         }
     }
-    return f_lpm_dim(st, lk, F_FAM_CONNECT, D_DADDR);
+    return f_lpm_dim(st, lk, st->fam, D_DADDR);
 }
 
 // At a syscall's exit: the result dimension, with the state carried from its enter.
@@ -501,65 +481,67 @@ static __always_inline int f_keep(struct f_state *st, u32 fam, int keep) {
 // exec (sched_process_exec), in two steps so that the executable's path is walked only when
 // some rule still alive needs it. f_exec_pre() tests comm and uid: 0 drop, 1 keep, 2 keep if
 // f_exec_path() with the executable's path (see f_exe_dims) says so; st carries the state.
-static __always_inline int f_exec_pre(struct f_state *st) {
-    if (!f_begin(st, F_FAM_EXEC))
+static __always_inline int f_exec_pre(struct f_state *st, u32 t) {
+    if (!f_begin(st, t))
         return 1;
-    int keep = f_alive(st) && f_comm_dim(st, F_FAM_EXEC) &&
-               f_num_dim(st, F_FAM_EXEC, D_UID, (u32)bpf_get_current_uid_gid());
+    int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
     if (keep && (f_needs(st, D_PATH) || f_needs(st, D_PATH_PREFIX) || f_needs(st, D_PATH_SUFFIX)))
         return 2;
-    return f_keep(st, F_FAM_EXEC, keep);
+    return f_keep(st, st->fam, keep);
 }
 
 static __always_inline int f_exec_path(struct f_state *st, const char *exe, u32 len) {
-    return f_keep(st, F_FAM_EXEC, f_exe_dims(st, exe, len));
+    return f_keep(st, st->fam, f_exe_dims(st, exe, len));
 }
 
-// open, at sys_enter: everything but the result. 0: drop now (do not even stash the call).
-// F_NEED_BASE: a relative path is still to be judged (see f_open_exit).
-static __always_inline int f_open_enter(struct f_state *st, u32 oflags, const char *upath) {
-    if (!f_begin(st, F_FAM_OPEN))
+// a file event (one path: open, unlink...), at sys_enter: everything but the result. 0: drop now (do not even stash the call).
+// F_NEED_BASE: a relative path is still to be judged (see f_file_exit).
+static __always_inline int f_file_enter(struct f_state *st, u32 t, u32 oflags,
+                                        const char *upath) {
+    if (!f_begin(st, t))
         return 1;
     u32 acc = oflags & 3;
-    int keep = f_alive(st) && f_num_dim(st, F_FAM_OPEN, D_OPEN_WRITE, acc == 1 || acc == 2) &&
-               f_num_dim(st, F_FAM_OPEN, D_OPEN_READ, acc == 0 || acc == 2) &&
-               f_comm_dim(st, F_FAM_OPEN) &&
-               f_num_dim(st, F_FAM_OPEN, D_UID, (u32)bpf_get_current_uid_gid());
+    int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
+               f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
     if (keep)
-        keep = f_path_dims(st, F_FAM_OPEN, upath);
+        keep = f_path_dims(st, st->fam, upath);
     if (!keep)
-        f_count(F_FAM_OPEN, 0);
+        f_count(st->fam, 0);
     return keep;
 }
 
-// open, at sys_exit, for a call f_open_enter kept. Returns 1 to emit the event, 0 to drop it,
-// F_NEED_BASE when a relative path decides: the caller walks the base and calls f_open_base.
-static __always_inline int f_open_exit(struct f_state *st, long ret) {
+// a file event, at sys_exit, for a call f_file_enter kept. Returns 1 to emit the event, 0 to drop it,
+// F_NEED_BASE when a relative path decides: the caller walks the base and calls f_file_base.
+static __always_inline int f_file_exit(struct f_state *st, long ret) {
     if (!st->gen)
         return 1;
-    int keep = f_finish(st, F_FAM_OPEN, ret);
+    int keep = f_finish(st, st->fam, ret);
     if (keep) {
-        // Every kept open writes plen, so f_open_base never sees another event's pending state.
+        // Every kept open writes plen, so f_file_base never sees another event's pending state.
         u32 zero = 0;
         struct f_scratch *s = f_scratch_map.lookup(&zero);
         if (s && st->pend && f_path_needed(st)) {
             __builtin_memcpy(&s->pacc, &st->acc, sizeof(s->pacc));
             s->pgen = st->gen;
+            s->pfam = st->fam;
             s->plen = st->pend;
-            return F_NEED_BASE;         // counted by f_open_base
+            return F_NEED_BASE;         // counted by f_file_base
         }
         if (s)
             s->plen = 0;
     }
-    return f_keep(st, F_FAM_OPEN, keep);
+    return f_keep(st, st->fam, keep);
 }
 
-// The path dimensions of a relative open left pending by f_open_exit, now that the base is
+// The path dimensions of a relative open left pending by f_file_exit, now that the base is
 // known: walk/at/nc as filled by the sensor's walk_path; bad: the walk is unusable (truncated,
 // bad dirfd). Returns 1 to emit the event.
 // Without such a call pending (plen 0) it returns 1 at once, so a caller may call it for every
-// event it keeps, which spares the verifier a state per answer of f_open_exit.
-static __always_inline int f_open_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
+// event it keeps, which spares the verifier a state per answer of f_file_exit.
+static __always_inline int f_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     struct f_state st = {};
     u32 zero = 0;
     struct f_scratch *s = f_scratch_map.lookup(&zero);
@@ -567,16 +549,17 @@ static __always_inline int f_open_base(const char *walk, const u16 *at, u32 nc, 
         return 1;
     u32 rlen = s->plen;
     s->plen = 0;
+    st.fam = s->pfam;
     if (bad)
-        return f_keep(&st, F_FAM_OPEN, 1);
+        return f_keep(&st, st.fam, 1);
     st.gen = s->pgen;
     u32 *g = f_active.lookup(&zero);
     if (!g || *g != st.gen)
-        return f_keep(&st, F_FAM_OPEN, 1);    // a reload happened in between
-    u32 idx = (st.gen & 1) * F_NFAM + F_FAM_OPEN;
+        return f_keep(&st, st.fam, 1);    // a reload happened in between
+    u32 idx = (st.gen & 1) * F_NFAM + st.fam;
     struct f_fam_cfg *c = f_fam.lookup(&idx);
     if (!c)
-        return f_keep(&st, F_FAM_OPEN, 1);
+        return f_keep(&st, st.fam, 1);
     st.cfg = c;
     __builtin_memcpy(&st.acc, &s->pacc, sizeof(st.acc));
     s->plen = f_compose(s, walk, at, nc, rlen);
@@ -586,23 +569,24 @@ static __always_inline int f_open_base(const char *walk, const u16 *at, u32 nc, 
     u32 len = *(volatile u32 *)&s->plen;
     s->plen = 0;
     if (len == 0 || len >= F_PATH)
-        return f_keep(&st, F_FAM_OPEN, 1);
-    return f_keep(&st, F_FAM_OPEN, f_path_judge(&st, s, F_FAM_OPEN, len));
+        return f_keep(&st, st.fam, 1);
+    return f_keep(&st, st.fam, f_path_judge(&st, s, st.fam, len));
 }
 
-static __always_inline int f_connect_enter(struct f_state *st, const void *uaddr, u32 addrlen) {
-    if (!f_begin(st, F_FAM_CONNECT))
+static __always_inline int f_connect_enter(struct f_state *st, u32 t, const void *uaddr,
+                                           u32 addrlen) {
+    if (!f_begin(st, t))
         return 1;
-    int keep = f_alive(st) && f_comm_dim(st, F_FAM_CONNECT) &&
-               f_num_dim(st, F_FAM_CONNECT, D_UID, (u32)bpf_get_current_uid_gid()) &&
+    int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid()) &&
                f_sockaddr_dims(st, uaddr, addrlen);
     if (!keep)
-        f_count(F_FAM_CONNECT, 0);
+        f_count(st->fam, 0);
     return keep;
 }
 
 static __always_inline int f_connect_exit(struct f_state *st, long ret) {
     if (!st->gen)
         return 1;
-    return f_keep(st, F_FAM_CONNECT, f_finish(st, F_FAM_CONNECT, ret));
+    return f_keep(st, st->fam, f_finish(st, st->fam, ret));
 }

@@ -1,4 +1,4 @@
-"""Deny rules -> a BPF LSM :class:`~sentinel.kernel.lsm_policy.DenyPolicy`.
+"""Deny rules -> a BPF LSM :class:`~sentinel.enforcement.policy.DenyPolicy`.
 
 A rule with ``action: deny`` is decided in the kernel, before the operation happens, so it must
 compile *exactly* into what the LSM hooks can test: no user-space residue, no approximation.
@@ -23,7 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sentinel.compiler.fold import maybe_true, specialize
-from sentinel.compiler.kernelplan import FAMILIES
+from sentinel.events import EVENT_TYPES
 from sentinel.language import ast, to_text
 
 PATH_OPS_EXACT = ("=", "==", "in")
@@ -46,7 +46,7 @@ class DenySpec:
     connect: list[tuple[str, str | None, tuple[int, ...]]] = field(default_factory=list)
 
     def to_policy(self) -> object:
-        from sentinel.kernel.lsm_policy import ConnectDeny, DenyPolicy
+        from sentinel.enforcement.policy import ConnectDeny, DenyPolicy
 
         return DenyPolicy(
             protect=dict(self.protect),
@@ -204,18 +204,25 @@ def compile_deny(rules: Iterable[tuple[str, ast.Expr]]) -> DenySpec:
     for name, raw in rules:
         expr = _drop_exit_direction(raw)
         types = maybe_true(expr)
-        fams = [f for f, ts in FAMILIES.items() if set(ts) & types]
-        others = {t for t in types} - {t for ts in FAMILIES.values() for t in ts}
+        shapes = [s for s, ts in SHAPES.items() if set(ts) & types]
+        others = {t for t in types} - {t for ts in SHAPES.values() for t in ts}
         if others:
             shown = ", ".join(sorted(t if t[0] != "\x00" else "<any other>" for t in others))
             raise _fail(name, f"it can match event types the LSM hooks do not see: {shown}")
-        if not fams:
+        if not shapes:
             raise _fail(name, "it matches no exec, open or connect event")
-        for fam in fams:
-            for t in FAMILIES[fam]:
+        for shape in shapes:
+            for t in SHAPES[shape]:
                 cond = specialize(expr, t)
                 for term in _dnf(name, cond):
-                    {"open": _file_term, "exec": _exec_term, "connect": _connect_term}[fam](
-                        name, term, out
-                    )
+                    TERM_COMPILERS[shape](name, term, out)
     return out
+
+
+# Deny shape (the event table's EventType.deny) -> its event types, and how a term of it
+# compiles into the policy.
+SHAPES: dict[str, tuple[str, ...]] = {}
+for _t in EVENT_TYPES:
+    if _t.deny:
+        SHAPES[_t.deny] = (*SHAPES.get(_t.deny, ()), _t.name)
+TERM_COMPILERS = {"file": _file_term, "exec": _exec_term, "connect": _connect_term}

@@ -1,84 +1,82 @@
 """The kernel part of each rule: a necessary condition the BPF programs can test cheaply.
 
-For every event family the sensor traces (exec, open, connect), a rule's condition is
-specialised to the family's event types and abstracted: each check on a field the kernel can see
-becomes a *constraint* on one dimension (comm, uid, open path exact/prefix/suffix, executable
-path exact/prefix/suffix, open intent, destination port, destination address, socket family);
-every other check, and every negated check, becomes "unknown" (true). The result is put in
+For every event type the prefilter judges (those of the exec, file and connect families: see
+sentinel.events), a rule's condition is specialised to the type and abstracted: each check on a
+field the event table binds to a kernel dimension for that type (comm, uid, the family's path
+exact/prefix/suffix, open intent, result, destination port, address, socket family) becomes a
+*constraint* on that dimension; every other check, and every negated check, becomes "unknown"
+(true). The result is put in
 disjunctive normal form: a list of *terms*, each a conjunction of per-dimension constraints
 ("boxes"). Dropping a check only widens a term, so the kernel part is an over-approximation:
 whenever the full condition can be true, some term is true. That is the invariant the kernel
 filter relies on to drop events safely.
 
-Encoding the terms into BPF maps is :mod:`sentinel.kernel.filters`' job.
+Encoding the terms into map contents is :mod:`.tables`' job; :mod:`.maps` writes them.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
 
 from sentinel.compiler.fold import specialize
 from sentinel.compiler.values import IPNetwork, parse_bool
+from sentinel.events import BY_NAME, PREFILTER_FAMILIES, Family
+from sentinel.events.dims import BIND_DIMS, PATH_DIMS, Bind, Dim
 from sentinel.language import ast
+from sentinel.prefilter.layout import LPM_PAYLOAD, PATH_MAX_KEY
 
 COMM_LEN = 15  # TASK_COMM_LEN - 1: proc.name is the task's comm
-PATH_MAX_KEY = 255  # longest path the kernel's exact-path hash keys on
-LPM_PAYLOAD = 252  # longest prefix/suffix an LPM trie key holds (256-byte data, 4 of header)
 MAX_TERMS_PER_RULE = 32
 
-FAMILIES: dict[str, tuple[str, ...]] = {
-    "exec": ("execve", "execveat"),
-    "open": ("open", "openat", "openat2", "creat"),
-    "connect": ("connect",),
-}
+# The event types the prefilter judges (each on its own terms), and their families.
+TYPES: tuple[str, ...] = tuple(t for f in PREFILTER_FAMILIES for t in f.type_names)
+FAMILY_OF: dict[str, str] = {t: f.name for f in PREFILTER_FAMILIES for t in f.type_names}
 
 
-class Dim(StrEnum):
-    COMM = "comm"
-    UID = "uid"
-    # The family's path: fd.name for open, proc.exepath for exec (the same map encodings).
-    PATH = "path"  # exact
-    PATH_PREFIX = "path_prefix"  # prefix
-    PATH_SUFFIX = "path_suffix"  # suffix
-    OPEN_WRITE = "open_write"  # open: (flags & O_ACCMODE) in (O_WRONLY, O_RDWR)
-    OPEN_READ = "open_read"  # open: (flags & O_ACCMODE) in (O_RDONLY, O_RDWR)
-    DPORT = "dport"  # connect: destination port
-    DADDR = "daddr"  # connect: destination address (CIDRs, v4 and v6)
-    FAMILY = "family"  # connect: '4', '6' or 'u'
-    FAILED = "failed"  # open, connect: the syscall returned an error
-    RAW_DOTDOT = "raw_dotdot"  # open: the path as passed contains "../"
+def _dims(f: Family) -> tuple[Dim, ...]:
+    used = {d for b in f.kernel_fields.values() for d in BIND_DIMS[b]}
+    return tuple(d for d in Dim if d in used)
 
 
+# The dimensions the BPF code evaluates for each event type: its family's (the union of the
+# family's bindings'; its handler computes them all).
 DIMS_OF: dict[str, tuple[Dim, ...]] = {
-    "exec": (Dim.COMM, Dim.UID, Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX),
-    "open": (
-        Dim.COMM,
-        Dim.UID,
-        Dim.PATH,
-        Dim.PATH_PREFIX,
-        Dim.PATH_SUFFIX,
-        Dim.OPEN_WRITE,
-        Dim.OPEN_READ,
-        Dim.FAILED,
-        Dim.RAW_DOTDOT,
-    ),
-    "connect": (Dim.COMM, Dim.UID, Dim.DPORT, Dim.DADDR, Dim.FAMILY, Dim.FAILED),
+    t: _dims(f) for f in PREFILTER_FAMILIES for t in f.type_names
 }
+
+
+def bindings(evt_type: str) -> dict[str, Bind]:
+    """The fields a rule may test that the kernel knows exactly for this event type: the
+    family's bindings, less the fields its getters do not fill for this type."""
+    t = BY_NAME[evt_type]
+    fam = t.family
+    assert fam is not None
+    only = fam.getters.only
+    return {
+        name: b
+        for name, b in fam.kernel_fields.items()
+        if name not in only or evt_type in only[name]
+    }
+
+
+# What a path dimension is about, per event type (for `sentinel explain`).
+PATH_FIELD = {
+    t: next(n for n, b in bindings(t).items() if b is Bind.PATH)
+    for t in TYPES
+    if Bind.PATH in bindings(t).values()
+}
+
 
 Value = str | int | bool | IPNetwork
 
-# What a path dimension is about, per family (for `sentinel explain`).
-PATH_FIELD = {"open": "fd.name", "exec": "proc.exepath"}
 
-
-def dim_label(dim: Dim, family: str | None = None) -> str:
-    """A dimension's name as `explain` shows it: the path dims name the family's field."""
-    field_name = PATH_FIELD.get(family or "")
-    if field_name is None or dim not in (Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX):
+def dim_label(dim: Dim, evt_type: str | None = None) -> str:
+    """A dimension's name as `explain` shows it: the path dims name the type's path field."""
+    field_name = PATH_FIELD.get(evt_type or "")
+    if field_name is None or dim not in PATH_DIMS:
         return dim.value
     return field_name + {Dim.PATH: "", Dim.PATH_PREFIX: " prefix", Dim.PATH_SUFFIX: " suffix"}[dim]
 
@@ -91,7 +89,7 @@ class Constraint:
     dim: Dim
     values: frozenset[Value]
 
-    def describe(self, family: str | None = None) -> str:
+    def describe(self, evt_type: str | None = None) -> str:
         shown = sorted(str(v) for v in self.values)
         if len(shown) > 6:
             shown = [*shown[:6], f"... ({len(self.values)} values)"]
@@ -100,9 +98,9 @@ class Constraint:
             Dim.PATH_SUFFIX: "ends with",
             Dim.DADDR: "in",
         }.get(self.dim, "is")
-        name = dim_label(self.dim, family)
-        if self.dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX) and family in PATH_FIELD:
-            name = PATH_FIELD[family]  # "proc.exepath starts with ..."
+        name = dim_label(self.dim, evt_type)
+        if self.dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX) and evt_type in PATH_FIELD:
+            name = PATH_FIELD[evt_type]  # "proc.exepath starts with ..."
         return f"{name} {verb} {{{', '.join(shown)}}}"
 
 
@@ -111,11 +109,11 @@ Term = dict[Dim, Constraint]  # a conjunction; {} is "always true"
 
 @dataclass
 class RulePlan:
-    """One rule's kernel part for one family: ``terms`` (DNF); ``[{}]`` means unconstrained,
-    ``[]`` means the rule cannot match this family at all."""
+    """One rule's kernel part for one event type: ``terms`` (DNF); ``[{}]`` means
+    unconstrained, ``[]`` means the rule cannot match this event type at all."""
 
     rule: str
-    family: str
+    evt_type: str
     terms: list[Term] = field(default_factory=list)
     approximated: list[str] = field(default_factory=list)  # what was widened, for `explain`
 
@@ -125,9 +123,9 @@ class RulePlan:
 
     def describe(self) -> list[str]:
         if not self.terms:
-            return ["never (no event of this family can match)"]
+            return ["never (no event of this type can match)"]
         return [
-            " and ".join(c.describe(self.family) for c in t.values()) if t else "always"
+            " and ".join(c.describe(self.evt_type) for c in t.values()) if t else "always"
             for t in self.terms
         ]
 
@@ -150,8 +148,9 @@ def _glob_literals(pattern: str) -> str:
     return "\0".join(re.split(r"[*?]|\[[^\]]*\]", pattern))
 
 
-def _failed(name: str, op: str, vals: list[str], family: str) -> bool | None:
-    """Whether a check pins the syscall's success (False) or failure (True)."""
+def _failed(name: str, op: str, vals: list[str]) -> bool | None:
+    """Whether a check on the result pins the syscall's success (False) or failure (True):
+    ``evt.res`` by name (SUCCESS, E...), ``evt.rawres`` and an open's ``fd.num`` by number."""
     if name == "evt.res" and len(vals) == 1:
         v = vals[0]
         if op in ("=", "==") and v == "SUCCESS":
@@ -159,10 +158,8 @@ def _failed(name: str, op: str, vals: list[str], family: str) -> bool | None:
         if (op in ("=", "==") and v.startswith("E")) or (op == "startswith" and v == "E"):
             return True
         return None
-    if name not in ("fd.num", "evt.rawres") or len(vals) != 1:
+    if name == "evt.res" or len(vals) != 1:
         return None
-    if name == "fd.num" and family != "open":
-        return None  # a connect's fd.num is the socket, not the result
     try:
         n = int(vals[0], 0)
     except ValueError:
@@ -186,71 +183,67 @@ def _net(text: str) -> IPNetwork | None:
         return None
 
 
-def abstract(c: ast.Check, family: str) -> Constraint | object:
-    """A positive check -> a constraint on one dimension, or _UNKNOWN."""
+def abstract(c: ast.Check, binds: Mapping[str, Bind]) -> Constraint | object:
+    """A positive check -> a constraint on one dimension, or _UNKNOWN. ``binds``: the fields
+    the kernel knows exactly for the event type at hand (see :func:`bindings`)."""
     if not isinstance(c.lhs, ast.FieldRef) or c.lhs.arg is not None or c.modifier:
         return _UNKNOWN
     name, op = c.lhs.name, c.op
+    bind = binds.get(name)
     vals = _values(c)
-    if vals is None:
+    if bind is None or vals is None:
         return _UNKNOWN
     exact = op in ("=", "==", "in", "intersects")
-    dims = DIMS_OF[family]
-    if Dim.FAILED in dims:
-        failed = _failed(name, op, vals, family)
-        if failed is not None:
-            return Constraint(Dim.FAILED, frozenset({failed}))
-    if Dim.RAW_DOTDOT in dims and name == "fd.nameraw" and len(vals) == 1:
+    if bind in (Bind.RESULT, Bind.RESULT_FD):
+        failed = _failed(name, op, vals)
+        return _UNKNOWN if failed is None else Constraint(Dim.FAILED, frozenset({failed}))
+    if bind is Bind.RAW_DOTDOT:
+        if len(vals) != 1:
+            return _UNKNOWN
         literal = vals[0] if op == "contains" else _glob_literals(vals[0]) if op == "glob" else ""
-        if "../" in literal:
-            return Constraint(Dim.RAW_DOTDOT, frozenset({True}))
-
-    if name == "proc.name" and exact:
+        return Constraint(Dim.RAW_DOTDOT, frozenset({True})) if "../" in literal else _UNKNOWN
+    if bind is Bind.PATH:
+        return _path(exact, op, vals)
+    if not exact:
+        return _UNKNOWN
+    if bind is Bind.COMM:
         return Constraint(Dim.COMM, frozenset(v[:COMM_LEN] for v in vals))
-    if name == "user.uid" and exact:
+    if bind in (Bind.UID, Bind.PORT):
         try:
-            return Constraint(Dim.UID, frozenset(int(v, 0) for v in vals))
+            nums = frozenset(int(v, 0) for v in vals)
         except ValueError:
             return _UNKNOWN
-    if family == "exec":
-        # proc.exe is argv[0], which the caller chooses: never a kernel dimension.
-        if name == "proc.exepath":
-            return _path(op in ("=", "==", "in"), op, vals)
-        return _UNKNOWN
-    if Dim.PATH in dims:
-        if name == "fd.name":
-            return _path(exact, op, vals)
-        if name == "fd.directory" and exact:
-            return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v.rstrip("/") + "/") for v in vals))
-        if name == "fd.filename" and exact:
-            return Constraint(Dim.PATH_SUFFIX, frozenset(_cap("/" + v, tail=True) for v in vals))
-        if name in ("evt.is_open_write", "evt.is_open_read") and op in ("=", "=="):
-            try:
-                want = parse_bool(vals[0])
-            except ValueError:
-                return _UNKNOWN
-            dim = Dim.OPEN_WRITE if name == "evt.is_open_write" else Dim.OPEN_READ
-            return Constraint(dim, frozenset({want}))
-    if Dim.DPORT in dims:
-        if name in ("fd.sport", "fd.rport", "fd.dport") and exact:
-            try:
-                return Constraint(Dim.DPORT, frozenset(int(v, 0) for v in vals))
-            except ValueError:
-                return _UNKNOWN
-        if name in ("fd.sip", "fd.rip", "fd.dip", "fd.snet", "fd.rnet") and exact:
-            nets = [_net(v) for v in vals]
-            if any(n is None for n in nets):
-                return _UNKNOWN
-            return Constraint(Dim.DADDR, frozenset(n for n in nets if n is not None))
-        if name == "fd.typechar" and exact:
-            return Constraint(Dim.FAMILY, frozenset(v for v in vals if v in ("4", "6", "u")))
-        if name == "fd.sockfamily" and exact:
-            fams = {"ip": ("4", "6"), "unix": ("u",)}
-            return Constraint(Dim.FAMILY, frozenset(f for v in vals for f in fams.get(v, ())))
-        if name == "fd.type" and exact:
-            fams2 = {"ipv4": "4", "ipv6": "6", "unix": "u"}
-            return Constraint(Dim.FAMILY, frozenset(fams2[v] for v in vals if v in fams2))
+        return Constraint(Dim.UID if bind is Bind.UID else Dim.DPORT, nums)
+    if bind is Bind.PATH_DIR:
+        return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v.rstrip("/") + "/") for v in vals))
+    if bind is Bind.PATH_BASE:
+        return Constraint(Dim.PATH_SUFFIX, frozenset(_cap("/" + v, tail=True) for v in vals))
+    if bind in (Bind.OPEN_WRITE, Bind.OPEN_READ):
+        if op not in ("=", "=="):
+            return _UNKNOWN
+        try:
+            want = parse_bool(vals[0])
+        except ValueError:
+            return _UNKNOWN
+        dim = Dim.OPEN_WRITE if bind is Bind.OPEN_WRITE else Dim.OPEN_READ
+        return Constraint(dim, frozenset({want}))
+    if bind is Bind.ADDR:
+        nets = [_net(v) for v in vals]
+        if any(n is None for n in nets):
+            return _UNKNOWN
+        return Constraint(Dim.DADDR, frozenset(n for n in nets if n is not None))
+    if bind in _FAMILY_VALUES:
+        table = _FAMILY_VALUES[bind]
+        return Constraint(Dim.FAMILY, frozenset(f for v in vals for f in table.get(v, ())))
     return _UNKNOWN
+
+
+# fd.typechar / fd.sockfamily / fd.type values -> the kernel's family codes ('4', '6', 'u').
+_FAMILY_VALUES: dict[Bind, dict[str, tuple[str, ...]]] = {
+    Bind.TYPECHAR: {"4": ("4",), "6": ("6",), "u": ("u",)},
+    Bind.SOCKFAMILY: {"ip": ("4", "6"), "unix": ("u",)},
+    Bind.FDTYPE: {"ipv4": ("4",), "ipv6": ("6",), "unix": ("u",)},
+}
 
 
 def _path(exact: bool, op: str, vals: list[str]) -> Constraint | object:
@@ -304,22 +297,24 @@ def _intersect(a: Term, b: Term) -> Term | None:
     return out
 
 
-def _dnf(e: ast.Expr, family: str, notes: list[str], negated: bool = False) -> list[Term]:
+def _dnf(
+    e: ast.Expr, binds: Mapping[str, Bind], notes: list[str], negated: bool = False
+) -> list[Term]:
     if isinstance(e, ast.Const):
         return [{}] if e.value != negated else []
     if isinstance(e, ast.Not):
-        return _dnf(e.child, family, notes, not negated)
+        return _dnf(e.child, binds, notes, not negated)
     if isinstance(e, ast.Check):
         if negated:
             return [{}]  # a negated check widens to "unknown"
-        c = abstract(e, family)
+        c = abstract(e, binds)
         if c is _UNKNOWN:
             return [{}]
         assert isinstance(c, Constraint)
         return [{c.dim: c}] if c.values else []
     assert isinstance(e, ast.And | ast.Or)
     conj = isinstance(e, ast.And) != negated  # De Morgan under negation
-    parts = [_dnf(k, family, notes, negated) for k in e.children]
+    parts = [_dnf(k, binds, notes, negated) for k in e.children]
     if not conj:
         out: list[Term] = []
         for p in parts:
@@ -355,18 +350,14 @@ def _dedupe(terms: Iterable[Term]) -> list[Term]:
     return seen
 
 
-def plan_rule(name: str, expr: ast.Expr, family: str) -> RulePlan:
-    """The rule's kernel part for ``family`` (union over the family's event types)."""
-    plan = RulePlan(name, family)
-    terms: list[Term] = []
-    for t in FAMILIES[family]:
-        cond = specialize(expr, t)
-        try:
-            terms.extend(_dnf(cond, family, plan.approximated))
-        except _TooBig:
-            plan.approximated.append(
-                f"more than {MAX_TERMS_PER_RULE} terms for {t}: widened to 'always'"
-            )
-            terms.append({})
+def plan_rule(name: str, expr: ast.Expr, evt_type: str) -> RulePlan:
+    """The rule's kernel part for one event type."""
+    plan = RulePlan(name, evt_type)
+    cond = specialize(expr, evt_type)
+    try:
+        terms = _dnf(cond, bindings(evt_type), plan.approximated)
+    except _TooBig:
+        plan.approximated.append(f"more than {MAX_TERMS_PER_RULE} terms: widened to 'always'")
+        terms = [{}]
     plan.terms = _dedupe(terms)
     return plan

@@ -5,7 +5,7 @@ has to stay protected while the maps change. So every policy map (``idents``, ``
 ``net_ports``, ``slot_cfg``) holds two policies side by side, told apart by a ``slot`` in the
 key. :meth:`PolicyMaps.update` fills the idle slot, then writes the new generation into
 ``config[1]``; each hook reads that word once and consults only its slot, so it sees the whole
-old policy or the whole new one (``bpf/lsm.c``, ``read_policy``).
+old policy or the whole new one (``bpf/enforcement/lsm.c``, ``read_policy``).
 
 Why a Gray code. ``config[1]`` holds the generation as a Gray code, in which consecutive
 generations differ in exactly one bit: even if a hook's read raced with the kernel's copy of
@@ -26,6 +26,7 @@ import os
 import threading
 import time
 
+from sentinel.enforcement.policy import MapPlan
 from sentinel.kernel.loader import (
     BPF_MAP_DELETE_ELEM,
     BPF_MAP_LOOKUP_ELEM,
@@ -33,15 +34,14 @@ from sentinel.kernel.loader import (
     _libc,
     bpf_map_op,
 )
-from sentinel.kernel.lsm_policy import MapPlan
 
-# One policy may use this many entries of each map (the maps are twice as large, bpf/lsm.c).
+# One policy may use this many entries of each map (the maps are twice as large, lsm.c).
 MAX_IDENTS = 65536
 MAX_NETS = 4096
 MAX_NET_PORTS = 16384
 
 POLICY_MAPS = ("idents", "net_trie", "net_ports", "slot_cfg", "config")
-F_WRITE, F_EXEC, F_CONNECT = 1, 2, 4  # slot_cfg.flags, as in bpf/lsm.c
+F_WRITE, F_EXEC, F_CONNECT = 1, 2, 4  # slot_cfg.flags, as in bpf/enforcement/lsm.c
 KEEP_PLANS = 4  # generations whose events can still be decoded (a ring may hold old ones)
 GRACE_FALLBACK_S = 0.1  # wait instead when membarrier() is refused (nohz_full kernels)
 
@@ -126,7 +126,7 @@ def flags_of(plan: MapPlan) -> int:
 
 
 class PolicyMaps:
-    """The policy maps of one loaded ``bpf/lsm.c``, by fd (``fds``: POLICY_MAPS -> fd).
+    """The policy maps of one loaded ``bpf/enforcement/lsm.c``, by fd (``fds``: POLICY_MAPS -> fd).
 
     :meth:`install` writes the first policy (generation 0, before the programs attach);
     :meth:`update` replaces it live. :meth:`plan_for` gives the plan of the generation a deny

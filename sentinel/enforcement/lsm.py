@@ -1,4 +1,4 @@
-"""BPF LSM enforcement: load ``bpf/lsm.c``, fill its maps from a DenyPolicy, stream denials.
+"""BPF LSM enforcement: load ``lsm.c``, fill its maps from a DenyPolicy, stream denials.
 
 Why in the kernel: a deny decision cannot wait for Python, so the whole decision lives in BPF
 maps and LSM hooks that return ``-EPERM`` before the operation happens; user space only hears
@@ -8,11 +8,11 @@ exist on this kernel comes from BTF (:mod:`lsm_btf`); whether BPF LSM works at a
 :func:`lsm_available` (:mod:`lsm_probe`).
 
 This process never imports bcc: a short-lived child (:mod:`sentinel.kernel.loader`) compiles
-``bpf/lsm.c`` and loads every program, then hands back program and map fds; here the policy
+``lsm.c`` and loads every program, then hands back program and map fds; here the policy
 maps are filled by bpf(2), each program is attached with one bpf(2) call (closing its link fd
 detaches it), and the ring buffer is read from its mmap (:mod:`sentinel.kernel.ringbuf`).
 
-Hooks used (see ``bpf/lsm.c``): ``bprm_check_security``; ``file_open`` (FMODE_WRITE or
+Hooks used (see ``bpf/enforcement/lsm.c``): ``bprm_check_security``; ``file_open`` (FMODE_WRITE or
 O_TRUNC), ``file_permission`` (writes through descriptors opened earlier), ``path_truncate``,
 ``file_truncate`` (6.2+), ``path_unlink``, ``path_rename`` (source and target),
 ``path_link``, ``path_symlink``, ``path_mknod`` (also open(O_CREAT) of a new file),
@@ -22,7 +22,7 @@ O_TRUNC), ``file_permission`` (writes through descriptors opened earlier), ``pat
 executable mappings of exec-denied files, which ``ld.so /denied/binary`` would use);
 ``sb_mount`` and ``move_mount`` (mounting onto a protected path or an ancestor would hide
 it); ``socket_connect``. ``file_free_security`` only maintains the write-verdict cache (see
-``write_ok`` in bpf/lsm.c) that keeps write() storms off the dentry walk.
+``write_ok`` in bpf/enforcement/lsm.c) that keeps write() storms off the dentry walk.
 
 Known limits: unmounting a file system that holds a protected path is not denied; a shared
 writable mapping made before the policy loaded keeps working (the kernel does not revoke
@@ -31,7 +31,7 @@ connect and is not covered. The dentry walk is bounded (32 levels, mount crossin
 for the verifier: protected trees deeper than that are refused at load (lsm_policy), and an
 exec too deep to check is denied while exec-prefix rules are loaded (fail closed). The policy is
 replaced live with :meth:`LsmEnforcer.update`: every policy map holds two slots, a reload fills
-the idle one and publishes it with one generation switch (see ``bpf/lsm.c``), so each hook
+the idle one and publishes it with one generation switch (see ``lsm.c``), so each hook
 sees the whole old or the whole new policy; a path protected by both is never unprotected.
 """
 
@@ -51,6 +51,25 @@ from typing import Any
 
 import structlog
 
+from sentinel.enforcement.lsm_btf import arg_index, lsm_hooks
+from sentinel.enforcement.lsm_maps import (
+    MAX_IDENTS,
+    MAX_NET_PORTS,
+    MAX_NETS,
+    POLICY_MAPS,
+    MapsError,
+    PolicyMaps,
+    check_size,
+)
+from sentinel.enforcement.policy import (
+    ConnectDeny,
+    DenyPolicy,
+    Ident,
+    MapPlan,
+    PolicyError,
+    build_plan,
+)
+from sentinel.enforcement.probe import lsm_available
 from sentinel.kernel.btf import Btf, BtfError, vmlinux_btf
 from sentinel.kernel.loader import (
     Loaded,
@@ -60,25 +79,6 @@ from sentinel.kernel.loader import (
     percpu_u64,
     possible_cpus,
 )
-from sentinel.kernel.lsm_btf import arg_index, lsm_hooks
-from sentinel.kernel.lsm_maps import (
-    MAX_IDENTS,
-    MAX_NET_PORTS,
-    MAX_NETS,
-    POLICY_MAPS,
-    MapsError,
-    PolicyMaps,
-    check_size,
-)
-from sentinel.kernel.lsm_policy import (
-    ConnectDeny,
-    DenyPolicy,
-    Ident,
-    MapPlan,
-    PolicyError,
-    build_plan,
-)
-from sentinel.kernel.lsm_probe import lsm_available
 from sentinel.kernel.ringbuf import RingBufferReader
 from sentinel.paths import BPF_DIR
 
@@ -94,7 +94,7 @@ __all__ = [
     "lsm_available",
 ]
 
-# Hook ids and operation ids exactly as in bpf/lsm.c.
+# Hook ids and operation ids exactly as in bpf/enforcement/lsm.c.
 HOOKS: dict[int, str] = {
     1: "bprm_check_security",
     2: "file_open",
@@ -185,7 +185,7 @@ EVT_TYPES: dict[str, str] = {
 OPTIONAL_HOOKS = ("file_truncate", "inode_set_acl", "inode_remove_acl")
 REQUIRED_HOOKS = tuple(h for h in HOOKS.values() if h not in OPTIONAL_HOOKS)
 
-# struct field offsets read by bpf/lsm.c: macro -> (struct, member path).
+# struct field offsets read by bpf/enforcement/lsm.c: macro -> (struct, member path).
 OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_FILE_F_PATH_DENTRY": ("file", "f_path.dentry"),
     "OFF_FILE_F_PATH_MNT": ("file", "f_path.mnt"),
@@ -235,7 +235,7 @@ class LsmError(RuntimeError):
 
 
 class _Event(ctypes.Structure):
-    """Mirror of ``struct deny_event`` in bpf/lsm.c."""
+    """Mirror of ``struct deny_event`` in bpf/enforcement/lsm.c."""
 
     _fields_ = [
         ("ident_ino", ctypes.c_uint64),
@@ -305,7 +305,7 @@ class DenyEvent:
 
 
 def _cflags(btf: Btf, hooks: dict[str, list[str]]) -> tuple[list[str], list[str]]:
-    """-D flags for bpf/lsm.c, and the optional hooks this kernel lacks."""
+    """-D flags for bpf/enforcement/lsm.c, and the optional hooks this kernel lacks."""
     missing_required = [h for h in REQUIRED_HOOKS if h not in hooks]
     if missing_required:
         raise LsmError(f"this kernel lacks BPF LSM hooks Sentinel needs: {missing_required}")
@@ -320,7 +320,9 @@ def _cflags(btf: Btf, hooks: dict[str, list[str]]) -> tuple[list[str], list[str]
                 raise LsmError(f"BPF LSM hook {hook}: argument {arg!r} at unexpected {pos}")
             flags.append(f"-D{macro}={pos}")
     except BtfError as exc:
-        raise LsmError(f"kernel BTF does not describe what bpf/lsm.c reads: {exc}") from exc
+        raise LsmError(
+            f"kernel BTF does not describe what bpf/enforcement/lsm.c reads: {exc}"
+        ) from exc
     lacking = []
     for hook in OPTIONAL_HOOKS:
         if hook in hooks and (hook == "file_truncate" or arg_index(hooks, hook, "dentry") == 1):
@@ -341,14 +343,16 @@ CHILD_MAPS = (*POLICY_MAPS, "deny_events", "counters", "write_ok")
 
 
 def _load(cflags: list[str], hooks: list[str]) -> Loaded:
-    """Compile bpf/lsm.c and load (verify) every program in a short-lived child process.
+    """Compile bpf/enforcement/lsm.c and load (verify) every program in a short-lived child process.
 
     Why a child: bcc brings LLVM, ~130 MB of resident memory that the long-lived process would
     keep for its whole life (see :mod:`sentinel.kernel.loader`). Nothing is attached yet:
     LsmEnforcer fills the policy maps first, then attaches all programs (or none).
     """
     try:
-        return load_in_child(BPF_DIR / "lsm.c", cflags, list(CHILD_MAPS), timeout=900, lsm=hooks)
+        return load_in_child(
+            BPF_DIR / "enforcement" / "lsm.c", cflags, list(CHILD_MAPS), timeout=900, lsm=hooks
+        )
     except LoaderError as exc:
         raise LsmError(str(exc)) from None
 
@@ -418,7 +422,7 @@ class LsmEnforcer:
                     self._loaded.links[hook] = attach_lsm(self._loaded.progs[hook])
                 except OSError as exc:
                     raise LsmError(f"attaching the {hook} program failed: {exc}") from exc
-            # Only now may file_open cache "allowed" verdicts (see write_ok in bpf/lsm.c).
+            # Only now may file_open cache "allowed" verdicts (see write_ok in lsm.c).
             self.maps.set_config(0, 1)
         except BaseException:
             if self._reader is not None:
@@ -435,7 +439,7 @@ class LsmEnforcer:
     # -- maps ------------------------------------------------------------------------------
 
     def update(self, policy: DenyPolicy | MapPlan) -> None:
-        """Replace the enforced policy live (see :class:`~sentinel.kernel.lsm_maps.PolicyMaps`).
+        """Replace the enforced policy live (see :class:`.lsm_maps.PolicyMaps`).
 
         Raises PolicyError (a path that cannot be resolved) or LsmError (too large, or a map
         refused an entry); either way the old policy is still enforced. An empty policy is

@@ -1,8 +1,8 @@
-"""Write the compiler's filter tables into the BPF maps of ``bpf/filter.h``.
+"""Write the compiler's filter tables into the BPF maps of ``bpf/prefilter/filter.h``.
 
 The layout of every key is defined once, here (ctypes mirrors of the C structs) and in
 filter.h, and checked by the real-kernel tests against the Python model in
-:mod:`sentinel.compiler.kernelmaps`. Maps are written by file descriptor with the ``bpf(2)``
+:mod:`sentinel.prefilter.tables`. Maps are written by file descriptor with the ``bpf(2)``
 syscall, so this works in the sensor's process, which never imports bcc (the programs are
 loaded in a child, see :mod:`sentinel.kernel.loader`).
 
@@ -19,8 +19,9 @@ import os
 from collections.abc import Iterator
 from typing import Any
 
-from sentinel.compiler.kernelmaps import NWORDS, FamilyTables, KernelTables
-from sentinel.compiler.kernelplan import Dim
+from sentinel.events import EVENT_TYPES, PREFILTER_CODES
+from sentinel.events.cgen import defines as event_defines
+from sentinel.events.dims import DIM_CODES, Dim
 from sentinel.kernel.loader import (
     BPF_MAP_DELETE_ELEM,
     BPF_MAP_GET_NEXT_KEY,
@@ -31,32 +32,44 @@ from sentinel.kernel.loader import (
     possible_cpus,
 )
 from sentinel.paths import BPF_DIR
+from sentinel.prefilter.layout import F_LPM_DATA, F_PATH, NWORDS, defines
+from sentinel.prefilter.tables import KernelTables, TypeTables
 
-FAMILY_CODES = {"exec": 0, "open": 1, "connect": 2}
-DIM_CODES = {
-    Dim.COMM: 0,
-    Dim.UID: 1,
-    Dim.PATH: 2,
-    Dim.PATH_PREFIX: 3,
-    Dim.PATH_SUFFIX: 4,
-    Dim.OPEN_WRITE: 5,
-    Dim.OPEN_READ: 6,
-    Dim.DPORT: 7,
-    Dim.DADDR: 8,
-    Dim.FAMILY: 9,
-    Dim.FAILED: 10,
-    Dim.RAW_DOTDOT: 11,
-}
-NFAM, NDIM, F_PATH, F_LPM_DATA = 3, 12, 256, 256
+FAMILY_CODES = PREFILTER_CODES  # event type -> its code: the maps' "family" of its entries
+NFAM, NDIM = len(EVENT_TYPES), len(DIM_CODES)
 MAP_NAMES = ("f_active", "f_fam", "f_comm", "f_num", "f_path", "f_lpm", "f_stats")
 
 
 def nwords_for(tables: KernelTables) -> int:
     """Mask words the BPF programs are compiled with: enough for these rules, and headroom
     for reloads (a family that outgrows it is left unfiltered, and that is logged)."""
-    most = max((ft.nterms for ft in tables.families.values()), default=0) + 32  # headroom
+    most = max((ft.nterms for ft in tables.types.values()), default=0) + 32  # headroom
     need = max(1, -(-most // 64))
     return min(NWORDS, 1 << (need - 1).bit_length()) if need > 1 else 1
+
+
+# ---- the byte format of every map (mirrors of the structs in bpf/prefilter/filter.h) -----------
+#
+# A *mask* is ``nwords`` little-endian u64 words; bit i is term i of the family (a term is one
+# DNF conjunction of one rule's kernel part; tables.py numbers them). A *family* of the maps is
+# one event type: its code (the event table's) is the ``family`` byte of every key. ``slot`` is
+# ``generation & 1``: every key carries the slot it belongs to, a reload fills the other slot
+# and then flips ``f_active``.
+#
+# f_active  u32 0 -> u32 generation (0: nothing loaded, every event passes)
+# f_fam     u32 slot * NFAM + family -> { u32 filter (0: pass all), u32 pad,
+#                                         mask all (every term), mask wild[NDIM] (per
+#                                         dimension, the terms it does not constrain) }
+# f_comm    { u32 gf = slot << 8 | family, char comm[16] (NUL-padded) } -> mask
+# f_num     { u32 gf, u32 dim (D_*), u64 value } -> mask     uid, booleans, port, family char
+# f_path    { u32 gf, char path[F_PATH] (NUL-padded) } -> mask    the family's exact path
+# f_lpm     { u32 prefixlen (bits), u8 data[F_LPM_DATA] } -> mask, LPM trie:
+#             data = slot, family, dim, then for D_PATH_PREFIX the path's first bytes, for
+#             D_PATH_SUFFIX the path's last bytes reversed, for D_DADDR the IP version (4 or 6)
+#             then the address in network order; prefixlen counts the header bytes too. An LPM
+#             lookup returns only the longest stored prefix, so tables.py folds the masks of
+#             shorter stored prefixes into longer ones.
+# f_stats   per-CPU u64 [family * 2 + kept]: events dropped / kept (kept only for tests)
 
 
 def _fam_cfg_type(nwords: int) -> type[ctypes.Structure]:
@@ -89,48 +102,53 @@ class LpmKey(ctypes.Structure):
     _fields_ = [("prefixlen", ctypes.c_uint32), ("data", ctypes.c_ubyte * F_LPM_DATA)]
 
 
-def source() -> str:
-    """The C text of ``bpf/filter.h``, to put before a program that calls it (bcc rewrites map
-    calls only in the main source, so the header cannot simply be #included)."""
-    return (BPF_DIR / "filter.h").read_text()
+def source(nwords: int = NWORDS) -> str:
+    """The C text of ``filter.h`` with every constant it needs, to put before a program that
+    calls it (bcc rewrites map calls only in the main source, so it cannot be #included)."""
+    return event_defines() + filter_source(nwords)
 
 
-def sensor_prelude() -> str:
-    """filter.h plus the sensor's prefilter hooks (see the hooks in ``bpf/sensor.bpf.c``)."""
-    hooks = r"""
+def filter_source(nwords: int = NWORDS) -> str:
+    """``filter.h`` with its own sizes, for a program that already has the event table's
+    constants (the sensor: sentinel.events.cgen.header)."""
+    return defines(nwords) + (BPF_DIR / "prefilter" / "filter.h").read_text()
+
+
+# The sensor's prefilter hooks (their defaults are in bpf/sensor/common.h).
+SENSOR_HOOKS = r"""
 #define PREFILTER_EXEC 1
-#define PREFILTER_OPEN 1
+#define PREFILTER_FILE 1
 #define PREFILTER_CONNECT 1
-// (fork and exit are never filtered: they keep the process table exact)
+// (clone and procexit are never filtered: they keep the process table exact)
 #define pf_exec_state f_state
-static __always_inline int prefilter_exec_pre(struct f_state *st) {
-    return f_exec_pre(st);
+static __always_inline int prefilter_exec_pre(struct f_state *st, u32 t) {
+    return f_exec_pre(st, t);
 }
 static __always_inline int prefilter_exec_path(struct f_state *st, const char *exe, u32 len) {
     return f_exec_path(st, exe, len);
 }
-static __always_inline int prefilter_open(u32 oflags, const char *upath, long ret) {
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
     struct f_state st = {};
-    int keep = f_open_enter(&st, oflags, upath);
+    int keep = f_file_enter(&st, t, oflags, upath);
     if (!keep)
         return 0;
-    return f_open_exit(&st, ret) != 0;  // F_NEED_BASE: prefilter_open_base decides
+    return f_file_exit(&st, ret) != 0;  // F_NEED_BASE: prefilter_file_base decides
 }
-static __always_inline int prefilter_open_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
-    return f_open_base(walk, at, nc, bad);
+static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
+    return f_file_base(walk, at, nc, bad);
 }
-static __always_inline int prefilter_connect(const void *uaddr, u32 addrlen, long ret) {
+static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
     struct f_state st = {};
-    if (!f_connect_enter(&st, uaddr, addrlen))
+    if (!f_connect_enter(&st, t, uaddr, addrlen))
         return 0;
     return f_connect_exit(&st, ret);
 }
 """
-    return "#include <uapi/linux/ptrace.h>\n" + source() + hooks
 
 
-def cflags(nwords: int = NWORDS) -> list[str]:
-    return [f"-DF_NWORDS={nwords}"]
+def sensor_prelude(nwords: int = NWORDS) -> str:
+    """filter.h plus the sensor's prefilter hooks, placed after the event table's header."""
+    return filter_source(nwords) + SENSOR_HOOKS
 
 
 # ---- bpf(2), through the loader's wrapper ----------------------------------------------------
@@ -213,11 +231,11 @@ class Prefilter:
         n = self.nwords
         self.overflow: list[str] = []
         for name, code in FAMILY_CODES.items():
-            ft = tables.families.get(name) or FamilyTables(name, pass_all=True)
+            ft = tables.types.get(name) or TypeTables(name, pass_all=True)
             if not ft.pass_all and ft.nterms > 64 * n:
                 # compiled for fewer mask words: this family is not filtered until a restart
                 self.overflow.append(name)
-                ft = FamilyTables(name, pass_all=True)
+                ft = TypeTables(name, pass_all=True)
             cfg = self._fam_cfg()
             cfg.filter = 0 if ft.pass_all else 1
             cfg.all = _u64s(ft.all_bits, n)
@@ -231,7 +249,7 @@ class Prefilter:
         return counts
 
     def _write_family(
-        self, ft: FamilyTables, gf: int, slot: int, code: int, counts: dict[str, int]
+        self, ft: TypeTables, gf: int, slot: int, code: int, counts: dict[str, int]
     ) -> None:
         for dim, entries in ft.exact.items():
             for value, mask in entries.items():

@@ -1,7 +1,7 @@
 """The kernel prefilter's invariant: it never drops an event the full rule would match.
 
-Checked here against the Python model of the maps (``sentinel.compiler.kernelmaps.passes``),
-which mirrors ``bpf/filter.h``; the real-kernel tests check the BPF side on a sample.
+Checked here against the Python model of the maps (``sentinel.prefilter.tables.passes``),
+which mirrors ``bpf/prefilter/filter.h``; the real-kernel tests check the BPF side on a sample.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.kernelmaps import KernelView, build_tables, passes
 from sentinel.engine import Engine
 from sentinel.loader import load_rules
+from sentinel.prefilter.model import KernelView, passes
+from sentinel.prefilter.tables import build_tables
 from tests.helpers import CORPUS
 
 COMMS = ["bash", "sh", "cat", "nginx", "verylongprocessname123"]
@@ -73,9 +74,10 @@ NETS = ["10.0.0.0/8", "192.168.0.0/16", "2001:db8::/32", "0.0.0.0/0", "10.0.0.1"
 PORTS = [22, 80, 443, 5432]
 TYPES = {
     "exec": ["execve", "execveat"],
-    "open": ["openat", "open", "openat2", "creat"],
+    "file": ["openat", "open", "openat2", "creat", "unlink", "unlinkat"],
     "connect": ["connect"],
 }
+OPENS = ("openat", "open", "openat2", "creat")
 
 
 def _q(v: str) -> str:
@@ -99,6 +101,12 @@ ATOMS = st.one_of(
     ),
     st.builds(lambda v: f"fd.name in {_lst(v)}", st.lists(st.sampled_from(PATHS), max_size=3)),
     st.builds(
+        lambda o, v: f"fs.path.name {o} {_q(v)}",
+        st.sampled_from(["=", "!=", "startswith", "endswith", "glob"]),
+        st.sampled_from([*PATHS, "/etc", "/tmp/*"]),
+    ),
+    st.builds(lambda v: f"fs.path.name pmatch ({_q(v)})", st.sampled_from(["/etc", "/tmp"])),
+    st.builds(
         lambda v: f"fd.name pmatch {_lst(v)}",
         st.lists(st.sampled_from(["/etc", "/tmp", "/usr"]), min_size=1, max_size=2),
     ),
@@ -116,7 +124,10 @@ ATOMS = st.one_of(
     st.builds(lambda v: f"fd.typechar = {_q(v)}", st.sampled_from(["4", "6", "u", "f"])),
     st.builds(
         lambda v: f"evt.type in {_lst(v)}",
-        st.lists(st.sampled_from(["execve", "openat", "open", "connect"]), min_size=1),
+        st.lists(
+            st.sampled_from(["execve", "openat", "open", "connect", "unlink", "unlinkat"]),
+            min_size=1,
+        ),
     ),
     st.builds(lambda v: f"proc.pname = {_q(v)}", st.sampled_from(COMMS)),
     st.sampled_from(
@@ -186,11 +197,12 @@ CONDS = st.recursive(
 @st.composite
 def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dict[str, Any]]:
     fam = family or draw(st.sampled_from(sorted(TYPES)))
+    evt_type = draw(st.sampled_from(TYPES[fam]))
     ret = draw(st.sampled_from([0, 3, -2, -13]))
     comm = draw(st.sampled_from(COMMS))[:15]
     uid = draw(st.sampled_from([0, 1000, 33]))
     ev: dict[str, Any] = {
-        "evt.type": draw(st.sampled_from(TYPES[fam])),
+        "evt.type": evt_type,
         "evt.dir": "<",
         "proc.name": comm,
         "user.uid": uid,
@@ -198,13 +210,17 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
         "evt.rawres": ret,
         "evt.res": "SUCCESS" if ret >= 0 else {-2: "ENOENT", -13: "EACCES"}[ret],
     }
-    if fam == "open":
+    if fam == "file":
         path = draw(st.sampled_from(PATHS))
         flags = draw(st.sampled_from([0, 1, 2, 0o101, 0o1102]))
         cwd = draw(st.sampled_from(CWDS))
-        # the sensor's derivation: absolute, lexically normalised (sentinel.enrichment.event)
+        # the sensor's derivation: absolute, lexically normalised (sentinel.events.file)
         full = os.path.normpath(path if path.startswith("/") else os.path.join(cwd, path))
         full = "/" + full.lstrip("/") if full.startswith("//") else full
+        ev.update({"fs.path.name": full, "fs.path.nameraw": path})
+        if ev["evt.type"] not in OPENS:  # unlink, unlinkat: no descriptor, no open flags
+            base = draw(st.sampled_from([cwd, cwd, None]))
+            return KernelView(evt_type, comm, uid, path=path, flags=0, ret=ret, base=base), ev
         ev.update(
             {
                 "fd.name": full,
@@ -219,7 +235,7 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
         )
         # the kernel's walk of the base: usually known, sometimes unusable (truncated, bad fd)
         base = draw(st.sampled_from([cwd, cwd, None]))
-        return KernelView(fam, comm, uid, path=path, flags=flags, ret=ret, base=base), ev
+        return KernelView(evt_type, comm, uid, path=path, flags=flags, ret=ret, base=base), ev
     if fam == "connect":
         ip = draw(st.sampled_from(IPS))
         port = draw(st.sampled_from(PORTS))
@@ -237,13 +253,13 @@ def kernel_events(draw: Any, family: str | None = None) -> tuple[KernelView, dic
                 "fd.num": 5,
             }
         )
-        return KernelView(fam, comm, uid, dport=port, daddr=ip, sock_family=fam_c, ret=ret), ev
+        return KernelView(evt_type, comm, uid, dport=port, daddr=ip, sock_family=fam_c, ret=ret), ev
     exe = draw(st.sampled_from(EXES))
     ev["proc.exepath"] = exe
     ev["proc.exe"] = draw(st.sampled_from([exe, os.path.basename(exe), "ls"]))  # argv[0]
     if ret < 0:  # a failed exec: the image (and proc.exepath) is the old one, unknown in BPF
-        return KernelView(fam, comm, uid, path=None, ret=ret), ev
-    return KernelView(fam, comm, uid, path=exe), ev
+        return KernelView(evt_type, comm, uid, path=None, ret=ret), ev
+    return KernelView(evt_type, comm, uid, path=exe), ev
 
 
 def _engine(tmp_path: Path, conds: list[str]) -> Engine:
@@ -321,30 +337,30 @@ def test_storm_on_unmentioned_path_is_filtered_and_watched_path_passes(tmp_path:
         ],
     )
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert not tables.families["open"].pass_all
-    assert not passes(tables, KernelView("open", "cat", 0, path="/usr/lib/libc.so.6"))
-    assert not passes(tables, KernelView("open", "cat", 0, path="/etc/passwd", flags=0))
-    assert passes(tables, KernelView("open", "cat", 0, path="/etc/passwd", flags=1))
-    assert passes(tables, KernelView("open", "cat", 0, path="/var/run/secret"))
-    assert passes(tables, KernelView("open", "cat", 0, path="relative"))  # no base: kept
+    assert not tables.types["openat"].pass_all
+    assert not passes(tables, KernelView("openat", "cat", 0, path="/usr/lib/libc.so.6"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="/etc/passwd", flags=0))
+    assert passes(tables, KernelView("openat", "cat", 0, path="/etc/passwd", flags=1))
+    assert passes(tables, KernelView("openat", "cat", 0, path="/var/run/secret"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="relative"))  # no base: kept
     # relative paths are judged on the walked base
-    assert not passes(tables, KernelView("open", "cat", 0, path="libc.so.6", base="/usr/lib"))
-    assert not passes(tables, KernelView("open", "cat", 0, path="etc/passwd", base="/"))
-    assert passes(tables, KernelView("open", "cat", 0, path="passwd", flags=1, base="/etc"))
-    assert passes(tables, KernelView("open", "cat", 0, path="etc/passwd", flags=1, base="/"))
-    assert passes(tables, KernelView("open", "cat", 0, path="run/secret", base="/var"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="libc.so.6", base="/usr/lib"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="etc/passwd", base="/"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="passwd", flags=1, base="/etc"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="etc/passwd", flags=1, base="/"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="run/secret", base="/var"))
     # not canonical, or the base is unknown: kept
-    assert passes(tables, KernelView("open", "cat", 0, path="./libc.so.6", base="/usr/lib"))
-    assert passes(tables, KernelView("open", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
-    assert passes(tables, KernelView("open", "cat", 0, path="libc.so.6", base=None))
+    assert passes(tables, KernelView("openat", "cat", 0, path="./libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="../lib/libc.so.6", base="/usr/lib"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="libc.so.6", base=None))
     # "." is the base and ".." its parent
-    assert not passes(tables, KernelView("open", "cat", 0, path="..", base="/usr/lib"))
-    assert passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
-    assert not passes(tables, KernelView("open", "cat", 0, path="..", flags=1, base="/etc/ssh"))
-    assert passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc/ssh"))
-    assert not passes(tables, KernelView("open", "cat", 0, path=".", flags=1, base="/etc"))
-    assert not passes(tables, KernelView("exec", "ls", 0, path="/usr/bin/ls"))
-    assert passes(tables, KernelView("exec", "bash", 0, path="/usr/bin/bash"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="..", base="/usr/lib"))
+    assert passes(tables, KernelView("openat", "cat", 0, path="..", flags=1, base="/etc/ssh/k"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="..", flags=1, base="/etc/ssh"))
+    assert passes(tables, KernelView("openat", "cat", 0, path=".", flags=1, base="/etc/ssh"))
+    assert not passes(tables, KernelView("openat", "cat", 0, path=".", flags=1, base="/etc"))
+    assert not passes(tables, KernelView("execve", "ls", 0, path="/usr/bin/ls"))
+    assert passes(tables, KernelView("execve", "bash", 0, path="/usr/bin/bash"))
     # no rule can match a connect: every connect is dropped
     assert not passes(tables, KernelView("connect", "curl", 0, dport=1, daddr="1.1.1.1"))
 
@@ -353,10 +369,10 @@ def test_falco_stable_rules_plan() -> None:
     rules = load_rules([CORPUS / "falco_rules.yaml"])
     engine = Engine(compile_rules(rules))
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    fam = tables.families["open"]
+    fam = tables.types["openat"]
     # the open family is filterable with the stable rules: a read of a library is dropped
     assert not fam.pass_all, fam.reason
-    assert not passes(tables, KernelView("open", "cat", 1000, path="/usr/lib/x.so"))
+    assert not passes(tables, KernelView("openat", "cat", 1000, path="/usr/lib/x.so"))
 
 
 def test_exepath_is_a_kernel_dimension_of_execs(tmp_path: Path) -> None:
@@ -371,22 +387,22 @@ def test_exepath_is_a_kernel_dimension_of_execs(tmp_path: Path) -> None:
         ],
     )
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    fam = tables.families["exec"]
+    fam = tables.types["execve"]
     assert fam.pass_all and "'R3'" in fam.reason  # the proc.exe rule leaves execs unfiltered
     engine = _engine(tmp_path, _EXE_RULES)
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert not tables.families["exec"].pass_all
-    assert passes(tables, KernelView("exec", "tool", 1000, path="/opt/x/tool"))
-    assert passes(tables, KernelView("exec", "tool", 1000, path="/opt/x/a/b/c"))
-    assert not passes(tables, KernelView("exec", "tool", 1000, path="/opt/xy/tool"))
-    assert passes(tables, KernelView("exec", "nc", 1000, path="/bin/nc"))
-    assert not passes(tables, KernelView("exec", "nc", 1000, path="/bin/nc.openbsd"))
-    assert passes(tables, KernelView("exec", "ncat", 0, path="/usr/local/bin/ncat"))
-    assert not passes(tables, KernelView("exec", "ncat", 1000, path="/usr/local/bin/ncat"))
-    assert not passes(tables, KernelView("exec", "ls", 0, path="/usr/bin/ls"))
+    assert not tables.types["execve"].pass_all
+    assert passes(tables, KernelView("execve", "tool", 1000, path="/opt/x/tool"))
+    assert passes(tables, KernelView("execve", "tool", 1000, path="/opt/x/a/b/c"))
+    assert not passes(tables, KernelView("execve", "tool", 1000, path="/opt/xy/tool"))
+    assert passes(tables, KernelView("execve", "nc", 1000, path="/bin/nc"))
+    assert not passes(tables, KernelView("execve", "nc", 1000, path="/bin/nc.openbsd"))
+    assert passes(tables, KernelView("execve", "ncat", 0, path="/usr/local/bin/ncat"))
+    assert not passes(tables, KernelView("execve", "ncat", 1000, path="/usr/local/bin/ncat"))
+    assert not passes(tables, KernelView("execve", "ls", 0, path="/usr/bin/ls"))
     # unknown executable path (failed exec, walk cut short): the kernel cannot judge, keeps it
-    assert passes(tables, KernelView("exec", "ls", 0, path=None))
-    plan = next(p for p in tables.plans if p.rule == "R0" and p.family == "exec")
+    assert passes(tables, KernelView("execve", "ls", 0, path=None))
+    plan = next(p for p in tables.plans if p.rule == "R0" and p.evt_type == "execve")
     assert plan.describe() == ["proc.exepath starts with {/opt/x/}"]
 
 
@@ -427,10 +443,10 @@ def test_explain_names_the_executable_path(tmp_path: Path) -> None:
         text=True,
         cwd=repo,
     )
-    fams = json.loads(res.stdout)["families"]
-    assert fams["exec"]["filtered"] is True
-    assert fams["exec"]["exact_entries"]["proc.exepath"] == 2
-    assert fams["exec"]["lpm_entries"] == {"proc.exepath prefix": 1, "proc.exepath suffix": 1}
+    fams = json.loads(res.stdout)["event_types"]
+    assert fams["execve"]["filtered"] is True
+    assert fams["execve"]["exact_entries"]["proc.exepath"] == 2
+    assert fams["execve"]["lpm_entries"] == {"proc.exepath prefix": 1, "proc.exepath suffix": 1}
 
 
 def test_exact_path_longer_than_a_hash_key_becomes_a_prefix_the_trie_holds(
@@ -442,7 +458,7 @@ def test_exact_path_longer_than_a_hash_key_becomes_a_prefix_the_trie_holds(
     long_path = "/" + "a" * 150 + "/" + "b" * 150
     engine = _engine(tmp_path, [f"evt.type = openat and fd.name = {long_path}"])
     tables = build_tables([(r.name, r.expr) for r in engine.rules])
-    assert passes(tables, KernelView("open", "cat", 0, path=long_path))
-    assert not passes(tables, KernelView("open", "cat", 0, path="/usr/lib/x.so"))
-    payloads = [p for lpm in tables.families["open"].lpm.values() for p in lpm]
+    assert passes(tables, KernelView("openat", "cat", 0, path=long_path))
+    assert not passes(tables, KernelView("openat", "cat", 0, path="/usr/lib/x.so"))
+    payloads = [p for lpm in tables.types["openat"].lpm.values() for p in lpm]
     assert payloads and all(len(p) <= 252 for p in payloads)

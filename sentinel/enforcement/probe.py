@@ -18,8 +18,8 @@ import struct
 import subprocess
 from pathlib import Path
 
+from sentinel.enforcement.lsm_btf import lsm_hook_btf_id
 from sentinel.kernel.btf import VMLINUX, BtfError, vmlinux_btf
-from sentinel.kernel.lsm_btf import lsm_hook_btf_id
 
 LSM_LIST = Path("/sys/kernel/security/lsm")
 SECURITYFS = Path("/sys/kernel/security")

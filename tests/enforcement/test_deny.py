@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from sentinel.compiler import compile_rules
-from sentinel.compiler.deny import DenyCompileError, compile_deny
+from sentinel.enforcement.deny import DenyCompileError, compile_deny
 from sentinel.loader import load_rules
 
 MACROS = """

@@ -2,7 +2,7 @@
 
 A :class:`DenyPolicy` is what a deny rule compiles to: plain data, no kernel objects.
 :func:`build_plan` resolves it against the file system and produces a :class:`MapPlan` (the
-exact keys and values ``bpf/lsm.c`` looks up). Kept free of bcc so it is testable anywhere.
+exact keys and values ``lsm.c`` looks up). Kept free of bcc so it is testable anywhere.
 
 Why identities and not path strings. The kernel hooks see dentries, not strings. Matching a
 prefix on a path string would need ``bpf_d_path``, which LSM programs may only call from
@@ -42,7 +42,7 @@ import structlog
 MAX_PORT = 65535
 # Cap on the entries scanned below a protected directory for pre-existing hard links.
 HARDLINK_SCAN_LIMIT = 200_000
-# bpf/lsm.c walks at most MAX_DEPTH (32) dentries; keep slack for mount crossings.
+# bpf/enforcement/lsm.c walks at most MAX_DEPTH (32) dentries; keep slack for mount crossings.
 MAX_PROTECTED_DEPTH = 28
 
 _log = structlog.get_logger("sentinel.lsm")

@@ -1,0 +1,281 @@
+// Sentinel's sensor, the part every family shares: the ring buffer, the per-event-type
+// counters, the record header, dentry walks, syscall arguments, and the prefilter hooks'
+// defaults. One source file per family follows it (exec.h, process.h, file.h, net.h), then the
+// tracepoint stubs generated from the event table (sentinel.events.cgen).
+//
+// The program is assembled by user space (sentinel.kernel.program) as ONE text: bcc rewrites
+// map calls such as events.ringbuf_reserve() only in the main source, not in #included files.
+// Before this file come the generated header (event codes EVT_*, flag bits FLAG_*, sizes, the
+// record structs: sentinel/events is the one definition of all of them) and, when the
+// prefilter is on, bpf/prefilter/filter.h with its hooks.
+//
+// Compiled by bcc at run time against whatever kernel headers exist (usually NOT the running
+// kernel's). Therefore no kernel struct is ever dereferenced through a header layout: every
+// struct field is read at an OFF_* byte offset that user space computed from the running
+// kernel's BTF (sentinel/kernel/offsets.py) and passed as -DOFF_X=N. Tracepoint arguments
+// (args->..., ctx->args[]) are safe: bcc builds them from tracefs.
+
+#define NAME_MAX_READ 256
+#define WALK_LIMIT 512          // stop writing components past this offset
+// WALK_DEPTH: components per dentry walk. Every iteration is verified separately (bcc cannot
+// emit the bpf_loop() callback that would avoid it), so depth is start-up time: 16 keeps the
+// load under half a second. A deeper path is flagged truncated and user space falls back to
+// /proc.
+
+// Wakeups: only exec records wake the reader at once. A wakeup is an irq_work self-IPI, which
+// in a VM is a VM exit costing microseconds: measured here, waking every 64th open record
+// cost ~300 ns per record on average. Other records wake the reader once per WAKEUP_EVERY per
+// CPU (a safety net); otherwise user space finds them at its next poll, whose timeout bounds
+// their delay (sentinel.kernel.sensor.POLL_MS), and while it is busy it never sleeps anyway.
+#define WAKEUP_EVERY 4096
+
+// The arguments of a syscall, read at its exit from the task's saved user registers
+// (bpf_task_pt_regs): only sys_exit_* tracepoints are attached, never sys_enter_*, which halves
+// the tracepoint cost every syscall of every task pays, and no enter->exit stash map is needed.
+struct sc_args {
+    u64 a0, a1, a2, a3;
+};
+
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(counts, u64, EVT_MAX * C_N);
+BPF_PERCPU_ARRAY(pending, u64, 1);
+
+static __always_inline void count(u32 t, u32 what) {
+    u32 i = t * C_N + what;
+    u64 *v = counts.lookup(&i);
+    if (v)
+        *v += 1;
+}
+
+// Whether the prefilter keeps an event of type t; counts the verdict.
+static __always_inline int counted(u32 t, int keep) {
+    count(t, keep ? C_PASSED : C_FILTERED);
+    return keep;
+}
+
+static __always_inline void *rd_ptr(void *base, u32 off) {
+    void *v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), base + off);
+    return v;
+}
+
+static __always_inline u32 rd_u32(void *base, u32 off) {
+    u32 v = 0;
+    bpf_probe_read_kernel(&v, sizeof(v), base + off);
+    return v;
+}
+
+// Sentinel's own process is never reported: evaluating an event makes the sensor open files
+// (passwd lookups, /proc reads), which would produce events about itself without end.
+static __always_inline int is_self(void) {
+#ifdef SELF_TGID
+    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
+#else
+    return 0;
+#endif
+}
+
+// ---- prefilter hooks ---------------------------------------------------------------------
+// Return 0 to drop an event before it costs a ring-buffer reservation. Each hook gets the event
+// code (t: the prefilter judges each event type on its own terms) and what the kernel knows at
+// that point (the call's arguments and result). By default they keep
+// everything; the in-kernel prefilter (bpf/prefilter/filter.h, filled from the kernel plan)
+// replaces a family's hooks by defining PREFILTER_<FAMILY> and its own functions, in source
+// placed before this file. Sentinel's own events are dropped before the hooks, and not counted.
+#ifndef PREFILTER_EXEC
+// An exec, in two steps: _pre() returns 0 (drop), 1 (keep) or 2 (ask _path() with the
+// executable's path: len bytes, exactly what user space reports as proc.exepath, or len 0 when
+// it is not known here, for a failed exec or a walk cut short). The path is walked only for 2.
+// The state between the two lives on the caller's stack (the prefilter renames the struct).
+struct pf_exec_state {
+    u32 unused;
+};
+static __always_inline int prefilter_exec_pre(struct pf_exec_state *st, u32 t) {
+    return 1;
+}
+static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const char *exe,
+                                               u32 len) {
+    return 1;
+}
+#endif
+// prefilter_file_base is called for every file event prefilter_file kept, with the walk of the
+// base directory of a relative path (bad: the walk is unusable, or there is none): the
+// prefilter may have left the verdict on a relative path to it.
+#ifndef PREFILTER_FILE
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
+    return 1;
+}
+static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
+    return 1;
+}
+#endif
+#ifndef PREFILTER_CONNECT
+static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
+    return 1;
+}
+#endif
+
+static __always_inline u64 wakeup_flags(u32 evt) {
+    u64 flags = BPF_RB_FORCE_WAKEUP;
+    if (evt != EVT_EXECVE && evt != EVT_EXECVEAT) {
+        u32 zero = 0;
+        u64 *n = pending.lookup(&zero);
+        if (n && ((++*n) % WAKEUP_EVERY) != 0)
+            flags = BPF_RB_NO_WAKEUP;
+    }
+    return flags;
+}
+
+static __always_inline void submit(void *rec, u32 evt) {
+    events.ringbuf_submit(rec, wakeup_flags(evt));
+}
+
+// Hot path: the task pointer from bpf_get_current_task_btf() is typed by the kernel's BTF, so
+// fields are read with plain loads at BTF offsets (the verifier checks each against BTF and
+// makes it fault-safe); far cheaper than a bpf_probe_read_kernel() call per field.
+static __always_inline void fill_hdr(struct hdr *h, u32 evt) {
+    u64 pt = bpf_get_current_pid_tgid();
+    u64 ug = bpf_get_current_uid_gid();
+    char *t = (char *)bpf_get_current_task_btf();
+    char *parent = *(char **)(t + OFF_TASK_REAL_PARENT);
+    h->ts = bpf_ktime_get_boot_ns();
+    h->type = evt;
+    h->pid = pt >> 32;
+    h->tid = (u32)pt;
+    h->uid = (u32)ug;
+    h->gid = ug >> 32;
+    h->flags = 0;
+    h->cgroup_id = bpf_get_current_cgroup_id();
+    h->ppid = *(u32 *)(parent + OFF_TASK_TGID);
+    h->loginuid = *(u32 *)(t + OFF_TASK_LOGINUID);
+    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+}
+
+static __always_inline void read_args(struct sc_args *a) {
+    // BTF-typed pt_regs: plain loads (see fill_hdr).
+    char *regs = (char *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    a->a0 = *(u64 *)(regs + OFF_REGS_ARG0);
+    a->a1 = *(u64 *)(regs + OFF_REGS_ARG1);
+    a->a2 = *(u64 *)(regs + OFF_REGS_ARG2);
+    a->a3 = *(u64 *)(regs + OFF_REGS_ARG3);
+}
+
+// Walk from (dentry, vfsmount) up to the task's root, writing the components leaf-first,
+// each NUL-terminated. Crosses mount points through struct mount (container_of vfsmount).
+// Returns bytes written; sets *trunc when the depth or buffer limit cut the walk short.
+// With at (2 * WALK_DEPTH entries), also the offset reached at the start of each step, *nc the
+// steps taken: step i wrote a component (at[i] .. at[i + 1] - 1, its NUL included) unless
+// at[i] == at[i + 1] (it crossed a mount). The prefilter composes the absolute path from them.
+// Indexed by the step, not by a component counter: that would be one more precise scalar and
+// multiply the verifier's states.
+static __always_inline u32 walk_path(char *buf, void *dentry, void *vfsmnt, void *root_dentry,
+                                     void *root_mnt, u32 *trunc, u16 *at, u32 *nc) {
+    u32 off = 0;
+    void *mnt = vfsmnt - OFF_MOUNT_MNT;
+    int i;
+    *trunc = 1;
+    for (i = 0; i < WALK_DEPTH; i++) {
+        if (at)
+            at[i & (2 * WALK_DEPTH - 1)] = off;
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            *trunc = 0;
+            break;
+        }
+        void *mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
+        if (dentry == mnt_root) {
+            void *parent_mnt = rd_ptr(mnt, OFF_MOUNT_MNT_PARENT);
+            if (parent_mnt == mnt || !parent_mnt) {
+                *trunc = 0;
+                break;
+            }
+            dentry = rd_ptr(mnt, OFF_MOUNT_MNT_MOUNTPOINT);
+            mnt = parent_mnt;
+            vfsmnt = mnt + OFF_MOUNT_MNT;
+            continue;
+        }
+        void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
+        if (parent == dentry || !parent) {
+            *trunc = 0;
+            break;
+        }
+        if (off >= WALK_LIMIT)
+            break;
+        void *name = rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
+        int n = bpf_probe_read_kernel_str(&buf[off & (WALK_LIMIT - 1)], NAME_MAX_READ, name);
+        if (n <= 0)
+            break;
+        off += n;
+        dentry = parent;
+    }
+    if (at)
+        *nc = i;
+    return off;
+}
+
+// A path built forward by walk_path_fwd, in a per-CPU scratch buffer.
+struct path_buf {
+    char b[WALK_SIZE];
+    u32 len;
+    u32 trunc;
+};
+
+// Walk like walk_path(), but write the path forward ("/usr/bin/ls"), right-aligned so that it
+// ends at buf[FWD_END]: one string that the prefilter looks up and user space reads as is.
+// Names are copied by their d_name length. Sets x->len to the path's length (0 when the file
+// is the root itself or has no name) and x->trunc when depth or room ran out.
+static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void *vfsmnt,
+                                          void *root_dentry, void *root_mnt) {
+    char *buf = x->b;
+    u32 pos = FWD_END;
+    void *mnt = vfsmnt - OFF_MOUNT_MNT;
+    u32 trunc_v = 1;
+    u32 *trunc = &trunc_v;
+    int i;
+    for (i = 0; i < WALK_DEPTH; i++) {
+        if (dentry == root_dentry && vfsmnt == root_mnt) {
+            *trunc = 0;
+            break;
+        }
+        void *mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
+        if (dentry == mnt_root) {
+            void *parent_mnt = rd_ptr(mnt, OFF_MOUNT_MNT_PARENT);
+            if (parent_mnt == mnt || !parent_mnt) {
+                *trunc = 0;
+                break;
+            }
+            dentry = rd_ptr(mnt, OFF_MOUNT_MNT_MOUNTPOINT);
+            mnt = parent_mnt;
+            vfsmnt = mnt + OFF_MOUNT_MNT;
+            continue;
+        }
+        void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
+        if (parent == dentry || !parent) {
+            *trunc = 0;
+            break;
+        }
+        u32 len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
+        if (len == 0 || len >= NAME_MAX_READ || len + 1 > pos)
+            break;                      // no room left (or a nameless dentry): truncated
+        asm volatile("" : "+r"(len));   // keep the mask below: it bounds the copy for the verifier
+        pos -= len;
+        void *name = rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
+        if (bpf_probe_read_kernel(&buf[pos & (FWD_END - 1)], len & (NAME_MAX_READ - 1), name))
+            break;
+        pos -= 1;
+        buf[pos & (FWD_END - 1)] = '/';
+        dentry = parent;
+    }
+    x->len = FWD_END - pos;
+    x->trunc = trunc_v;
+}
+
+// The file behind a descriptor of the current task (0 when fd is not open).
+static __always_inline void *fd_file(void *task, s32 fd) {
+    void *files = rd_ptr(task, OFF_TASK_FILES);
+    void *fdt = rd_ptr(files, OFF_FILES_FDT);
+    u32 max_fds = rd_u32(fdt, OFF_FDT_MAX_FDS);
+    if (fd < 0 || (u32)fd >= max_fds)
+        return 0;
+    void *fd_array = rd_ptr(fdt, OFF_FDT_FD);
+    return rd_ptr(fd_array, (u32)fd * 8);
+}

@@ -1,0 +1,159 @@
+// The exec family (sentinel/events/exec.py): execve and execveat.
+//
+// A successful exec is reported by sched_process_exec, with the new image; a failed one at
+// its own syscall exit (emit_exec_failure, called by the generated stubs of sys_exit_execve
+// and sys_exit_execveat, attached only when other syscall tracepoints are).
+
+// Per-CPU scratch for the executable's path: built once, before the prefilter judges it and
+// the record is reserved, then copied into the record.
+BPF_PERCPU_ARRAY(exe_scratch, struct path_buf, 1);
+
+// execve or execveat. The syscall number is gone by now (x86 resets the saved registers for
+// the new image), but an execveat that names its file by a directory fd (fexecve, fileless
+// memfd execution, a path relative to a dirfd) leaves bprm->fdpath ("/dev/fd/N[/name]").
+// An execveat with AT_FDCWD or an absolute path is indistinguishable from execve here and
+// counts as execve (failed ones are told apart exactly, at their own syscall exits).
+static __always_inline u32 exec_type(void *bprm) {
+    return rd_ptr(bprm, OFF_BPRM_FDPATH) ? EVT_EXECVEAT : EVT_EXECVE;
+}
+
+RAW_TRACEPOINT_PROBE(sched_process_exec) {
+    void *task = (void *)ctx->args[0];
+    void *bprm = (void *)ctx->args[2];
+    if (is_self())
+        return 0;
+    u32 t = exec_type(bprm);
+    struct pf_exec_state pst = {};
+    int verdict = prefilter_exec_pre(&pst, t);
+    if (!verdict) {
+        count(t, C_FILTERED);
+        return 0;
+    }
+    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
+    // the record carries it.
+    u32 zero = 0;
+    struct path_buf *xb = exe_scratch.lookup(&zero);
+    if (!xb)
+        return 0;
+    void *fs = rd_ptr(task, OFF_TASK_FS);
+    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    xb->len = 0;
+    xb->trunc = 0;
+    void *file = rd_ptr(bprm, OFF_BPRM_FILE);
+    if (file)
+        walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                      rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
+    // Read back through memory (volatile), so the filter below works on one unknown length
+    // rather than on whatever clang can prove about each way the walk ends; every copy it
+    // makes is bounded by masks of its own.
+    u32 exe_len = *(volatile u32 *)&xb->len;
+    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
+    u32 known = exe_trunc ? 0 : exe_len & (FWD_END - 1);
+    if (verdict == 2 && !prefilter_exec_path(&pst, xb->b + FWD_END - known, known)) {
+        count(t, C_FILTERED);
+        return 0;
+    }
+    count(t, C_PASSED);
+    struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
+    if (!e) {
+        count(t, C_LOST);
+        return 0;
+    }
+    fill_hdr(&e->h, t);
+    e->old_pid = (u32)ctx->args[1];
+    e->res = 0;
+
+    void *fname = rd_ptr(bprm, OFF_BPRM_FILENAME);
+    e->filename[0] = 0;
+    bpf_probe_read_kernel_str(&e->filename, sizeof(e->filename), fname);
+
+    // argv from the new mm: arg_start..arg_end is the NUL-separated argument block.
+    void *mm = rd_ptr(task, OFF_TASK_MM);
+    u64 as = 0, ae = 0;
+    bpf_probe_read_kernel(&as, sizeof(as), mm + OFF_MM_ARG_START);
+    bpf_probe_read_kernel(&ae, sizeof(ae), mm + OFF_MM_ARG_END);
+    u64 alen = ae > as ? ae - as : 0;
+    if (alen > ARGS_SIZE) {
+        alen = ARGS_SIZE;
+        e->h.flags |= FLAG_ARGS_TRUNC;
+    }
+    e->args_len = 0;
+    if (alen > 0 && bpf_probe_read_user(&e->args, alen & (ARGS_SIZE - 1) ? alen & (ARGS_SIZE - 1) : ARGS_SIZE, (void *)as) == 0)
+        e->args_len = alen;
+
+    // The executable's path, from the walk above; the cwd, as a dentry walk to the task's root.
+    bpf_probe_read_kernel(e->exe, WALK_SIZE, xb->b);
+    e->exe_len = exe_len;
+    if (exe_trunc)
+        e->h.flags |= FLAG_EXE_TRUNC;
+    u32 trunc = 0;
+    e->cwd_len = walk_path(e->cwd, rd_ptr(fs, OFF_FS_PWD + OFF_PATH_DENTRY),
+                           rd_ptr(fs, OFF_FS_PWD + OFF_PATH_MNT), root_dentry, root_mnt, &trunc,
+                           0, 0);
+    if (trunc)
+        e->h.flags |= FLAG_CWD_TRUNC;
+
+    // Controlling tty, session and process group (for proc.tty, proc.sname, vpgid leader).
+    void *signal = rd_ptr(task, OFF_TASK_SIGNAL);
+    void *tty = rd_ptr(signal, OFF_SIGNAL_TTY);
+    e->tty = 0;
+    if (tty) {
+        u32 index = rd_u32(tty, OFF_TTY_INDEX);
+        void *driver = rd_ptr(tty, OFF_TTY_DRIVER);
+        u32 major = rd_u32(driver, OFF_TTYDRV_MAJOR);
+        u32 minor = rd_u32(driver, OFF_TTYDRV_MINOR_START) + index;
+        e->tty = (minor & 0xff) | (major << 8) | ((minor & ~0xffu) << 12);
+    }
+    void *sidp = rd_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_SID_IDX);
+    void *pgidp = rd_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_PGID_IDX);
+    e->sid = sidp ? rd_u32(sidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
+    e->pgid = pgidp ? rd_u32(pgidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
+    submit(e, t);
+    return 0;
+}
+
+// A failed execve/execveat (the generated stubs call this at the syscall exit): the process
+// image is unchanged, so only the attempted path and argv are recorded.
+static __always_inline int emit_exec_failure(void *ctx, long ret, u32 t, u64 fname, u64 argvp) {
+    if (ret >= 0 || is_self())
+        return 0;
+    struct pf_exec_state pst = {};
+    int verdict = prefilter_exec_pre(&pst, t);  // the image is unchanged: no new executable path
+    if (!counted(t, verdict == 2 ? prefilter_exec_path(&pst, 0, 0) : verdict))
+        return 0;
+    struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
+    if (!e) {
+        count(t, C_LOST);
+        return 0;
+    }
+    fill_hdr(&e->h, t);
+    e->tty = 0;
+    e->sid = 0;
+    e->pgid = 0;
+    e->exe_len = 0;
+    e->cwd_len = 0;
+    e->old_pid = 0;
+    e->res = (s32)ret;
+    e->filename[0] = 0;
+    bpf_probe_read_user_str(&e->filename, sizeof(e->filename), (void *)fname);
+    u32 off = 0;
+    int i;
+    for (i = 0; i < FAILED_EXEC_ARGS; i++) {
+        u64 p = 0;
+        if (bpf_probe_read_user(&p, sizeof(p), (void *)(argvp + i * 8)) != 0 || !p)
+            break;
+        if (off > ARGS_SIZE - NAME_MAX_READ) {
+            e->h.flags |= FLAG_ARGS_TRUNC;
+            break;
+        }
+        int n = bpf_probe_read_user_str(&e->args[off & (ARGS_SIZE - 1)], NAME_MAX_READ,
+                                        (void *)p);
+        if (n <= 0)
+            break;
+        off += n;
+    }
+    e->args_len = off;
+    submit(e, t);
+    return 0;
+}

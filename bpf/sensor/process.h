@@ -1,0 +1,48 @@
+// The process family (sentinel/events/process.py): clone and procexit, from sched raw
+// tracepoints that are always attached (they keep the process table exact; never filtered).
+
+RAW_TRACEPOINT_PROBE(sched_process_fork) {
+    void *child = (void *)ctx->args[1];
+    if (is_self() || !counted(EVT_CLONE, 1))
+        return 0;
+    struct proc_ev *e = events.ringbuf_reserve(sizeof(struct proc_ev));
+    if (!e) {
+        count(EVT_CLONE, C_LOST);
+        return 0;
+    }
+    fill_hdr(&e->h, EVT_CLONE);
+    e->child_pid = rd_u32(child, OFF_TASK_TGID);
+    e->child_tid = rd_u32(child, OFF_TASK_PID);
+    e->exit_code = 0;
+    e->pad = 0;
+    if (e->child_pid != e->child_tid)
+        e->h.flags |= FLAG_THREAD;
+    submit(e, EVT_CLONE);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sched_process_exit) {
+    void *task = (void *)ctx->args[0];
+#ifdef EXIT_HAS_GROUP_DEAD
+    if (!(u8)ctx->args[1])
+        return 0;  // a thread, not the last one: the process lives on
+#else
+    u64 pt = bpf_get_current_pid_tgid();
+    if ((u32)pt != (u32)(pt >> 32))
+        return 0;
+#endif
+    if (is_self() || !counted(EVT_PROCEXIT, 1))
+        return 0;
+    struct proc_ev *e = events.ringbuf_reserve(sizeof(struct proc_ev));
+    if (!e) {
+        count(EVT_PROCEXIT, C_LOST);
+        return 0;
+    }
+    fill_hdr(&e->h, EVT_PROCEXIT);
+    e->child_pid = 0;
+    e->child_tid = 0;
+    e->exit_code = (s32)rd_u32(task, OFF_TASK_EXIT_CODE);
+    e->pad = 0;
+    submit(e, EVT_PROCEXIT);
+    return 0;
+}

@@ -1,0 +1,69 @@
+"""What every record shares: the header, its flag bits, and the fields it alone fills.
+
+Every record the sensor emits starts with the same 64-byte header (``struct hdr``, filled by
+``fill_hdr`` in bpf/sensor/common.h): the event code (an index into the event table), the
+task's ids, credentials and comm, its cgroup, and a flag word whose bits are declared here for
+every family (one place, so no two families reuse a bit).
+"""
+
+from __future__ import annotations
+
+import errno
+
+from sentinel.events.schema import Getters, Layout
+
+HDR = Layout(
+    "hdr",
+    "u64 ts, u32 type, u32 pid, u32 tid, u32 ppid, u32 uid, u32 gid, u32 loginuid, u32 flags,"
+    "u64 cgroup_id, char comm[16]",
+)
+
+# Header flag bits (``hdr.flags``), for all families.
+FLAG_ARGS_TRUNC = 1  # exec: argv longer than the record holds
+FLAG_PATH_TRUNC = 2  # file: the path argument longer than the record holds
+FLAG_CWD_TRUNC = 4  # exec: the cwd walk was cut short
+FLAG_EXE_TRUNC = 8  # exec: the executable's walk was cut short
+FLAG_THREAD = 16  # clone: a thread, not a process
+FLAG_BASE_DIRFD = 32  # file: a relative path's base is a dirfd (not the cwd)
+FLAG_BASE_BAD = 64  # file: the dirfd is not an open file
+FLAG_BASE_TRUNC = 128  # file: the base walk was cut short
+HEADER_FLAGS = {name: value for name, value in globals().items() if name.startswith("FLAG_")}
+
+# Per event type, the kernel counts events the prefilter dropped (filtered), those it passed
+# towards user space, and those of them lost to a full ring buffer: counter index
+# code * len(COUNTERS) + position.
+COUNTERS = ("filtered", "passed", "lost")
+
+# A dentry walk buffer (NUL-separated components, leaf first; or a forward path right-aligned
+# to end at FWD_END), shared by the families that walk paths (bpf/sensor/common.h).
+WALK_SIZE = 768
+FWD_END = 512
+WALK_DEPTH = 16  # components per walk (each iteration is verified separately: start-up time)
+
+UNSET_LOGINUID = 0xFFFFFFFF
+AT_FDCWD = -100
+
+
+def res_text(ret: int) -> str:
+    """``evt.res``: SUCCESS, or the errno's name (ENOENT...)."""
+    if ret >= 0:
+        return "SUCCESS"
+    return errno.errorcode.get(-ret, str(ret))
+
+
+# Fields every event type fills from the header and the result alone. The process, user and
+# container fields are the process table's and the container resolver's (sentinel.enrichment).
+COMMON = Getters()
+COMMON("evt.dir")(lambda e: "<")
+COMMON("evt.num")(lambda e: e.num)
+COMMON("evt.source")(lambda e: "syscall")
+COMMON("evt.time")(lambda e: e.clock.epoch(e.rec.ts))
+COMMON("evt.rawtime")(lambda e: e.clock.epoch(e.rec.ts))
+COMMON("evt.type")(lambda e: e.rec.evt.name)
+COMMON("evt.category")(lambda e: e.rec.evt.category.value)
+COMMON("thread.tid")(lambda e: e.rec.tid)
+COMMON("thread.ismain")(lambda e: e.rec.pid == e.rec.tid)
+COMMON("proc.pid")(lambda e: e.rec.pid)
+COMMON("user.uid")(lambda e: e.rec.uid)
+COMMON("group.gid")(lambda e: e.rec.gid)
+COMMON("user.loginuid")(lambda e: -1 if e.rec.loginuid == UNSET_LOGINUID else e.rec.loginuid)

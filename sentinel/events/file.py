@@ -1,0 +1,250 @@
+"""The file family: operations on one path (open, openat, openat2, creat, unlink, unlinkat).
+
+One record layout and one BPF handler (``emit_path`` in bpf/sensor/file.h) serve them all:
+the result, the directory fd, flags and mode, the path argument as passed, and, for a relative
+path, the kernel's dentry walk of the directory it starts from (the cwd or the dirfd's file).
+User space joins them into the absolute path (``fd.name`` for opens, ``fs.path.name`` for
+every file operation), normalised lexically as Falco does; the prefilter composes and judges
+the very same string in the kernel (see bpf/prefilter/filter.h).
+
+Adding a one-path file operation (mkdir, rmdir, chmod...) is one :class:`EventType` below:
+its tracepoint, the registers its arguments are in, its Falco parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from sentinel.events import schema
+from sentinel.events.common import (
+    AT_FDCWD,
+    FLAG_BASE_BAD,
+    FLAG_BASE_TRUNC,
+    HDR,
+    WALK_SIZE,
+)
+from sentinel.events.dims import Bind
+from sentinel.events.record import Record, join_walk, walk_buffer
+
+PATH_SIZE = 256  # the path argument (with its NUL)
+
+LAYOUT = schema.Layout(
+    "file_ev",
+    "s64 res, s32 dirfd, u32 flags, u32 mode, u32 path_len, u32 base_len, u32 pad,"
+    f"char path[{PATH_SIZE}], char base[{WALK_SIZE}]",
+    base=HDR,
+)
+_RES, _DIRFD, _FLAGS, _MODE, _PATH_LEN, _BASE_LEN = (
+    LAYOUT.index[n] for n in ("res", "dirfd", "flags", "mode", "path_len", "base_len")
+)
+
+O_ACCMODE, O_WRONLY, O_RDWR = 0o3, 0o1, 0o2
+O_CREAT, O_TRUNC = 0o100, 0o1000
+O_DIRECTORY = 0o200000
+O_TMPFILE = 0o20000000 | O_DIRECTORY
+AT_REMOVEDIR = 0x200
+# Rendered after the access mode, in this order (Falco prints flags as "A|B|C").
+OPEN_FLAG_NAMES = [
+    (0o100, "O_CREAT"),
+    (0o200, "O_EXCL"),
+    (0o400, "O_NOCTTY"),
+    (0o1000, "O_TRUNC"),
+    (0o2000, "O_APPEND"),
+    (0o4000, "O_NONBLOCK"),
+    (0o4010000, "O_SYNC"),
+    (0o10000, "O_DSYNC"),
+    (0o20000, "O_ASYNC"),
+    (0o40000, "O_DIRECT"),
+    (0o100000, "O_LARGEFILE"),
+    (0o200000, "O_DIRECTORY"),
+    (0o400000, "O_NOFOLLOW"),
+    (0o1000000, "O_NOATIME"),
+    (0o2000000, "O_CLOEXEC"),
+    (0o10000000, "O_PATH"),
+    (0o20000000, "O_TMPFILE"),
+]
+UNLINKAT_FLAG_NAMES = [(AT_REMOVEDIR, "AT_REMOVEDIR")]
+
+
+def open_flags_text(flags: int) -> str:
+    """Open flags as Falco prints them: the access mode, then every other flag set."""
+    acc = flags & O_ACCMODE
+    parts = ["O_RDWR" if acc == O_RDWR else "O_WRONLY" if acc == O_WRONLY else "O_RDONLY"]
+    for bit, name in OPEN_FLAG_NAMES:
+        if name == "O_SYNC":
+            if flags & bit == bit:
+                parts.append(name)
+            continue
+        if name == "O_DSYNC" and flags & 0o4010000 == 0o4010000:
+            continue
+        if flags & bit:
+            parts.append(name)
+    return "|".join(parts)
+
+
+def normalize(path: str) -> str:
+    """Lexical normalisation, as Falco does for fd.name ('a/./b/../c' -> 'a/c')."""
+    norm = os.path.normpath(path)
+    return "/" + norm.lstrip("/") if norm.startswith("//") else norm
+
+
+# ---- decoding ----------------------------------------------------------------------------------
+
+
+def raw_path(rec: Record) -> str:
+    """The path argument as passed (possibly relative)."""
+    raw: bytes = rec.buf("path", rec.fixed[_PATH_LEN])
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def base_dir(rec: Record) -> str | None:
+    """The directory a relative path starts from, as the kernel walked it, or None."""
+    if raw_path(rec).startswith("/") or rec.flags & (FLAG_BASE_BAD | FLAG_BASE_TRUNC):
+        return None
+    return join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
+
+
+def cwd_walk(rec: Record) -> str | None:
+    """The cwd, when this record carries the kernel's walk of it (a relative path from
+    AT_FDCWD): the freshest cwd user space can know without tracing chdir()."""
+    if rec.fixed[_DIRFD] != AT_FDCWD or len(rec.raw) <= LAYOUT.offsets["base"]:
+        return None
+    return base_dir(rec)
+
+
+def _resolve(e: Any) -> str:
+    path = raw_path(e.rec)
+    if path.startswith("/"):
+        return normalize(path)
+    base = base_dir(e.rec)
+    if base is None:
+        # No walk (bad dirfd) or deeper than the BPF walk: ask /proc while the process lives.
+        dirfd = e.rec.fixed[_DIRFD]
+        link = f"/proc/{e.rec.pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{e.rec.pid}/fd/{dirfd}"
+        try:
+            base = os.readlink(link)
+        except OSError:
+            base = e.proc.cwd or "/"
+    return normalize(os.path.join(base, path))
+
+
+def path_name(e: Any) -> str:
+    """The absolute, normalised path the operation names (``fs.path.name``, an open's
+    ``fd.name``)."""
+    return str(e.memo("file.path", lambda: _resolve(e)))
+
+
+def _raw(e: Any) -> str:
+    return raw_path(e.rec)
+
+
+def _res(e: Any) -> int:
+    return int(e.rec.fixed[_RES])
+
+
+def _flags(e: Any) -> int:
+    return int(e.rec.fixed[_FLAGS])
+
+
+def _mode(e: Any) -> int:
+    return int(e.rec.fixed[_MODE])
+
+
+def _dirfd(e: Any) -> int:
+    return int(e.rec.fixed[_DIRFD])
+
+
+# ---- the table ---------------------------------------------------------------------------------
+
+P = schema.ParamType
+FD = schema.Param("fd", P.FD, _res)
+RES = schema.Param("res", P.ERRNO, _res)
+DIRFD = schema.Param("dirfd", P.FD, _dirfd)
+FLAGS = schema.Param("flags", P.FLAGS, _flags, text=open_flags_text)
+MODE = schema.Param("mode", P.MODE, _mode)
+UNLINK_FLAGS = schema.Param("flags", P.FLAGS, _flags, names=UNLINKAT_FLAG_NAMES)
+
+
+def path(name: str, relative_to_dirfd: bool = False) -> schema.Param:
+    """A path argument: as passed, resolved (relative ones) to what fs.path.name says."""
+    kind = P.RELPATH if relative_to_dirfd else P.PATH
+    return schema.Param(name, kind, _raw, resolve=path_name)
+
+
+def op(
+    name: str, params: list[schema.Param], call: str, deny: str | None = None
+) -> schema.EventType:
+    """One file operation: its Falco parameters, and the handler's (dirfd, path, flags, mode)
+    as C over the syscall's argument registers a0-a3 (see emit_path in bpf/sensor/file.h)."""
+    sc = schema.Syscall(name, "emit_path", call)
+    return schema.EventType(name, schema.Category.FILE, params, syscall=sc, deny=deny)
+
+
+# creat(2) is open(O_CREAT | O_WRONLY | O_TRUNC); Falco's creat has no flags, ours adds them so
+# that write rules on evt.arg.flags cover it as an open. openat2's flags and mode are the first
+# two u64 of the struct open_how its third argument points to.
+CREAT, HOW = O_CREAT | O_WRONLY | O_TRUNC, "how_u64(a2, 0), how_u64(a2, 8)"
+REL = path("name", relative_to_dirfd=True)
+EVENT_TYPES = [
+    op("open", [FD, path("name"), FLAGS, MODE], "AT_FDCWD_VAL, a0, a1, a2", "file"),
+    op("openat", [FD, DIRFD, REL, FLAGS, MODE], "a0, a1, a2, a3", "file"),
+    op("openat2", [FD, DIRFD, REL, FLAGS, MODE], f"a0, a1, {HOW}", "file"),
+    op("creat", [FD, path("name"), MODE, FLAGS], f"AT_FDCWD_VAL, a0, {CREAT}, a1", "file"),
+    op("unlink", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
+    op("unlinkat", [RES, DIRFD, REL, UNLINK_FLAGS], "a0, a1, a2, 0"),
+]
+OPENS = ("open", "openat", "openat2", "creat")
+
+# ---- fields ------------------------------------------------------------------------------------
+
+FIELDS = schema.Getters()
+FIELDS("fs.path.name")(path_name)
+FIELDS("fs.path.nameraw")(_raw)
+FIELDS("fd.name", only=OPENS)(path_name)
+FIELDS("fd.nameraw", only=OPENS)(_raw)
+FIELDS("fd.directory", only=OPENS)(lambda e: os.path.dirname(path_name(e)) or "/")
+FIELDS("fd.filename", only=OPENS)(lambda e: os.path.basename(path_name(e)))
+FIELDS("fd.num", only=OPENS)(lambda e: r if (r := _res(e)) >= 0 else -1)
+FIELDS("evt.is_open_write", only=OPENS)(lambda e: (_flags(e) & O_ACCMODE) in (O_WRONLY, O_RDWR))
+FIELDS("evt.is_open_read", only=OPENS)(lambda e: (_flags(e) & O_ACCMODE) in (0, O_RDWR))
+FIELDS("evt.is_open_create", only=OPENS)(lambda e: bool(_flags(e) & O_CREAT))
+FIELDS("evt.is_open_exec", only=OPENS)(
+    lambda e: bool(_flags(e) & O_CREAT) and bool(_mode(e) & 0o111)
+)
+
+
+def _fd_kind(e: Any) -> tuple[str, str]:
+    f = _flags(e)
+    if f & O_DIRECTORY and f & O_TMPFILE != O_TMPFILE:
+        return "directory", "d"
+    return "file", "f"
+
+
+FIELDS("fd.type", only=OPENS)(lambda e: _fd_kind(e)[0])
+FIELDS("fd.typechar", only=OPENS)(lambda e: _fd_kind(e)[1])
+
+
+KERNEL_FIELDS = {
+    "proc.name": Bind.COMM,
+    "user.uid": Bind.UID,
+    "fd.name": Bind.PATH,
+    "fs.path.name": Bind.PATH,
+    "fd.directory": Bind.PATH_DIR,
+    "fd.filename": Bind.PATH_BASE,
+    "evt.is_open_write": Bind.OPEN_WRITE,
+    "evt.is_open_read": Bind.OPEN_READ,
+    "evt.res": Bind.RESULT,
+    "evt.rawres": Bind.RESULT,
+    "fd.num": Bind.RESULT_FD,
+    "fd.nameraw": Bind.RAW_DOTDOT,
+}
+# Record builder: ``path`` as passed, ``base`` the walked directory (absolute).
+ENCODE = schema.buffers(
+    {"path": ("path_len", schema.utf8), "base": ("base_len", walk_buffer)}, dirfd=AT_FDCWD
+)
+# open_judge finishes a relative path the prefilter left pending (bpf/sensor/file.h).
+TAILS = (("open_tail", 0, "open_judge"),)
+FAMILY = schema.Family(
+    "file", LAYOUT, "file.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE, tail_calls=TAILS
+)

@@ -1,0 +1,163 @@
+"""A Python model of ``bpf/prefilter/filter.h``: the kernel filter's verdict for one event, from
+the map contents :mod:`.tables` computes.
+
+The hypothesis property test checks *the model never drops an event the full rule matches*;
+the real-kernel tests check *the BPF program gives exactly the model's verdicts*. Together
+they say the kernel never drops an event a rule would match.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sentinel.events.dims import PATH_DIMS, Dim
+from sentinel.events.file import O_ACCMODE, O_RDWR, O_WRONLY
+from sentinel.prefilter.layout import COMPOSED_MAX, LPM_PAYLOAD, PATH_READ_MAX
+from sentinel.prefilter.plan import DIMS_OF, FAMILY_OF
+from sentinel.prefilter.tables import KernelTables, TypeTables, key_bytes
+
+
+@dataclass(frozen=True, slots=True)
+class KernelView:
+    """What the BPF program sees of an event (before any user-space enrichment)."""
+
+    evt_type: str
+    comm: str
+    uid: int
+    # file: the path argument as passed; exec: proc.exepath (None: unknown)
+    path: str | None = None
+    flags: int = 0
+    # file, relative path: the directory it starts from as the kernel's walk gives it (the cwd,
+    # or the dirfd's file; what sentinel.events.record.join_walk makes of the walk), or None
+    # when the walk is unusable (truncated, bad dirfd)
+    base: str | None = None
+    dport: int | None = None
+    daddr: str | None = None
+    sock_family: str | None = None  # '4', '6', 'u'
+    ret: int = 0  # the syscall's return value
+
+
+def canonical_path(raw: str) -> bool:
+    """True when the user-space fd.name (normpath) equals the raw path: absolute, no empty,
+    '.' or '..' component, no trailing '/' (hidden names such as '/.x' are ordinary);
+    otherwise the kernel cannot judge the path."""
+    if not raw.startswith("/"):
+        return False
+    return raw == "/" or _plain_components(raw[1:])
+
+
+def canonical_relative(raw: str) -> bool:
+    """True when the kernel composes fd.name from the base and raw: '.', '..', or a path with
+    no empty, '.' or '..' component and no trailing '/' (then fd.name is base + '/' + raw)."""
+    if raw in (".", ".."):
+        return True
+    return bool(raw) and not raw.startswith("/") and _plain_components(raw)
+
+
+def _plain_components(rel: str) -> bool:
+    return all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def kernel_path(kv: KernelView) -> str | None:
+    """The path the kernel judges the path dimensions on (fd.name as user space will compute
+    it), or None when it cannot know it exactly (then those dimensions are skipped)."""
+    raw = kv.path
+    if raw is None or len(raw.encode("utf-8", "surrogateescape")) > PATH_READ_MAX:
+        return None
+    if raw.startswith("/"):
+        return raw if canonical_path(raw) else None
+    if kv.base is None or not canonical_relative(raw):
+        return None
+    if raw == ".":
+        return kv.base
+    if raw == "..":
+        return posixpath.dirname(kv.base)
+    full = ("" if kv.base == "/" else kv.base) + "/" + raw
+    return full if len(full.encode("utf-8", "surrogateescape")) <= COMPOSED_MAX else None
+
+
+def _lpm(table: Mapping[bytes, int], key: bytes) -> int:
+    best, best_len = 0, -1
+    for k, m in table.items():
+        if len(k) > best_len and key.startswith(k):
+            best, best_len = m, len(k)
+    return best
+
+
+def _lpm_net(table: Mapping[tuple[bytes, int], int], addr: bytes) -> int:
+    best, best_len = 0, -1
+    a = int.from_bytes(addr, "big")
+    bits = len(addr) * 8
+    for (net, plen), m in table.items():
+        n = int.from_bytes(net, "big")
+        if plen > best_len and (plen == 0 or (a >> (bits - plen)) == (n >> (bits - plen))):
+            best, best_len = m, plen
+    return best
+
+
+def passes(tables: KernelTables, kv: KernelView) -> bool:
+    """The kernel filter's verdict for one event (True: sent to user space)."""
+    ft = tables.types.get(kv.evt_type)
+    if ft is None or ft.pass_all:
+        return True
+    acc = ft.all_bits
+    for dim in DIMS_OF[kv.evt_type]:
+        m = _dim_mask(ft, dim, kv)
+        if m is None:
+            continue  # the kernel cannot judge this dimension for this event
+        acc &= m | ft.wild[dim]
+        if not acc:
+            return False
+    return acc != 0
+
+
+def _exe_mask(ft: TypeTables, dim: Dim, exe: str | None) -> int | None:
+    """proc.exepath: the kernel has exactly the string user space reports (any length the walk
+    fits, canonical by construction), or nothing (a failed exec, a walk cut short)."""
+    if not exe:
+        return None
+    if dim is Dim.PATH:
+        return ft.exact[dim].get(exe, 0)  # exact values are <= 255 bytes: a longer path is none
+    return _lpm(ft.lpm[dim], key_bytes(dim, exe)[:LPM_PAYLOAD])
+
+
+def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
+    if dim is Dim.COMM:
+        return ft.exact[dim].get(kv.comm[:15], 0)
+    if dim is Dim.UID:
+        return ft.exact[dim].get(kv.uid, 0)
+    if FAMILY_OF[kv.evt_type] == "exec" and dim in PATH_DIMS:
+        return _exe_mask(ft, dim, kv.path)
+    if dim in PATH_DIMS:
+        path = kernel_path(kv)
+        if path is None:
+            return None
+        if dim is Dim.PATH:
+            return ft.exact[dim].get(path, 0)
+        key = key_bytes(dim, path)[:LPM_PAYLOAD]  # the kernel looks up at most this many bytes
+        return _lpm(ft.lpm[dim], key)
+    if dim is Dim.OPEN_WRITE:
+        return ft.exact[dim].get((kv.flags & O_ACCMODE) in (O_WRONLY, O_RDWR), 0)
+    if dim is Dim.OPEN_READ:
+        return ft.exact[dim].get((kv.flags & O_ACCMODE) in (0, O_RDWR), 0)
+    if dim is Dim.FAILED:
+        return ft.exact[dim].get(kv.ret < 0, 0)
+    if dim is Dim.RAW_DOTDOT:
+        if not kv.path or len(kv.path.encode("utf-8", "surrogateescape")) > PATH_READ_MAX:
+            return None  # empty or not read whole: the kernel judges no path dimension
+        return ft.exact[dim].get("../" in kv.path, 0)
+    if dim is Dim.DPORT:
+        return None if kv.dport is None else ft.exact[dim].get(kv.dport, 0)
+    if dim is Dim.FAMILY:
+        return None if kv.sock_family is None else ft.exact[dim].get(kv.sock_family, 0)
+    if dim is Dim.DADDR:
+        if kv.daddr is None:
+            return None
+        ip = ipaddress.ip_address(kv.daddr)
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # user space shows a v4-mapped peer as IPv4
+        return _lpm_net(ft.nets.get(ip.version, {}), ip.packed)
+    return None

@@ -1,0 +1,131 @@
+"""Kernel plans -> the contents of the BPF filter maps, in one place (as Tetragon keeps its
+selector encoding in ``pkg/selectors``); :mod:`.model` evaluates them as ``bpf/prefilter/filter.h``
+does, and :mod:`.maps` writes them (the byte layout of every key is documented there).
+
+Per event type, every term of every rule gets a bit. Per dimension the kernel looks the event's
+value up and ORs the result with that dimension's *wildcard* mask (the terms that do not
+constrain it); ANDing over the dimensions leaves the terms whose box contains the event. The
+event goes to user space iff a bit survives. Masks are ``NWORDS`` 64-bit words, so the number
+of terms is not limited to 64.
+
+Prefix and suffix dimensions use LPM tries (suffixes on the reversed bytes); an LPM lookup
+returns only the longest stored prefix, so each stored prefix carries the bits of every shorter
+stored prefix of it too. Destination addresses use one LPM trie per IP version the same way.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sentinel.events.dims import Dim
+from sentinel.language import ast
+from sentinel.prefilter.layout import MAX_TERMS
+from sentinel.prefilter.plan import DIMS_OF, TYPES, RulePlan, plan_rule
+
+LPM_DIMS = (Dim.PATH_PREFIX, Dim.PATH_SUFFIX)
+
+
+@dataclass
+class TypeTables:
+    """The map contents of one event type (a "family" of the maps, in filter.h's words)."""
+
+    evt_type: str
+    nterms: int = 0
+    pass_all: bool = False
+    reason: str = ""
+    term_rules: list[str] = field(default_factory=list)
+    wild: dict[Dim, int] = field(default_factory=dict)
+    exact: dict[Dim, dict[Any, int]] = field(default_factory=dict)  # value -> mask
+    lpm: dict[Dim, dict[bytes, int]] = field(default_factory=dict)  # key bytes -> mask
+    nets: dict[int, dict[tuple[bytes, int], int]] = field(default_factory=dict)  # ver -> (addr,len)
+
+    @property
+    def all_bits(self) -> int:
+        return (1 << self.nterms) - 1
+
+
+@dataclass
+class KernelTables:
+    types: dict[str, TypeTables]
+    plans: list[RulePlan]
+
+
+def key_bytes(dim: Dim, v: Any) -> bytes:
+    b = str(v).encode("utf-8", "surrogateescape")
+    return b[::-1] if dim is Dim.PATH_SUFFIX else b
+
+
+def build_tables(rules: Sequence[tuple[str, ast.Expr]]) -> KernelTables:
+    """``rules``: (name, expanded condition) of the enabled rules, in order."""
+    plans: list[RulePlan] = []
+    fams: dict[str, TypeTables] = {}
+    for fam in TYPES:
+        ft = TypeTables(fam)
+        fams[fam] = ft
+        terms: list[tuple[str, dict[Dim, Any]]] = []
+        for name, expr in rules:
+            plan = plan_rule(name, expr, fam)
+            plans.append(plan)
+            if plan.unconstrained and not ft.pass_all:
+                ft.pass_all = True
+                ft.reason = f"rule '{name}' has no condition the kernel can test for {fam}"
+            terms.extend((name, t) for t in plan.terms)
+        if not ft.pass_all and len(terms) > MAX_TERMS:
+            ft.pass_all = True
+            ft.reason = f"{len(terms)} terms exceed the {MAX_TERMS} the maps hold"
+        if ft.pass_all:
+            continue
+        ft.nterms = len(terms)
+        ft.term_rules = [n for n, _ in terms]
+        for dim in DIMS_OF[fam]:
+            ft.wild[dim] = 0
+            if dim is Dim.DADDR:
+                ft.nets = {4: {}, 6: {}}
+            elif dim in LPM_DIMS:
+                ft.lpm[dim] = {}
+            else:
+                ft.exact[dim] = {}
+        for bit, (_n, term) in enumerate(terms):
+            mask = 1 << bit
+            for dim in DIMS_OF[fam]:
+                c = term.get(dim)
+                if c is None:
+                    ft.wild[dim] |= mask
+                elif dim is Dim.DADDR:
+                    for net in c.values:
+                        assert isinstance(net, ipaddress.IPv4Network | ipaddress.IPv6Network)
+                        k = (net.network_address.packed, net.prefixlen)
+                        tbl = ft.nets[net.version]
+                        tbl[k] = tbl.get(k, 0) | mask
+                elif dim in LPM_DIMS:
+                    for v in c.values:
+                        k2 = key_bytes(dim, v)
+                        ft.lpm[dim][k2] = ft.lpm[dim].get(k2, 0) | mask
+                else:
+                    for v in c.values:
+                        ft.exact[dim][v] = ft.exact[dim].get(v, 0) | mask
+        # an LPM lookup returns the longest stored prefix only: fold shorter ones in
+        for table in ft.lpm.values():
+            _fold_prefixes(table)
+        for nets in ft.nets.values():
+            _fold_nets(nets)
+    return KernelTables(fams, plans)
+
+
+def _fold_prefixes(table: dict[bytes, int]) -> None:
+    keys = sorted(table, key=len)
+    for i, k in enumerate(keys):
+        for shorter in keys[:i]:
+            if k.startswith(shorter):
+                table[k] |= table[shorter]
+
+
+def _fold_nets(table: dict[tuple[bytes, int], int]) -> None:
+    nets = {k: ipaddress.ip_network((k[0], k[1])) for k in table}
+    for k, n in nets.items():
+        for k2, n2 in nets.items():
+            if k2 != k and n2.prefixlen < n.prefixlen and n.subnet_of(n2):  # type: ignore[arg-type]
+                table[k] |= table[k2]
