@@ -85,11 +85,19 @@ def run_armed(env: dict[str, str], own: list[float]) -> float:
     for line in proc.stderr:
         if "armed" in line and armed is None:
             armed = time.perf_counter() - t0
-            own.append(float(line.rsplit("seconds=", 1)[1].split()[0]))
+            own.append(_seconds(line))
     proc.wait(60)
     if armed is None:
         raise RuntimeError("sentinel run did not arm")
     return armed
+
+
+def _seconds(line: str) -> float:
+    """The ``seconds`` of run's armed log line (JSON when stderr is a pipe, else key=value)."""
+    try:
+        return float(json.loads(line)["seconds"])
+    except (ValueError, KeyError):
+        return float(line.rsplit("seconds=", 1)[1].split()[0])
 
 
 def summary(samples: list[float]) -> dict[str, Any]:
