@@ -111,6 +111,8 @@ class CriClient:
             answer: M = fn(request, timeout=timeout)
         except grpc.RpcError as exc:
             raise CriError(method, *_status(exc)) from None
+        except ValueError as exc:  # "Cannot invoke RPC on closed channel!": close() won a race
+            raise CriError(method, grpc.StatusCode.CANCELLED, str(exc)) from None
         return answer
 
     def version(self, timeout: float) -> pb.VersionResponse:

@@ -343,11 +343,19 @@ class MetadataFetcher:
             if item is None:
                 return
             full_id, hint = item
-            if full_id == _LIST_RUNNING:
-                self._list_running()
-                continue
-            self.fetches += 1
-            st, fields = self._fetch(full_id, hint)
+            try:
+                if full_id == _LIST_RUNNING:
+                    self._list_running()
+                    continue
+                self.fetches += 1
+                st, fields = self._fetch(full_id, hint)
+            except Exception as exc:  # a client bug must not end every later lookup
+                if not self._stop.is_set():
+                    log.error("container metadata lookup failed", id=full_id, error=repr(exc))
+                if full_id == _LIST_RUNNING:
+                    continue
+                self.failures += 1
+                st, fields = "unavailable", {}
             with self._cond:
                 if st == "done":
                     self._cache[full_id] = fields

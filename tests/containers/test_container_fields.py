@@ -272,3 +272,15 @@ def _drop_json_names(messages: Any) -> None:
         for f in m.field:
             f.ClearField("json_name")
         _drop_json_names(m.nested_type)
+
+
+def test_cri_call_on_a_closed_client_is_a_cri_error(tmp_path: Path) -> None:
+    """close() racing a lookup: gRPC raises ValueError on a closed channel; the client turns
+    it into its own error (an OSError), which the fetcher's worker handles, instead of dying
+    (it did, in a bench that closed the resolver right after start)."""
+    from sentinel.enrichment.container_cri import CriClient, CriError
+
+    client = CriClient(str(tmp_path / "none.sock"))
+    client.close()
+    with pytest.raises(CriError, match="CANCELLED"):
+        client.version(1.0)
