@@ -3,8 +3,8 @@
 BPF LSM programs do not load here, but ``lsm.c``'s maps do: bcc compiles it and creates
 them without loading any program. The hooks' view is modelled exactly as ``read_policy`` and
 ``ident`` in bpf/enforcement/common.h do it: read the generation word once, take the parity of
-its bits as the slot, look the identity up with that slot. (That the real hooks deny what these maps say is proven
-in the VM: tests/vm/guest/test_run_reload.py.)
+its bits as the slot, look the identity up with that slot. (That the real hooks deny what
+these maps say is proven in the VM: tests/vm/guest/test_run_reload.py.)
 """
 
 from __future__ import annotations
