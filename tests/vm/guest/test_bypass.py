@@ -50,7 +50,7 @@ LOOP_SET_DIRECT_IO = 0x4C08
 FS_IOC_GETFLAGS = 0x80086601
 FS_IOC_FSGETXATTR = 0x801C581F
 FS_NOATIME_FL = 0x80
-FS_XFLAG_NOATIME = 0x40
+FS_XFLAG_NODUMP = 0x80
 AT_EMPTY_PATH = 0x1000
 SCTP_SOCKOPT_CONNECTX = 110
 SCTP_GET_ASSOC_ID_LIST = 29
@@ -99,6 +99,7 @@ class Tree:
             (self.root / "pre.img").write_bytes(DATA * 256)  # a loop over it exists already
             (self.root / "verity.txt").write_bytes(DATA)
             fsimg = self.root / "fsimg.img"  # a file system image
+            fsimg.write_bytes(b"")
             os.truncate(fsimg, 4 << 20)
             sh("mkfs.ext4", "-q", fsimg)
 
@@ -125,7 +126,8 @@ def _mkfs(image: Path, mnt: Path, *features: str) -> str:
     image.write_bytes(b"")
     os.truncate(image, 24 << 20)
     dev = sh("losetup", "-f", "--show", image)
-    sh("mkfs.ext4", "-q", *(["-O", ",".join(features)] if features else []), dev)
+    # 4 KiB blocks: fs-verity wants the page size, and block_of() counts in them
+    sh("mkfs.ext4", "-q", "-b", "4096", *(["-O", ",".join(features)] if features else []), dev)
     mnt.mkdir(parents=True)
     sh("mount", dev, mnt)
     return dev
@@ -243,7 +245,8 @@ def getflags(path: Path) -> tuple[int, int]:
 
 
 def setflags(path: Path, which: str) -> None:
-    """Add NOATIME through a read-only descriptor (FS_IOC_SETFLAGS or FS_IOC_FSSETXATTR)."""
+    """Add a flag through a read-only descriptor: NOATIME with FS_IOC_SETFLAGS, NODUMP with
+    FS_IOC_FSSETXATTR."""
     fd = os.open(path, os.O_RDONLY)
     try:
         if which == "setflags":
@@ -251,7 +254,7 @@ def setflags(path: Path, which: str) -> None:
             fcntl.ioctl(fd, FILE_IOCTLS["FS_IOC_SETFLAGS"], struct.pack("l", cur | FS_NOATIME_FL))
         else:
             raw = bytearray(fcntl.ioctl(fd, FS_IOC_FSGETXATTR, b"\0" * 28))
-            xflags = struct.unpack_from("I", raw)[0] | FS_XFLAG_NOATIME
+            xflags = struct.unpack_from("I", raw)[0] | FS_XFLAG_NODUMP
             struct.pack_into("I", raw, 0, xflags)
             fcntl.ioctl(fd, FILE_IOCTLS["FS_IOC_FSSETXATTR"], bytes(raw))
     finally:
@@ -416,10 +419,17 @@ def sctp_server(kind: int, host: str = "0.0.0.0") -> socket.socket:
     return srv
 
 
+def sctp_client(kind: int) -> socket.socket:
+    """A blocking SCTP socket whose sends and connects give up after 5 s (SO_SNDTIMEO)."""
+    cli = socket.socket(socket.AF_INET, kind, socket.IPPROTO_SCTP)
+    cli.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("ll", 5, 0))
+    return cli
+
+
 def sctp_sendto(host: str) -> bytes:
     """An implicit association: sendto() on a one-to-many socket, no connect."""
     srv = sctp_server(socket.SOCK_SEQPACKET)
-    cli = socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, socket.IPPROTO_SCTP)
+    cli = sctp_client(socket.SOCK_SEQPACKET)
     try:
         cli.sendto(b"DATA", (host, PORT))
         return srv.recv(16)
@@ -437,7 +447,7 @@ def sockaddr_in(host: str, port: int) -> bytes:
 def sctp_connectx(host: str) -> bytes:
     """sctp_connectx(): setsockopt(SCTP_SOCKOPT_CONNECTX) with a list of addresses."""
     srv = sctp_server(socket.SOCK_STREAM)
-    cli = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_SCTP)
+    cli = sctp_client(socket.SOCK_STREAM)
     try:
         cli.setsockopt(socket.IPPROTO_SCTP, SCTP_SOCKOPT_CONNECTX, sockaddr_in(host, PORT))
         conn, _ = srv.accept()
@@ -474,7 +484,7 @@ def sctp_extra_destination(denied: str) -> set[str]:
     """sendmsg() to an allowed address, naming a further destination in an SCTP_DSTADDRV4
     control message: the association's peers (the kernel asks no LSM about that one)."""
     srv = sctp_server(socket.SOCK_SEQPACKET)
-    cli = socket.socket(socket.AF_INET, socket.SOCK_SEQPACKET, socket.IPPROTO_SCTP)
+    cli = sctp_client(socket.SOCK_SEQPACKET)
     try:
         cmsg = [(socket.IPPROTO_SCTP, SCTP_DSTADDRV4, socket.inet_aton(denied))]
         cli.sendmsg([b"DATA"], cmsg, 0, (ALLOWED, PORT))
