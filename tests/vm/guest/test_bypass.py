@@ -1018,7 +1018,7 @@ def test_podman_runc_container_starts(events: Events) -> None:
     argv = [
         "podman", "--root", str(store / "root"), "--runroot", str(store / "run"),
         "--storage-driver", "vfs", "--runtime", "runc", "--cgroup-manager", "cgroupfs",
-        "run", "--rm", "--network", "none", "--cgroups", "disabled",
+        "run", "--rm", "--network", "none",
         "--rootfs", str(_rootfs()), "/bin/sh", "-c", "cat /proc/self/mountinfo | head -1",
     ]  # fmt: skip
     r = subprocess.run(argv, capture_output=True, text=True, timeout=300,
