@@ -573,6 +573,17 @@ static __always_inline int f_file_base(const char *walk, const u16 *at, u32 nc, 
     return f_keep(&st, st.fam, f_path_judge(&st, s, st.fam, len));
 }
 
+// a call of the system family (credentials, namespaces, ptrace...), at its exit: comm, uid,
+// its key argument (D_ARG: ptrace's request, kill's signal...) and the result.
+static __always_inline int f_sys(struct f_state *st, u32 t, u64 key, long ret) {
+    if (!f_begin(st, t))
+        return 1;
+    int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid()) &&
+               f_num_dim(st, st->fam, D_ARG, key) && f_finish(st, st->fam, ret);
+    return f_keep(st, st->fam, keep);
+}
+
 static __always_inline int f_connect_enter(struct f_state *st, u32 t, const void *uaddr,
                                            u32 addrlen) {
     if (!f_begin(st, t))

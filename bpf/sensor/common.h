@@ -109,6 +109,12 @@ static __always_inline int prefilter_file_base(const char *walk, const u16 *at, 
     return 1;
 }
 #endif
+#ifndef PREFILTER_SYS
+// A call of the system family: key is its key argument (ptrace's request, kill's signal...).
+static __always_inline int prefilter_sys(u32 t, u64 key, long ret) {
+    return 1;
+}
+#endif
 #ifndef PREFILTER_CONNECT
 static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
     return 1;

@@ -194,6 +194,11 @@ def start_sensor(run: Run) -> bool:
         run.sensor.start(lambda raw: on_record(run, raw))
     except SensorError as exc:
         return run.fail(1, "sensor_failed", error=str(exc))
+    if run.sensor.sensor.missing:
+        run.log.warning(
+            "syscalls this kernel has no tracepoint for are not traced",
+            missing=",".join(sorted(run.sensor.sensor.missing)),
+        )
     if run.sensor.prefilter is not None:
         _log_prefilter(run)
     run.ops.watch(sensor=run.sensor.sensor, process_table=run.enricher.table)

@@ -8,42 +8,14 @@ with N >= 1 is the N-th ancestor and ``[0]`` the process itself.
 
 from __future__ import annotations
 
-import grp
-import pwd
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from sentinel.enrichment.proctable import EXEC_TYPES, Proc
-from sentinel.events.common import UNSET_LOGINUID
+from sentinel.events.common import UNSET_LOGINUID, group_name, user_entry, user_name
 from sentinel.events.schema import Getters
 
 LOGIN_SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "csh", "tcsh", "fish", "ash"})
-
-
-@lru_cache(maxsize=4096)
-def user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
-@lru_cache(maxsize=4096)
-def user_entry(uid: int) -> tuple[str, str] | None:
-    try:
-        e = pwd.getpwuid(uid)
-    except KeyError:
-        return None
-    return e.pw_dir, e.pw_shell
-
-
-@lru_cache(maxsize=4096)
-def group_name(gid: int) -> str | None:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return None
 
 
 PROCESS = Getters()

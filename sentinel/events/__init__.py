@@ -20,6 +20,7 @@ from sentinel.events import exec as _exec
 from sentinel.events import file as _file
 from sentinel.events import net as _net
 from sentinel.events import process as _process
+from sentinel.events import system as _system
 from sentinel.events.args import arg_getters
 from sentinel.events.common import COMMON
 from sentinel.events.record import Record
@@ -27,7 +28,13 @@ from sentinel.events.schema import EventType, Family, Getter
 
 # Order is ABI: it numbers the event types (append new families and types at the end of their
 # family; codes may change between builds, both sides are generated from this table).
-FAMILIES: tuple[Family, ...] = (_exec.FAMILY, _process.FAMILY, _file.FAMILY, _net.FAMILY)
+FAMILIES: tuple[Family, ...] = (
+    _exec.FAMILY,
+    _process.FAMILY,
+    _file.FAMILY,
+    _net.FAMILY,
+    _system.FAMILY,
+)
 EVENT_TYPES: tuple[EventType, ...] = tuple(t for f in FAMILIES for t in f.event_types)
 for _code, _t in enumerate(EVENT_TYPES):
     _t.code = _code

@@ -9,6 +9,9 @@ every family (one place, so no two families reuse a bit).
 from __future__ import annotations
 
 import errno
+import grp
+import pwd
+from functools import lru_cache
 
 from sentinel.events.schema import Getters, Layout
 
@@ -49,6 +52,32 @@ def res_text(ret: int) -> str:
     if ret >= 0:
         return "SUCCESS"
     return errno.errorcode.get(-ret, str(ret))
+
+
+@lru_cache(maxsize=4096)
+def user_name(uid: int) -> str | None:
+    """The host's name of a uid (what ``user.name`` and a uid argument show)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+@lru_cache(maxsize=4096)
+def user_entry(uid: int) -> tuple[str, str] | None:
+    try:
+        e = pwd.getpwuid(uid)
+    except KeyError:
+        return None
+    return e.pw_dir, e.pw_shell
+
+
+@lru_cache(maxsize=4096)
+def group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None
 
 
 # Fields every event type fills from the header and the result alone. The process, user and

@@ -162,7 +162,7 @@ FD = schema.Param("fd", P.FD, _res)
 RES = schema.Param("res", P.ERRNO, _res)
 DIRFD = schema.Param("dirfd", P.FD, _dirfd)
 FLAGS = schema.Param("flags", P.FLAGS, _flags, text=open_flags_text)
-MODE = schema.Param("mode", P.MODE, _mode)
+MODE = schema.Param("mode", P.OCTAL, _mode)
 UNLINK_FLAGS = schema.Param("flags", P.FLAGS, _flags, names=UNLINKAT_FLAG_NAMES)
 
 

@@ -181,10 +181,13 @@ class ParamType(StrEnum):
     FD = "fd"  # descriptor number; resolved: "<typechar>name" of the file when known
     ERRNO = "errno"  # result 0 / -errno; resolved: the errno name when negative
     PID = "pid"  # a pid; resolved: its process name
+    UID = "uid"  # a user id; resolved: the user's name
+    GID = "gid"  # a group id; resolved: the group's name
     INT = "int"  # signed decimal
     UINT = "uint"  # unsigned decimal
     HEX = "hex"  # unsigned, hexadecimal
-    MODE = "mode"  # octal (Falco's PT_UINT32 with PF_OCT)
+    OCTAL = "octal"  # a number in octal, "0755" (Falco's PT_UINT32 with PF_OCT: open's mode)
+    MODE = "mode"  # permission bits (PT_MODE): octal; resolved: "S_IRUSR|S_IWUSR|S_ISUID"
     FLAGS = "flags"  # a bit set; resolved: "A|B" from the param's name table
     ENUM = "enum"  # one value; resolved: its name from the param's name table
     PATH = "path"  # an absolute path, or relative to the cwd (PT_FSPATH)
@@ -283,6 +286,7 @@ class EventType:
     sched: str | None = None  # a sched raw tracepoint (handled in the family's C source)
     deny: str | None = None  # the deny shape its rules compile to (see enforcement.deny)
     returns: bool = True  # its first parameter is the syscall's result (evt.rawres)
+    binds: Mapping[str, Bind] = field(default_factory=dict)  # kernel bindings of its own
     code: int = -1
     family: Family | None = None
 

@@ -107,32 +107,18 @@ _add("evt.is_open_create", B, "open that created the file", ev=FILE_EVENTS)
 _add("evt.args", S, "all event arguments as text")
 _add("evt.arg", S, "an event argument by name or index: evt.arg[0]", arg=Arg.REQUIRED)
 _add("evt.rawarg", S, "an event argument's raw value by name", arg=Arg.REQUIRED)
-for _n, _t in [
-    ("flags", FieldType.FLAGS),
-    ("mode", S),
-    ("fd", S),
-    ("name", S),
-    ("path", S),
-    ("filename", S),
-    ("pathname", S),
-    ("newpath", S),
-    ("oldpath", S),
-    ("linkpath", S),
-    ("target", S),
-    ("uid", S),
-    ("gid", S),
-    ("cmd", S),
-    ("request", S),
-    ("domain", S),
-    ("dirfd", S),
-    ("res", S),
-    ("addr", S),
-    ("tuple", S),
-    ("data", S),
-    ("exe", S),
-    ("args", S),
-    ("pid", S),
-]:
+# Every parameter name of the event table (a test keeps the two in step); flags render as
+# flag names and are tested one flag at a time.
+for _n in sorted(
+    """
+    res fd dirfd name path filename pathname flags mode oldpath newpath olddirfd newdirfd
+    olddir newdir linkpath linkdirfd target uid gid ruid euid suid cmd request domain type
+    proto addr tuple data size exe args pid tid ptid cwd comm tty loginuid pgid status ret sig
+    core nstype entries sq_entries cq_entries sq_thread_cpu features length uargs dev dir
+    backlog oldfd newfd res_or_fd queuepct queuelen queuemax
+    """.split()  # noqa: SIM905
+):
+    _t = FieldType.FLAGS if _n == "flags" else S
     # evt.arg.* are the rendered argument values (text), as in Falco; evt.rawarg.* are raw.
     _add(f"evt.arg.{_n}", _t, f"the event's '{_n}' argument")
 _add("evt.buffer", FieldType.BYTES, "read/write data buffer")
