@@ -78,11 +78,13 @@ int open_judge(void *ctx) {
 }
 #endif
 
-static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 path, u64 flags,
-                                     u64 mode) {
+// after: walk the cwd whatever the path (chdir, fchdir: at their exit it is the new cwd, the
+// call's result); the prefilter then judges no path (the walk is not the path's base).
+static __always_inline int emit_path_walk(void *ctx, long ret, u32 t, s32 dirfd, u64 path,
+                                          u64 flags, u64 mode, int after) {
     if (is_self())
         return 0;
-    if (!counted(t, prefilter_file(t, (u32)flags, (const char *)path, ret)))
+    if (!counted(t, prefilter_file(t, (u32)flags, after ? 0 : (const char *)path, ret)))
         return 0;
     u32 zero = 0;
     struct file_scratch_t *r = file_scratch.lookup(&zero);
@@ -102,9 +104,16 @@ static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 
     e->path_len = n > 0 ? n - 1 : 0;
     if (n == PATH_SIZE)
         e->h.flags |= FLAG_PATH_TRUNC;
+    if (n <= 0)
+        e->path[0] = 0;
     e->base_len = 0;
     u64 size;
-    if (n > 0 && e->path[0] == '/') {
+    if (after) {
+        u32 fl = FLAG_BASE_AFTER;
+        e->base_len = walk_base(e->base, task, AT_FDCWD_VAL, &fl, r->at, &r->nc);
+        e->h.flags |= fl;
+        size = sizeof(struct file_ev);
+    } else if (n > 0 && e->path[0] == '/') {
         size = sizeof(struct file_ev) - PATH_SIZE - WALK_SIZE + ((u32)n & (2 * PATH_SIZE - 1));
         if (!prefilter_file_base(0, 0, 0, 1))
             return 0;                   // (never: bad keeps; settles a relative verdict left
@@ -126,4 +135,15 @@ static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 
     if (events.ringbuf_output(e, size, wakeup_flags(t)) != 0)
         count(t, C_LOST);
     return 0;
+}
+
+static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 path, u64 flags,
+                                     u64 mode) {
+    return emit_path_walk(ctx, ret, t, dirfd, path, flags, mode, 0);
+}
+
+// chdir (path) and fchdir (fd, kept in the record's mode): the record carries the cwd after
+// the call.
+static __always_inline int emit_chdir(void *ctx, long ret, u32 t, u64 path, u64 fd) {
+    return emit_path_walk(ctx, ret, t, AT_FDCWD_VAL, path, 0, fd, 1);
 }

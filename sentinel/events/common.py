@@ -30,6 +30,7 @@ FLAG_THREAD = 16  # clone: a thread, not a process
 FLAG_BASE_DIRFD = 32  # file: a relative path's base is a dirfd (not the cwd)
 FLAG_BASE_BAD = 64  # file: the dirfd is not an open file
 FLAG_BASE_TRUNC = 128  # file: the base walk was cut short
+FLAG_BASE_AFTER = 256  # file: the base walk is the cwd after the call (chdir, fchdir)
 HEADER_FLAGS = {name: value for name, value in globals().items() if name.startswith("FLAG_")}
 
 # Per event type, the kernel counts events the prefilter dropped (filtered), those it passed

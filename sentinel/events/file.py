@@ -19,6 +19,7 @@ from typing import Any
 from sentinel.events import schema
 from sentinel.events.common import (
     AT_FDCWD,
+    FLAG_BASE_AFTER,
     FLAG_BASE_BAD,
     FLAG_BASE_TRUNC,
     HDR,
@@ -102,19 +103,31 @@ def base_dir(rec: Record) -> str | None:
     """The directory a relative path starts from, as the kernel walked it, or None."""
     if raw_path(rec).startswith("/") or rec.flags & (FLAG_BASE_BAD | FLAG_BASE_TRUNC):
         return None
+    if rec.flags & FLAG_BASE_AFTER and rec.fixed[_RES] == 0:
+        return None  # the cwd after a successful chdir, not the path's base
     return join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
 
 
 def cwd_walk(rec: Record) -> str | None:
     """The cwd, when this record carries the kernel's walk of it (a relative path from
-    AT_FDCWD): the freshest cwd user space can know without tracing chdir()."""
+    AT_FDCWD, or any chdir/fchdir: the cwd after the call)."""
     if rec.fixed[_DIRFD] != AT_FDCWD or len(rec.raw) <= LAYOUT.offsets["base"]:
         return None
+    if rec.flags & FLAG_BASE_AFTER:
+        if rec.flags & FLAG_BASE_TRUNC:
+            return None
+        return join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
     return base_dir(rec)
 
 
 def _resolve(e: Any) -> str:
-    path = raw_path(e.rec)
+    rec = e.rec
+    if rec.flags & FLAG_BASE_AFTER and rec.fixed[_RES] == 0:
+        # chdir/fchdir: the kernel's walk of the new cwd (symlinks resolved) when it is whole
+        walked = join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
+        if not rec.flags & FLAG_BASE_TRUNC:
+            return walked
+    path = raw_path(rec)
     if path.startswith("/"):
         return normalize(path)
     base = base_dir(e.rec)
@@ -164,6 +177,11 @@ DIRFD = schema.Param("dirfd", P.FD, _dirfd)
 FLAGS = schema.Param("flags", P.FLAGS, _flags, text=open_flags_text)
 MODE = schema.Param("mode", P.OCTAL, _mode)
 UNLINK_FLAGS = schema.Param("flags", P.FLAGS, _flags, names=UNLINKAT_FLAG_NAMES)
+PERMS = schema.Param("mode", P.MODE, _mode)  # chmod's: S_I* names
+HEXMODE = schema.Param("mode", P.HEX, _mode)  # mkdir's (Falco prints it in hex)
+UMOUNT_FLAGS = schema.Param(
+    "flags", P.FLAGS, _flags, names=[(1, "MNT_FORCE"), (2, "MNT_DETACH"), (4, "MNT_EXPIRE")]
+)
 
 
 def path(name: str, relative_to_dirfd: bool = False) -> schema.Param:
@@ -173,11 +191,15 @@ def path(name: str, relative_to_dirfd: bool = False) -> schema.Param:
 
 
 def op(
-    name: str, params: list[schema.Param], call: str, deny: str | None = None
+    name: str,
+    params: list[schema.Param],
+    call: str,
+    deny: str | None = None,
+    handler: str = "emit_path",
 ) -> schema.EventType:
     """One file operation: its Falco parameters, and the handler's (dirfd, path, flags, mode)
     as C over the syscall's argument registers a0-a3 (see emit_path in bpf/sensor/file.h)."""
-    sc = schema.Syscall(name, "emit_path", call)
+    sc = schema.Syscall(name, handler, call)
     return schema.EventType(name, schema.Category.FILE, params, syscall=sc, deny=deny)
 
 
@@ -193,6 +215,15 @@ EVENT_TYPES = [
     op("creat", [FD, path("name"), MODE, FLAGS], f"AT_FDCWD_VAL, a0, {CREAT}, a1", "file"),
     op("unlink", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
     op("unlinkat", [RES, DIRFD, REL, UNLINK_FLAGS], "a0, a1, a2, 0"),
+    op("mkdir", [RES, path("path"), HEXMODE], "AT_FDCWD_VAL, a0, 0, a1"),
+    op("mkdirat", [RES, DIRFD, path("path", True), HEXMODE], "a0, a1, 0, a2"),
+    op("rmdir", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
+    op("chmod", [RES, path("filename"), PERMS], "AT_FDCWD_VAL, a0, 0, a1"),
+    op("fchmodat", [RES, DIRFD, path("filename", True), PERMS], "a0, a1, 0, a2"),
+    op("umount2", [RES, path("name"), UMOUNT_FLAGS], "AT_FDCWD_VAL, a0, a1, 0"),
+    # chdir's path is a plain string in Falco (not resolved); the record walks the new cwd
+    op("chdir", [RES, schema.Param("path", P.CHARBUF, _raw)], "a0, 0", handler="emit_chdir"),
+    op("fchdir", [RES, schema.Param("fd", P.FD, _mode)], "0, a0", handler="emit_chdir"),
 ]
 OPENS = ("open", "openat", "openat2", "creat")
 

@@ -274,6 +274,19 @@ class Syscall:
     call: str = ""
     piggyback: bool = False
 
+    @property
+    def args(self) -> list[str]:
+        """The C expressions of ``call``, split at its top-level commas."""
+        out, depth, cur = [], 0, ""
+        for ch in self.call:
+            if ch == "," and depth == 0:
+                out.append(cur.strip())
+                cur = ""
+                continue
+            depth += (ch == "(") - (ch == ")")
+            cur += ch
+        return [x for x in [*out, cur.strip()] if x]
+
 
 @dataclass(slots=True)
 class EventType:

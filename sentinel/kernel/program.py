@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sentinel.events import EVENT_TYPES, FAMILIES, EventType
-from sentinel.events.cgen import header, stubs
+from sentinel.events.cgen import handler_calls, header, stubs
 from sentinel.paths import BPF_DIR
 
 SENSOR_DIR = BPF_DIR / "sensor"
@@ -74,6 +74,9 @@ def text(attach: Iterable[str], prelude: str = "") -> str:
     return "\n".join(parts)
 
 
-def tail_calls() -> list[tuple[str, int, str]]:
-    """(program array, index, function) of the families' tail-called programs."""
-    return [tc for f in FAMILIES for tc in f.tail_calls]
+def tail_calls(attach: Iterable[str] = ()) -> list[tuple[str, int, str]]:
+    """(program array, index, function) of the tail-called programs: the handlers the stubs
+    of these syscall event types reach, and the families' own."""
+    chosen = set(attach)
+    types = [t for t in EVENT_TYPES if t.name in chosen]
+    return [*handler_calls(types), *(tc for f in FAMILIES for tc in f.tail_calls)]

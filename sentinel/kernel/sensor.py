@@ -169,7 +169,7 @@ class Sensor:
                 cflags,
                 ["events", "counts", *self.extra_maps],
                 timeout=LOAD_TIMEOUT_S,
-                tail_calls=program.tail_calls(),
+                tail_calls=program.tail_calls(self.syscalls),
             )
         except LoaderError as exc:
             raise SensorError(str(exc)) from None
