@@ -584,6 +584,16 @@ static __always_inline int f_sys(struct f_state *st, u32 t, u64 key, long ret) {
     return f_keep(st, st->fam, keep);
 }
 
+// a call judged on comm, uid and its result alone (the link family), at its exit.
+static __always_inline int f_plain(struct f_state *st, u32 t, long ret) {
+    if (!f_begin(st, t))
+        return 1;
+    int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid()) &&
+               f_finish(st, st->fam, ret);
+    return f_keep(st, st->fam, keep);
+}
+
 static __always_inline int f_connect_enter(struct f_state *st, u32 t, const void *uaddr,
                                            u32 addrlen) {
     if (!f_begin(st, t))

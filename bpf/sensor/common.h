@@ -33,7 +33,7 @@
 // (bpf_task_pt_regs): only sys_exit_* tracepoints are attached, never sys_enter_*, which halves
 // the tracepoint cost every syscall of every task pays, and no enter->exit stash map is needed.
 struct sc_args {
-    u64 a0, a1, a2, a3;
+    u64 a0, a1, a2, a3, a4, a5;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -115,6 +115,11 @@ static __always_inline int prefilter_sys(u32 t, u64 key, long ret) {
     return 1;
 }
 #endif
+#ifndef PREFILTER_LINK
+static __always_inline int prefilter_link(u32 t, long ret) {
+    return 1;
+}
+#endif
 #ifndef PREFILTER_CONNECT
 static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
     return 1;
@@ -164,6 +169,8 @@ static __always_inline void read_args(struct sc_args *a) {
     a->a1 = *(u64 *)(regs + OFF_REGS_ARG1);
     a->a2 = *(u64 *)(regs + OFF_REGS_ARG2);
     a->a3 = *(u64 *)(regs + OFF_REGS_ARG3);
+    a->a4 = *(u64 *)(regs + OFF_REGS_ARG4);
+    a->a5 = *(u64 *)(regs + OFF_REGS_ARG5);
 }
 
 // Walk from (dentry, vfsmount) up to the task's root, writing the components leaf-first,

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from sentinel.events import exec as _exec
 from sentinel.events import file as _file
+from sentinel.events import link as _link
 from sentinel.events import net as _net
 from sentinel.events import process as _process
 from sentinel.events import system as _system
@@ -32,6 +33,7 @@ FAMILIES: tuple[Family, ...] = (
     _exec.FAMILY,
     _process.FAMILY,
     _file.FAMILY,
+    _link.FAMILY,
     _net.FAMILY,
     _system.FAMILY,
 )

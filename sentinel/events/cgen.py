@@ -96,7 +96,7 @@ def stub(t: EventType) -> str:
         "        return 0;\n"
         "    struct sc_args a = {};\n"
         "    read_args(&a);\n"
-        "    u64 a0 = a.a0, a1 = a.a1, a2 = a.a2, a3 = a.a3;\n"
+        "    u64 a0 = a.a0, a1 = a.a1, a2 = a.a2, a3 = a.a3, a4 = a.a4, a5 = a.a5;\n"
         "    u32 zero = 0;\n"
         "    struct call_args *c = call_scratch.lookup(&zero);\n"
         "    if (!c)\n"

@@ -31,6 +31,9 @@ FLAG_BASE_DIRFD = 32  # file: a relative path's base is a dirfd (not the cwd)
 FLAG_BASE_BAD = 64  # file: the dirfd is not an open file
 FLAG_BASE_TRUNC = 128  # file: the base walk was cut short
 FLAG_BASE_AFTER = 256  # file: the base walk is the cwd after the call (chdir, fchdir)
+FLAG_PATH1_TRUNC = 512  # link: the second path longer than the record holds
+FLAG_BASE1_BAD = 1024  # link: the second path's dirfd is not an open file
+FLAG_BASE1_TRUNC = 2048  # link: the second path's base walk was cut short
 HEADER_FLAGS = {name: value for name, value in globals().items() if name.startswith("FLAG_")}
 
 # Per event type, the kernel counts events the prefilter dropped (filtered), those it passed

@@ -234,11 +234,12 @@ Getter = Callable[[Any], Any]
 @dataclass(frozen=True, slots=True)
 class Getters:
     """Fields and the functions that fill them, beside the code they read (libsinsp's
-    filterchecks keep the field table and its extraction in one file). ``only``: per field,
-    the event types it applies to (absent: every event type of the owner)."""
+    filterchecks keep the field table and its extraction in one file). A field may have one
+    getter for every event type of its owner, or getters for disjoint sets of them (``only``):
+    fs.path.target is a rename's new path but a link's old one."""
 
     fns: dict[str, Getter] = field(default_factory=dict)
-    only: dict[str, frozenset[str]] = field(default_factory=dict)
+    typed: dict[str, dict[str, Getter]] = field(default_factory=dict)
 
     def __call__(self, name: str, *, only: Sequence[str] = ()) -> Callable[[Getter], Getter]:
         def deco(fn: Getter) -> Getter:
@@ -248,16 +249,26 @@ class Getters:
         return deco
 
     def add(self, name: str, fn: Getter, *, only: Sequence[str] = ()) -> None:
-        if name in self.fns:
+        if name in self.fns or (not only and name in self.typed):
             raise ValueError(f"field {name} has two getters")
-        self.fns[name] = fn
-        if only:
-            self.only[name] = frozenset(only)
+        if not only:
+            self.fns[name] = fn
+            return
+        per_type = self.typed.setdefault(name, {})
+        for t in only:
+            if t in per_type:
+                raise ValueError(f"field {name} has two getters for {t}")
+            per_type[t] = fn
+
+    @property
+    def only(self) -> dict[str, frozenset[str]]:
+        """Field -> the event types it is limited to (fields for every type are absent)."""
+        return {n: frozenset(per) for n, per in self.typed.items()}
 
     def for_type(self, evt_type: str) -> dict[str, Getter]:
-        return {
-            n: fn for n, fn in self.fns.items() if n not in self.only or evt_type in self.only[n]
-        }
+        out = dict(self.fns)
+        out.update({n: per[evt_type] for n, per in self.typed.items() if evt_type in per})
+        return out
 
 
 @dataclass(frozen=True, slots=True)

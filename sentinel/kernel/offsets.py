@@ -70,8 +70,8 @@ PIDTYPE_SID = 3
 
 # Where the first four syscall arguments sit in the saved user registers (struct pt_regs), per
 # architecture: the sensor reads them at sys_exit, so it never attaches sys_enter tracepoints.
-SYSCALL_ARG_REGS: dict[str, tuple[str, str, str, str]] = {
-    "x86_64": ("di", "si", "dx", "r10"),
+SYSCALL_ARG_REGS: dict[str, tuple[str, ...]] = {
+    "x86_64": ("di", "si", "dx", "r10", "r8", "r9"),
 }
 
 

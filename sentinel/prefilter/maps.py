@@ -120,6 +120,7 @@ SENSOR_HOOKS = r"""
 #define PREFILTER_FILE 1
 #define PREFILTER_CONNECT 1
 #define PREFILTER_SYS 1
+#define PREFILTER_LINK 1
 // (clone and procexit are never filtered: they keep the process table exact)
 #define pf_exec_state f_state
 static __always_inline int prefilter_exec_pre(struct f_state *st, u32 t) {
@@ -137,6 +138,10 @@ static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, 
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     return f_file_base(walk, at, nc, bad);
+}
+static __always_inline int prefilter_link(u32 t, long ret) {
+    struct f_state st = {};
+    return f_plain(&st, t, ret);
 }
 static __always_inline int prefilter_sys(u32 t, u64 key, long ret) {
     struct f_state st = {};
