@@ -397,65 +397,45 @@ static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 l
     return f_lpm_dim(st, lk, st->fam, D_PATH_SUFFIX);
 }
 
-// Connect: family, port and address from the sockaddr the caller passed.
-static __always_inline int f_sockaddr_dims(struct f_state *st, const void *uaddr, u32 addrlen) {
-    u32 zero = 0;
-    struct f_scratch *s = f_scratch_map.lookup(&zero);
-    if (!s)
+// A socket call's server end (or its only end): family ('4', '6', 'u'; 0 unknown), port and
+// address (ver 4: addr[0..4], ver 6: addr[0..16]; 0: none), as the handler found them (the
+// kernel's socket, else the address the caller passed).
+static __always_inline int f_peer_dims(struct f_state *st, u32 famc, u32 port, const u8 *addr,
+                                       u32 ver) {
+    if (!famc)
         return 1;
-    u32 slot = st->gen & 1;
-    u16 family = 0;
-    bpf_probe_read_user(&family, sizeof(family), uaddr);
-    u64 famc = 0;
-    u32 ver = 0;
-    if (family == 2) {              // AF_INET
-        famc = '4';
-        ver = 4;
-    } else if (family == 10) {      // AF_INET6
-        famc = '6';
-        ver = 6;
-    } else if (family == 1) {       // AF_UNIX
-        famc = 'u';
-    } else {
-        return 1;
-    }
     if (!f_num_dim(st, st->fam, D_FAMILY, famc))
         return 0;
     if (!ver)
         return 1;
-    u16 port_be = 0;
-    bpf_probe_read_user(&port_be, sizeof(port_be), uaddr + 2);
-    u64 port = ((port_be & 0xff) << 8) | (port_be >> 8);
     if (!f_num_dim(st, st->fam, D_DPORT, port))
         return 0;
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s)
+        return 1;
     struct f_lpm_key *lk = &s->lk;
-    lk->data[0] = slot;
+    lk->data[0] = st->gen & 1;
     lk->data[1] = st->fam;
     lk->data[2] = D_DADDR;
-    if (ver == 4) {
+    u8 a[16] = {};
+    bpf_probe_read_kernel(&a, ver == 4 ? 4 : 16, addr);
+    // a v4-mapped v6 peer (::ffff:a.b.c.d) is shown as IPv4 in user space: look it up so
+    int mapped = ver == 6;
+#pragma unroll
+    for (int i = 0; i < 10; i++)
+        if (a[i] != 0)
+            mapped = 0;
+    if (a[10] != 0xff || a[11] != 0xff)
+        mapped = 0;
+    if (ver == 4 || mapped) {
         lk->data[3] = 4;
-        bpf_probe_read_user(&lk->data[4], 4, uaddr + 4);
+        __builtin_memcpy(&lk->data[4], ver == 4 ? &a[0] : &a[12], 4);
         lk->prefixlen = 32 + 32;
     } else {
-        u8 a[16] = {};
-        bpf_probe_read_user(&a, 16, uaddr + 8);
-        // a v4-mapped v6 peer (::ffff:a.b.c.d) is shown as IPv4 in user space: look it up so
-        int mapped = 1;
-#pragma unroll
-        for (int i = 0; i < 10; i++)
-            if (a[i] != 0)
-                mapped = 0;
-        if (a[10] != 0xff || a[11] != 0xff)
-            mapped = 0;
-        if (mapped) {
-            lk->data[3] = 4;
-            __builtin_memcpy(&lk->data[4], &a[12], 4);
-            lk->prefixlen = 32 + 32;
-        } else {
-            lk->data[3] = 6;
-            __builtin_memcpy(&lk->data[4], a, 16);
-            lk->prefixlen = 32 + 128;
-        }
+        lk->data[3] = 6;
+        __builtin_memcpy(&lk->data[4], a, 16);
+        lk->prefixlen = 32 + 128;
     }
     return f_lpm_dim(st, lk, st->fam, D_DADDR);
 }
@@ -594,20 +574,16 @@ static __always_inline int f_plain(struct f_state *st, u32 t, long ret) {
     return f_keep(st, st->fam, keep);
 }
 
-static __always_inline int f_connect_enter(struct f_state *st, u32 t, const void *uaddr,
-                                           u32 addrlen) {
+// a socket call, at its exit: comm, uid, its key argument (socket's domain), the server end (family, port, address), whether the
+// socket is connected, and the result.
+static __always_inline int f_sock(struct f_state *st, u32 t, u64 key, u32 famc, u32 port,
+                                  const u8 *addr, u32 ver, u32 connected, long ret) {
     if (!f_begin(st, t))
         return 1;
     int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
                f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid()) &&
-               f_sockaddr_dims(st, uaddr, addrlen);
-    if (!keep)
-        f_count(st->fam, 0);
-    return keep;
-}
-
-static __always_inline int f_connect_exit(struct f_state *st, long ret) {
-    if (!st->gen)
-        return 1;
-    return f_keep(st, st->fam, f_finish(st, st->fam, ret));
+               f_num_dim(st, st->fam, D_ARG, key) &&
+               f_num_dim(st, st->fam, D_CONNECTED, connected) &&
+               f_peer_dims(st, famc, port, addr, ver) && f_finish(st, st->fam, ret);
+    return f_keep(st, st->fam, keep);
 }

@@ -120,8 +120,11 @@ static __always_inline int prefilter_link(u32 t, long ret) {
     return 1;
 }
 #endif
-#ifndef PREFILTER_CONNECT
-static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
+#ifndef PREFILTER_SOCK
+// A socket call: its key argument (socket's domain), its server end (famc '4', '6', 'u' or 0; port; address, ver 4 or 6 or 0),
+// whether the socket is connected, and the result.
+static __always_inline int prefilter_sock(u32 t, u64 key, u32 famc, u32 port, const u8 *addr,
+                                          u32 ver, u32 connected, long ret) {
     return 1;
 }
 #endif
@@ -280,6 +283,19 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
     }
     x->len = FWD_END - pos;
     x->trunc = trunc_v;
+}
+
+// A u32 / u64 of user memory (a struct the caller passed or the kernel filled in).
+static __always_inline u64 user_u32(u64 uptr, u32 off) {
+    u32 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (void *)(uptr + off));
+    return v;
+}
+
+static __always_inline u64 user_u64(u64 uptr, u32 off) {
+    u64 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (void *)(uptr + off));
+    return v;
 }
 
 // The file behind a descriptor of the current task (0 when fd is not open).

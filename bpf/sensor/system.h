@@ -2,13 +2,6 @@
 // strings (credentials, namespaces, ptrace, signals, BPF, memfd, io_uring, modules, mount).
 // The generated stubs call emit_args with six values and three user string pointers (0: none).
 
-// A u32 of user memory (a struct the kernel filled in, such as io_uring_params).
-static __always_inline u64 user_u32(u64 uptr, u32 off) {
-    u32 v = 0;
-    bpf_probe_read_user(&v, sizeof(v), (void *)(uptr + off));
-    return v;
-}
-
 static __always_inline int emit_args(void *ctx, long ret, u32 t, u64 v0, u64 v1, u64 v2, u64 v3,
                                      u64 v4, u64 v5, u64 s0, u64 s1, u64 s2) {
     if (is_self())

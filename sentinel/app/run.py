@@ -135,11 +135,19 @@ def load_rules(run: Run) -> bool:
     from sentinel.ops import Operations, default_engine
 
     run.enforcement = Enforcement(run.config, default_engine, run.log)
+
+    def make_engine(compiled: Any, config: Any) -> Any:
+        engine = run.enforcement.make_engine(compiled, config)
+        if run.sensor is not None and run.engine is not None:
+            # A reload: before the new rules replace the old ones, the kernel keeps what either
+            # set can match (the union of both), so no event of either is dropped in between;
+            # the event loop then narrows it to the new rules (see event_loop).
+            both = [*run.ops.engine.rules, *engine.rules]
+            run.sensor.reload([(r.name, r.expr) for r in both])
+        return engine
+
     run.ops = Operations(
-        run.config,
-        run.opts.config,
-        make_engine=run.enforcement.make_engine,
-        configure_logs=False,
+        run.config, run.opts.config, make_engine=make_engine, configure_logs=False
     )
     run.cleanup.callback(run.ops.close)
     try:

@@ -49,7 +49,8 @@ def flags_text(value: int, names: Sequence[tuple[int, str]]) -> str:
 
 
 def enum_text(value: int, names: Sequence[tuple[int, str]]) -> str:
-    return next((n for v, n in names if v == value), "")
+    """libsinsp's enum rendering: every name of the value ("AF_LOCAL|AF_UNIX"), or ""."""
+    return "|".join(n for v, n in names if v == value)
 
 
 def render(p: Param, e: Any) -> tuple[str, str] | None:

@@ -61,6 +61,12 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
     "OFF_SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
     "OFF_SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "OFF_SK_DADDR": ("sock", "__sk_common.skc_daddr"),
+    "OFF_SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
+    "OFF_SK_DPORT": ("sock", "__sk_common.skc_dport"),
+    "OFF_SK_STATE": ("sock", "__sk_common.skc_state"),
+    "OFF_FILE_F_INODE": ("file", "f_inode"),
+    "OFF_INODE_I_MODE": ("inode", "i_mode"),
 }
 
 # enum pid_type has been PID, TGID, PGID, SID since 4.19; checked against BTF below when present.

@@ -118,7 +118,7 @@ def filter_source(nwords: int = NWORDS) -> str:
 SENSOR_HOOKS = r"""
 #define PREFILTER_EXEC 1
 #define PREFILTER_FILE 1
-#define PREFILTER_CONNECT 1
+#define PREFILTER_SOCK 1
 #define PREFILTER_SYS 1
 #define PREFILTER_LINK 1
 // (clone and procexit are never filtered: they keep the process table exact)
@@ -147,11 +147,10 @@ static __always_inline int prefilter_sys(u32 t, u64 key, long ret) {
     struct f_state st = {};
     return f_sys(&st, t, key, ret);
 }
-static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
+static __always_inline int prefilter_sock(u32 t, u64 key, u32 famc, u32 port, const u8 *addr,
+                                          u32 ver, u32 connected, long ret) {
     struct f_state st = {};
-    if (!f_connect_enter(&st, t, uaddr, addrlen))
-        return 0;
-    return f_connect_exit(&st, ret);
+    return f_sock(&st, t, key, famc, port, addr, ver, connected, ret);
 }
 """
 

@@ -38,6 +38,8 @@ class KernelView:
     daddr: str | None = None
     sock_family: str | None = None  # '4', '6', 'u'
     ret: int = 0  # the syscall's return value
+    arg: int | None = None  # the key argument (ptrace's request, socket's domain...)
+    connected: bool | None = None  # socket calls: the socket is connected
 
 
 def canonical_path(raw: str) -> bool:
@@ -149,6 +151,10 @@ def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
         if not kv.path or len(kv.path.encode("utf-8", "surrogateescape")) > PATH_READ_MAX:
             return None  # empty or not read whole: the kernel judges no path dimension
         return ft.exact[dim].get("../" in kv.path, 0)
+    if dim is Dim.ARG:
+        return None if kv.arg is None else ft.exact[dim].get(kv.arg, 0)
+    if dim is Dim.CONNECTED:
+        return None if kv.connected is None else ft.exact[dim].get(kv.connected, 0)
     if dim is Dim.DPORT:
         return None if kv.dport is None else ft.exact[dim].get(kv.dport, 0)
     if dim is Dim.FAMILY:

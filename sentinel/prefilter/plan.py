@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from sentinel.compiler.fold import specialize
 from sentinel.compiler.values import IPNetwork, parse_bool
 from sentinel.events import BY_NAME, PREFILTER_FAMILIES, Family
+from sentinel.events.args import enum_text
 from sentinel.events.dims import BIND_DIMS, PATH_DIMS, Bind, Dim
 from sentinel.events.schema import Param
 from sentinel.language import ast
@@ -231,15 +232,14 @@ def abstract(
         return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v.rstrip("/") + "/") for v in vals))
     if bind is Bind.PATH_BASE:
         return Constraint(Dim.PATH_SUFFIX, frozenset(_cap("/" + v, tail=True) for v in vals))
-    if bind in (Bind.OPEN_WRITE, Bind.OPEN_READ):
+    if bind in _BOOL_DIMS:
         if op not in ("=", "=="):
             return _UNKNOWN
         try:
             want = parse_bool(vals[0])
         except ValueError:
             return _UNKNOWN
-        dim = Dim.OPEN_WRITE if bind is Bind.OPEN_WRITE else Dim.OPEN_READ
-        return Constraint(dim, frozenset({want}))
+        return Constraint(_BOOL_DIMS[bind], frozenset({want}))
     if bind is Bind.ADDR:
         nets = [_net(v) for v in vals]
         if any(n is None for n in nets):
@@ -255,20 +255,24 @@ def _enum(param: Param, op: str, vals: list[str]) -> Constraint | object:
     """``evt.arg.<key>`` renders as its value's name (or the number when it has none): the
     values whose text satisfies the check. A contains-check with digits could match numbers
     without a name, which are not enumerable: unknown."""
-    names = dict(param.names)
+    texts = {v: enum_text(v, param.names) for v, _n in param.names}  # as args.py renders
     if op in ("=", "==", "in", "intersects"):
-        by_name = {n: v for v, n in names.items()}
         out: set[int] = set()
-        for text in vals:
-            if text in by_name:
-                out.add(by_name[text])
-            elif text.isdigit() and int(text) not in names:
-                out.add(int(text))  # an unnamed value renders as its number
+        for want in vals:
+            out |= {v for v, text in texts.items() if text == want}
+            if want.isdigit() and int(want) not in texts:
+                out.add(int(want))  # an unnamed value renders as its number
         return Constraint(Dim.ARG, frozenset(out))
     if op == "contains" and len(vals) == 1 and not any(ch.isdigit() for ch in vals[0]):
-        return Constraint(Dim.ARG, frozenset(v for v, n in names.items() if vals[0] in n))
+        return Constraint(Dim.ARG, frozenset(v for v, text in texts.items() if vals[0] in text))
     return _UNKNOWN
 
+
+_BOOL_DIMS = {
+    Bind.OPEN_WRITE: Dim.OPEN_WRITE,
+    Bind.OPEN_READ: Dim.OPEN_READ,
+    Bind.CONNECTED: Dim.CONNECTED,
+}
 
 # fd.typechar / fd.sockfamily / fd.type values -> the kernel's family codes ('4', '6', 'u').
 _FAMILY_VALUES: dict[Bind, dict[str, tuple[str, ...]]] = {

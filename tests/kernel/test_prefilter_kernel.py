@@ -112,10 +112,17 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     if (!cp)
         return 0;
     struct call c = *cp;
+    // The server end as the sensor's handler gives it to f_sock (here from the address passed).
+    u8 sa[28] = {};
+    bpf_probe_read_user(&sa, sizeof(sa), (const void *)c.a0);
+    u16 fam = *(u16 *)sa;
+    u16 port_be = *(u16 *)(sa + 2);
+    u32 famc = fam == 2 ? '4' : fam == 10 ? '6' : 0;
+    u32 ver = fam == 2 ? 4 : fam == 10 ? 6 : 0;
+    u32 port = ((port_be & 0xff) << 8) | (port_be >> 8);
     struct f_state st = {};
-    u32 keep = f_connect_enter(&st, EVT_CONNECT, (const void *)c.a0, (u32)c.a1);
-    if (keep)
-        keep = f_connect_exit(&st, args->ret);
+    u32 keep = f_sock(&st, EVT_CONNECT, 0, famc, port, fam == 2 ? sa + 4 : sa + 8, ver, 0,
+                      args->ret);
     report(EVT_CONNECT, keep, args->ret, 0);
     return 0;
 }
