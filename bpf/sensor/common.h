@@ -115,8 +115,8 @@ static __always_inline int prefilter_sys(u32 t, u64 key, long ret) {
     return 1;
 }
 #endif
-#ifndef PREFILTER_LINK
-static __always_inline int prefilter_link(u32 t, long ret) {
+#ifndef PREFILTER_PLAIN
+static __always_inline int prefilter_plain(u32 t, long ret) {
     return 1;
 }
 #endif

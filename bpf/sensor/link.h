@@ -27,7 +27,7 @@ static __always_inline int emit_path2(void *ctx, long ret, u32 t, s32 dirfd0, u6
                                       s32 dirfd1, u64 path1, u64 flags) {
     if (is_self())
         return 0;
-    if (!counted(t, prefilter_link(t, ret)))
+    if (!counted(t, prefilter_plain(t, ret)))
         return 0;
     u32 zero = 0;
     struct link_scratch_t *r = link_scratch.lookup(&zero);

@@ -16,9 +16,8 @@
 
 BPF_PERCPU_ARRAY(sock_scratch, struct sock_ev, 1);
 
-// The struct socket behind fd, or 0 when fd is not an open socket.
-static __always_inline void *fd_socket(void *task, s32 fd) {
-    void *file = fd_file(task, fd);
+// The struct socket behind a file, or 0 when it is not a socket.
+static __always_inline void *file_socket(void *file) {
     if (!file)
         return 0;
     void *inode = rd_ptr(file, OFF_FILE_F_INODE);
@@ -29,42 +28,51 @@ static __always_inline void *fd_socket(void *task, s32 fd) {
     return rd_ptr(file, OFF_FILE_PRIVATE_DATA);
 }
 
-// The kernel's view of a socket: into the record.
-static __always_inline void sock_info(struct sock_ev *e, void *sock) {
-    e->sock_type = 0;
-    e->protocol = 0;
-    e->sk_family = 0;
-    e->lport = 0;
-    e->rport = 0;
-    e->state = 0;
-    __builtin_memset(e->laddr, 0, sizeof(e->laddr));
-    __builtin_memset(e->raddr, 0, sizeof(e->raddr));
-    if (!sock)
-        return;
-    u16 st = 0;
-    bpf_probe_read_kernel(&st, sizeof(st), sock + OFF_SOCKET_TYPE);
-    e->sock_type = st;
+static __always_inline void *fd_socket(void *task, s32 fd) {
+    return file_socket(fd_file(task, fd));
+}
+
+// The kernel's view of a socket, into the members of a record that has them (the net and fd
+// families' records both do: sock_type, protocol, sk_family, lport, rport, state, laddr,
+// raddr).
+#define SOCK_INFO(e, sock)                                                                     \
+    do {                                                                                       \
+        (e)->sock_type = 0;                                                                    \
+        (e)->protocol = 0;                                                                     \
+        (e)->sk_family = 0;                                                                    \
+        (e)->lport = 0;                                                                        \
+        (e)->rport = 0;                                                                        \
+        (e)->state = 0;                                                                        \
+        __builtin_memset((e)->laddr, 0, sizeof((e)->laddr));                                   \
+        __builtin_memset((e)->raddr, 0, sizeof((e)->raddr));                                   \
+        if (sock)                                                                              \
+            sock_view(sock, &(e)->sock_type, &(e)->protocol, &(e)->sk_family, &(e)->lport,     \
+                      &(e)->rport, &(e)->state, (e)->laddr, (e)->raddr);                       \
+    } while (0)
+
+static __always_inline void sock_view(void *sock, u16 *type, u16 *protocol, u16 *family,
+                                      u16 *lport, u16 *rport, u16 *state, char *laddr,
+                                      char *raddr) {
+    bpf_probe_read_kernel(type, sizeof(*type), sock + OFF_SOCKET_TYPE);
     void *sk = rd_ptr(sock, OFF_SOCKET_SK);
     if (!sk)
         return;
-    u16 proto = 0, lport = 0, dport_be = 0, fam = 0;
-    u8 state = 0;
-    bpf_probe_read_kernel(&proto, sizeof(proto), sk + OFF_SK_PROTOCOL);
-    bpf_probe_read_kernel(&lport, sizeof(lport), sk + OFF_SK_NUM);
+    u16 dport_be = 0, fam = 0;
+    u8 st = 0;
+    bpf_probe_read_kernel(protocol, sizeof(*protocol), sk + OFF_SK_PROTOCOL);
+    bpf_probe_read_kernel(lport, sizeof(*lport), sk + OFF_SK_NUM);
     bpf_probe_read_kernel(&dport_be, sizeof(dport_be), sk + OFF_SK_DPORT);
     bpf_probe_read_kernel(&fam, sizeof(fam), sk + OFF_SK_FAMILY);
-    bpf_probe_read_kernel(&state, sizeof(state), sk + OFF_SK_STATE);
-    e->protocol = proto;
-    e->lport = lport;
-    e->rport = ((dport_be & 0xff) << 8) | (dport_be >> 8);
-    e->sk_family = fam;
-    e->state = state;
+    bpf_probe_read_kernel(&st, sizeof(st), sk + OFF_SK_STATE);
+    *rport = ((dport_be & 0xff) << 8) | (dport_be >> 8);
+    *family = fam;
+    *state = st;
     if (fam == 10) {
-        bpf_probe_read_kernel(&e->laddr, 16, sk + OFF_SK_V6_RCV_SADDR);
-        bpf_probe_read_kernel(&e->raddr, 16, sk + OFF_SK_V6_DADDR);
+        bpf_probe_read_kernel(laddr, 16, sk + OFF_SK_V6_RCV_SADDR);
+        bpf_probe_read_kernel(raddr, 16, sk + OFF_SK_V6_DADDR);
     } else if (fam == 2) {
-        bpf_probe_read_kernel(&e->laddr, 4, sk + OFF_SK_RCV_SADDR);
-        bpf_probe_read_kernel(&e->raddr, 4, sk + OFF_SK_DADDR);
+        bpf_probe_read_kernel(laddr, 4, sk + OFF_SK_RCV_SADDR);
+        bpf_probe_read_kernel(raddr, 4, sk + OFF_SK_DADDR);
     }
 }
 
@@ -78,7 +86,8 @@ static __always_inline int emit_sock(void *ctx, long ret, u32 t, s32 fd, u64 uad
         return 0;
     void *task = (void *)bpf_get_current_task();
     s32 sfd = (how & SOCK_FD_IS_RESULT) ? (s32)ret : fd;
-    sock_info(e, ret < 0 && (how & SOCK_FD_IS_RESULT) ? 0 : fd_socket(task, sfd));
+    void *sock = ret < 0 && (how & SOCK_FD_IS_RESULT) ? 0 : fd_socket(task, sfd);
+    SOCK_INFO(e, sock);
     e->addrlen = 0;
     __builtin_memset(e->addr, 0, sizeof(e->addr));
     if ((how & SOCK_ADDR_IN) && uaddr) {

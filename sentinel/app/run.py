@@ -146,9 +146,7 @@ def load_rules(run: Run) -> bool:
             run.sensor.reload([(r.name, r.expr) for r in both])
         return engine
 
-    run.ops = Operations(
-        run.config, run.opts.config, make_engine=make_engine, configure_logs=False
-    )
+    run.ops = Operations(run.config, run.opts.config, make_engine=make_engine, configure_logs=False)
     run.cleanup.callback(run.ops.close)
     try:
         run.engine = run.ops.initial_engine()

@@ -17,6 +17,7 @@ To add an event type, see docs/design.md ("Adding an event type").
 from __future__ import annotations
 
 from sentinel.events import exec as _exec
+from sentinel.events import fd as _fd
 from sentinel.events import file as _file
 from sentinel.events import link as _link
 from sentinel.events import net as _net
@@ -35,6 +36,7 @@ FAMILIES: tuple[Family, ...] = (
     _file.FAMILY,
     _link.FAMILY,
     _net.FAMILY,
+    _fd.FAMILY,
     _system.FAMILY,
 )
 EVENT_TYPES: tuple[EventType, ...] = tuple(t for f in FAMILIES for t in f.event_types)

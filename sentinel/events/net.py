@@ -93,22 +93,30 @@ def _memo(rec: Record, key: str, fn: Any) -> Any:
     return d[key]
 
 
+def _m(rec: Record, name: str) -> Any:
+    """A member of the record's own layout (these functions serve the fd family's records
+    too, which have the same socket members)."""
+    return rec.fixed[rec.layout.index[name]]
+
+
 def passed(rec: Record) -> SockAddr:
     """The address the caller passed (or the sender's, for recvfrom/recvmsg)."""
-    n = min(int(rec.fixed[_I["addrlen"]]), SOCKADDR_SIZE)
+    if "addrlen" not in rec.layout.index:
+        return SockAddr("other", None, None, None)
+    n = min(int(_m(rec, "addrlen")), SOCKADDR_SIZE)
     got: SockAddr = _memo(rec, "passed", lambda: parse_sockaddr(rec.buf("addr", n)))
     return got
 
 
 def family(rec: Record) -> str:
     """The socket's family from the kernel; without a socket, the passed address's."""
-    fam = FAMILIES.get(int(rec.fixed[_I["sk_family"]]))
+    fam = FAMILIES.get(int(_m(rec, "sk_family")))
     return fam if fam is not None else passed(rec).family
 
 
 def _kernel_ip(rec: Record, name: str) -> str | None:
-    raw = rec.fixed[_I[name]]
-    fam = int(rec.fixed[_I["sk_family"]])
+    raw = _m(rec, name)
+    fam = int(_m(rec, "sk_family"))
     if fam == socket.AF_INET:
         return socket.inet_ntop(socket.AF_INET, raw[:4])
     if fam == socket.AF_INET6:
@@ -123,9 +131,8 @@ def ends(rec: Record) -> tuple[tuple[str | None, int | None], tuple[str | None, 
     def compute() -> Any:
         if family(rec) not in ("ipv4", "ipv6"):
             return (None, None), (None, None)
-        f = rec.fixed
-        local: tuple[str | None, int | None] = (_kernel_ip(rec, "laddr"), int(f[_I["lport"]]))
-        remote: tuple[str | None, int | None] = (_kernel_ip(rec, "raddr"), int(f[_I["rport"]]))
+        local: tuple[str | None, int | None] = (_kernel_ip(rec, "laddr"), int(_m(rec, "lport")))
+        remote: tuple[str | None, int | None] = (_kernel_ip(rec, "raddr"), int(_m(rec, "rport")))
         if not remote[1]:
             pa = passed(rec)
             same = pa.family == family(rec)
@@ -140,7 +147,7 @@ def ends(rec: Record) -> tuple[tuple[str | None, int | None], tuple[str | None, 
 
 
 def is_server(rec: Record) -> bool:
-    return bool(int(rec.fixed[_I["how"]]) & SERVER_LOCAL)
+    return "how" in rec.layout.index and bool(int(_m(rec, "how")) & SERVER_LOCAL)
 
 
 def client_server(
@@ -152,7 +159,7 @@ def client_server(
 
 
 def connected(rec: Record) -> bool:
-    return int(rec.fixed[_I["state"]]) == TCP_ESTABLISHED
+    return int(_m(rec, "state")) == TCP_ESTABLISHED
 
 
 def tuple_text(rec: Record) -> str | None:
@@ -171,7 +178,7 @@ def tuple_text(rec: Record) -> str | None:
 def l4proto(rec: Record) -> str | None:
     if family(rec) not in ("ipv4", "ipv6"):
         return None
-    stype, proto = rec.fixed[_I["sock_type"]], rec.fixed[_I["protocol"]]
+    stype, proto = _m(rec, "sock_type"), _m(rec, "protocol")
     if stype == SOCK_RAW:
         return "raw"
     if proto in L4:
@@ -328,13 +335,14 @@ def _sockaddr(addr: tuple[str, int] | str) -> tuple[bytes, int]:
     return raw, len(raw)
 
 
-def _ip(ip: str) -> tuple[bytes, int]:
+def ip_buffer(ip: str) -> tuple[bytes, int]:
+    """An address as a record's laddr/raddr member (the record builder)."""
     return ipaddress.ip_address(ip).packed, 0
 
 
 # Record builder: ``addr`` ((ip, port) or a unix path), ``laddr``/``raddr`` (the socket's ends).
 ENCODE = schema.buffers(
-    {"addr": ("addrlen", _sockaddr), "laddr": (None, _ip), "raddr": (None, _ip)},
+    {"addr": ("addrlen", _sockaddr), "laddr": (None, ip_buffer), "raddr": (None, ip_buffer)},
     sk_family=socket.AF_INET,
 )
 KERNEL_FIELDS = {

@@ -194,4 +194,8 @@ KERNEL_FIELDS = {
     "evt.res": Bind.RESULT,
     "evt.rawres": Bind.RESULT,
 }
-FAMILY = schema.Family("system", LAYOUT, "system.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS)
+# Record builder: ``s0``..``s2`` the strings, as read.
+ENCODE = schema.buffers({f"s{i}": (f"s{i}_len", schema.utf8) for i in range(3)})
+FAMILY = schema.Family(
+    "system", LAYOUT, "system.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE
+)

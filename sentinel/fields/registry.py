@@ -245,6 +245,8 @@ _add("fs.path.name", S, "path of a filesystem event")
 _add("fs.path.nameraw", S, "raw path of a filesystem event")
 _add("fs.path.source", S, "source path of a rename/link")
 _add("fs.path.target", S, "target path of a rename/link")
+_add("fs.path.sourceraw", S, "source path of a rename/link, as passed")
+_add("fs.path.targetraw", S, "target path of a rename/link, as passed")
 
 # ---- container / k8s ---------------------------------------------------------------------------
 _add("container.id", S, "12-hex short container id, 'host' outside containers")

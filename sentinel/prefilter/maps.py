@@ -120,7 +120,7 @@ SENSOR_HOOKS = r"""
 #define PREFILTER_FILE 1
 #define PREFILTER_SOCK 1
 #define PREFILTER_SYS 1
-#define PREFILTER_LINK 1
+#define PREFILTER_PLAIN 1
 // (clone and procexit are never filtered: they keep the process table exact)
 #define pf_exec_state f_state
 static __always_inline int prefilter_exec_pre(struct f_state *st, u32 t) {
@@ -139,7 +139,7 @@ static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, 
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     return f_file_base(walk, at, nc, bad);
 }
-static __always_inline int prefilter_link(u32 t, long ret) {
+static __always_inline int prefilter_plain(u32 t, long ret) {
     struct f_state st = {};
     return f_plain(&st, t, ret);
 }

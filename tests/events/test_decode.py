@@ -227,13 +227,22 @@ def test_connect_ipv4(event: Make) -> None:
 
 
 def test_connect_ipv6_v4_mapped_and_unix(event: Make) -> None:
-    ev = event("connect", fd=4, res=-111, addr=("::ffff:10.1.2.3", 80), laddr="::ffff:10.0.0.2")
+    ev = event(
+        "connect",
+        fd=4,
+        res=-111,
+        addr=("::ffff:10.1.2.3", 80),
+        laddr="::ffff:10.0.0.2",
+        sk_family=10,
+    )
     assert ev.get("fd.sip") == "10.1.2.3" and ev.get("fd.cip") == "10.0.0.2"
     assert ev.get("evt.res") == "ECONNREFUSED" and ev.get("fd.connected") is False
-    ev = event("connect", fd=4, res=0, addr=("2001:db8::1", 22), laddr="2001:db8::2", lport=9)
+    ev = event(
+        "connect", fd=4, res=0, addr=("2001:db8::1", 22), laddr="2001:db8::2", lport=9, sk_family=10
+    )
     assert ev.get("fd.name") == "[2001:db8::2]:9->[2001:db8::1]:22"
     assert ev.get("fd.typechar") == "6"
-    ev = event("connect", fd=3, res=0, addr="/run/x.sock")
+    ev = event("connect", fd=3, res=0, addr="/run/x.sock", sk_family=1)
     assert fields(ev, "fd.name", "fd.typechar", "fd.sockfamily", "fd.sip", "fd.ip") == {
         "fd.name": "/run/x.sock",
         "fd.typechar": "u",

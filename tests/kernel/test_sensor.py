@@ -236,8 +236,7 @@ def test_only_exit_tracepoints_are_attached(live: LiveSensor) -> None:
     from sentinel.kernel.program import tracepoints
 
     expected = [
-        f"raw:{n}" if c == "sched" else f"tp:{c}:{n}"
-        for c, n in tracepoints(live.sensor.syscalls)
+        f"raw:{n}" if c == "sched" else f"tp:{c}:{n}" for c, n in tracepoints(live.sensor.syscalls)
     ]
     assert live.sensor.attachments == sorted(expected)
     assert not [a for a in live.sensor.attachments if "sys_enter" in a]
