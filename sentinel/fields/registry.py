@@ -236,10 +236,34 @@ _add("fd.rnet", FieldType.IPNET, "remote IP, matched against CIDRs", ev=NET_EVEN
 _add(
     "fd.net", FieldType.IPNET, "client or server IP, against CIDRs", kind=Kind.EITHER, ev=NET_EVENTS
 )
-_add("fd.cip.name", S, "client domain name", ev=NET_EVENTS)
-_add("fd.sip.name", S, "server domain name", ev=NET_EVENTS)
-_add("fd.lip.name", S, "local domain name", ev=NET_EVENTS)
-_add("fd.rip.name", S, "remote domain name", ev=NET_EVENTS)
+_add(
+    "fd.cip.name",
+    S,
+    "client IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.sip.name",
+    S,
+    "server IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.lip.name",
+    S,
+    "local IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.rip.name",
+    S,
+    "remote IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
 _add("fd.l4proto", S, "tcp, udp, icmp, raw", ev=NET_EVENTS)
 _add("fd.sockfamily", S, "ip or unix", ev=NET_EVENTS)
 _add("fd.is_server", B, "the process is the server end", ev=NET_EVENTS)
