@@ -99,6 +99,11 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     void *bprm = (void *)ctx->args[2];
     if (is_self())
         return 0;
+    // The process's name from now on (whatever the prefilter decides about this event).
+    struct task_comm_t name = {};
+    bpf_get_current_comm(&name.comm, sizeof(name.comm));
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    exec_comm.update(&tgid, &name);
     u32 t = exec_type(bprm);
     struct pf_exec_state pst = {};
     int verdict = prefilter_exec_pre(&pst, t);

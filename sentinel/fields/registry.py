@@ -189,6 +189,11 @@ _add("proc.pidns_init_start_ts", FieldType.ABSTIME, "pid namespace init start")
 _add("proc.nthreads", U, "number of threads")
 _add("proc.fdopencount", U, "open file descriptors")
 _add("thread.tid", INT, "thread id")
+_add(
+    "thread.comm",
+    S,
+    "the thread's current name (prctl PR_SET_NAME changes it; proc.name is the name at exec)",
+)
 _add("thread.vtid", INT, "thread id in its pid namespace")
 _add("thread.ismain", B, "true for the main thread")
 _add("thread.cap_permitted", S, "permitted capabilities")
