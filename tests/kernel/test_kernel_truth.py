@@ -1,0 +1,202 @@
+"""What rules judge comes from kernel objects, not from strings an attacker writes.
+
+Falco's stable rules, unmodified, with "Read sensitive file untrusted" watching /etc/shadow.
+A reader (a copy of the interpreter, so its name is its own) reads /etc/shadow through a
+symlink, /proc/self/root, /proc/self/cwd, a dirfd, after renaming itself to "sshd" (a name the
+rule exempts), and with the path flipped by a racing thread; each real open must raise the rule
+naming /etc/shadow, and no open of another file may. Each trick is first shown to work without
+Sentinel (the bytes read are shadow's).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.helpers import CORPUS
+from tests.kernel.conftest import require_root
+from tests.live import LiveRun, sentinel_run
+
+pytestmark = pytest.mark.kernel
+RULE = "Read sensitive file untrusted"
+SHADOW = "/etc/shadow"
+
+# Each trick opens /etc/shadow by another name and prints the first bytes read (hex).
+TRICKS = {
+    "symlink": "os.symlink('/etc/shadow', d + '/s'); p = d + '/s'",
+    "proc_root": "p = '/proc/self/root/etc/shadow'",
+    "proc_cwd": "os.chdir('/etc'); p = '/proc/self/cwd/shadow'",
+    "dirfd": "p = ('shadow', os.open('/etc', os.O_RDONLY | os.O_DIRECTORY))",
+    "prctl_sshd": (
+        "import ctypes; ctypes.CDLL(None).prctl(15, b'sshd', 0, 0, 0); p = '/etc/shadow'"
+    ),
+    "symlinked_dir": "os.symlink('/etc', d + '/e'); p = d + '/e/shadow'",
+}
+READER = """
+import os, sys, tempfile  # {marker}
+d = tempfile.mkdtemp()
+{trick}
+if isinstance(p, tuple):
+    fd = os.open(p[0], os.O_RDONLY, dir_fd=p[1])
+else:
+    fd = os.open(p, os.O_RDONLY)
+print(os.getpid(), os.read(fd, 16).hex(), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def reader(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the interpreter named rdr<hex>: a name no rule exempts."""
+    require_root()
+    exe = tmp_path_factory.mktemp("truth") / f"rdr{uuid.uuid4().hex[:6]}"
+    shutil.copy(sys.executable, exe)
+    return exe
+
+
+@pytest.fixture(scope="module")
+def live() -> Iterator[LiveRun]:
+    require_root()
+    with sentinel_run("--rules", str(CORPUS / "falco_rules.yaml")) as run:
+        yield run
+
+
+def _read(reader: Path, trick: str, marker: str = "") -> tuple[int, str]:
+    out = subprocess.run(
+        [str(reader), "-c", READER.format(trick=TRICKS[trick], marker=marker)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return int(out[0]), out[1]
+
+
+def _shadow_head() -> str:
+    with open(SHADOW, "rb") as f:
+        return f.read(16).hex()
+
+
+@pytest.mark.parametrize("trick", sorted(TRICKS))
+def test_each_trick_reads_shadow_without_sentinel(reader: Path, trick: str) -> None:
+    _pid, head = _read(reader, trick)
+    assert head == _shadow_head()  # the attack really reads the file
+
+
+@pytest.mark.parametrize("trick", sorted(TRICKS))
+def test_reading_shadow_by_another_name_raises_the_rule_naming_it(
+    live: LiveRun, reader: Path, trick: str
+) -> None:
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    _pid, head = _read(reader, trick, marker)
+    assert head == _shadow_head()
+    got = live.wait(lambda a: a["rule"] == RULE and marker in a["output_fields"]["proc.cmdline"])
+    assert len(got) == 1, (trick, live.log_tail())
+    f: dict[str, Any] = got[0]["output_fields"]
+    assert f["fd.name"] == SHADOW
+    assert f["proc.name"] == reader.name[:15]  # the name at exec, not a later prctl's
+
+
+RACER = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static volatile char path[64] = "/etc/shadow";
+static volatile int stop, started;
+
+static void put(const char *s) {
+    for (int i = 0; s[i] || (path[i] = 0); i++)  // byte by byte (volatile): no store is elided
+        path[i] = s[i];
+}
+
+static void *flip(void *arg) {
+    const char *other = arg;
+    started = 1;
+    while (!stop) {
+        put("/etc/shadow");
+        put(other);
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    struct stat sh;
+    stat("/etc/shadow", &sh);
+    pthread_t t;
+    pthread_create(&t, 0, flip, argv[1]);
+    while (!started)
+        ;
+    int n = atoi(argv[2]), hits = 0, others = 0;
+    for (int i = 0; i < n; i++) {
+        int fd = open((const char *)path, O_RDONLY);
+        if (fd < 0)
+            continue;
+        struct stat st;
+        fstat(fd, &st);
+        if (st.st_ino == sh.st_ino && st.st_dev == sh.st_dev)
+            hits++;
+        else
+            others++;
+        close(fd);
+    }
+    stop = 1;
+    pthread_join(t, 0);
+    printf("%d %d %d\n", getpid(), hits, others);
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def racer(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The racer binary and the harmless file it flips the path to (same length as the
+    shadow path, so each write leaves a whole name)."""
+    require_root()
+    d = tmp_path_factory.mktemp("race")
+    src = d / "racer.c"
+    src.write_text(RACER)
+    exe = d / f"rcr{uuid.uuid4().hex[:6]}"
+    subprocess.run(["gcc", "-O2", "-pthread", "-o", str(exe), str(src)], check=True)
+    harmless = Path("/tmp/sntl-harm")
+    harmless.write_text("harmless\n")
+    return exe, harmless
+
+
+def _race(racer: tuple[Path, Path], n: int, marker: str = "") -> tuple[int, int, int]:
+    exe, harmless = racer
+    out = subprocess.run([str(exe), str(harmless), str(n), marker], capture_output=True,
+                         text=True, check=True).stdout.split()  # fmt: skip
+    return int(out[0]), int(out[1]), int(out[2])
+
+
+def test_the_race_opens_both_files_without_sentinel(racer: tuple[Path, Path]) -> None:
+    _pid, hits, others = _race(racer, 4000)
+    assert hits > 0 and others > 0  # the flip lands between the caller's and the kernel's reads
+
+
+@pytest.mark.parametrize("trial", range(3))
+def test_every_real_open_of_shadow_alerts_and_no_other_does(
+    live: LiveRun, racer: tuple[Path, Path], trial: int
+) -> None:
+    marker = f"m{uuid.uuid4().hex[:10]}"
+    _pid, hits, others = _race(racer, 4000, marker)
+    assert hits > 0 and others > 0
+    mine = live.wait(
+        lambda a: a["rule"] == RULE and marker in a["output_fields"]["proc.cmdline"],
+        count=hits,
+        timeout=20,
+    )
+    names = {a["output_fields"]["fd.name"] for a in mine}
+    assert len(mine) == hits, (len(mine), hits, others)  # none missed, none false
+    assert names == {SHADOW}
