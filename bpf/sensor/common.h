@@ -241,6 +241,8 @@ struct path_buf {
     char b[WALK_SIZE];
     u32 len;
     u32 trunc;
+    u32 flags;                          // header flags for the record built from it
+    u32 pad;
 };
 
 // Walk like walk_path(), but write the path forward ("/usr/bin/ls"), right-aligned so that it

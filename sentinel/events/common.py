@@ -35,6 +35,7 @@ FLAG_BASE_AFTER = 256  # file: the base walk is the cwd after the call (chdir, f
 FLAG_PATH1_TRUNC = 512  # link: the second path longer than the record holds
 FLAG_ENV_TRUNC = 1024  # exec: the environment longer than the record holds
 FLAG_KPATH = 2048  # file: a successful open; base holds the kernel's path of the opened file
+FLAG_TABLE_ONLY = 4096  # exec: no rule wants it (the prefilter said so); the process table does
 FLAG_BASE1_BAD = 1024  # link: the second path's dirfd is not an open file
 FLAG_BASE1_TRUNC = 2048  # link: the second path's base walk was cut short
 HEADER_FLAGS = {name: value for name, value in globals().items() if name.startswith("FLAG_")}

@@ -10,6 +10,7 @@ Sentinel (the bytes read are shadow's).
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -200,3 +201,34 @@ def test_every_real_open_of_shadow_alerts_and_no_other_does(
     names = {a["output_fields"]["fd.name"] for a in mine}
     assert len(mine) == hits, (len(mine), hits, others)  # none missed, none false
     assert names == {SHADOW}
+
+
+STALE_RULE = """
+- rule: Stale facts probe
+  desc: an open of one file, the only rule loaded (no rule wants execs)
+  condition: evt.type in (open, openat) and fd.name = {target}
+  output: probe cmdline=%proc.cmdline exepath=%proc.exepath pname=%proc.pname
+  priority: INFO
+"""
+
+
+def test_process_facts_stay_true_when_no_rule_wants_execs(tmp_path: Path, reader: Path) -> None:
+    """With only an open rule, the kernel drops every exec for rules; the process table must
+    still learn the exec (a table-only record), or the child's events would carry the
+    parent's command line and executable."""
+    target = tmp_path / f"stale-{uuid.uuid4().hex[:8]}"
+    target.write_text("x")
+    rules = tmp_path / "stale.yaml"
+    rules.write_text(STALE_RULE.format(target=target))
+    spawn = (
+        "import os\npid = os.fork()\n"
+        f"if pid == 0: os.execv('/bin/cat', ['cat', '{target}'])\nos.waitpid(pid, 0)"
+    )
+    with sentinel_run("--rules", str(rules)) as run:
+        subprocess.run([str(reader), "-c", spawn], check=True, capture_output=True)
+        got = run.wait(lambda a: a["rule"] == "Stale facts probe")
+    assert len(got) == 1, run.log_tail()
+    f = got[0]["output_fields"]
+    assert f["proc.cmdline"] == f"cat {target}"
+    assert f["proc.exepath"] == os.path.realpath("/bin/cat")
+    assert f["proc.pname"] == reader.name[:15]
