@@ -143,7 +143,8 @@ static __always_inline int emit_path_walk(void *ctx, long ret, u32 t, s32 dirfd,
     int after = how & EMIT_AFTER;
     // The path as passed, read once from the caller's memory: what the prefilter judges is
     // what the record carries.
-    int n = bpf_probe_read_user_str(&e->path, sizeof(e->path), (void *)path);
+    u32 via = call_hflags();  // FLAG_IO_URING: the path is the kernel's copy
+    int n = read_path_arg(e->path, sizeof(e->path), path, via);
     if (n <= 0)
         e->path[0] = 0;
     e->path_len = n > 0 ? n - 1 : 0;
@@ -154,7 +155,7 @@ static __always_inline int emit_path_walk(void *ctx, long ret, u32 t, s32 dirfd,
     e->pad = 0;
     if ((how & EMIT_OPEN) && ret >= 0) {
         e->h.type = t;
-        e->h.flags = n == PATH_SIZE ? FLAG_PATH_TRUNC : 0;
+        e->h.flags = via | (n == PATH_SIZE ? FLAG_PATH_TRUNC : 0);
         open_done_tail.call(ctx, 0);
         // (no program installed: judged and reported on the passed path, below)
     }
@@ -164,6 +165,7 @@ static __always_inline int emit_path_walk(void *ctx, long ret, u32 t, s32 dirfd,
     // The record is filled before the walk, as when the walk came last: values kept live
     // across the walk multiply the states the verifier explores in it (measured: 4x).
     fill_hdr(&e->h, t);
+    e->h.flags |= via;
     if (n == PATH_SIZE)
         e->h.flags |= FLAG_PATH_TRUNC;
     e->base_len = 0;

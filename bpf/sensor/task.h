@@ -21,3 +21,22 @@ static __always_inline void task_comm(char *out) {
     bpf_get_current_comm(out, 16);
 }
 #define HAVE_TASK_COMM 1
+
+// The arguments a handler is called with (struct call_args: sentinel.events.cgen).
+BPF_PERCPU_ARRAY(call_scratch, struct call_args, 1);
+
+// The header flags and the kind of string memory of the call being handled (call_args.hflags):
+// FLAG_IO_URING when an io_uring request is reported (bpf/sensor/uring.h), whose path
+// arguments are the kernel's own copies.
+static __always_inline u32 call_hflags(void) {
+    u32 zero = 0;
+    struct call_args *c = call_scratch.lookup(&zero);
+    return c ? c->hflags : 0;
+}
+
+// A path argument: from the caller's memory, or from the kernel's copy (io_uring).
+static __always_inline int read_path_arg(char *dst, u32 size, u64 src, u32 hflags) {
+    if (hflags & FLAG_IO_URING)
+        return bpf_probe_read_kernel_str(dst, size, (void *)src);
+    return bpf_probe_read_user_str(dst, size, (void *)src);
+}

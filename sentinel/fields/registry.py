@@ -124,6 +124,7 @@ for _n in sorted(
 _add("evt.buffer", FieldType.BYTES, "read/write data buffer")
 _add("evt.buflen", U, "read/write buffer length")
 _add("evt.hostname", S, "host name the event was seen on")
+_add("evt.is_io_uring", B, "the operation was an io_uring request, not a syscall (Sentinel's own)")
 _add("evt.source", S, "event source (syscall)")
 _add("evt.latency", FieldType.RELTIME, "syscall latency in ns")
 _add("evt.plugininfo", S, "plugin event info")
