@@ -149,8 +149,12 @@ TRACEPOINT_PROBE(io_uring, io_uring_complete) {
     c->t = t;
     c->hflags = FLAG_IO_URING;
     if (op == OP_CONNECT || op == OP_ACCEPT) {
-        // The socket's descriptor (not a fixed file: those have none in the task's table).
-        c->v[0] = (u64)(s64)rd_s32(req, OFF_REQ_FD);
+        // The socket's descriptor; a fixed file's is an index in the ring's own table, not
+        // the task's (REQ_F_FIXED_FILE is bit 0, as IOSQE_FIXED_FILE in the UAPI): no
+        // descriptor then (the record has only the address passed).
+        u64 rflags = 0;
+        bpf_probe_read_kernel(&rflags, sizeof(rflags), req + OFF_REQ_FLAGS);
+        c->v[0] = (rflags & 1) ? (u64)(s64)-1 : (u64)(s64)rd_s32(req, OFF_REQ_FD);
         if (op == OP_CONNECT) {
             c->v[1] = (u64)rd_ptr(req, OFF_REQ_CMD + OFF_CONNECT_ADDR);  // the caller's memory
             c->v[2] = (u32)rd_s32(req, OFF_REQ_CMD + OFF_CONNECT_ADDRLEN);

@@ -319,5 +319,28 @@ TAILS = (
     ("open_done_tail", 0, "open_done", "tracepoint"),
 )
 FAMILY = schema.Family(
-    "file", LAYOUT, "file.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=encode, tail_calls=TAILS
+    "file",
+    LAYOUT,
+    "file.h",
+    EVENT_TYPES,
+    FIELDS,
+    KERNEL_FIELDS,
+    encode=encode,
+    tail_calls=TAILS,
+    truth={
+        **dict.fromkeys(
+            OPENS,
+            "kernel, when it succeeds: fd.name is the file installed (walked from the task's "
+            "root); fd.nameraw and a failed open's path: the caller's string, read once at the "
+            "syscall's exit (io_uring: the kernel's copy)",
+        ),
+        **dict.fromkeys(
+            ("chdir", "fchdir"),
+            "kernel: the cwd after the call (walked); the path passed: "
+            "the caller's string at the exit",
+        ),
+        "*": "the caller's path string, read once at the syscall's exit (a thread racing the "
+        "call can change it after the kernel read it; io_uring: the kernel's copy), joined to "
+        "the base directory the kernel walked",
+    },
 )

@@ -146,6 +146,7 @@ def _exit_has_group_dead(btf: Btf) -> bool:
 URING_OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_REQ_OPCODE": ("io_kiocb", "opcode"),
     "OFF_REQ_FD": ("io_kiocb", "cqe.fd"),
+    "OFF_REQ_FLAGS": ("io_kiocb", "flags"),
     "OFF_REQ_CMD": ("io_kiocb", "cmd"),
     "OFF_OPEN_DFD": ("io_open", "dfd"),
     "OFF_OPEN_SLOT": ("io_open", "file_slot"),
