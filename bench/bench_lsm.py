@@ -18,6 +18,11 @@ runs alternate between its programs detached (= no programs run) and attached, A
 times each. ratio = median(attached) / median(detached), and ratio_of_minimums (less
 disturbed by other load on the host), all from one run of this script.
 Counts are calibrated so that one run takes ~1 s without programs.
+
+``--combine AFTER.json [--before BEFORE.json]`` writes bench/results/lsm.json: per case the
+ratio of medians, and the spread of the ratio over the ROUNDS paired rounds (each attached
+run over the detached run of its round), for this enforcer and, measured in the same VM boot
+by main's bench_lsm.py, the enforcer it replaced.
 """
 
 from __future__ import annotations
@@ -194,11 +199,48 @@ def run_in_vm() -> int:
     return 0
 
 
+RESULTS = REPO / "bench" / "results" / "lsm.json"
+
+
+def _summary(raw: dict[str, object]) -> dict[str, object]:
+    cases = raw["cases"]
+    assert isinstance(cases, list)
+    out: dict[str, object] = {}
+    for case in cases:
+        per_round = sorted(
+            e / b for e, b in zip(case["enforced_s"], case["baseline_s"], strict=True)
+        )
+        out[case["name"]] = {
+            "ratio_of_medians": case["ratio"],
+            "ratio_per_round_median": round(statistics.median(per_round), 3),
+            "ratio_per_round_min": round(per_round[0], 3),
+            "ratio_per_round_max": round(per_round[-1], 3),
+            "rounds": len(per_round),
+        }
+    return out
+
+
+def combine(after: Path, before: Path | None, out: Path = RESULTS) -> int:
+    result: dict[str, object] = {"after": _summary(json.loads(after.read_text()))}
+    result["after_raw"] = json.loads(after.read_text())
+    if before is not None:
+        result["before"] = _summary(json.loads(before.read_text()))
+        result["before_raw"] = json.loads(before.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_raw")}, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--inside-vm", action="store_true", help="measure here (BPF LSM must work)")
     ap.add_argument("--json", type=Path, help="write the result to this file")
+    ap.add_argument("--combine", type=Path, help="a result of --inside-vm: write " + str(RESULTS))
+    ap.add_argument("--before", type=Path, help="with --combine: main's result, same VM boot")
     args = ap.parse_args()
+    if args.combine is not None:
+        return combine(args.combine, args.before)
     if args.inside_vm or lsm_available()[0]:
         return run_inside(args.json)
     return run_in_vm()
