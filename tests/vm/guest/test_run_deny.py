@@ -6,11 +6,14 @@ alert with ``"action": "deny"`` per denial on stdout. Then stopping Sentinel lif
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
 import socket
 import subprocess
+import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -18,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.vm.guest.sentinel_proc import start_sentinel
 
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-deny"
 
@@ -90,10 +91,33 @@ def run() -> Iterator[Run]:
     cfg = BASE / "sentinel.yaml"
     cfg.write_text(f'rules: [{rules}]\nmetrics_address: ""\nspool:\n  dir: {BASE / "spool"}\n')
     before = _lsm_progs()
-    alerts: queue.Queue[dict[str, Any]] = queue.Queue()
-    stderr: list[str] = []
-    proc = start_sentinel(cfg, alerts, stderr)
-    r = Run(proc, protected, tool, port, listener, alerts, stderr)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    r = Run(proc, protected, tool, port, listener)
+    armed = threading.Event()
+
+    def read_out() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                r.alerts.put(json.loads(line))
+
+    def read_err() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            r.stderr.append(line)
+            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
+                armed.set()
+
+    threading.Thread(target=read_out, daemon=True).start()
+    threading.Thread(target=read_err, daemon=True).start()
+    if not armed.wait(600):  # bcc compiles twice (sensor, LSM) under emulation
+        proc.kill()
+        raise AssertionError("sentinel run never armed:\n" + "".join(r.stderr[-40:]))
     assert _lsm_progs() > before, "no LSM programs attached"
     r.before = before  # type: ignore[attr-defined]
     try:

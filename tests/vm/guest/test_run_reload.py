@@ -13,6 +13,7 @@ One sentinel process; the rules file is rewritten and SIGHUP sent between steps:
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import shutil
@@ -27,8 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from tests.vm.guest.sentinel_proc import start_sentinel
 
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-reload"
 
@@ -170,7 +169,33 @@ def run() -> Iterator[Run]:
         lsm_before=_lsm_progs(),
     )
     r.write_rules(("Protect A", r.a), ("Protect KEEP", r.keep))
-    r.proc = start_sentinel(cfg, r.alerts, r.stderr, r.lock)
+    r.proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    armed = threading.Event()
+
+    def read_out() -> None:
+        assert r.proc.stdout is not None
+        for line in r.proc.stdout:
+            if line.startswith("{"):
+                r.alerts.put(json.loads(line))
+
+    def read_err() -> None:
+        assert r.proc.stderr is not None
+        for line in r.proc.stderr:
+            with r.lock:
+                r.stderr.append(line)
+            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
+                armed.set()
+
+    threading.Thread(target=read_out, daemon=True).start()
+    threading.Thread(target=read_err, daemon=True).start()
+    if not armed.wait(600):
+        r.proc.kill()
+        raise AssertionError("sentinel run never armed:\n" + "".join(r.stderr[-40:]))
     try:
         yield r
     finally:

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import sys
+import threading
 import time
 
-from tests.vm.guest.sentinel_proc import start_sentinel
 from tests.vm.guest.test_run_reload import BASE, Run, _lsm_progs, _writable
 
 ROOT = BASE.parent / "run-reload-attach"
@@ -31,8 +32,34 @@ def test_first_deny_rules_by_reload_attach_and_enforce() -> None:
         lsm_before=_lsm_progs(),
     )
     r.write_rules()  # no deny rule: nothing attached at start
-    r.proc = start_sentinel(cfg, r.alerts, r.stderr, r.lock)
+    r.proc = subprocess.Popen(
+        [sys.executable, "-m", "sentinel", "run", "--config", str(cfg)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    armed = threading.Event()
+
+    def read_out() -> None:
+        import json
+
+        assert r.proc.stdout is not None
+        for line in r.proc.stdout:
+            if line.startswith("{"):
+                r.alerts.put(json.loads(line))
+
+    def read_err() -> None:
+        assert r.proc.stderr is not None
+        for line in r.proc.stderr:
+            with r.lock:
+                r.stderr.append(line)
+            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
+                armed.set()
+
+    threading.Thread(target=read_out, daemon=True).start()
+    threading.Thread(target=read_err, daemon=True).start()
     try:
+        assert armed.wait(600), "".join(r.stderr[-30:])
         assert _lsm_progs() == r.lsm_before, "no deny rules: nothing attached"
         assert _writable(a / "data.txt")
         r.write_rules(("Protect A", a))
