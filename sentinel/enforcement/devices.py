@@ -106,19 +106,21 @@ def loop_backing(name: str) -> tuple[int, int] | None:
     return kernel_dev(os.major(dev), os.minor(dev)), int(info.lo_inode)
 
 
-def loops_over(protected: Callable[[int, int], bool]) -> dict[tuple[int, int], str]:
-    """Loop devices (and their partitions) whose backing file is protected."""
-    out: dict[tuple[int, int], str] = {}
+def loops_over(rule_of: Callable[[int, int], int]) -> dict[tuple[int, int], tuple[str, int]]:
+    """Loop devices (and their partitions) whose backing file is protected: key -> (/dev name,
+    the backing file's rule); ``rule_of(kernel dev, inode)`` is 0 for an unprotected file."""
+    out: dict[tuple[int, int], tuple[str, int]] = {}
     if not SYS_BLOCK.is_dir():
         return out
     for entry in sorted(SYS_BLOCK.glob("loop*")):
         if not (entry / "loop" / "backing_file").exists():
             continue
         backing = loop_backing(entry.name)
-        if backing is None or not protected(*backing):
+        rule = rule_of(*backing) if backing is not None else 0
+        if not rule:
             continue
         for dev_file in [entry / "dev", *entry.glob(f"{entry.name}p*/dev")]:
             dev = _read_dev(dev_file)
             if dev:
-                out[(DEV_BLOCK, kernel_dev(*dev))] = f"/dev/{dev_file.parent.name}"
+                out[(DEV_BLOCK, kernel_dev(*dev))] = (f"/dev/{dev_file.parent.name}", rule)
     return out

@@ -120,7 +120,12 @@ def decode(ev: RawEvent, plan: MapPlan, time_ns: int | None = None) -> DenyEvent
             return DenyEvent(**common)
         addr = ipaddress.IPv6Address(bytes(ev.addr))
         mapped = addr.ipv4_mapped
-        shown = str(mapped) if ev.family == socket.AF_INET and mapped else str(addr)
+        if mapped:
+            # An AF_INET6 socket's IPv4-mapped target, written the same on every Python
+            # (3.13 prints ::ffff:127.0.0.1, older ones ::ffff:7f00:1).
+            shown = str(mapped) if ev.family == socket.AF_INET else f"::ffff:{mapped}"
+        else:
+            shown = str(addr)
         return DenyEvent(**common, address=shown, port=ev.port)
     below = list(reversed(list(_names(ev))))
     if op == "exec_memfd":

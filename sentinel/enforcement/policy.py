@@ -228,7 +228,7 @@ def _mark(plan: MapPlan, path: str, st: os.stat_result, idx: int, rule: str) -> 
     plan.ident_paths.setdefault(ident, path)
 
 
-def _scan_tree(plan: MapPlan, root: str, idx: int, rule: str, st_devs: set[int]) -> None:
+def _scan_tree(plan: MapPlan, root: str, idx: int, rule: str, st_devs: dict[int, int]) -> None:
     """Every entry below ``root`` (mounts inside it included), by identity."""
     for dirpath, dirs, files in os.walk(root):
         for name in (*dirs, *files):
@@ -239,11 +239,11 @@ def _scan_tree(plan: MapPlan, root: str, idx: int, rule: str, st_devs: set[int])
                 continue
             _mark(plan, full, st, idx, rule)
             if stat.S_ISDIR(st.st_mode):
-                st_devs.add(st.st_dev)
+                st_devs.setdefault(st.st_dev, idx)
 
 
 def _add_protect(
-    plan: MapPlan, path: str, rule: str, table: list[mounts.Mount], st_devs: set[int]
+    plan: MapPlan, path: str, rule: str, table: list[mounts.Mount], st_devs: dict[int, int]
 ) -> None:
     idx = plan.rule_index(rule)
     plan.any_write_rule = plan.any_write_rule or idx
@@ -251,7 +251,7 @@ def _add_protect(
     real = os.path.realpath(path)
     _check_identity(real, st, rule, table)
     _mark(plan, real, st, idx, rule)
-    st_devs.add(st.st_dev)
+    st_devs.setdefault(st.st_dev, idx)
     _add_ancestors(plan, real, idx)
     names = {real}
     if real != os.path.normpath(path):
@@ -272,17 +272,18 @@ def _add_protect(
             plan.mount_points[m.id] = m.point
 
 
-def _add_devices(plan: MapPlan, st_devs: set[int], table: list[mounts.Mount]) -> None:
+def _add_devices(plan: MapPlan, st_devs: dict[int, int], table: list[mounts.Mount]) -> None:
+    """Devices holding protected data, each under the rule of the data it holds (the first
+    rule's tree on that file system; a loop device: its backing file's rule)."""
     if not plan.any_write_rule:
         return
-    idx = plan.any_write_rule
 
-    def protected(dev: int, ino: int) -> bool:
+    def rule_of(dev: int, ino: int) -> int:
         v = plan.idents.get(Ident(dev, ino))
-        return bool(v and v.write_rule)
+        return v.write_rule if v else 0
 
-    loops = devices.loops_over(protected)
-    for (_kind, kdev), name in loops.items():
+    loops = devices.loops_over(rule_of)
+    for (_kind, kdev), (name, _idx) in loops.items():
         for m in table:
             if m.kernel_dev == kdev and "rw" in m.super_options.split(","):
                 raise PolicyError(
@@ -290,10 +291,15 @@ def _add_devices(plan: MapPlan, st_devs: set[int], table: list[mounts.Mount]) ->
                     f"{m.point}: the file system writes it through the loop driver, where no "
                     "hook can deny it; unmount it, or protect the files inside it instead"
                 )
-    found = {**devices.fs_devices(st_devs), **loops}
+    found: dict[tuple[int, int], tuple[str, int]] = {}
+    for st_dev, idx in st_devs.items():
+        for key, name in devices.fs_devices([st_dev]).items():
+            found.setdefault(key, (name, idx))
+    for key, held in loops.items():
+        found.setdefault(key, held)
     if len(found) > MAX_DEVS:
         raise PolicyError(f"the protected data is on more than {MAX_DEVS} devices")
-    for key, name in found.items():
+    for key, (name, idx) in found.items():
         plan.devs.setdefault(key, idx)
         plan.dev_paths.setdefault(key, name)
 
@@ -371,7 +377,7 @@ def build_plan(policy: DenyPolicy) -> MapPlan:
     """Resolve ``policy`` into map entries; PolicyError names the rule and the bad item."""
     plan = MapPlan(policy=policy)
     table = mounts.mounts() if policy.protect else []
-    st_devs: set[int] = set()
+    st_devs: dict[int, int] = {}  # st_dev -> the first rule with a tree on it
     for path, rule in policy.protect.items():
         _add_protect(plan, path, rule, table, st_devs)
     _add_devices(plan, st_devs, table)

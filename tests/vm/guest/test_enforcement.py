@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import ipaddress
 import json
 import mmap
 import os
@@ -620,7 +619,7 @@ def test_ipv4_mapped_ipv6_connect_denied(layout: Layout, ev: Events) -> None:
     with pytest.raises(PermissionError):
         _connect("::ffff:127.0.0.1", layout.ports["denied"], socket.AF_INET6)
     (e,) = ev.wait(1)
-    assert (e.rule, e.address) == ("deny-port", str(ipaddress.IPv6Address("::ffff:127.0.0.1")))
+    assert (e.rule, e.address) == ("deny-port", "::ffff:127.0.0.1")
 
 
 def test_other_connects_still_work(layout: Layout, ev: Events) -> None:
