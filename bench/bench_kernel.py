@@ -46,14 +46,15 @@ GOALS = {"floor_ratio": 1.05, "rate": 250_000, "p99_ms": 5.0, "armed_s": 2.0, "r
 class Sentinel:
     """A ``sentinel run`` subprocess with its stdout (alerts) and stderr read by threads."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, cwd: Path = REPO) -> None:
+        """``cwd``: the checkout whose ``sentinel`` package runs (``-m`` imports from it)."""
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [PY, "-m", "sentinel", "run", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=REPO,
+            cwd=cwd,
         )
         self.armed = threading.Event()
         self.armed_s = 0.0
