@@ -10,7 +10,8 @@ against no tracing and against empty programs on the same tracepoints (the floor
 kernel's own run time per open event (bpf_stats; the tail-called walk counts in its caller).
 
 "before" is the same storm with a checkout of REF (default: main before the kernel-path
-work), run from a detached worktree under build/ with this interpreter: both sensors take
+work; ``--after REF`` compares two refs), run from detached worktrees under build/ with this
+interpreter: both sensors take
 turns in every round, so load from elsewhere on the machine falls on both alike. Paths: a
 shallow one (/dev/null, one mount crossing) and a deep one (ten directories under /tmp).
 """
@@ -61,10 +62,11 @@ def spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
 
 
-def run(before: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, Any]:
+def run(before: Path, after: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, Any]:
     binary = build()
     storm(binary, n // 10, path)  # warm caches
     walls: dict[str, list[float]] = {"none": [], "floor": [], "before": [], "after": []}
+    armed: dict[str, list[float]] = {"before": [], "after": []}
     bpf: dict[str, list[float]] = {"floor": [], "before": [], "after": []}
     lost = 0
     for _ in range(rounds):
@@ -77,10 +79,10 @@ def run(before: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, 
         finally:
             floor.stop()
             stats.close()
-        for name, cwd in (("before", before), ("after", REPO)):
+        for name, cwd in (("before", before), ("after", after)):
             stats = BpfStats()
             s = Sentinel("--rules", str(rules), cwd=cwd)
-            s.wait_armed(120)
+            armed[name].append(s.wait_armed(120))
             try:
                 walls[name].append(storm(binary, n, path) / n)
                 bpf[name].append(stats.ns_per_run("sys_exit_openat") or 0.0)
@@ -94,6 +96,7 @@ def run(before: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, 
         "rounds": rounds,
         "ns_per_open_close": {k: spread(v) for k, v in walls.items()},
         "bpf_ns_per_open_event": {k: spread(v) for k, v in bpf.items()},
+        "armed_s": {k: spread(v) for k, v in armed.items()},
         "after_vs_floor": med["after"] / med["floor"],
         "before_vs_floor": med["before"] / med["floor"],
         "after_vs_before": med["after"] / med["before"],
@@ -105,6 +108,8 @@ def run(before: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--before", default=BEFORE)
+    ap.add_argument("--after", default=None, help="a ref (default: this checkout)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--opens", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args(argv if argv is not None else [])
@@ -113,20 +118,22 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rules = _falco_rules()
     before = checkout(args.before)
+    after = checkout(args.after) if args.after else REPO
     deep = Path("/tmp/sentinel-bench-truth") / "/".join("abcdefghij")
     deep.mkdir(parents=True, exist_ok=True)
     (deep / "file").write_text("x")
     out: dict[str, Any] = {
         "machine": os.uname().release,
         "before": args.before,
+        "after": args.after or "HEAD",
         "rules": str(rules),
     }
     for label, path in (("shallow", "/dev/null"), ("deep", str(deep / "file"))):
-        out[label] = run(before, args.opens, args.rounds, path, rules)
+        out[label] = run(before, after, args.opens, args.rounds, path, rules)
         print(f"{label}:", json.dumps(out[label]), flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written {args.out}")
     return 0
 
 
