@@ -64,6 +64,8 @@ def spread(xs: list[float]) -> dict[str, float]:
 
 def run(before: Path, after: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, Any]:
     binary = build()
+    config = binary.parent / "bench-truth.yaml"
+    config.write_text('metrics_address: ""\n')
     storm(binary, n // 10, path)  # warm caches
     walls: dict[str, list[float]] = {"none": [], "floor": [], "before": [], "after": []}
     armed: dict[str, list[float]] = {"before": [], "after": []}
@@ -81,7 +83,8 @@ def run(before: Path, after: Path, n: int, rounds: int, path: str, rules: Path) 
             stats.close()
         for name, cwd in (("before", before), ("after", after)):
             stats = BpfStats()
-            s = Sentinel("--rules", str(rules), cwd=cwd)
+            # no metrics listener: other sentinels on the machine may hold the default port
+            s = Sentinel("--rules", str(rules), "--config", str(config), cwd=cwd)
             armed[name].append(s.wait_armed(120))
             try:
                 walls[name].append(storm(binary, n, path) / n)
