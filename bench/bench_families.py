@@ -57,7 +57,13 @@ def traced_types(files: list[Path]) -> list[str]:
 
     compiled = load_compiled(files)
     assert compiled is not None
-    return sorted(syscalls_for(Engine(compiled).event_types()))
+    events = Path("/sys/kernel/tracing/events/syscalls")
+    # a syscall this kernel has no tracepoint for is not attached by the sensor either
+    return sorted(
+        t
+        for t in syscalls_for(Engine(compiled).event_types())
+        if not events.exists() or any(events.glob(f"sys_exit_{t}"))
+    )
 
 
 def spread(xs: list[float]) -> dict[str, float]:
