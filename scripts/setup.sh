@@ -11,7 +11,7 @@ APT_PACKAGES=(
   podman runc busybox-static debootstrap      # real containers; debootstrap makes the image base
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
   qemu-system-x86 linux-image-amd64           # the BPF LSM VM (Debian kernel with lsm=bpf)
-  make iproute2 procps
+  make iproute2 procps gcc                    # gcc: the bench's load generators, C checks in tests
 )
 
 missing=()
