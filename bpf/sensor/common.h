@@ -66,13 +66,15 @@ static __always_inline u32 rd_u32(void *base, u32 off) {
 }
 
 // Sentinel's own process is never reported: evaluating an event makes the sensor open files
-// (passwd lookups, /proc reads), which would produce events about itself without end.
+// (passwd lookups, /proc reads), which would produce events about itself without end. Its pid
+// is a map value set at load time (0: none), not a cflag: the program text, and so the cached
+// compile (sentinel/kernel/bpfcache.py), stay the same from one start to the next.
+BPF_ARRAY(self_tgid, u32, 1);
+
 static __always_inline int is_self(void) {
-#ifdef SELF_TGID
-    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
-#else
-    return 0;
-#endif
+    u32 zero = 0;
+    u32 *self = self_tgid.lookup(&zero);
+    return self && *self && (bpf_get_current_pid_tgid() >> 32) == *self;
 }
 
 // ---- prefilter hooks ---------------------------------------------------------------------
