@@ -101,13 +101,14 @@ static __always_inline void exec_facts(struct exec_ev *e, void *task, void *mm, 
 RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (is_self())
         return 0;
+    // The process's name from now on (whatever the prefilter decides about this event).
+    struct task_comm_t name = {};
+    bpf_get_current_comm(&name.comm, sizeof(name.comm));
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    exec_comm.update(&tgid, &name);
     u32 t = exec_type((void *)ctx->args[2]);
     struct pf_exec_state pst = {};
     int verdict = prefilter_exec_pre(&pst, t);
-    if (!verdict) {
-        count(t, C_FILTERED);
-        return 0;
-    }
     u32 zero = 0;
     u32 *v = exec_verdict.lookup(&zero);
     if (!v)
@@ -118,13 +119,13 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     // state the prefilter's first step left (0.5 s of start-up), the judgement once per way
     // the walk can end (2.4 s), and the record passed the verifier's limit.
     exec_tail.call(ctx, EXEC_WALK);
-    count(t, C_PASSED);
     count(t, C_LOST);  // the tail call failed: the event is lost, and counted so
     return 0;
 }
 
 // The executable's path (symlinks resolved), walked once into exe_scratch: the prefilter may
-// judge it, and the record carries it.
+// judge it, and the record carries it. An exec no rule wants is still walked and emitted, for
+// the process table only (FLAG_TABLE_ONLY: the facts of this process's later events stay true).
 int exec_walk(struct bpf_raw_tracepoint_args *ctx) {
     void *task = (void *)ctx->args[0];
     void *bprm = (void *)ctx->args[2];
@@ -139,27 +140,32 @@ int exec_walk(struct bpf_raw_tracepoint_args *ctx) {
     void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
     xb->len = 0;
     xb->trunc = 0;
+    xb->flags = 0;
     void *file = rd_ptr(bprm, OFF_BPRM_FILE);
     if (file)
         walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
                       rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
-    if (*(volatile u32 *)v == 2) {
+    u32 verdict = *(volatile u32 *)v;
+    if (verdict == 2) {
         exec_tail.call(ctx, EXEC_JUDGE);
-    } else {
-        count(t, C_PASSED);
-        exec_tail.call(ctx, EXEC_EMIT);
-        count(t, C_LOST);  // the tail call failed: the event is lost, and counted so
+        count(t, C_LOST);
         return 0;
     }
-    count(t, C_PASSED);
-    count(t, C_LOST);
+    if (!verdict) {
+        count(t, C_FILTERED);
+        xb->flags = FLAG_TABLE_ONLY;
+    } else {
+        count(t, C_PASSED);
+    }
+    exec_tail.call(ctx, EXEC_EMIT);
+    count(t, C_LOST);  // the tail call failed: the event is lost, and counted so
     return 0;
 }
 
-// An exec whose verdict depends on its executable's path (tail-called by sched_process_exec,
-// on the same CPU: the walk is in exe_scratch). The prefilter's first step is taken again
-// (its state holds a pointer into a map, which cannot wait in a map for this program): a
-// comm and a uid lookup, for execs only some rule's path test can keep.
+// An exec whose verdict depends on its executable's path (tail-called by exec_walk, on the
+// same CPU: the walk is in exe_scratch). The prefilter's first step is taken again (its state
+// holds a pointer into a map, which cannot wait in a map for this program): a comm and a uid
+// lookup, for execs only some rule's path test can keep.
 int exec_judge(struct bpf_raw_tracepoint_args *ctx) {
     u32 t = exec_type((void *)ctx->args[2]);
     u32 zero = 0;
@@ -177,9 +183,10 @@ int exec_judge(struct bpf_raw_tracepoint_args *ctx) {
         verdict = prefilter_exec_path(&pst, xb->b + FWD_END - known, known);
     if (!verdict) {
         count(t, C_FILTERED);
-        return 0;
+        xb->flags = FLAG_TABLE_ONLY;    // for the process table only: no rule wants it
+    } else {
+        count(t, C_PASSED);
     }
-    count(t, C_PASSED);
     exec_tail.call(ctx, EXEC_EMIT);
     count(t, C_LOST);
     return 0;
@@ -195,18 +202,19 @@ int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
     struct path_buf *xb = exe_scratch.lookup(&zero);
     if (!xb)
         return 0;
-    u32 exe_len = *(volatile u32 *)&xb->len;
-    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     void *fs = rd_ptr(task, OFF_TASK_FS);
     void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
     void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
     void *file = rd_ptr(bprm, OFF_BPRM_FILE);
+    u32 exe_len = *(volatile u32 *)&xb->len;
+    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
         count(t, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, t);
+    e->h.flags |= *(volatile u32 *)&xb->flags;
     e->old_pid = (u32)ctx->args[1];
     e->res = 0;
 

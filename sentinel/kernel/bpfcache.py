@@ -344,25 +344,28 @@ def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
 # ---- struct offsets from BTF ----------------------------------------------------------------
 
 
-def cached_cflags(directory: Path | None, btf_path: Path, compute: Any) -> list[str]:
-    """``compute()`` (the sensor's -D flags from BTF: parsing 5 MB takes ~0.3 s), or the
-    flags a previous start computed from a BTF with the same digest."""
+def cached_cflags(
+    directory: Path | None, btf_path: Path, compute: Any, tag: str = "offsets"
+) -> list[str] | None:
+    """``compute()`` (-D flags from BTF, or None when BTF lacks what they need: parsing 5 MB
+    takes ~0.3 s), or what a previous start computed, under ``tag``, from a BTF with the same
+    digest."""
     if directory is None:
-        result: list[str] = compute()
+        result: list[str] | None = compute()
         return result
     digest = _file_digest(btf_path)
-    path = directory / f"offsets-{digest}.json"
+    path = directory / f"{tag}-{digest}.json"
     cache = ProgramCache(directory)
     with contextlib.suppress(OSError, ValueError, TypeError):
-        if cache._trusted_dir() and _owned_privately(path.stat()):
+        if path.exists() and cache._trusted_dir() and _owned_privately(path.stat()):
             flags = json.loads(path.read_text())
-            if isinstance(flags, list) and all(isinstance(f, str) for f in flags):
+            if flags is None or (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
                 return flags
     result = compute()
     with contextlib.suppress(OSError):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         if cache._trusted_dir():
-            tmp = directory / f".offsets.{os.getpid()}.tmp"
+            tmp = directory / f".{tag}.{os.getpid()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as f:
                 json.dump(result, f)

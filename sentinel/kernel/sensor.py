@@ -33,7 +33,7 @@ from sentinel.events.common import COUNTERS
 from sentinel.kernel import bpfcache, program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
-from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
+from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags, uring_cflags
 from sentinel.kernel.ringbuf import RingBufferReader
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -101,9 +101,11 @@ def preflight(
             raise SensorError(f"tracepoint {category}:{name} does not exist on this kernel")
     try:
         # Parsed once and dropped: the raw BTF is ~5 MB the sensor does not need afterwards.
-        return bpfcache.cached_cflags(
+        flags = bpfcache.cached_cflags(
             cache_dir, Path(btf_path), lambda: sensor_cflags(Btf.load(btf_path))
         )
+        assert flags is not None  # sensor_cflags raises rather than return None
+        return flags
     except BtfError as exc:
         raise SensorError(f"kernel BTF lacks what the sensor needs: {exc}") from None
     except UnsupportedArch as exc:
@@ -146,6 +148,8 @@ class Sensor:
             raise SensorError("ring buffer pages must be a power of two")
         self.syscalls = frozenset(syscalls)
         self.missing: frozenset[str] = frozenset()  # asked for, but no tracepoint here
+        self.uring = False  # io_uring's requests are traced (bpf/sensor/uring.h)
+        self.uring_missing = ""  # why not, when some attached event type could have them
         self.ringbuf_pages = ringbuf_pages
         self.btf_path = btf_path
         self.extra_cflags = list(extra_cflags)
@@ -170,9 +174,12 @@ class Sensor:
         self.missing = frozenset(t for t in self.syscalls if not _exists(program.tracepoints([t])))
         self.syscalls = self.syscalls - self.missing
         cflags = preflight(program.tracepoints(self.syscalls), self.btf_path, self.cache_dir)
+        uring = self._uring_cflags() if self.syscalls & program.URING_TYPES else None
+        self.uring = uring is not None
+        cflags += uring or []
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
         cflags += self.extra_cflags
-        text = program.text(self.syscalls, self.prelude)
+        text = program.text(self.syscalls, self.prelude, uring=self.uring)
         tails = program.tail_calls(self.syscalls)
         maps = ["events", "counts", *self.extra_maps]
         self_tgid = os.getpid() if self.ignore_self else None
@@ -224,6 +231,34 @@ class Sensor:
         for name, (kind, fd) in handles.items():
             (loaded.maps if kind == "map" else loaded.links)[name] = fd
         return loaded
+
+    def _uring_cflags(self) -> list[str] | None:
+        """io_uring's requests are traced when its tracepoints name the request (Linux 5.19+:
+        older ones give no way to join a submission to its completion) and BTF has the
+        request's layout; None otherwise (``uring_missing`` says why)."""
+        for cat, name in program.URING_TRACEPOINTS:
+            fmt = TRACEFS / "events" / cat / name / "format"
+            try:
+                text = fmt.read_text()
+            except OSError:
+                self.uring_missing = f"no tracepoint {cat}:{name}"
+                return None
+            if " req;" not in text:
+                self.uring_missing = f"{cat}:{name} does not name the request"
+                return None
+        try:
+            flags = bpfcache.cached_cflags(
+                self.cache_dir,
+                Path(self.btf_path),
+                lambda: uring_cflags(Btf.load(self.btf_path)),
+                tag="uring",
+            )
+        except BtfError as exc:
+            self.uring_missing = str(exc)
+            return None
+        if flags is None:
+            self.uring_missing = "BTF lacks io_uring's request layout"
+        return flags
 
     def map_fd(self, name: str) -> int:
         """The fd of a map named in ``maps=`` (owned by the sensor; valid until close)."""
