@@ -359,8 +359,10 @@ def cached_cflags(
     with contextlib.suppress(OSError, ValueError, TypeError):
         if path.exists() and cache._trusted_dir() and _owned_privately(path.stat()):
             flags = json.loads(path.read_text())
-            if flags is None or (isinstance(flags, list) and all(isinstance(f, str) for f in flags)):
-                return flags
+            if flags is None:
+                return None
+            if isinstance(flags, list) and all(isinstance(f, str) for f in flags):
+                return [str(f) for f in flags]
     result = compute()
     with contextlib.suppress(OSError):
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)

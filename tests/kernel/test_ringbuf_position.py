@@ -12,6 +12,7 @@ this test can fail).
 from __future__ import annotations
 
 import mmap
+import os
 import shutil
 import struct
 import subprocess
@@ -29,6 +30,9 @@ WATCHER = r"""
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
+#include <time.h>
+// Reads for 2 s of wall time (on a loaded machine the writer may not run beside it for a
+// while), or until 1000 torn values were seen.
 int main(int argc, char **argv) {
     int fd = open(argv[1], O_RDONLY);
     volatile uint64_t *p = mmap(0, 4096, PROT_READ, MAP_SHARED, fd, 0);
@@ -36,10 +40,17 @@ int main(int argc, char **argv) {
     long torn = 0;
     puts("ready");
     fflush(stdout);
-    for (long i = 0; i < 100000000L; i++) {
-        uint64_t v = *p;
-        if (v != a && v != b)
-            torn++;
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    for (;;) {
+        for (long i = 0; i < 1000000L; i++) {
+            uint64_t v = *p;
+            if (v != a && v != b)
+                torn++;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+        if (torn >= 1000 || t.tv_sec - t0.tv_sec >= 2)
+            break;
     }
     printf("%ld\n", torn);
     return 0;
@@ -58,7 +69,16 @@ def _watch(tmp: Path, store: object) -> int:
     with open(shm, "r+b") as f:
         page = mmap.mmap(f.fileno(), mmap.PAGESIZE)
     struct.pack_into("<Q", page, 0, A)
-    proc = subprocess.Popen([str(exe), str(shm), hex(A), hex(B)], stdout=subprocess.PIPE, text=True)
+    # The two on different CPUs: on one, they never run at the same moment.
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        pytest.fail("the watcher needs a second CPU")
+    proc = subprocess.Popen(
+        ["taskset", "-c", str(cpus[1]), str(exe), str(shm), hex(A), hex(B)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    os.sched_setaffinity(0, {cpus[0]})
     assert proc.stdout is not None
     assert proc.stdout.readline().strip() == "ready"
     view = position(page)
@@ -69,6 +89,7 @@ def _watch(tmp: Path, store: object) -> int:
                 store(view, page, A)  # type: ignore[operator]
             time.sleep(0)
     finally:
+        os.sched_setaffinity(0, cpus)
         out = proc.communicate()[0]
         view.release()
         page.close()
