@@ -71,14 +71,14 @@ def rules_args(falco: Path) -> list[str]:
 class Sentinel:
     """A ``sentinel run`` subprocess with its stdout (alerts) and stderr read by threads."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, repo: Path = REPO) -> None:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [PY, "-m", "sentinel", "run", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=REPO,
+            cwd=repo,  # python -m runs the sentinel package of this checkout
             env={**os.environ, **(env or {})},
         )
         self.armed = threading.Event()
@@ -240,10 +240,17 @@ def median_storm(binary: Path, n: int, rounds: int) -> float:
 
 
 def bench_storm(
-    binary: Path, n: int, rounds: int, families: list[str], rules: list[str]
+    binary: Path,
+    n: int,
+    rounds: int,
+    families: list[str],
+    rules: list[str],
+    before: Path | None = None,
 ) -> dict[str, Any]:
     """Each round runs one storm per configuration, in turn, so that load from elsewhere on
-    the machine falls on all of them alike; the figures are medians over rounds."""
+    the machine falls on all of them alike; the figures are medians over rounds. ``before``:
+    another checkout (an earlier commit) whose ``sentinel run`` is measured too, in the same
+    rounds, for a before/after ratio from one run."""
     storm(binary, n // 10)  # warm caches
     times: dict[str, list[float]] = {
         "none": [],
@@ -252,6 +259,9 @@ def bench_storm(
         "sentinel_no_prefilter": [],
         "bpftrace": [],
     }
+    if before is not None:
+        times["sentinel_before"] = []
+    before_ns: list[float] = []
     lost = events = 0
     rss = 0.0
     bpf_ns: list[float] = []
@@ -278,6 +288,16 @@ def bench_storm(
             stats_on.close()
         lost += stats.get("lost", 0)
         events += stats.get("events", 0)
+        if before is not None:
+            stats_on = BpfStats()
+            s = Sentinel(*rules, repo=before)
+            s.wait_armed()
+            try:
+                times["sentinel_before"].append(storm(binary, n))
+                before_ns.append(stats_on.ns_per_run("sys_exit_openat") or 0.0)
+            finally:
+                s.stop()
+                stats_on.close()
         s = Sentinel("--no-prefilter", *rules)  # every open to user space: the prefilter's effect
         s.wait_armed()
         try:
@@ -290,7 +310,21 @@ def bench_storm(
         finally:
             bt.stop()
     med = {k: statistics.median(v) for k, v in times.items()}
+    compare: dict[str, Any] = {}
+    if before is not None:
+        compare = {
+            "before_commit": subprocess.run(
+                ["git", "-C", str(before), "rev-parse", "--short", "HEAD"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
+            "sentinel_vs_before": med["sentinel"] / med["sentinel_before"],
+            "sentinel_before_vs_floor": med["sentinel_before"] / med["floor"],
+            "bpf_ns_per_open_event_before": statistics.median(before_ns),
+            "bpf_ns_per_open_event_before_all": [round(x) for x in before_ns],
+        }
     return {
+        **compare,
         "rules": [Path(a).name for a in rules[1::2]] or "default",
         "opens_per_storm": n,
         "rounds": rounds,
@@ -509,6 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-secs", type=float, default=4.0)
     ap.add_argument("--trials", type=int, default=3, help="trials per rate in (b)")
     ap.add_argument("--falco", type=Path, default=FALCO_DIR, help="Falco's rules, for (a), (d)")
+    ap.add_argument("--before", type=Path, help="a checkout to compare (a) with, same run")
     ap.add_argument("--execs", type=int, default=200)
     ap.add_argument("--only", default="a,b,c,d")
     args = ap.parse_args(argv if argv is not None else [])
@@ -527,7 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         out["startup"] = {**stamp, **bench_startup(max(3, args.rounds), rules)}
         print("(d) startup:", json.dumps(out["startup"]), flush=True)
     if "a" in only:
-        out["storm"] = {**stamp, **bench_storm(binary, args.opens, args.rounds, families, rules)}
+        out["storm"] = {
+            **stamp,
+            **bench_storm(binary, args.opens, args.rounds, families, rules, args.before),
+        }
         print("(a) storm:", json.dumps(out["storm"]), flush=True)
     if "c" in only:
         out["latency"] = {**stamp, **bench_latency(args.execs)}
