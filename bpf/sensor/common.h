@@ -103,15 +103,20 @@ static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const c
 // prefilter_file judges a file event on the path as passed (path: the record's copy of it);
 // prefilter_file_base is called for every file event prefilter_file kept, with the walk of the
 // base directory of a relative path (bad: the walk is unusable, or there is none): the
-// prefilter may have left the verdict on a relative path to it. prefilter_file_opened judges
-// a successful open on the kernel's path of the file it installed (kpath, klen bytes; 0:
-// unknown) and the passed path (raw) only for fd.nameraw.
+// prefilter may have left the verdict on a relative path to it. A successful open is judged
+// in two steps: prefilter_file_opened_pre on all but the path (the passed path, raw, only for
+// fd.nameraw): 0 drop, 1 keep, 2 the kernel's path of the file it installed decides
+// (prefilter_file_opened_path, kpath, klen bytes; 0: unknown), so that the path is walked for
+// the verdict only when some rule needs it.
 #ifndef PREFILTER_FILE
 static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, long ret) {
     return 1;
 }
-static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
-                                                 const char *kpath, u32 klen, long ret) {
+static __always_inline int prefilter_file_opened_pre(u32 t, u32 oflags, const char *raw,
+                                                     long ret) {
+    return 1;
+}
+static __always_inline int prefilter_file_opened_path(const char *kpath, u32 klen) {
     return 1;
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
