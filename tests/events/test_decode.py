@@ -255,6 +255,23 @@ def test_connect_ipv6_v4_mapped_and_unix(event: Make) -> None:
 # ---- the header ------------------------------------------------------------------------------
 
 
+def test_a_socket_with_one_end_is_named_by_it(event: Make) -> None:
+    """libsinsp names a bound or listening socket by its address ("ip:port", what bind
+    passed) and a fresh socket by the empty string; never a made-up "None:None->" end."""
+    ev = event("listen", **{**SAMPLES["listen"], "laddr": "192.0.2.1", "lport": 8088})
+    assert fields(ev, "fd.name", "fd.sip", "fd.sport", "fd.cip") == {
+        "fd.name": "192.0.2.1:8088",
+        "fd.sip": "192.0.2.1",
+        "fd.sport": 8088,
+        "fd.cip": None,
+    }
+    assert ev.get("evt.arg.fd") == "<4t>192.0.2.1:8088"
+    v6 = {"laddr": "2001:db8::1", "lport": 22, "sk_family": 10}
+    six = event("listen", **{**SAMPLES["listen"], **v6})
+    assert six.get("fd.name") == "[2001:db8::1]:22"
+    assert event("socket", **SAMPLES["socket"]).get("fd.name") == ""
+
+
 def test_header_fields(event: Make) -> None:
     ev = event("open", path="/x", res=3, uid=1000, gid=1000, loginuid=0xFFFFFFFF, tid=4243)
     assert fields(ev, "proc.pid", "thread.tid", "thread.ismain", "user.uid", "group.gid") == {
