@@ -264,11 +264,11 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
             vfsmnt = mnt + OFF_MOUNT_MNT;
             continue;
         }
+        // A dentry that is its own parent but not its mount's root is a pseudo file's (a
+        // memfd, an anonymous inode): like the kernel's d_path, "/" and its name, and done.
         void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
-        if (parent == dentry || !parent) {
-            *trunc = 0;
+        if (!parent)
             break;
-        }
         u32 len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
         if (len == 0 || len >= NAME_MAX_READ || len + 1 > pos)
             break;                      // no room left (or a nameless dentry): truncated
@@ -279,6 +279,10 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
             break;
         pos -= 1;
         buf[pos & (FWD_END - 1)] = '/';
+        if (parent == dentry) {
+            *trunc = 0;
+            break;
+        }
         dentry = parent;
     }
     x->len = FWD_END - pos;

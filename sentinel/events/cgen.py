@@ -39,6 +39,11 @@ SIZES = {
     "PATH_SIZE": file_family.PATH_SIZE,
     "FNAME_SIZE": exec_family.FNAME_SIZE,
     "ARGS_SIZE": exec_family.ARGS_SIZE,
+    "ENV_SIZE": exec_family.ENV_SIZE,
+    "EXE_MEMFD": exec_family.EXE_MEMFD,
+    "EXE_UPPER": exec_family.EXE_UPPER,
+    "EXE_OVERLAY": exec_family.EXE_OVERLAY,
+    "OVERLAYFS_SUPER_MAGIC": exec_family.OVERLAYFS_SUPER_MAGIC,
     "FAILED_EXEC_ARGS": exec_family.FAILED_EXEC_ARGS,
     "SOCKADDR_SIZE": net_family.SOCKADDR_SIZE,
 }

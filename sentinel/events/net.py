@@ -260,7 +260,8 @@ def call(
     binds: dict[str, Bind] = {f"evt.arg.{key}": Bind.ARG_ENUM} if key else {}
     if how & SERVER_LOCAL or name == "connect":
         binds.update(SERVER_BINDS)  # where the server end is the kernel's or the caller's own
-    return schema.EventType(name, schema.Category.NET, params, syscall=sc, binds=binds)
+    deny = "connect" if name == "connect" else None  # the LSM's socket_connect hook
+    return schema.EventType(name, schema.Category.NET, params, syscall=sc, binds=binds, deny=deny)
 
 
 # The server end is known for these (accept/bind/listen: the local end; connect: the remote
