@@ -11,28 +11,22 @@ Each job is triggered for real and must give its alert; near misses must not:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import log_event, sentinel_env
 from tests.kernel.conftest import require_root
+from tests.kernel.live_run import SentinelRun
 
 pytestmark = pytest.mark.kernel
 
-SENTINEL = [sys.executable, "-m", "sentinel"]
 PODMAN_CONF = """[containers]
 default_ulimits = []
 
@@ -43,69 +37,18 @@ events_logger = "file"
 """
 
 
-class Run:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [*SENTINEL, "run", "--matching", "all"],
-            env=sentinel_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.q: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-        self.armed = threading.Event()
-        threading.Thread(target=self._out, daemon=True).start()
-        threading.Thread(target=self._err, daemon=True).start()
-
-    def _out(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.q.put(json.loads(line))
-            except ValueError:
-                self.stderr.append(f"non-JSON on stdout: {line!r}")
-
-    def _err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip())
-            if log_event(line, "armed"):
-                self.armed.set()
-
-    def wait_for(
-        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 15.0
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while not any(pred(a) for a in self.seen) and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                self.seen.append(self.q.get(timeout=0.05))
-        return [a for a in self.seen if pred(a)]
-
-    def settle(self, quiet: float = 1.0) -> list[dict[str, Any]]:
-        while True:
-            try:
-                self.seen.append(self.q.get(timeout=quiet))
-            except queue.Empty:
-                return list(self.seen)
-
-
 @pytest.fixture(scope="module")
-def run() -> Iterator[Run]:
+def run() -> Iterator[SentinelRun]:
     require_root()
-    r = Run()
-    if not r.armed.wait(60):
-        r.proc.kill()
-        pytest.fail(f"sentinel did not arm: {r.stderr}")
+    r = SentinelRun(["--matching", "all"])
+    r.wait_armed(60)
     try:
         yield r
     finally:
-        r.proc.terminate()
-        r.proc.wait(30)
+        r.close()
 
 
-def test_write_below_etc(run: Run, tmp_path: Path) -> None:
+def test_write_below_etc(run: SentinelRun, tmp_path: Path) -> None:
     target = Path("/etc") / f"sentinel-test-{uuid.uuid4().hex[:8]}"
     other = tmp_path / "harmless.txt"
     try:
@@ -127,7 +70,7 @@ def test_write_below_etc(run: Run, tmp_path: Path) -> None:
     assert str(other) not in names
 
 
-def test_write_below_etc_through_creat(run: Run) -> None:
+def test_write_below_etc_through_creat(run: SentinelRun) -> None:
     """creat(2) (what glibc's creat() issues on x86-64) is an open for writing as well."""
     target = Path("/etc") / f"sentinel-creat-{uuid.uuid4().hex[:8]}"
     code = (
@@ -161,7 +104,7 @@ for port in (4444, 443):
 """
 
 
-def test_unexpected_outbound_connection(run: Run) -> None:
+def test_unexpected_outbound_connection(run: SentinelRun) -> None:
     if shutil.which("ip") is None:
         raise AssertionError("iproute2 is missing: run scripts/setup.sh")
     ns = f"sntest{uuid.uuid4().hex[:6]}"
@@ -189,7 +132,7 @@ def test_unexpected_outbound_connection(run: Run) -> None:
     assert f["proc.name"].startswith("python")
 
 
-def test_shell_in_container(run: Run, tmp_path: Path) -> None:
+def test_shell_in_container(run: SentinelRun, tmp_path: Path) -> None:
     for tool in ("podman", "runc"):
         if shutil.which(tool) is None:
             raise AssertionError(f"{tool} is missing: run scripts/setup.sh")
