@@ -305,6 +305,15 @@ ENCODE = schema.buffers(
     }
 )
 KERNEL_FIELDS = {"proc.name": Bind.COMM, "user.uid": Bind.UID, "proc.exepath": Bind.PATH}
+# exec_emit builds the record sched_process_exec's program kept (bpf/sensor/exec.h).
+TAILS = (("exec_tail", 0, "exec_emit", "raw_tracepoint"),)
 FAMILY = schema.Family(
-    "exec", LAYOUT, "exec.h", EVENT_TYPES, schema.Getters(), KERNEL_FIELDS, encode=ENCODE
+    "exec",
+    LAYOUT,
+    "exec.h",
+    EVENT_TYPES,
+    schema.Getters(),
+    KERNEL_FIELDS,
+    encode=ENCODE,
+    tail_calls=TAILS,
 )
