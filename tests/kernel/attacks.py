@@ -32,8 +32,8 @@ libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 
 AT_FDCWD = -100
-AT_REMOVEDIR = 0x200
-CLONE_NEWNET, CLONE_NEWUSER = 0x40000000, 0x10000000
+AT_REMOVEDIR, AT_EMPTY_PATH = 0x200, 0x1000
+CLONE_NEWNET, CLONE_NEWUSER, CLONE_NEWNS = 0x40000000, 0x10000000, 0x20000
 NR = {
     "open": 2, "dup": 32, "dup2": 33, "accept": 43, "ptrace": 101, "setuid": 105, "creat": 85,
     "link": 86, "unlink": 87, "symlink": 88, "chmod": 90, "fchmod": 91, "mkdir": 83,
@@ -214,6 +214,42 @@ def execs(marker: str) -> dict[str, Any]:
     return {"execve": _child(via_execve), "execveat": _child(via_execveat)}
 
 
+def memfd(marker: str) -> dict[str, Any]:
+    """A program run from memory only: /usr/bin/true copied into a memfd and executed through
+    execveat(fd, "", AT_EMPTY_PATH), as fileless malware does (no file on disk)."""
+    fd = sys_call("memfd_create", b"payload", 0)
+    with open("/usr/bin/true", "rb") as f:
+        os.write(fd, f.read())
+
+    def run() -> int:
+        argv = (ctypes.c_char_p * 3)(b"payload", b(marker))
+        envp = (ctypes.c_char_p * 1)()
+        sys_call("execveat", fd, b"", argv, envp, AT_EMPTY_PATH)
+        return 99
+
+    return {"memfd": fd, "target": fd_target(fd), "status": _child(run)}
+
+
+def env_execs(marker: str) -> dict[str, Any]:
+    """Programs started with environment variables Falco's rules look for: curl with an
+    HTTP_PROXY (``--version`` only: it exits before any transfer), and GLIBC_TUNABLES (the
+    CVE-2023-4911 vector) for a harmless program."""
+
+    def curl() -> int:
+        env = {"HTTP_PROXY": "http://192.0.2.1:3128", "PATH": "/usr/bin:/bin"}
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, 1)
+        os.execve("/usr/bin/curl", ["curl", "--version", marker], env)
+        return 99
+
+    def tunables() -> int:
+        env = {"GLIBC_TUNABLES": "glibc.malloc.mxfast=0", "PATH": "/usr/bin:/bin"}
+        os.execve("/usr/bin/true", ["true", marker], env)
+        return 99
+
+    return {"curl": _child(curl), "true": _child(tunables)}
+
+
 def ptrace(marker: str) -> dict[str, Any]:
     """PTRACE_TRACEME in a child (anti-debugging); PTRACE_ATTACH to a sleeping child, checked
     by its TracerPid; PTRACE_PEEKDATA (reading, no alert) then detach."""
@@ -299,7 +335,11 @@ def net(server: str) -> dict[str, Any]:
     c1.sendall(b"hello")
     u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     u.bind((server, 5353))
+    # The sender binds its address (port 0: the kernel picks one). Unbound, an unconnected UDP
+    # socket's own address is 0.0.0.0 at the send, for Falco's driver too, and Falco's
+    # outbound macro (fd.ip != "0.0.0.0", which must hold for both ends) excludes it.
     v = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    v.bind((server, 0))
     v.sendto(b"query-1", (server, 5353))
     got1, sender = u.recvfrom(100)
     v.sendmsg([b"query-2"], [], 0, (server, 5353))
@@ -358,7 +398,15 @@ def container(server: str) -> dict[str, Any]:
         f.write("#!/bin/sh\n")
     out["chmod"] = sys_call("chmod", b(drift), 0o755)
     out["drift_mode"] = oct(stat.S_IMODE(os.stat(drift).st_mode))
-    # Last: in a new user namespace this process has no capability over the network namespace.
+    # A new mount namespace without CAP_SYS_ADMIN: refused, and what Falco's rule reports (the
+    # process keeps the container's capabilities).
+    mnt = os.readlink("/proc/self/ns/mnt")
+    out["unshare_mnt"] = sys_call("unshare", CLONE_NEWNS)
+    out["mntns_changed"] = os.readlink("/proc/self/ns/mnt") != mnt
+    # Last (in a new user namespace this process has no capability over the network
+    # namespace): a user namespace, allowed; the task then holds every capability in it, so
+    # libsinsp sets the thread's capabilities to all, and the rule, which wants a caller
+    # without CAP_SYS_ADMIN, stays quiet.
     before = os.readlink("/proc/self/ns/user")
     out["unshare"] = sys_call("unshare", CLONE_NEWUSER)
     out["userns_changed"] = os.readlink("/proc/self/ns/user") != before
@@ -366,7 +414,7 @@ def container(server: str) -> dict[str, Any]:
 
 
 FILES = (links, chmods, bindir, history, clear_log, opens)
-PROCESSES = (execs, ptrace, setns, nobody, bpf)
+PROCESSES = (execs, memfd, env_execs, ptrace, setns, nobody, bpf)
 ACTIONS: dict[str, Callable[[str], dict[str, Any]]] = {
     f.__name__: f for f in (*FILES, *PROCESSES, net, container)
 }

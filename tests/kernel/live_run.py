@@ -26,13 +26,14 @@ Alert = dict[str, Any]
 
 
 class SentinelRun:
-    """``sentinel run ARGS...`` in a child; ``armed`` is set when it says so."""
+    """``sentinel run ARGS...`` in a child (``env``: its environment, default ours); ``armed``
+    is set when it says so."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None) -> None:
         self.proc = subprocess.Popen(
             [*SENTINEL, "run", *args],
             cwd=REPO,
-            env=sentinel_env(),
+            env=sentinel_env(env),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
