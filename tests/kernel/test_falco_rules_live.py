@@ -239,6 +239,11 @@ def links_cleanup(d: Path) -> None:
         (d / n).unlink(missing_ok=True)
 
 
+def modes_cleanup(d: Path) -> None:
+    for n in ("a", "b", "c"):  # set-uid/set-gid root files: never leave them either
+        (d / n).unlink(missing_ok=True)
+
+
 def test_attacks_change_state_without_sentinel(workdir: Path, netns: str) -> None:
     """Before Sentinel starts (module fixtures start on first use): each attack alone."""
     d = workdir / "plain"
@@ -247,7 +252,10 @@ def test_attacks_change_state_without_sentinel(workdir: Path, netns: str) -> Non
         links_changed(attack(workdir, "links", marker(), str(d)))
     finally:
         links_cleanup(d)
-    chmods_changed(attack(workdir, "chmods", marker(), str(d)))
+    try:
+        chmods_changed(attack(workdir, "chmods", marker(), str(d)))
+    finally:
+        modes_cleanup(d)
     bindir_changed(attack(workdir, "bindir", marker()))
     ptrace_changed(attack(workdir, "ptrace", marker()))
     nobody_changed(attack(workdir, "nobody", marker()))
@@ -284,7 +292,10 @@ def test_symlinks_and_hard_links_over_shadow(falco: SentinelRun, workdir: Path) 
 def test_setuid_and_setgid_bits(falco: SentinelRun, workdir: Path) -> None:
     d, m = workdir / "modes", marker()
     d.mkdir()
-    chmods_changed(attack(workdir, "chmods", m, str(d)))
+    try:
+        chmods_changed(attack(workdir, "chmods", m, str(d)))
+    finally:
+        modes_cleanup(d)
     rule = "Set Setuid or Setgid bit"
     f = one(falco, rule, m, "chmod")
     assert f["evt.arg.filename"] == str(d / "a")
