@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sentinel.enrichment.container_meta import api_get_json
+from sentinel.enrichment.container_docker import api_get_json
 
 CONF = """[containers]
 default_ulimits = []
