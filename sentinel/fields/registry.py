@@ -124,6 +124,7 @@ for _n in sorted(
 _add("evt.buffer", FieldType.BYTES, "read/write data buffer")
 _add("evt.buflen", U, "read/write buffer length")
 _add("evt.hostname", S, "host name the event was seen on")
+_add("evt.is_io_uring", B, "the operation was an io_uring request, not a syscall (Sentinel's own)")
 _add("evt.source", S, "event source (syscall)")
 _add("evt.latency", FieldType.RELTIME, "syscall latency in ns")
 _add("evt.plugininfo", S, "plugin event info")
@@ -189,6 +190,11 @@ _add("proc.pidns_init_start_ts", FieldType.ABSTIME, "pid namespace init start")
 _add("proc.nthreads", U, "number of threads")
 _add("proc.fdopencount", U, "open file descriptors")
 _add("thread.tid", INT, "thread id")
+_add(
+    "thread.comm",
+    S,
+    "the thread's current name (prctl PR_SET_NAME changes it; proc.name is the name at exec)",
+)
 _add("thread.vtid", INT, "thread id in its pid namespace")
 _add("thread.ismain", B, "true for the main thread")
 _add("thread.cap_permitted", S, "permitted capabilities")
