@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import require_root
-from tests.kernel.live_run import SentinelRun
+from tests.live import LiveRun, sentinel_run
 
 pytestmark = pytest.mark.kernel
 
@@ -38,17 +38,13 @@ events_logger = "file"
 
 
 @pytest.fixture(scope="module")
-def run() -> Iterator[SentinelRun]:
+def run() -> Iterator[LiveRun]:
     require_root()
-    r = SentinelRun(["--matching", "all"])
-    r.wait_armed(60)
-    try:
+    with sentinel_run("--matching", "all") as r:
         yield r
-    finally:
-        r.close()
 
 
-def test_write_below_etc(run: SentinelRun, tmp_path: Path) -> None:
+def test_write_below_etc(run: LiveRun, tmp_path: Path) -> None:
     target = Path("/etc") / f"sentinel-test-{uuid.uuid4().hex[:8]}"
     other = tmp_path / "harmless.txt"
     try:
@@ -58,7 +54,7 @@ def test_write_below_etc(run: SentinelRun, tmp_path: Path) -> None:
         )
     finally:
         target.unlink(missing_ok=True)
-    hits = run.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target))
+    hits = run.wait(lambda a: a["output_fields"].get("fd.name") == str(target), timeout=15)
     assert len(hits) == 1
     a = hits[0]
     assert a["rule"] == "Write Below Sensitive Path"
@@ -70,7 +66,7 @@ def test_write_below_etc(run: SentinelRun, tmp_path: Path) -> None:
     assert str(other) not in names
 
 
-def test_write_below_etc_through_creat(run: SentinelRun) -> None:
+def test_write_below_etc_through_creat(run: LiveRun) -> None:
     """creat(2) (what glibc's creat() issues on x86-64) is an open for writing as well."""
     target = Path("/etc") / f"sentinel-creat-{uuid.uuid4().hex[:8]}"
     code = (
@@ -83,7 +79,7 @@ def test_write_below_etc_through_creat(run: SentinelRun) -> None:
         subprocess.run([sys.executable, "-c", code, str(target)], check=True)
     finally:
         target.unlink(missing_ok=True)
-    hits = run.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target))
+    hits = run.wait(lambda a: a["output_fields"].get("fd.name") == str(target), timeout=15)
     assert len(hits) == 1
     assert hits[0]["rule"] == "Write Below Sensitive Path"
     assert "O_CREAT" in hits[0]["output_fields"]["evt.arg.flags"]
@@ -104,7 +100,7 @@ for port in (4444, 443):
 """
 
 
-def test_unexpected_outbound_connection(run: SentinelRun) -> None:
+def test_unexpected_outbound_connection(run: LiveRun) -> None:
     if shutil.which("ip") is None:
         raise AssertionError("iproute2 is missing: run scripts/setup.sh")
     ns = f"sntest{uuid.uuid4().hex[:6]}"
@@ -121,7 +117,7 @@ def test_unexpected_outbound_connection(run: SentinelRun) -> None:
     finally:
         subprocess.run(["ip", "netns", "del", ns], check=False)
     ports = dict(line.split() for line in res.stdout.split("\n") if line.strip())
-    hits = run.wait_for(lambda a: a["rule"] == "Unexpected Outbound Connection")
+    hits = run.wait(lambda a: a["rule"] == "Unexpected Outbound Connection", timeout=15)
     hits = [a for a in run.settle(0.5) if a["rule"] == "Unexpected Outbound Connection"]
     mine = [a for a in hits if a["output_fields"].get("fd.sip") == "192.0.2.1"]
     assert len(mine) == 1, hits
@@ -132,7 +128,7 @@ def test_unexpected_outbound_connection(run: SentinelRun) -> None:
     assert f["proc.name"].startswith("python")
 
 
-def test_shell_in_container(run: SentinelRun, tmp_path: Path) -> None:
+def test_shell_in_container(run: LiveRun, tmp_path: Path) -> None:
     for tool in ("podman", "runc"):
         if shutil.which(tool) is None:
             raise AssertionError(f"{tool} is missing: run scripts/setup.sh")
@@ -156,13 +152,14 @@ def test_shell_in_container(run: SentinelRun, tmp_path: Path) -> None:
     argv += ["/bin/sh", "-c", f": {marker}"]
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    hits = run.wait_for(
+    hits = run.wait(
         lambda a: (
             a["rule"] == "Shell Spawned in a Container"
             and marker in a["output_fields"].get("proc.cmdline", "")
-        )
+        ),
+        timeout=15,
     )
-    assert len(hits) == 1, (run.seen, run.stderr, res.stdout, res.stderr)
+    assert len(hits) == 1, (run.alerts, run.stderr, res.stdout, res.stderr)
     f = hits[0]["output_fields"]
     assert f["proc.name"] == "sh"
     assert f["container.id"] != "host"

@@ -39,8 +39,8 @@ from sentinel.events import BY_NAME
 from sentinel.loader import load_ruleset
 from tests.helpers import CORPUS, log_records
 from tests.kernel.conftest import require_root
-from tests.kernel.live_run import Alert, SentinelRun
 from tests.kernel.podman_kit import Podman, busybox_rootfs
+from tests.live import Alert, LiveRun, sentinel_run
 
 pytestmark = pytest.mark.kernel
 
@@ -106,7 +106,7 @@ def podman(workdir: Path) -> Podman:
 
 
 @pytest.fixture(scope="module")
-def falco(workdir: Path, podman: Podman) -> Iterator[SentinelRun]:
+def falco(workdir: Path, podman: Podman) -> Iterator[LiveRun]:
     """Sentinel with Falco's three files, every rule enabled, all matching rules alerting;
     container metadata from a private podman API."""
     d = workdir / "sentinel"
@@ -129,13 +129,11 @@ def falco(workdir: Path, podman: Podman) -> Iterator[SentinelRun]:
             }
         )
     )
+    env = dict(os.environ)
     with podman.api() as api:
-        run = SentinelRun(["--config", str(config)], dict(os.environ, CONTAINER_HOST=api))
-        try:
-            run.wait_armed(180)
+        env["CONTAINER_HOST"] = api
+        with sentinel_run("--config", str(config), env=env, armed_timeout=180) as run:
             yield run
-        finally:
-            run.close()
 
 
 # ---- running an attack and finding its alerts ----------------------------------------------------
@@ -160,7 +158,7 @@ def fields(a: Alert) -> dict[str, Any]:
 
 
 def alerts(
-    run: SentinelRun, rule: str, mark: str, evt_type: str, count: int = 1, timeout: float = 20
+    run: LiveRun, rule: str, mark: str, evt_type: str, count: int = 1, timeout: float = 20
 ) -> list[dict[str, Any]]:
     """The output fields of ``rule``'s alerts on ``evt_type`` from processes with ``mark`` in
     their command line; waits for ``count`` of them and fails, showing what arrived, if not."""
@@ -173,10 +171,10 @@ def alerts(
             and mark in (f.get("proc.cmdline") or "")
         )
 
-    got = [fields(a) for a in run.wait_for(pred, timeout, count)]
+    got = [fields(a) for a in run.wait(pred, count, timeout)]
     if len(got) < count:
-        near = [(a["rule"], fields(a).get("evt.type")) for a in run.seen if mark in json.dumps(a)]
-        same = [fields(a) for a in run.seen if a["rule"] == rule][-5:]
+        near = [(a["rule"], fields(a).get("evt.type")) for a in run.alerts if mark in json.dumps(a)]
+        same = [fields(a) for a in run.alerts if a["rule"] == rule][-5:]
         lost = [r for r in log_records(run.stderr) if "lost" in str(r.get("event"))]
         raise AssertionError(
             f"{rule!r} on {evt_type} x{count}: got {len(got)}; mine: {near}; "
@@ -185,13 +183,13 @@ def alerts(
     return got
 
 
-def one(run: SentinelRun, rule: str, mark: str, evt_type: str) -> dict[str, Any]:
+def one(run: LiveRun, rule: str, mark: str, evt_type: str) -> dict[str, Any]:
     got = alerts(run, rule, mark, evt_type)
     assert len(got) == 1, got
     return got[0]
 
 
-def silent(run: SentinelRun, text: str) -> None:
+def silent(run: LiveRun, text: str) -> None:
     """No alert mentions ``text`` (a near miss), once the stream has been quiet a while."""
     hits = [a["rule"] for a in run.settle(1.0) if text in json.dumps(a)]
     assert hits == [], hits
@@ -267,7 +265,7 @@ def test_attacks_change_state_without_sentinel(workdir: Path, netns: str) -> Non
 
 
 @covers("symlink", "symlinkat", "link", "linkat")
-def test_symlinks_and_hard_links_over_shadow(falco: SentinelRun, workdir: Path) -> None:
+def test_symlinks_and_hard_links_over_shadow(falco: LiveRun, workdir: Path) -> None:
     d, m = workdir / "links", marker()
     d.mkdir()
     try:
@@ -289,7 +287,7 @@ def test_symlinks_and_hard_links_over_shadow(falco: SentinelRun, workdir: Path) 
 
 
 @covers("chmod", "fchmod", "fchmodat")
-def test_setuid_and_setgid_bits(falco: SentinelRun, workdir: Path) -> None:
+def test_setuid_and_setgid_bits(falco: LiveRun, workdir: Path) -> None:
     d, m = workdir / "modes", marker()
     d.mkdir()
     try:
@@ -310,7 +308,7 @@ def test_setuid_and_setgid_bits(falco: SentinelRun, workdir: Path) -> None:
 
 
 @covers("mkdir", "mkdirat", "rename", "renameat", "renameat2", "rmdir", "unlinkat", "unlink")
-def test_binary_directory_changes(falco: SentinelRun, workdir: Path) -> None:
+def test_binary_directory_changes(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     bindir_changed(attack(workdir, "bindir", m))
     base = f"/usr/bin/sntl-{m}"
@@ -333,7 +331,7 @@ def test_binary_directory_changes(falco: SentinelRun, workdir: Path) -> None:
         assert args in f["evt.args"], (t, f["evt.args"])
 
 
-def test_shell_history_wiped(falco: SentinelRun, workdir: Path) -> None:
+def test_shell_history_wiped(falco: LiveRun, workdir: Path) -> None:
     d, m = workdir / "home", marker()
     d.mkdir()
     facts = attack(workdir, "history", m, str(d))
@@ -345,7 +343,7 @@ def test_shell_history_wiped(falco: SentinelRun, workdir: Path) -> None:
     assert one(falco, rule, m, "unlink")["evt.arg.path"] == str(d / ".ash_history")
 
 
-def test_log_file_cleared(falco: SentinelRun, workdir: Path) -> None:
+def test_log_file_cleared(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     facts = attack(workdir, "clear_log", m)
     assert facts["before"] > 0 and facts["after"] == 0
@@ -355,7 +353,7 @@ def test_log_file_cleared(falco: SentinelRun, workdir: Path) -> None:
 
 
 @covers("open", "openat", "openat2", "creat")
-def test_shadow_read_and_file_created_below_dev(falco: SentinelRun, workdir: Path) -> None:
+def test_shadow_read_and_file_created_below_dev(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     facts = attack(workdir, "opens", m)
     assert facts["read"] == {"open": True, "openat": True, "openat2": True}
@@ -372,7 +370,7 @@ def test_shadow_read_and_file_created_below_dev(falco: SentinelRun, workdir: Pat
 
 
 @covers("execve", "execveat")
-def test_private_key_search(falco: SentinelRun, workdir: Path) -> None:
+def test_private_key_search(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     facts = attack(workdir, "execs", m)
     assert facts == {"execve": 1, "execveat": 1}  # find ran (and found no such directory)
@@ -383,7 +381,7 @@ def test_private_key_search(falco: SentinelRun, workdir: Path) -> None:
         assert f["proc.cmdline"] == f"find /nonexistent-{m} -name {key}"
 
 
-def test_fileless_execution_from_memfd(falco: SentinelRun, workdir: Path) -> None:
+def test_fileless_execution_from_memfd(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     facts = attack(workdir, "memfd", m)
     assert facts["status"] == 0 and facts["target"] == "/memfd:payload (deleted)"  # it ran
@@ -394,7 +392,7 @@ def test_fileless_execution_from_memfd(falco: SentinelRun, workdir: Path) -> Non
     assert f["proc.cmdline"].endswith(f" {m}") and f["evt.res"] == "SUCCESS"
 
 
-def test_suspect_environment_variables(falco: SentinelRun, workdir: Path) -> None:
+def test_suspect_environment_variables(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     assert attack(workdir, "env_execs", m) == {"curl": 0, "true": 0}
     f = one(falco, "Program run with disallowed http proxy env", m, "execve")
@@ -406,7 +404,7 @@ def test_suspect_environment_variables(falco: SentinelRun, workdir: Path) -> Non
 
 
 @covers("ptrace")
-def test_ptrace_attach_and_anti_debug(falco: SentinelRun, workdir: Path) -> None:
+def test_ptrace_attach_and_anti_debug(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     facts = attack(workdir, "ptrace", m)
     ptrace_changed(facts)
@@ -419,7 +417,7 @@ def test_ptrace_attach_and_anti_debug(falco: SentinelRun, workdir: Path) -> None
 
 
 @covers("setns")
-def test_namespace_change_by_setns(falco: SentinelRun, workdir: Path, netns: str) -> None:
+def test_namespace_change_by_setns(falco: LiveRun, workdir: Path, netns: str) -> None:
     m = marker()
     setns_changed(attack(workdir, "setns", m, f"/run/netns/{netns}"))
     f = one(falco, "Change thread namespace", m, "setns")
@@ -428,7 +426,7 @@ def test_namespace_change_by_setns(falco: SentinelRun, workdir: Path, netns: str
 
 
 @covers("setuid", "userfaultfd")
-def test_setuid_and_userfaultfd_as_nobody(falco: SentinelRun, workdir: Path) -> None:
+def test_setuid_and_userfaultfd_as_nobody(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     facts = attack(workdir, "nobody", m)
     nobody_changed(facts)
@@ -446,7 +444,7 @@ def test_setuid_and_userfaultfd_as_nobody(falco: SentinelRun, workdir: Path) -> 
 
 
 @covers("bpf")
-def test_bpf_program_load(falco: SentinelRun, workdir: Path) -> None:
+def test_bpf_program_load(falco: LiveRun, workdir: Path) -> None:
     m = marker()
     facts = attack(workdir, "bpf", m)
     bpf_changed(facts)
@@ -457,7 +455,7 @@ def test_bpf_program_load(falco: SentinelRun, workdir: Path) -> None:
 
 
 @covers("init_module", "finit_module")
-def test_kernel_module_load_needs_a_kernel_with_modules(falco: SentinelRun) -> None:
+def test_kernel_module_load_needs_a_kernel_with_modules(falco: LiveRun) -> None:
     """Falco's "Linux Kernel Module Injection Detected" watches init_module/finit_module. This
     kernel is built without module support (CONFIG_MODULES off: no /proc/modules, no such
     tracepoints, the calls return ENOSYS), so a module cannot be loaded here at all, and the
@@ -481,7 +479,7 @@ def test_kernel_module_load_needs_a_kernel_with_modules(falco: SentinelRun) -> N
 
 
 @covers("listen", "accept", "accept4", "connect", "sendto", "recvfrom", "sendmsg", "recvmsg")
-def test_network_activity_in_a_namespace(falco: SentinelRun, workdir: Path, netns: str) -> None:
+def test_network_activity_in_a_namespace(falco: LiveRun, workdir: Path, netns: str) -> None:
     m = marker()
     facts = attack(workdir, "net", m, SERVER, netns=netns)
     assert facts["accepted"] == "hello" and facts["udp"] == ["query-1", "query-2"]
@@ -524,7 +522,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @covers("socket", "dup", "dup2", "dup3", "unshare")
 def test_container_attacks(
-    falco: SentinelRun, podman: Podman, workdir: Path, netns: str, rootfs: Path
+    falco: LiveRun, podman: Podman, workdir: Path, netns: str, rootfs: Path
 ) -> None:
     m = marker()
     report, cidfile = workdir / "report", workdir / f"cid-{m}"
@@ -579,7 +577,7 @@ def image(podman: Podman, rootfs: Path) -> Iterator[str]:
         yield name
 
 
-def test_privileged_container_mounts(falco: SentinelRun, podman: Podman, image: str) -> None:
+def test_privileged_container_mounts(falco: LiveRun, podman: Podman, image: str) -> None:
     """mount(8) in a --privileged container (the first step of most container escapes): Falco
     knows the container is privileged from the runtime's metadata. ``podman exec`` starts it
     (busybox's shell would run the applet without an exec)."""
@@ -599,9 +597,7 @@ def test_privileged_container_mounts(falco: SentinelRun, podman: Podman, image: 
     assert f["proc.cmdline"] == f"mount -t tmpfs {m} /mnt"
 
 
-def test_dropped_binary_executed_in_container(
-    falco: SentinelRun, podman: Podman, image: str
-) -> None:
+def test_dropped_binary_executed_in_container(falco: LiveRun, podman: Podman, image: str) -> None:
     """A binary written into a running container (its overlay's upper layer) and executed:
     not part of the image."""
     m = marker()
@@ -618,7 +614,7 @@ def test_dropped_binary_executed_in_container(
 # ---- coverage: derived from the rules, not typed -------------------------------------------------
 
 
-def test_every_event_type_the_rules_use_is_traced_and_tested(falco: SentinelRun) -> None:
+def test_every_event_type_the_rules_use_is_traced_and_tested(falco: LiveRun) -> None:
     """Every event type any rule of the three files (enabled or not) can match: in the event
     table, attached by this run (or reported missing because this kernel has no tracepoint),
     and performed by a test of this module."""
