@@ -4,15 +4,18 @@ collected by threads, armed-wait, and waiting for alerts by predicate.
 The one runner of the live tests (kernel truth, Falco's rules live, the default rules): a module
 usually starts one run (arming compiles and attaches every tracepoint its rules use, seconds to
 tens of seconds under load) and its tests find their alerts by a value only their action has.
+Network actions run in a namespace of the test's own (``netns_with``), never to a real address.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -125,3 +128,20 @@ def sentinel_run(
         yield run
     finally:
         run.stop()
+
+
+@contextmanager
+def netns_with(*addrs: str) -> Iterator[str]:
+    """A network namespace of its own whose loopback carries ``addrs`` (TEST-NET addresses, or
+    an address a rule names literally): connections to them never leave the machine."""
+    if shutil.which("ip") is None:
+        raise AssertionError("iproute2 is missing: run scripts/setup.sh")
+    ns = f"sntest{uuid.uuid4().hex[:8]}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+        for a in addrs:
+            subprocess.run(["ip", "-n", ns, "addr", "add", f"{a}/32", "dev", "lo"], check=True)
+        yield ns
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)

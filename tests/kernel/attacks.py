@@ -139,7 +139,7 @@ def history(d: str) -> dict[str, Any]:
     """Shell history wiped: truncated on open, renamed away, deleted."""
     bash, zsh, fish = f"{d}/.bash_history", f"{d}/.zsh_history", f"{d}/.ash_history"
     for p in (bash, zsh, fish):
-        with open(p, "w") as f:
+        with open(p, "x") as f:  # O_CREAT|O_EXCL, not "w": O_TRUNC would already match
             f.write("ssh root@192.0.2.1\n")
     fd = os.open(bash, os.O_WRONLY | os.O_TRUNC)
     os.close(fd)
@@ -154,7 +154,7 @@ def history(d: str) -> dict[str, Any]:
 def clear_log(marker: str) -> dict[str, Any]:
     """A log file below /var/log truncated in place."""
     path = f"/var/log/sntl-{marker}.log"
-    with open(path, "w") as f:
+    with open(path, "x") as f:  # created without O_TRUNC: only the truncation matches
         f.write("Nov 29 sshd[1]: Accepted password for root from 192.0.2.1\n")
     try:
         before = os.path.getsize(path)

@@ -13,22 +13,13 @@ import os
 import shutil
 import subprocess
 import tarfile
-import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sentinel.enrichment.container_docker import api_get_json
+from tests.containers.conftest import CONF, podman_service
 
-CONF = """[containers]
-default_ulimits = []
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
 APPLETS = ("sh", "cp", "mount", "cat", "true", "sleep")
 
 
@@ -56,32 +47,8 @@ class Podman:
     def api(self) -> Iterator[str]:
         """A private API socket (unix://...) for Sentinel's container metadata."""
         sock = self.workdir / f"podman-{uuid.uuid4().hex[:6]}.sock"
-        proc = subprocess.Popen(
-            self.argv("system", "service", "--time=0", f"unix://{sock}"),
-            env=self.env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    api_get_json(str(sock), "/v1.40/version", timeout=1.0)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        proc.kill()
-                        err = proc.stderr.read().decode() if proc.stderr else ""
-                        raise AssertionError(f"podman system service: {err}") from None
-                    time.sleep(0.1)
+        with podman_service(self.argv(), self.env, str(sock)):
             yield f"unix://{sock}"
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
 
     @contextmanager
     def image(self, rootfs: Path) -> Iterator[str]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.kernel.conftest import require_root
-from tests.live import LiveRun, sentinel_run
+from tests.live import LiveRun, netns_with, sentinel_run
 
 pytestmark = pytest.mark.kernel
 
@@ -101,21 +101,13 @@ for port in (4444, 443):
 
 
 def test_unexpected_outbound_connection(run: LiveRun) -> None:
-    if shutil.which("ip") is None:
-        raise AssertionError("iproute2 is missing: run scripts/setup.sh")
-    ns = f"sntest{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+    with netns_with("192.0.2.1") as ns:
         res = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-c", NETNS_CODE],
             capture_output=True,
             text=True,
             check=True,
         )
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
     ports = dict(line.split() for line in res.stdout.split("\n") if line.strip())
     hits = run.wait(lambda a: a["rule"] == "Unexpected Outbound Connection", timeout=15)
     hits = [a for a in run.settle(0.5) if a["rule"] == "Unexpected Outbound Connection"]

@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -40,7 +40,7 @@ from sentinel.loader import load_ruleset
 from tests.helpers import CORPUS, log_records
 from tests.kernel.conftest import require_root
 from tests.kernel.podman_kit import Podman, busybox_rootfs
-from tests.live import Alert, LiveRun, sentinel_run
+from tests.live import Alert, LiveRun, netns_with, sentinel_run
 
 pytestmark = pytest.mark.kernel
 
@@ -81,17 +81,8 @@ def marker() -> str:
 def netns() -> Iterator[str]:
     """A network namespace with only a loopback, holding the test addresses."""
     require_root()
-    if shutil.which("ip") is None:
-        raise AssertionError("iproute2 is missing: run scripts/setup.sh")
-    name = f"sfl{uuid.uuid4().hex[:8]}"
-    subprocess.run(["ip", "netns", "add", name], check=True)
-    try:
-        subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
-        for addr in (SERVER, METADATA):
-            subprocess.run(["ip", "-n", name, "addr", "add", f"{addr}/32", "dev", "lo"], check=True)
-        yield name
-    finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+    with netns_with(SERVER, METADATA) as ns:
+        yield ns
 
 
 @pytest.fixture(scope="module")
@@ -184,9 +175,24 @@ def alerts(
 
 
 def one(run: LiveRun, rule: str, mark: str, evt_type: str) -> dict[str, Any]:
+    """The one alert of ``rule`` on ``evt_type`` for ``mark``: a second one arriving a moment
+    later fails too (alerts trail the action by the pipeline's latency)."""
+    alerts(run, rule, mark, evt_type)
+    time.sleep(0.5)
     got = alerts(run, rule, mark, evt_type)
     assert len(got) == 1, got
     return got[0]
+
+
+def by_name(
+    run: LiveRun, rule: str, mark: str, evt_type: str, count: int
+) -> dict[str, dict[str, Any]]:
+    """``count`` alerts of ``rule`` on ``evt_type`` for ``mark``, exactly, by their fd.name."""
+    alerts(run, rule, mark, evt_type, count)
+    time.sleep(0.5)
+    got = alerts(run, rule, mark, evt_type, count)
+    assert len(got) == count, got
+    return {f["fd.name"]: f for f in got}
 
 
 def silent(run: LiveRun, text: str) -> None:
@@ -485,10 +491,14 @@ def test_network_activity_in_a_namespace(falco: LiveRun, workdir: Path, netns: s
     assert facts["accepted"] == "hello" and facts["udp"] == ["query-1", "query-2"]
     assert facts["shell_got"] == "hi"
     srv, cport = f"{SERVER}:8088", facts["client_port"]
+    shell_srv, sport = f"{SERVER}:8090", facts["shell_port"]
     inbound = "Interpreted procs inbound network activity"
-    assert one(falco, inbound, m, "listen")["fd.name"] == srv
-    f = one(falco, inbound, m, "accept4")
-    assert (f["fd.name"], f["fd.lport"], f["fd.rport"]) == (f"{SERVER}:{cport}->{srv}", 8088, cport)
+    # two listeners (8088; 8090 for the shell below), each accepted once by Python (accept4)
+    assert by_name(falco, inbound, m, "listen", 2).keys() == {srv, shell_srv}
+    accepted = by_name(falco, inbound, m, "accept4", 2)
+    assert accepted.keys() == {f"{SERVER}:{cport}->{srv}", f"{SERVER}:{sport}->{shell_srv}"}
+    f = accepted[f"{SERVER}:{cport}->{srv}"]
+    assert (f["fd.lport"], f["fd.rport"]) == (8088, cport)
     f = one(falco, inbound, m, "accept")
     assert f["fd.name"] == f"{SERVER}:{facts['accept_peer_port']}->{srv}"
     assert f["fd.type"] == "ipv4" and f["fd.l4proto"] == "tcp"
@@ -509,7 +519,7 @@ def test_network_activity_in_a_namespace(falco: LiveRun, workdir: Path, netns: s
     assert f["fd.name"] == f"{SERVER}:{facts['udp_connect_port']}->{SERVER}:9999"
     f = one(falco, "System procs network activity", m, "connect")
     assert f["proc.name"] == "bash"  # a shell's /dev/tcp connection
-    assert f["fd.name"] == f"{SERVER}:{facts['shell_port']}->{SERVER}:8090"
+    assert f["fd.name"] == f"{SERVER}:{sport}->{shell_srv}"
 
 
 # ---- in a container ------------------------------------------------------------------------------
