@@ -275,6 +275,21 @@ def _libbpf() -> Any:
     return lib
 
 
+_BCC_PREFIXES = ("raw_tracepoint__", "tracepoint__syscalls__", "tracepoint__")
+
+
+def kernel_name(func: str) -> bytes:
+    """The name a cached program is loaded under. The kernel keeps 15 bytes, and a program
+    loaded without BTF (as these are) is listed by it (bpftool, bpf_stats): the END of the
+    function's name without bcc's prefix ("sys_exit_openat", not bcc's "syscalls__sys_e",
+    which every syscall program shares), so that each program can be told apart."""
+    for prefix in _BCC_PREFIXES:
+        if func.startswith(prefix):
+            func = func[len(prefix) :]
+            break
+    return func[-15:].encode()
+
+
 def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
     """Create the maps, load the programs relinked to them, install the tail calls, attach.
     Returns the attachments and the maps asked for (and the tail calls' program arrays, which
@@ -308,7 +323,7 @@ def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
         def load(p: ProgSpec) -> tuple[int, int]:
             insns = ctypes.create_string_buffer(relink(p.insns, relocs), len(p.insns))
             fd = lib.bcc_prog_load(
-                p.type, p.name.encode(), insns, len(p.insns), license_, entry.kern_version,
+                p.type, kernel_name(p.name), insns, len(p.insns), license_, entry.kern_version,
                 0, None, 0,
             )  # fmt: skip
             return fd, ctypes.get_errno()  # ctypes' errno is per thread
