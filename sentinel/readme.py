@@ -32,11 +32,13 @@ class Block:
 
 
 def blocks() -> list[Block]:
+    from sentinel import benchdoc
     from sentinel.events import doc
 
     return [
         Block("event types and fields", doc.types_and_fields),
         Block("truth table", doc.truth_table),
+        Block("kernel benchmarks", benchdoc.kernel_table),
     ]
 
 
