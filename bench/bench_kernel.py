@@ -562,7 +562,11 @@ def main(argv: list[str] | None = None) -> int:
     # A run of some sections (--only) replaces those sections only; each says when it ran.
     out: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     out.update({"machine": os.uname().release, "goals": GOALS})
-    stamp = {"measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ")}
+    # (the machine's load when the run began: other work on it skews every figure)
+    stamp = {
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+        "load_avg_1min": os.getloadavg()[0],
+    }
     if "d" in only:
         out["startup"] = {**stamp, **bench_startup(max(3, args.rounds), rules)}
         print("(d) startup:", json.dumps(out["startup"]), flush=True)

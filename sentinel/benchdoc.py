@@ -62,7 +62,11 @@ def _storm(sec: dict[str, Any], goals: dict[str, Any]) -> list[str]:
 
 
 def _rates(sec: dict[str, Any], drain: dict[str, Any] | None, goals: dict[str, Any]) -> list[str]:
-    losses = "; ".join(f"{r['target_per_s'] // 1000}k: {r['lost_open_all']}" for r in sec["rows"])
+    losses = "; ".join(
+        f"{r['target_per_s'] // 1000}k (generated {r['generated_per_s_median']:,.0f}/s): "
+        f"{r['lost_open_all']}"
+        for r in sec["rows"]
+    )
     drained = ""
     if drain is not None:
         drained = (

@@ -64,6 +64,8 @@ def cache(seeded: Path, tmp_path: Path) -> Path:
 
 
 def test_a_start_with_nothing_changed_loads_the_cache(cache: Path, tmp_path: Path) -> None:
+    from sentinel.events import decode
+
     target = tmp_path / "f"
     target.write_text("x")
     s, got = _sensor(cache)
@@ -71,6 +73,10 @@ def test_a_start_with_nothing_changed_loads_the_cache(cache: Path, tmp_path: Pat
         assert s.cached is True  # type: ignore[attr-defined]
         assert s.notes == []  # type: ignore[attr-defined]
         assert _opens_seen(s, got, target) == 1  # the cached programs see a child's open
+        # ... and its exec, through the cached tail calls (exec_walk, exec_emit) with the
+        # executable's path walked by the kernel
+        cat = str(Path(shutil.which("cat") or "/usr/bin/cat").resolve()).encode() + b"\0"
+        assert any(decode(raw).evt.name == "execve" and cat in raw for raw in got)
         # ... and not the sensor's own opens (its pid is a map value, set at load)
         before = len(got)
         target.read_text()
