@@ -51,8 +51,12 @@ class SentinelRun:
         self.seen: list[Alert] = []
         self.stderr: list[str] = []
         self.armed = threading.Event()
-        threading.Thread(target=self._out, daemon=True).start()
-        threading.Thread(target=self._err, daemon=True).start()
+        self._threads = [
+            threading.Thread(target=self._out, daemon=True),
+            threading.Thread(target=self._err, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     def _out(self) -> None:
         assert self.proc.stdout is not None
@@ -92,12 +96,18 @@ class SentinelRun:
         return list(self.seen)
 
     def stop(self) -> None:
-        self.proc.terminate()
+        """Stop sentinel (SIGTERM: it drains and logs its totals) and read all it wrote."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
         try:
             self.proc.wait(30)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        for t in self._threads:
+            t.join(10)
+        while self._drain(0):
+            pass
 
 
 @contextlib.contextmanager
