@@ -246,6 +246,7 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
     void *mnt = vfsmnt - OFF_MOUNT_MNT;
     u32 trunc_v = 1;
     u32 *trunc = &trunc_v;
+    void *lone = 0;
     int i;
     for (i = 0; i < WALK_DEPTH; i++) {
         if (dentry == root_dentry && vfsmnt == root_mnt) {
@@ -267,6 +268,8 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
         void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
         if (parent == dentry || !parent) {
             *trunc = 0;
+            if (i == 0)
+                lone = dentry;
             break;
         }
         u32 len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
@@ -280,6 +283,23 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
         pos -= 1;
         buf[pos & (FWD_END - 1)] = '/';
         dentry = parent;
+    }
+    // A file whose dentry is its own parent but not its mount's root is a pseudo file's (a
+    // memfd, an anonymous inode): "/" and its name, as the kernel's d_path gives it. (Outside
+    // the loop: inside, the extra copy multiplied the verifier's paths past its limit.)
+    if (lone) {
+        u32 len = rd_u32(lone, OFF_DENTRY_D_NAME_LEN);
+        if (len > 0 && len < NAME_MAX_READ) {
+            asm volatile("" : "+r"(len));
+            pos = FWD_END - len;
+            if (bpf_probe_read_kernel(&buf[pos & (FWD_END - 1)], len & (NAME_MAX_READ - 1),
+                                      rd_ptr(lone, OFF_DENTRY_D_NAME_NAME)) == 0) {
+                pos -= 1;
+                buf[pos & (FWD_END - 1)] = '/';
+            } else {
+                pos = FWD_END;
+            }
+        }
     }
     x->len = FWD_END - pos;
     x->trunc = trunc_v;

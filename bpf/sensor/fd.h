@@ -6,10 +6,23 @@
 BPF_PERCPU_ARRAY(fd_scratch, struct fd_ev, 1);
 BPF_PERCPU_ARRAY(fd_path_scratch, struct path_buf, 1);
 
+// fd.typechar as user space derives it from the record (sentinel.events.fd.kind): a socket's
+// family, else the inode's type.
+static __always_inline u32 fd_typechar(u16 mode, u16 sk_family) {
+    u16 fmt = mode & 0170000;
+    if (fmt == 0140000)
+        return sk_family == 2 ? '4' : sk_family == 10 ? '6' : sk_family == 1 ? 'u' : 'o';
+    if (fmt == 0040000)
+        return 'd';
+    if (fmt == 0010000)
+        return 'p';
+    if (fmt == 0100000 || fmt == 0020000 || fmt == 0060000)
+        return 'f';
+    return 'o';
+}
+
 static __always_inline int emit_fd(void *ctx, long ret, u32 t, s32 fd, u64 v0, u64 v1) {
     if (is_self())
-        return 0;
-    if (!counted(t, prefilter_plain(t, ret)))  // comm, uid and the result, as the link family
         return 0;
     u32 zero = 0;
     struct fd_ev *e = fd_scratch.lookup(&zero);
@@ -17,19 +30,25 @@ static __always_inline int emit_fd(void *ctx, long ret, u32 t, s32 fd, u64 v0, u
     if (!e || !xb)
         return 0;
     void *task = (void *)bpf_get_current_task();
+    e->i_mode = 0;
+    void *file = fd_file(task, fd);
+    void *sock = file_socket(file);
+    SOCK_INFO(e, sock);
+    void *inode = file ? rd_ptr(file, OFF_FILE_F_INODE) : 0;
+    if (inode)
+        bpf_probe_read_kernel(&e->i_mode, sizeof(e->i_mode), inode + OFF_INODE_I_MODE);
+    // The prefilter judges comm, uid, the result and the descriptor's type (fd.type,
+    // fd.typechar: Falco's dup rule wants sockets only); no type when fd is not open.
+    u32 famc = inode ? fd_typechar(e->i_mode, e->sk_family) : 0;
+    if (!counted(t, prefilter_sock(t, 0, famc, 0, 0, 0, 0, ret)))
+        return 0;
     fill_hdr(&e->h, t);
     e->res = ret;
     e->fd = fd;
     e->v0 = (u32)v0;
     e->v1 = (u32)v1;
-    e->i_mode = 0;
     e->path_len = 0;
-    void *file = fd_file(task, fd);
-    void *sock = file_socket(file);
-    SOCK_INFO(e, sock);
-    if (file) {
-        void *inode = rd_ptr(file, OFF_FILE_F_INODE);
-        bpf_probe_read_kernel(&e->i_mode, sizeof(e->i_mode), inode + OFF_INODE_I_MODE);
+    if (inode) {
         if (!sock) {
             void *fs = rd_ptr(task, OFF_TASK_FS);
             xb->len = 0;

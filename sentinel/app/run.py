@@ -130,7 +130,9 @@ def load_config(run: Run) -> bool:
 
 def load_rules(run: Run) -> bool:
     """Compile the rules; deny rules go to enforcement (which may refuse them)."""
+    from sentinel.compiler import domain_names
     from sentinel.enforcement.runtime import Enforcement
+    from sentinel.enrichment.dns import NAMES
     from sentinel.loader import RulesError
     from sentinel.ops import Operations, default_engine
 
@@ -138,6 +140,7 @@ def load_rules(run: Run) -> bool:
 
     def make_engine(compiled: Any, config: Any) -> Any:
         engine = run.enforcement.make_engine(compiled, config)
+        NAMES.watch(domain_names(engine.rules))  # resolved in the background from now on
         if run.sensor is not None and run.engine is not None:
             # A reload: before the new rules replace the old ones, the kernel keeps what either
             # set can match (the union of both), so no event of either is dropped in between;
@@ -148,6 +151,8 @@ def load_rules(run: Run) -> bool:
 
     run.ops = Operations(run.config, run.opts.config, make_engine=make_engine, configure_logs=False)
     run.cleanup.callback(run.ops.close)
+    NAMES.start()
+    run.cleanup.callback(NAMES.close)
     try:
         run.engine = run.ops.initial_engine()
     except RulesError as exc:

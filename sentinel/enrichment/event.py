@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from sentinel.enrichment.containers import CONTAINER_FIELDS
+from sentinel.enrichment.dns import name_getters
 from sentinel.enrichment.process_fields import INDEXED, PROCESS, RECORD_DEPENDENT
 from sentinel.enrichment.proctable import Proc, ProcessTable
 from sentinel.events import EVENT_TYPES, EventType, getters_for
@@ -50,6 +51,7 @@ class Clock:
 def _getters(t: EventType) -> dict[str, Getter]:
     out = dict(PROCESS.fns)
     out.update(getters_for(t))  # the event's own fields win over the process table's
+    out.update(name_getters(out))  # fd.sip.name... where the event type has the addresses
     return out
 
 

@@ -29,7 +29,7 @@ from sentinel.events.common import (
     WALK_SIZE,
 )
 from sentinel.events.dims import DIM_CODES
-from sentinel.events.schema import EventType
+from sentinel.events.schema import EventType, TailCall
 
 # Sizes the BPF sources use, by the name they use.
 SIZES = {
@@ -39,6 +39,11 @@ SIZES = {
     "PATH_SIZE": file_family.PATH_SIZE,
     "FNAME_SIZE": exec_family.FNAME_SIZE,
     "ARGS_SIZE": exec_family.ARGS_SIZE,
+    "ENV_SIZE": exec_family.ENV_SIZE,
+    "EXE_MEMFD": exec_family.EXE_MEMFD,
+    "EXE_UPPER": exec_family.EXE_UPPER,
+    "EXE_OVERLAY": exec_family.EXE_OVERLAY,
+    "OVERLAYFS_SUPER_MAGIC": exec_family.OVERLAYFS_SUPER_MAGIC,
     "FAILED_EXEC_ARGS": exec_family.FAILED_EXEC_ARGS,
     "SOCKADDR_SIZE": net_family.SOCKADDR_SIZE,
 }
@@ -122,10 +127,10 @@ def handler_program(name: str) -> str:
     )
 
 
-def handler_calls(attach: Iterable[EventType]) -> list[tuple[str, int, str]]:
-    """(program array, index, program) of the handlers these event types reach."""
+def handler_calls(attach: Iterable[EventType]) -> list[TailCall]:
+    """(program array, index, program, type) of the handlers these event types reach."""
     used = sorted({t.syscall.handler for t in attach if t.syscall is not None})
-    return [("handlers", HANDLERS[h], f"h_{h}") for h in used]
+    return [("handlers", HANDLERS[h], f"h_{h}", "tracepoint") for h in used]
 
 
 def defines() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import grp
+import os
 import pwd
 from functools import lru_cache
 
@@ -32,6 +33,7 @@ FLAG_BASE_BAD = 64  # file: the dirfd is not an open file
 FLAG_BASE_TRUNC = 128  # file: the base walk was cut short
 FLAG_BASE_AFTER = 256  # file: the base walk is the cwd after the call (chdir, fchdir)
 FLAG_PATH1_TRUNC = 512  # link: the second path longer than the record holds
+FLAG_ENV_TRUNC = 1024  # exec: the environment longer than the record holds
 FLAG_BASE1_BAD = 1024  # link: the second path's dirfd is not an open file
 FLAG_BASE1_TRUNC = 2048  # link: the second path's base walk was cut short
 HEADER_FLAGS = {name: value for name, value in globals().items() if name.startswith("FLAG_")}
@@ -84,6 +86,9 @@ def group_name(gid: int) -> str | None:
         return None
 
 
+# The host's name, read once (as Falco does at start-up).
+HOSTNAME = os.uname().nodename
+
 # Fields every event type fills from the header and the result alone. The process, user and
 # container fields are the process table's and the container resolver's (sentinel.enrichment).
 COMMON = Getters()
@@ -99,4 +104,25 @@ COMMON("thread.ismain")(lambda e: e.rec.pid == e.rec.tid)
 COMMON("proc.pid")(lambda e: e.rec.pid)
 COMMON("user.uid")(lambda e: e.rec.uid)
 COMMON("group.gid")(lambda e: e.rec.gid)
+COMMON("evt.hostname")(lambda e: HOSTNAME)
 COMMON("user.loginuid")(lambda e: -1 if e.rec.loginuid == UNSET_LOGINUID else e.rec.loginuid)
+
+
+# Capability names by bit (include/uapi/linux/capability.h), as libsinsp prints a set: the
+# names of its bits, lowest first, separated by spaces.
+CAPABILITIES = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID",
+    "CAP_KILL", "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE",
+    "CAP_NET_BIND_SERVICE", "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK",
+    "CAP_IPC_OWNER", "CAP_SYS_MODULE", "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE",
+    "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT", "CAP_SYS_NICE", "CAP_SYS_RESOURCE",
+    "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE", "CAP_AUDIT_WRITE",
+    "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF",
+    "CAP_CHECKPOINT_RESTORE",
+)  # fmt: skip
+
+
+def caps_text(mask: int) -> str:
+    """A capability set as libsinsp prints it ("CAP_CHOWN CAP_KILL"; "" for none)."""
+    return " ".join(name for bit, name in enumerate(CAPABILITIES) if mask >> bit & 1)

@@ -120,5 +120,12 @@ ENCODE = schema.buffers(
         "raddr": (None, net.ip_buffer),
     }
 )
-KERNEL_FIELDS = {"proc.name": Bind.COMM, "user.uid": Bind.UID, "evt.res": Bind.RESULT}
+KERNEL_FIELDS = {
+    "proc.name": Bind.COMM,
+    "user.uid": Bind.UID,
+    "evt.res": Bind.RESULT,
+    "evt.rawres": Bind.RESULT,
+    "fd.type": Bind.FDTYPE,  # from the inode, as fd.h's fd_typechar
+    "fd.typechar": Bind.TYPECHAR,
+}
 FAMILY = schema.Family("fd", LAYOUT, "fd.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE)

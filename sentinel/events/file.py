@@ -275,7 +275,7 @@ ENCODE = schema.buffers(
     {"path": ("path_len", schema.utf8), "base": ("base_len", walk_buffer)}, dirfd=AT_FDCWD
 )
 # open_judge finishes a relative path the prefilter left pending (bpf/sensor/file.h).
-TAILS = (("open_tail", 0, "open_judge"),)
+TAILS = (("open_tail", 0, "open_judge", "tracepoint"),)
 FAMILY = schema.Family(
     "file", LAYOUT, "file.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE, tail_calls=TAILS
 )

@@ -250,21 +250,24 @@ def call(
     ``key``: the parameter (its value is v0, named by a table) the prefilter may judge."""
     sc = schema.Syscall(name, "emit_sock", f"{args}, {how}")
     binds: dict[str, Bind] = {f"evt.arg.{key}": Bind.ARG_ENUM} if key else {}
-    if how & SERVER_LOCAL or name == "connect":
-        binds.update(SERVER_BINDS)  # where the server end is the kernel's or the caller's own
-    return schema.EventType(name, schema.Category.NET, params, syscall=sc, binds=binds)
+    if how & SERVER_LOCAL:
+        binds.update(LOCAL_BINDS)
+    elif name == "connect":
+        binds.update(REMOTE_BINDS)
+    deny = "connect" if name == "connect" else None  # the LSM's socket_connect hook
+    return schema.EventType(name, schema.Category.NET, params, syscall=sc, binds=binds, deny=deny)
 
 
-# The server end is known for these (accept/bind/listen: the local end; connect: the remote
-# one, the address passed when the kernel has none): the prefilter may judge these fields.
-SERVER_BINDS = {
-    name: bind
-    for names, bind in (
-        (("fd.sport", "fd.rport", "fd.dport"), Bind.PORT),
-        (("fd.sip", "fd.rip", "fd.dip", "fd.snet", "fd.rnet"), Bind.ADDR),
-    )
-    for name in names
-}
+# The server end the kernel judges: the local one for accept/bind/listen, the remote one (the
+# address passed when the kernel has none) for connect. Fields name it as the server's and as
+# the local or remote end's, depending on the call.
+def _binds(ports: tuple[str, ...], addrs: tuple[str, ...]) -> dict[str, Bind]:
+    return {**dict.fromkeys(ports, Bind.PORT), **dict.fromkeys(addrs, Bind.ADDR)}
+
+
+SERVER_BINDS = _binds(("fd.sport",), ("fd.sip", "fd.snet"))
+REMOTE_BINDS = {**SERVER_BINDS, **_binds(("fd.rport", "fd.dport"), ("fd.rip", "fd.dip", "fd.rnet"))}
+LOCAL_BINDS = {**SERVER_BINDS, **_binds(("fd.lport",), ("fd.lip", "fd.lnet"))}
 MSG_NAME = "user_u64(a1, 0)"  # struct msghdr: msg_name at 0, msg_namelen at 8
 QUEUE = [schema.Param(n, P.UINT, lambda e: None) for n in ("queuepct", "queuelen", "queuemax")]
 ACCEPT4_FLAGS = schema.Param("flags", P.INT, _v(0))

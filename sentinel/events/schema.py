@@ -83,6 +83,10 @@ def members(decl: str) -> list[Member]:
     return out
 
 
+# A program tail-called through a program array: (array, index, function, program type).
+TailCall = tuple[str, int, str, str]
+
+
 class LayoutError(ValueError):
     pass
 
@@ -339,7 +343,9 @@ class Family:
     getters: Getters
     kernel_fields: Mapping[str, Bind] = field(default_factory=dict)
     prefilter: bool = True
-    tail_calls: Sequence[tuple[str, int, str]] = ()
+    # Programs tail-called through a program array: (array, index, function, program type:
+    # "tracepoint" or "raw_tracepoint", the caller's: a program array holds one type).
+    tail_calls: Sequence[TailCall] = ()
     # Readable values -> raw member values (the record builder's half of the family's
     # decoding: a path as its walk, an address as sockaddr bytes...); see events.builder.
     encode: Callable[[dict[str, Any]], dict[str, Any]] | None = None

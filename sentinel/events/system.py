@@ -153,10 +153,26 @@ URING += [v(5, "features", P.HEX)]
 # io_uring_setup's struct io_uring_params (a1), filled in by the kernel: sq_entries at 0,
 # cq_entries at 4, flags at 8, sq_thread_cpu at 12, features at 20.
 URING_VALUES = "a0, " + ", ".join(f"user_u32(a1, {off})" for off in (0, 4, 8, 12, 20))
+RESGID = [v(0, "rgid", P.GID), v(1, "egid", P.GID), v(2, "sgid", P.GID)]
+
+
+# capset's parameters are the sets after the call (the record's, as every record here has)
+def _cap(i: int) -> Any:
+    return lambda e: caps(e.rec)[i]
+
+
+CAPSET = [
+    schema.Param(name, P.HEX, _cap(i))
+    for i, name in enumerate(("cap_inheritable", "cap_permitted", "cap_effective"))
+]
 EVENT_TYPES = [
     call("setuid", [RES, v(0, "uid", P.UID)], "a0"),
     call("setgid", [RES, v(0, "gid", P.GID)], "a0"),
     call("setresuid", [RES, *RESUID], "a0, a1, a2"),
+    call("setresgid", [RES, *RESGID], "a0, a1, a2"),
+    call("setreuid", [RES, v(0, "ruid", P.UID), v(1, "euid", P.UID)], "a0, a1"),
+    call("setregid", [RES, v(0, "rgid", P.GID), v(1, "egid", P.GID)], "a0, a1"),
+    call("capset", [RES, *CAPSET], ""),
     call("setns", [RES, v(0, "fd", P.FD), NSTYPE], "a0, a1"),
     call("unshare", [RES, v(0, "flags", P.FLAGS, names=NS_FLAGS)], "a0"),
     call("ptrace", [RES, *PTRACE], "a0, a1, a2, a3", key="request"),
@@ -171,8 +187,6 @@ EVENT_TYPES = [
     call("finit_module", [RES, *FINIT], "a0, a2", "a1"),
     call("mount", [RES, *MOUNT], "a3", "a0, a1, a2"),
 ]
-# uid/gid/setns/namespace changes update the process table's view of the task's credentials.
-CRED_TYPES = ("setuid", "setgid", "setresuid")
 
 # ---- fields ------------------------------------------------------------------------------------
 

@@ -144,7 +144,12 @@ _add("proc.cmdline", S, "name and arguments: 'bash -c id'")
 _add("proc.cmdnargs", U, "number of command-line arguments")
 _add("proc.cmdlenargs", U, "total length of command-line arguments")
 _add("proc.args", S, "arguments, space-separated (without the name)")
-_add("proc.env", S, "environment variables")
+_add(
+    "proc.env",
+    S,
+    "environment (KEY=VALUE, space-separated); proc.env[NAME]: one value",
+    arg=Arg.OPTIONAL,
+)
 _add("proc.cwd", S, "current working directory")
 _add("proc.tty", INT, "controlling terminal (0 when none)")
 _add("proc.loginshellid", INT, "pid of the oldest shell ancestor")
@@ -171,6 +176,7 @@ _add("proc.is_sid_leader", B, "true if the process leads its session")
 _add("proc.is_exe_writable", B, "the executable is writable by the process's user")
 _add("proc.is_exe_upper_layer", B, "executable in an overlayfs upper layer")
 _add("proc.is_exe_from_memfd", B, "executable is a memfd")
+_add("proc.is_exe_lower_layer", B, "executable in an overlayfs lower layer")
 _add("proc.is_container_healthcheck", B, "container health check process")
 _add("proc.is_container_liveness_probe", B, "liveness probe")
 _add("proc.is_container_readiness_probe", B, "readiness probe")
@@ -230,10 +236,34 @@ _add("fd.rnet", FieldType.IPNET, "remote IP, matched against CIDRs", ev=NET_EVEN
 _add(
     "fd.net", FieldType.IPNET, "client or server IP, against CIDRs", kind=Kind.EITHER, ev=NET_EVENTS
 )
-_add("fd.cip.name", S, "client domain name", ev=NET_EVENTS)
-_add("fd.sip.name", S, "server domain name", ev=NET_EVENTS)
-_add("fd.lip.name", S, "local domain name", ev=NET_EVENTS)
-_add("fd.rip.name", S, "remote domain name", ev=NET_EVENTS)
+_add(
+    "fd.cip.name",
+    S,
+    "client IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.sip.name",
+    S,
+    "server IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.lip.name",
+    S,
+    "local IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.rip.name",
+    S,
+    "remote IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
 _add("fd.l4proto", S, "tcp, udp, icmp, raw", ev=NET_EVENTS)
 _add("fd.sockfamily", S, "ip or unix", ev=NET_EVENTS)
 _add("fd.is_server", B, "the process is the server end", ev=NET_EVENTS)

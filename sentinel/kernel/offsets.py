@@ -67,6 +67,15 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_SK_STATE": ("sock", "__sk_common.skc_state"),
     "OFF_FILE_F_INODE": ("file", "f_inode"),
     "OFF_INODE_I_MODE": ("inode", "i_mode"),
+    "OFF_INODE_I_INO": ("inode", "i_ino"),
+    "OFF_INODE_I_UID": ("inode", "i_uid"),
+    "OFF_INODE_I_GID": ("inode", "i_gid"),
+    "OFF_INODE_I_NLINK": ("inode", "i_nlink"),
+    "OFF_INODE_I_SB": ("inode", "i_sb"),
+    "OFF_DENTRY_D_INODE": ("dentry", "d_inode"),
+    "OFF_SB_S_MAGIC": ("super_block", "s_magic"),
+    "OFF_MM_ENV_START": ("mm_struct", "env_start"),
+    "OFF_MM_ENV_END": ("mm_struct", "env_end"),
 }
 
 # enum pid_type has been PID, TGID, PGID, SID since 4.19; checked against BTF below when present.
@@ -94,9 +103,37 @@ def sensor_cflags(btf: Btf, machine: str | None = None) -> list[str]:
     flags = btf.cflags(OFFSETS)
     flags += [f"-DOFF_REGS_ARG{i}={btf.offsetof('pt_regs', r)}" for i, r in enumerate(regs)]
     flags += [f"-DPIDTYPE_PGID_IDX={PIDTYPE_PGID}", f"-DPIDTYPE_SID_IDX={PIDTYPE_SID}"]
+    flags += _inode_times(btf)
+    flags.append(f"-DOFF_OVL_UPPERDENTRY={_ovl_upperdentry(btf)}")
     if btf.has_member("task_struct", "exit_code") and _exit_has_group_dead(btf):
         flags.append("-DEXIT_HAS_GROUP_DEAD=1")
     return flags
+
+
+def _ovl_upperdentry(btf: Btf) -> int:
+    """Where an overlayfs inode's upper dentry is, from the inode it embeds. From BTF when
+    overlayfs is built in (struct ovl_inode is in vmlinux's BTF); as a module its types are in
+    the module's split BTF, which is not read: then right after the inode, where
+    fs/overlayfs/ovl_entry.h has kept ``__upperdentry`` since 4.x (tests/kernel checks both
+    agree where BTF has the type)."""
+    if btf.has_member("ovl_inode", "__upperdentry"):
+        return btf.offsetof("ovl_inode", "__upperdentry") - btf.offsetof("ovl_inode", "vfs_inode")
+    return btf.sizeof("inode")
+
+
+def _inode_times(btf: Btf) -> list[str]:
+    """Where an inode's ctime and mtime seconds and nanoseconds are: the field moved twice
+    (i_ctime, a timespec64; __i_ctime in 6.6; i_ctime_sec/i_ctime_nsec in 6.11)."""
+    out = []
+    for which in ("ctime", "mtime"):
+        if btf.has_member("inode", f"i_{which}_sec"):
+            sec, nsec = f"i_{which}_sec", f"i_{which}_nsec"
+        else:
+            base = f"__i_{which}" if btf.has_member("inode", f"__i_{which}") else f"i_{which}"
+            sec, nsec = f"{base}.tv_sec", f"{base}.tv_nsec"
+        out.append(f"-DOFF_INODE_{which.upper()}_SEC={btf.offsetof('inode', sec)}")
+        out.append(f"-DOFF_INODE_{which.upper()}_NSEC={btf.offsetof('inode', nsec)}")
+    return out
 
 
 def _exit_has_group_dead(btf: Btf) -> bool:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 
 from sentinel.events import EVENT_TYPES, FAMILIES, EventType
 from sentinel.events.cgen import handler_calls, header, stubs
+from sentinel.events.schema import TailCall
 from sentinel.paths import BPF_DIR
 
 SENSOR_DIR = BPF_DIR / "sensor"
@@ -74,7 +75,7 @@ def text(attach: Iterable[str], prelude: str = "") -> str:
     return "\n".join(parts)
 
 
-def tail_calls(attach: Iterable[str] = ()) -> list[tuple[str, int, str]]:
+def tail_calls(attach: Iterable[str] = ()) -> list[TailCall]:
     """(program array, index, function) of the tail-called programs: the handlers the stubs
     of these syscall event types reach, and the families' own."""
     chosen = set(attach)

@@ -275,10 +275,21 @@ _BOOL_DIMS = {
 }
 
 # fd.typechar / fd.sockfamily / fd.type values -> the kernel's family codes ('4', '6', 'u').
+# The fd family's records know every descriptor type: a file 'f', a directory 'd', a pipe 'p',
+# anything else 'o' (bpf/sensor/fd.h's fd_typechar). The net family's kernel value is a socket
+# family or none (then the dimension is not judged).
 _FAMILY_VALUES: dict[Bind, dict[str, tuple[str, ...]]] = {
-    Bind.TYPECHAR: {"4": ("4",), "6": ("6",), "u": ("u",)},
+    Bind.TYPECHAR: {c: (c,) for c in "46ufdpo"},
     Bind.SOCKFAMILY: {"ip": ("4", "6"), "unix": ("u",)},
-    Bind.FDTYPE: {"ipv4": ("4",), "ipv6": ("6",), "unix": ("u",)},
+    Bind.FDTYPE: {
+        "ipv4": ("4",),
+        "ipv6": ("6",),
+        "unix": ("u",),
+        "file": ("f",),
+        "directory": ("d",),
+        "pipe": ("p",),
+        "unknown": ("o",),
+    },
 }
 
 

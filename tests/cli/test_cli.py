@@ -227,7 +227,9 @@ def test_validate_warns_about_every_field_no_event_type_fills(tmp_path: Path):
         """
         - rule: Env
           desc: d
-          condition: evt.type = execve and proc.env contains SECRET and fd.ip = 10.0.0.1
+          condition: >
+            evt.type = execve and proc.exe_ino.ctime_duration_pidns_start > 0
+            and proc.env contains SECRET and fd.ip = 10.0.0.1
           output: o
           priority: INFO
         - rule: Net
@@ -244,5 +246,7 @@ def test_validate_warns_about_every_field_no_event_type_fills(tmp_path: Path):
         for w in json.loads(res.stdout)["warnings"]
         if w["code"] == "unsupported-field"
     }
-    assert "proc.env" not in filled_fields() and "fd.ip" in filled_fields()
-    assert warned == {"proc.env"}
+    unfilled = "proc.exe_ino.ctime_duration_pidns_start"
+    assert unfilled not in filled_fields() and "fd.ip" in filled_fields()
+    assert "proc.env" in filled_fields()
+    assert warned == {unfilled}

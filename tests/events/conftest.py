@@ -18,6 +18,7 @@ from sentinel.enrichment.event import LiveEvent
 from sentinel.enrichment.live import Enricher
 from sentinel.enrichment.proctable import Proc, ProcessTable
 from sentinel.events.builder import build
+from sentinel.events.exec import ExeFacts
 from sentinel.events.net import FD_IS_RESULT, SERVER_LOCAL
 
 PID, PARENT, SHELL = 4242, 4200, 4100  # the process, its parent, the session's login shell
@@ -57,6 +58,11 @@ TREE = [
         cwd="/src",
         tty=34816,
         start_ns=5,
+        env=["HOME=/root", "PATH=/usr/bin:/bin", "TERM=xterm"],
+        caps=(0, (1 << 41) - 1, (1 << 41) - 1),
+        exe_facts=ExeFacts(
+            ino=131, ctime_ns=1, mtime_ns=1, mode=0o100755, uid=0, gid=0, flags=0, writable=True
+        ),
     ),
 ]
 
@@ -68,6 +74,14 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "args": ["/bin/sh", "-c", "id"],
         "filename": "/bin/sh",
         "exe": "/usr/bin/dash",
+        "env": ["HOME=/root", "LD_PRELOAD=/tmp/x.so"],
+        "cap_permitted": (1 << 41) - 1,
+        "cap_effective": (1 << 41) - 1,
+        "exe_ino": 1234,
+        "exe_ctime": 1_700_000_000_000_000_000,
+        "exe_mtime": 1_700_000_000_000_000_000,
+        "exe_mode": 0o100755,
+        "exe_flags": 4 | 2,
         "cwd": "/root",
         "tty": 34817,
         "sid": SHELL,
@@ -79,6 +93,11 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "args": ["tool"],
         "filename": "/dev/fd/3",
         "exe": "/memfd:x (deleted)",
+        "env": ["PATH=/bin", "HOME=/"],
+        "exe_ino": 99,
+        "exe_ctime": 1_700_000_000_000_000_000,
+        "exe_mode": 0o100777,
+        "exe_flags": 1,
         "cwd": "/",
         "sid": SHELL,
         "pgid": PARENT,
@@ -267,6 +286,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "fchmod": {"fd": 3, "res": 0, "v0": 0o755, "path": "/tmp/x.sh", "i_mode": 0o100644},
     "setuid": {"res": 0, "v0": 0},
     "setgid": {"res": 0, "v0": 0},
+    "setresgid": {"res": 0, "v0": 0, "v1": 0, "v2": 0},
+    "setreuid": {"res": 0, "v0": 1000, "v1": 0},
+    "setregid": {"res": 0, "v0": 1000, "v1": 0},
+    "capset": {"res": 0, "cap_permitted": 1 << 21, "cap_effective": 1 << 21},
     "setresuid": {"res": 0, "v0": 0, "v1": 0, "v2": 0},
     "setns": {"res": 0, "v0": 3, "v1": 0x20000},
     "unshare": {"res": 0, "v0": 0x10000000},

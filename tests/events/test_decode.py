@@ -267,3 +267,58 @@ def test_header_fields(event: Make) -> None:
     assert ev.get("user.loginuid") == -1 and ev.get("user.loginname") is None
     assert ev.get("evt.time") == ev.clock.epoch(1_000_000_000)
     assert event("open", path="/x", ppid=PARENT).get("proc.ppid") == PARENT
+
+
+# ---- credentials, environment, the executable ---------------------------------------------
+
+
+def test_exec_carries_capabilities_environment_and_executable_facts(event: Make) -> None:
+    ev = event("execve", **SAMPLES["execve"])
+    assert "CAP_SYS_ADMIN" in ev.get("thread.cap_effective").split(" ")
+    assert ev.get("thread.cap_inheritable") == ""
+    assert ev.get("proc.env") == "HOME=/root LD_PRELOAD=/tmp/x.so"
+    assert ev.get("proc.env[LD_PRELOAD]") == "/tmp/x.so" and ev.get("proc.env[NOPE]") is None
+    assert fields(ev, "proc.is_exe_upper_layer", "proc.is_exe_from_memfd") == {
+        "proc.is_exe_upper_layer": True,
+        "proc.is_exe_from_memfd": False,
+    }
+    assert ev.get("proc.is_exe_lower_layer") is False
+    assert ev.get("proc.exe_ino") == 1234
+    # root with CAP_DAC_OVERRIDE may write anything; Falco's flag names
+    assert ev.get("evt.arg.flags") == "EXE_WRITABLE|EXE_UPPER_LAYER"
+    assert ev.get("evt.arg.env") == "HOME=/root LD_PRELOAD=/tmp/x.so"
+    # a later event of the same process: the table holds what the exec said
+    later = event("open", path="/etc/hosts", res=3)
+    assert later.get("proc.env[HOME]") == "/root" and later.get("proc.is_exe_upper_layer")
+    ev = event("execveat", **SAMPLES["execveat"])
+    assert ev.get("proc.is_exe_from_memfd") is True and ev.get("proc.is_exe_upper_layer") is False
+
+
+@pytest.mark.parametrize(
+    ("uid", "owner", "mode", "caps", "writable"),
+    [
+        (1000, 0, 0o100755, 0, False),  # a user and root's binary
+        (1000, 1000, 0o100755, 0, True),  # the user's own
+        (1000, 0, 0o100777, 0, True),  # world-writable
+        (0, 1000, 0o100500, 1 << 1, True),  # CAP_DAC_OVERRIDE
+        (0, 1000, 0o100500, 0, False),  # root without it (a container's dropped caps)
+    ],
+)
+def test_exe_writable_follows_owner_mode_and_dac_override(
+    event: Make, uid: int, owner: int, mode: int, caps: int, writable: bool
+) -> None:
+    ev = event(
+        "execve", uid=uid, gid=uid, exe="/x", exe_uid=owner, exe_gid=owner, exe_mode=mode,
+        cap_effective=caps,
+    )  # fmt: skip
+    assert ev.get("proc.is_exe_writable") is writable
+    assert ("EXE_WRITABLE" in (ev.get("evt.arg.flags") or "")) is writable
+
+
+def test_a_credential_change_updates_the_capabilities_of_later_events(event: Make) -> None:
+    event("execve", **SAMPLES["execve"])
+    ev = event("capset", res=0, cap_permitted=1 << 12, cap_effective=1 << 12)
+    assert ev.get("evt.arg.cap_effective") == "0x1000"
+    later = event("open", path="/etc/hosts", res=3)
+    assert later.get("thread.cap_effective") == "CAP_NET_ADMIN"
+    assert later.get("thread.cap_permitted") == "CAP_NET_ADMIN"
