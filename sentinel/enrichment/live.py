@@ -67,7 +67,7 @@ class Enricher:
         name = rec.evt.name
         if name in PROCESS_TYPES:
             self.table.apply(rec)
-        elif rec.evt.family is system_records.FAMILY:
+        elif rec.evt.family is system_records.FAMILY and name not in system_records.NS_TYPES:
             # the capability sets after the call: credential changes (setuid, capset...)
             self.table.set_caps(rec.pid, system_records.caps(rec))
         self.count += 1

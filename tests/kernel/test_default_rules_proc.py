@@ -279,6 +279,9 @@ def test_unshare_in_unprivileged_container(run: SentinelRun, containers: Contain
     res = containers.run(f"unshare -U -r -- /bin/sh -c 'id -u; : {m}'")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "0"  # root inside its new user namespace
+    # Near miss: a privileged container (CAP_SYS_ADMIN) may make namespaces.
+    res = containers.run(f"unshare -m -- /bin/true near-{m}", "--privileged")
+    assert res.returncode == 0, res.stderr
     hits = run.wait_for(
         lambda a: (
             a["rule"] == "Namespace Created in an Unprivileged Container"
@@ -291,5 +294,6 @@ def test_unshare_in_unprivileged_container(run: SentinelRun, containers: Contain
     check_rule_metadata(hits[0])
     later = by_rule(run.settle(0.5), "Namespace Created in an Unprivileged Container")
     assert not [a for a in later if fields(a)["container.id"] == "host"]
+    assert not [a for a in later if mentions(a, f"near-{m}")]
     # runc's own namespace set-up (every container start above) raises nothing either.
     assert not [a for a in later if fields(a)["proc.name"].startswith("runc")]
