@@ -12,6 +12,7 @@ APT_PACKAGES=(
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
   qemu-system-x86 linux-image-amd64           # the BPF LSM VM (Debian kernel with lsm=bpf)
   make iproute2 procps
+  gcc strace kmod                             # default-rules tests: a ptrace victim, a debugger, insmod
 )
 
 missing=()

@@ -192,13 +192,21 @@ def test_program_run_from_dev_shm(run: SentinelRun) -> None:
 def test_shell_in_container(run: SentinelRun, containers: Containers) -> None:
     m = marker()
     subprocess.run(["/bin/sh", "-c", f": host-{m}"], check=True)  # a host shell: no alert
-    res = containers.run(f": {m}")
+    # The container's shell starts a second one, which busybox runs as /proc/self/exe.
+    res = containers.run(f"sh -c ': inner-{m}'; : {m}")
     assert res.returncode == 0, res.stderr
-    hits = run.wait_for(lambda a: a["rule"] == "Shell Spawned in a Container" and mentions(a, m))
-    assert len(hits) == 1, (run.seen, run.stderr)
-    f = fields(hits[0])
-    assert f["proc.name"] == "sh"
-    assert f["container.id"] != "host" and len(f["container.id"]) == 12
+    hits = run.wait_for(
+        lambda a: a["rule"] == "Shell Spawned in a Container" and mentions(a, f"inner-{m}")
+    )
+    outer = [a for a in hits if fields(a)["proc.cmdline"].endswith(f": {m}")]
+    inner = [a for a in hits if fields(a)["proc.cmdline"].endswith(f": inner-{m}")]
+    assert len(outer) == 1 and len(inner) == 1, [a["output"] for a in hits]
+    assert fields(outer[0])["proc.name"] == "sh"
+    assert fields(inner[0])["proc.name"] in ("sh", "exe")
+    for a in hits:
+        f = fields(a)
+        assert f["container.id"] != "host" and len(f["container.id"]) == 12
+        check_rule_metadata(a)
     assert not [a for a in run.settle(0.5) if mentions(a, f"host-{m}")]
 
 
