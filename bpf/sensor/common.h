@@ -98,11 +98,18 @@ static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const c
     return 1;
 }
 #endif
+// prefilter_file judges a file event on the path as passed (path: the record's copy of it);
 // prefilter_file_base is called for every file event prefilter_file kept, with the walk of the
 // base directory of a relative path (bad: the walk is unusable, or there is none): the
-// prefilter may have left the verdict on a relative path to it.
+// prefilter may have left the verdict on a relative path to it. prefilter_file_opened judges
+// a successful open on the kernel's path of the file it installed (kpath, klen bytes; 0:
+// unknown) and the passed path (raw) only for fd.nameraw.
 #ifndef PREFILTER_FILE
-static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, long ret) {
+    return 1;
+}
+static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
+                                                 const char *kpath, u32 klen, long ret) {
     return 1;
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
@@ -162,7 +169,8 @@ static __always_inline void fill_hdr(struct hdr *h, u32 evt) {
     h->cgroup_id = bpf_get_current_cgroup_id();
     h->ppid = *(u32 *)(parent + OFF_TASK_TGID);
     h->loginuid = *(u32 *)(t + OFF_TASK_LOGINUID);
-    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+    task_comm(h->comm);  // the name at the last exec (task.h); the thread's own below
+    bpf_get_current_comm(&h->tcomm, sizeof(h->tcomm));
 }
 
 static __always_inline void read_args(struct sc_args *a) {
@@ -233,6 +241,8 @@ struct path_buf {
     char b[WALK_SIZE];
     u32 len;
     u32 trunc;
+    u32 flags;                          // header flags for the record built from it
+    u32 pad;
 };
 
 // Walk like walk_path(), but write the path forward ("/usr/bin/ls"), right-aligned so that it

@@ -8,6 +8,7 @@
 // the record is reserved, then copied into the record.
 BPF_PERCPU_ARRAY(exe_scratch, struct path_buf, 1);
 BPF_PROG_ARRAY(exec_tail, 1);
+#define EXE_UNWALKED 2  // path_buf.trunc: the executable is not walked yet (exec_emit does)
 
 // execve or execveat. The syscall number is gone by now (x86 resets the saved registers for
 // the new image), but an execveat that names its file by a directory fd (fexecve, fileless
@@ -99,24 +100,36 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     void *bprm = (void *)ctx->args[2];
     if (is_self())
         return 0;
+    // The process's name from now on (whatever the prefilter decides about this event).
+    struct task_comm_t name = {};
+    bpf_get_current_comm(&name.comm, sizeof(name.comm));
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    exec_comm.update(&tgid, &name);
     u32 t = exec_type(bprm);
     struct pf_exec_state pst = {};
     int verdict = prefilter_exec_pre(&pst, t);
-    if (!verdict) {
-        count(t, C_FILTERED);
-        return 0;
-    }
-    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
-    // the record carries it.
     u32 zero = 0;
     struct path_buf *xb = exe_scratch.lookup(&zero);
     if (!xb)
         return 0;
+    if (!verdict) {
+        // No rule wants it, but the process table does (FLAG_TABLE_ONLY: the facts of this
+        // process's later events stay true): exec_emit walks the executable itself.
+        count(t, C_FILTERED);
+        xb->flags = FLAG_TABLE_ONLY;
+        xb->trunc = EXE_UNWALKED;
+        exec_tail.call(ctx, 0);
+        count(t, C_LOST);
+        return 0;
+    }
+    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
+    // the record carries it.
     void *fs = rd_ptr(task, OFF_TASK_FS);
     void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
     void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
     xb->len = 0;
     xb->trunc = 0;
+    xb->flags = 0;
     void *file = rd_ptr(bprm, OFF_BPRM_FILE);
     if (file)
         walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
@@ -129,9 +142,10 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     u32 known = exe_trunc ? 0 : exe_len & (FWD_END - 1);
     if (verdict == 2 && !prefilter_exec_path(&pst, xb->b + FWD_END - known, known)) {
         count(t, C_FILTERED);
-        return 0;
+        xb->flags = FLAG_TABLE_ONLY;    // for the process table only: no rule wants it
+    } else {
+        count(t, C_PASSED);
     }
-    count(t, C_PASSED);
     // The record is built by a program of its own (the verifier checks it once, alone:
     // inline, its paths multiplied the prefilter's and the program exceeded the verifier's
     // limit).
@@ -150,18 +164,26 @@ int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
     struct path_buf *xb = exe_scratch.lookup(&zero);
     if (!xb)
         return 0;
-    u32 exe_len = *(volatile u32 *)&xb->len;
-    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     void *fs = rd_ptr(task, OFF_TASK_FS);
     void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
     void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
     void *file = rd_ptr(bprm, OFF_BPRM_FILE);
+    if (xb->trunc == EXE_UNWALKED) {     // an exec the prefilter dropped before the walk
+        xb->len = 0;
+        xb->trunc = 0;
+        if (file)
+            walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                          rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
+    }
+    u32 exe_len = *(volatile u32 *)&xb->len;
+    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
         count(t, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, t);
+    e->h.flags |= *(volatile u32 *)&xb->flags;
     e->old_pid = (u32)ctx->args[1];
     e->res = 0;
 

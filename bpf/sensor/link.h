@@ -12,8 +12,9 @@ struct link_scratch_t {
 };
 BPF_PERCPU_ARRAY(link_scratch, struct link_scratch_t, 1);
 
-static __always_inline u32 read_path(char *dst, u64 uptr, u32 *flags, u32 trunc_flag) {
-    int n = bpf_probe_read_user_str(dst, PATH_SIZE, (void *)uptr);
+static __always_inline u32 read_path(char *dst, u64 uptr, u32 *flags, u32 trunc_flag,
+                                     u32 hflags) {
+    int n = read_path_arg(dst, PATH_SIZE, uptr, hflags);
     if (n <= 0) {
         dst[0] = 0;
         return 0;
@@ -41,9 +42,10 @@ static __always_inline int emit_path2(void *ctx, long ret, u32 t, s32 dirfd0, u6
     e->dirfd1 = dirfd1;
     e->flags = (u32)flags;
     e->pad = 0;
-    u32 fl = 0;
-    e->len0 = read_path(e->path0, path0, &fl, FLAG_PATH_TRUNC);
-    e->len1 = read_path(e->path1, path1, &fl, FLAG_PATH1_TRUNC);
+    u32 via = call_hflags();
+    u32 fl = via;
+    e->len0 = read_path(e->path0, path0, &fl, FLAG_PATH_TRUNC, via);
+    e->len1 = read_path(e->path1, path1, &fl, FLAG_PATH1_TRUNC, via);
     e->base0_len = 0;
     e->base1_len = 0;
     // Each relative path's base, walked into the record (bad/truncated walks are flagged).

@@ -6,13 +6,10 @@
 // passed is kept too, and stands in only where the socket has no peer (an unconnected sendto,
 // a connect that failed before the kernel set the peer).
 
-#define SOCK_FD_IS_RESULT 1     // how: the socket is the call's result (accept, socket)
-#define SOCK_SERVER_LOCAL 2     // how: the process is the server end (accept, bind, listen)
-#define SOCK_ADDR_IN 4          // how: read the sockaddr (connect, bind, sendto: the caller's;
-                                // recvfrom, recvmsg: the sender's, as the kernel wrote it)
+// how (SOCK_FD_IS_RESULT, SOCK_SERVER_LOCAL, SOCK_ADDR_IN) and TCP_ESTABLISHED_VAL are
+// defined in sentinel/events/net.py (generated into the header).
 #define S_IFMT_VAL 0170000
 #define S_IFSOCK_VAL 0140000
-#define TCP_ESTABLISHED_VAL 1   // also a connected UDP socket's state
 
 BPF_PERCPU_ARRAY(sock_scratch, struct sock_ev, 1);
 
@@ -121,6 +118,7 @@ static __always_inline int emit_sock(void *ctx, long ret, u32 t, s32 fd, u64 uad
     if (!counted(t, prefilter_sock(t, v0, famc, port, peer, ver, connected, ret)))
         return 0;
     fill_hdr(&e->h, t);
+    e->h.flags |= call_hflags();
     e->res = ret;
     e->fd = sfd;
     e->v0 = (u32)v0;

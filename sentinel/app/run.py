@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from sentinel.events.common import FLAG_TABLE_ONLY
 from sentinel.logging import configure_logging, get_logger
 
 LOSS_REPORT_SECS = 10.0
@@ -346,6 +347,8 @@ def evaluate(run: Run, event: Any) -> None:
 def on_record(run: Run, raw: bytes) -> None:
     try:
         ev = run.enricher.event(raw)
+        if ev.rec.flags & FLAG_TABLE_ONLY:
+            return  # an exec no rule wants: it updated the process table, nothing more
         run.stats["events"] += 1
         info = run.enricher.containers.info(ev.rec.cgroup_id, ev.rec.pid)
         if run.waiter.needs_wait(info):

@@ -70,6 +70,7 @@ class DomainNames:
         self._answers: dict[str, frozenset[str]] = {}
         self._due: dict[str, tuple[float, float]] = {}  # name -> (next refresh, interval)
         self._by_ip: dict[str, tuple[str, ...]] = {}
+        self._failing: set[str] = set()
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -106,8 +107,11 @@ class DomainNames:
         for name, interval in due:
             try:
                 got = self._resolve(name)
+                self._failing.discard(name)
             except OSError as exc:
-                log.warning("dns_resolve_failed", name=name, error=str(exc))
+                if name not in self._failing:  # once per failure streak, not every refresh
+                    log.warning("dns_resolve_failed", name=name, error=str(exc))
+                    self._failing.add(name)
                 got = None
             with self._lock:
                 old = self._answers.get(name)

@@ -127,7 +127,7 @@ class LiveEvent(Mapping[str, Any]):
         fn = self._getters.get(name)
         if fn is not None:
             value = fn(self)
-        elif name.endswith("]") and "[" in name:
+        elif name.endswith("]") and "[" in name and not name.startswith(("container.", "k8s.")):
             base, _, arg = name[:-1].partition("[")
             if base == "evt.arg":
                 value = indexed_arg(self.rec.evt, self, arg)
@@ -136,7 +136,7 @@ class LiveEvent(Mapping[str, Any]):
                 if ifn is None:
                     return default
                 value = ifn(self, arg)
-        elif name.startswith(("container.", "k8s.")):
+        elif name.startswith(("container.", "k8s.")):  # incl. the flat k8s.pod.label[KEY] keys
             value = self._container_fields().get(name)
         else:
             return default

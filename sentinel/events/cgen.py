@@ -46,6 +46,11 @@ SIZES = {
     "OVERLAYFS_SUPER_MAGIC": exec_family.OVERLAYFS_SUPER_MAGIC,
     "FAILED_EXEC_ARGS": exec_family.FAILED_EXEC_ARGS,
     "SOCKADDR_SIZE": net_family.SOCKADDR_SIZE,
+    # how a socket call's handler reads its arguments (sentinel.events.net)
+    "SOCK_FD_IS_RESULT": net_family.FD_IS_RESULT,
+    "SOCK_SERVER_LOCAL": net_family.SERVER_LOCAL,
+    "SOCK_ADDR_IN": net_family.ADDR_IN,
+    "TCP_ESTABLISHED_VAL": net_family.TCP_ESTABLISHED,  # also a connected UDP socket's state
 }
 
 
@@ -106,7 +111,7 @@ def stub(t: EventType) -> str:
         "    struct call_args *c = call_scratch.lookup(&zero);\n"
         "    if (!c)\n"
         "        return 0;\n"
-        f"    c->ret = args->ret;\n    c->t = {evt_macro(t)};\n{sets}"
+        f"    c->ret = args->ret;\n    c->t = {evt_macro(t)};\n    c->hflags = 0;\n{sets}"
         f"    handlers.call(args, {HANDLERS[sc.handler]});  // {sc.handler}\n"
         "    return 0;\n"
         "}\n"
@@ -140,9 +145,19 @@ def defines() -> str:
     return "\n".join(lines) + "\n"
 
 
+CALL_ARGS = (
+    "// A handler's arguments, from a stub (or the io_uring programs) to the handler it\n"
+    "// tail-calls, per CPU (call_scratch, in bpf/sensor/task.h). hflags: header flags the\n"
+    "// handler adds to the record; with FLAG_IO_URING the path arguments are kernel memory.\n"
+    f"struct call_args {{\n    s64 ret;\n    u32 t;\n    u32 hflags;\n    u64 v[{MAX_ARGS}];\n}};"
+)
+
+
 def header() -> str:
-    """The text placed before the sensor's sources: the macros and the record structs."""
-    return defines() + "\n" + structs() + "\n"
+    """The text placed before the sensor's sources: the macros, the record structs, the
+    handlers' argument struct and each handler's index in the ``handlers`` program array."""
+    index = "\n".join(f"#define HANDLER_{h.upper()} {i}" for h, i in HANDLERS.items())
+    return defines() + "\n" + structs() + "\n" + CALL_ARGS + "\n" + index + "\n"
 
 
 def stubs(attach: Iterable[EventType]) -> str:
@@ -151,10 +166,8 @@ def stubs(attach: Iterable[EventType]) -> str:
     types = [t for t in attach if t.syscall is not None]
     handlers = sorted({t.syscall.handler for t in types if t.syscall is not None})
     parts = [
-        "// The handler's arguments, from a stub to the handler it tail-calls (per CPU).",
-        f"struct call_args {{\n    s64 ret;\n    u32 t;\n    u32 pad;\n    u64 v[{MAX_ARGS}];\n}};",
-        "BPF_PERCPU_ARRAY(call_scratch, struct call_args, 1);",
         f"BPF_PROG_ARRAY(handlers, {len(HANDLERS)});",
+        *(f"#define ATTACHED_{evt_macro(t)} 1" for t in types),
         *(handler_program(h) for h in handlers),
         *(stub(t) for t in types),
     ]

@@ -19,7 +19,7 @@ from sentinel.events.schema import Getters, Layout
 HDR = Layout(
     "hdr",
     "u64 ts, u32 type, u32 pid, u32 tid, u32 ppid, u32 uid, u32 gid, u32 loginuid, u32 flags,"
-    "u64 cgroup_id, char comm[16]",
+    "u64 cgroup_id, char comm[16], char tcomm[16]",
 )
 
 # Header flag bits (``hdr.flags``), for all families.
@@ -34,6 +34,9 @@ FLAG_BASE_TRUNC = 128  # file: the base walk was cut short
 FLAG_BASE_AFTER = 256  # file: the base walk is the cwd after the call (chdir, fchdir)
 FLAG_PATH1_TRUNC = 512  # link: the second path longer than the record holds
 FLAG_ENV_TRUNC = 1024  # exec: the environment longer than the record holds
+FLAG_KPATH = 2048  # file: a successful open; base holds the kernel's path of the opened file
+FLAG_TABLE_ONLY = 4096  # exec: no rule wants it (the prefilter said so); the process table does
+FLAG_IO_URING = 8192  # file, link, net: an io_uring request, not a syscall (bpf/sensor/uring.h)
 FLAG_BASE1_BAD = 1024  # link: the second path's dirfd is not an open file
 FLAG_BASE1_TRUNC = 2048  # link: the second path's base walk was cut short
 HEADER_FLAGS = {name: value for name, value in globals().items() if name.startswith("FLAG_")}
@@ -103,6 +106,8 @@ COMMON("thread.tid")(lambda e: e.rec.tid)
 COMMON("thread.ismain")(lambda e: e.rec.pid == e.rec.tid)
 COMMON("proc.pid")(lambda e: e.rec.pid)
 COMMON("user.uid")(lambda e: e.rec.uid)
+COMMON("thread.comm")(lambda e: e.rec.tcomm)
+COMMON("evt.is_io_uring")(lambda e: bool(e.rec.flags & FLAG_IO_URING))
 COMMON("group.gid")(lambda e: e.rec.gid)
 COMMON("evt.hostname")(lambda e: HOSTNAME)
 COMMON("user.loginuid")(lambda e: -1 if e.rec.loginuid == UNSET_LOGINUID else e.rec.loginuid)

@@ -316,4 +316,9 @@ FAMILY = schema.Family(
     KERNEL_FIELDS,
     encode=ENCODE,
     tail_calls=TAILS,
+    truth={
+        "*": "kernel: the executable (bprm's file, walked), argv and environment of the new "
+        "image (written by the kernel, read before any thread of it runs), credentials, cwd, "
+        "tty; a failed exec: the path and argv the caller passed, read at the syscall's exit",
+    },
 )

@@ -128,4 +128,13 @@ KERNEL_FIELDS = {
     "fd.type": Bind.FDTYPE,  # from the inode, as fd.h's fd_typechar
     "fd.typechar": Bind.TYPECHAR,
 }
-FAMILY = schema.Family("fd", LAYOUT, "fd.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE)
+FAMILY = schema.Family(
+    "fd",
+    LAYOUT,
+    "fd.h",
+    EVENT_TYPES,
+    FIELDS,
+    KERNEL_FIELDS,
+    encode=ENCODE,
+    truth={"*": "kernel: the descriptor's file (walked) or socket at the exit"},
+)

@@ -22,6 +22,7 @@ from sentinel.events.common import (
     FLAG_BASE_AFTER,
     FLAG_BASE_BAD,
     FLAG_BASE_TRUNC,
+    FLAG_KPATH,
     HDR,
     WALK_SIZE,
 )
@@ -99,8 +100,23 @@ def raw_path(rec: Record) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def kernel_path(rec: Record) -> str | None:
+    """A successful open's file as the kernel has it (walked forward from the task's root at
+    the call's exit: symlinks and magic links resolved), or None (not an open, or the walk
+    was cut short)."""
+    if not rec.flags & FLAG_KPATH or rec.flags & FLAG_BASE_TRUNC:
+        return None
+    n = int(rec.fixed[_BASE_LEN])
+    if n == 0:
+        return "/"
+    raw: bytes = rec.buf("base", n)
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def base_dir(rec: Record) -> str | None:
     """The directory a relative path starts from, as the kernel walked it, or None."""
+    if rec.flags & FLAG_KPATH:
+        return None  # the record has the file itself, not the path's base
     if raw_path(rec).startswith("/") or rec.flags & (FLAG_BASE_BAD | FLAG_BASE_TRUNC):
         return None
     if rec.flags & FLAG_BASE_AFTER and rec.fixed[_RES] == 0:
@@ -113,6 +129,8 @@ def cwd_walk(rec: Record) -> str | None:
     AT_FDCWD, or any chdir/fchdir: the cwd after the call)."""
     if rec.fixed[_DIRFD] != AT_FDCWD or len(rec.raw) <= LAYOUT.offsets["base"]:
         return None
+    if rec.flags & FLAG_KPATH:
+        return None
     if rec.flags & FLAG_BASE_AFTER:
         if rec.flags & FLAG_BASE_TRUNC:
             return None
@@ -122,6 +140,15 @@ def cwd_walk(rec: Record) -> str | None:
 
 def _resolve(e: Any) -> str:
     rec = e.rec
+    if rec.flags & FLAG_KPATH:
+        # A successful open: the file the kernel installed, whatever string named it.
+        known = kernel_path(rec)
+        if known is not None:
+            return known
+        try:  # deeper than the BPF walk: ask /proc while the descriptor is open
+            return os.readlink(f"/proc/{rec.pid}/fd/{int(rec.fixed[_RES])}")
+        except OSError:
+            pass
     if rec.flags & FLAG_BASE_AFTER and rec.fixed[_RES] == 0:
         # chdir/fchdir: the kernel's walk of the new cwd (symlinks resolved) when it is whole
         walked = join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
@@ -207,12 +234,13 @@ def op(
 # that write rules on evt.arg.flags cover it as an open. openat2's flags and mode are the first
 # two u64 of the struct open_how its third argument points to.
 CREAT, HOW = O_CREAT | O_WRONLY | O_TRUNC, "how_u64(a2, 0), how_u64(a2, 8)"
+OPEN = "emit_open"  # a successful open reports the file it installed (bpf/sensor/file.h)
 REL = path("name", relative_to_dirfd=True)
 EVENT_TYPES = [
-    op("open", [FD, path("name"), FLAGS, MODE], "AT_FDCWD_VAL, a0, a1, a2", "file"),
-    op("openat", [FD, DIRFD, REL, FLAGS, MODE], "a0, a1, a2, a3", "file"),
-    op("openat2", [FD, DIRFD, REL, FLAGS, MODE], f"a0, a1, {HOW}", "file"),
-    op("creat", [FD, path("name"), MODE, FLAGS], f"AT_FDCWD_VAL, a0, {CREAT}, a1", "file"),
+    op("open", [FD, path("name"), FLAGS, MODE], "AT_FDCWD_VAL, a0, a1, a2", "file", OPEN),
+    op("openat", [FD, DIRFD, REL, FLAGS, MODE], "a0, a1, a2, a3", "file", OPEN),
+    op("openat2", [FD, DIRFD, REL, FLAGS, MODE], f"a0, a1, {HOW}", "file", OPEN),
+    op("creat", [FD, path("name"), MODE, FLAGS], f"AT_FDCWD_VAL, a0, {CREAT}, a1", "file", OPEN),
     op("unlink", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
     op("unlinkat", [RES, DIRFD, REL, UNLINK_FLAGS], "a0, a1, a2, 0"),
     op("mkdir", [RES, path("path"), HEXMODE], "AT_FDCWD_VAL, a0, 0, a1"),
@@ -270,12 +298,49 @@ KERNEL_FIELDS = {
     "fd.num": Bind.RESULT_FD,
     "fd.nameraw": Bind.RAW_DOTDOT,
 }
-# Record builder: ``path`` as passed, ``base`` the walked directory (absolute).
-ENCODE = schema.buffers(
+# Record builder: ``path`` as passed, ``base`` the walked directory (absolute); ``kpath`` a
+# successful open's kernel path (with ``hdr_flags=FLAG_KPATH``: it takes the base's place).
+_BUFFERS = schema.buffers(
     {"path": ("path_len", schema.utf8), "base": ("base_len", walk_buffer)}, dirfd=AT_FDCWD
 )
-# open_judge finishes a relative path the prefilter left pending (bpf/sensor/file.h).
-TAILS = (("open_tail", 0, "open_judge", "tracepoint"),)
+
+
+def encode(values: dict[str, Any]) -> dict[str, Any]:
+    kpath = values.pop("kpath", None)
+    out = _BUFFERS(values)
+    if kpath is not None:
+        out["base"], out["base_len"] = schema.utf8(kpath)
+    return out
+
+
+# open_done reports a successful open with the file it installed (bpf/sensor/file.h).
+TAILS = (
+    ("open_tail", 0, "open_judge", "tracepoint"),
+    ("open_done_tail", 0, "open_done", "tracepoint"),
+)
 FAMILY = schema.Family(
-    "file", LAYOUT, "file.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE, tail_calls=TAILS
+    "file",
+    LAYOUT,
+    "file.h",
+    EVENT_TYPES,
+    FIELDS,
+    KERNEL_FIELDS,
+    encode=encode,
+    tail_calls=TAILS,
+    truth={
+        **dict.fromkeys(
+            OPENS,
+            "kernel, when it succeeds: fd.name is the file installed (walked from the task's "
+            "root); fd.nameraw and a failed open's path: the caller's string, read once at the "
+            "syscall's exit (io_uring: the kernel's copy)",
+        ),
+        **dict.fromkeys(
+            ("chdir", "fchdir"),
+            "kernel: the cwd after the call (walked); the path passed: "
+            "the caller's string at the exit",
+        ),
+        "*": "the caller's path string, read once at the syscall's exit (a thread racing the "
+        "call can change it after the kernel read it; io_uring: the kernel's copy), joined to "
+        "the base directory the kernel walked",
+    },
 )

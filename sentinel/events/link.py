@@ -147,4 +147,16 @@ ENCODE = schema.buffers(
     dirfd1=AT_FDCWD,
 )
 KERNEL_FIELDS = {"proc.name": Bind.COMM, "user.uid": Bind.UID, "evt.res": Bind.RESULT}
-FAMILY = schema.Family("link", LAYOUT, "link.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE)
+FAMILY = schema.Family(
+    "link",
+    LAYOUT,
+    "link.h",
+    EVENT_TYPES,
+    FIELDS,
+    KERNEL_FIELDS,
+    encode=ENCODE,
+    truth={
+        "*": "the caller's two path strings, read at the syscall's exit (io_uring: the "
+        "kernel's copies), each joined to the base directory the kernel walked"
+    },
+)

@@ -358,4 +358,17 @@ KERNEL_FIELDS = {
     "evt.res": Bind.RESULT,
     "evt.rawres": Bind.RESULT,
 }
-FAMILY = schema.Family("net", LAYOUT, "net.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE)
+FAMILY = schema.Family(
+    "net",
+    LAYOUT,
+    "net.h",
+    EVENT_TYPES,
+    FIELDS,
+    KERNEL_FIELDS,
+    encode=ENCODE,
+    truth={
+        "*": "kernel: the socket behind the descriptor at the exit (family, type, protocol, "
+        "both ends, state); the address the caller passed only where the socket has no peer "
+        "(read at the exit)"
+    },
+)

@@ -319,6 +319,12 @@ class EventType:
     family: Family | None = None
 
     @property
+    def truth(self) -> str:
+        """Where its values come from (the family's ``truth``)."""
+        t = self.family.truth if self.family is not None else {}
+        return t.get(self.name) or t.get("*", "")
+
+    @property
     def tracepoints(self) -> tuple[str, ...]:
         out = []
         if self.sched:
@@ -349,6 +355,9 @@ class Family:
     # Readable values -> raw member values (the record builder's half of the family's
     # decoding: a path as its walk, an address as sockaddr bytes...); see events.builder.
     encode: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Where what rules judge comes from: the kernel's objects, or the caller's memory (and
+    # when it is read). Per event type name, "*" for the family's others (README, explain).
+    truth: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for t in self.event_types:

@@ -218,5 +218,17 @@ KERNEL_FIELDS = {
 # Record builder: ``s0``..``s2`` the strings, as read.
 ENCODE = schema.buffers({f"s{i}": (f"s{i}_len", schema.utf8) for i in range(3)})
 FAMILY = schema.Family(
-    "system", LAYOUT, "system.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE
+    "system",
+    LAYOUT,
+    "system.h",
+    EVENT_TYPES,
+    FIELDS,
+    KERNEL_FIELDS,
+    encode=ENCODE,
+    truth={
+        "*": "numbers: the arguments the kernel got (saved registers; io_uring_setup's "
+        "parameters as the kernel filled them in); capabilities: the task's credentials after "
+        "the call; strings (mount's, memfd's name, module arguments): the caller's memory at "
+        "the exit",
+    },
 )

@@ -139,3 +139,54 @@ def _inode_times(btf: Btf) -> list[str]:
 def _exit_has_group_dead(btf: Btf) -> bool:
     """Since Linux 6.16 the sched_process_exit tracepoint passes ``bool group_dead``."""
     return btf.func_proto_params("btf_trace_sched_process_exit") == 3
+
+
+# io_uring (bpf/sensor/uring.h): where a request keeps its opcode, its descriptor and, in the
+# command area at the request's start, each operation's arguments (the kernel's copies).
+URING_OFFSETS: dict[str, tuple[str, str]] = {
+    "OFF_REQ_OPCODE": ("io_kiocb", "opcode"),
+    "OFF_REQ_FD": ("io_kiocb", "cqe.fd"),
+    "OFF_REQ_FLAGS": ("io_kiocb", "flags"),
+    "OFF_REQ_CMD": ("io_kiocb", "cmd"),
+    "OFF_OPEN_DFD": ("io_open", "dfd"),
+    "OFF_OPEN_SLOT": ("io_open", "file_slot"),
+    "OFF_OPEN_FILENAME": ("io_open", "filename"),
+    "OFF_OPEN_FLAGS": ("io_open", "how.flags"),
+    "OFF_OPEN_MODE": ("io_open", "how.mode"),
+    "OFF_UNLINK_DFD": ("io_unlink", "dfd"),
+    "OFF_UNLINK_FLAGS": ("io_unlink", "flags"),
+    "OFF_UNLINK_FILENAME": ("io_unlink", "filename"),
+    "OFF_MKDIR_DFD": ("io_mkdir", "dfd"),
+    "OFF_MKDIR_MODE": ("io_mkdir", "mode"),
+    "OFF_MKDIR_FILENAME": ("io_mkdir", "filename"),
+    "OFF_RENAME_OLD_DFD": ("io_rename", "old_dfd"),
+    "OFF_RENAME_NEW_DFD": ("io_rename", "new_dfd"),
+    "OFF_RENAME_OLDPATH": ("io_rename", "oldpath"),
+    "OFF_RENAME_NEWPATH": ("io_rename", "newpath"),
+    "OFF_RENAME_FLAGS": ("io_rename", "flags"),
+    "OFF_LINK_OLD_DFD": ("io_link", "old_dfd"),
+    "OFF_LINK_NEW_DFD": ("io_link", "new_dfd"),
+    "OFF_LINK_OLDPATH": ("io_link", "oldpath"),
+    "OFF_LINK_NEWPATH": ("io_link", "newpath"),
+    "OFF_LINK_FLAGS": ("io_link", "flags"),
+    "OFF_CONNECT_ADDR": ("io_connect", "addr"),
+    "OFF_CONNECT_ADDRLEN": ("io_connect", "addr_len"),
+    "OFF_ACCEPT_FLAGS": ("io_accept", "flags"),
+    "OFF_FILENAME_NAME": ("filename", "name"),
+}
+URING_OPS = ("OPENAT", "OPENAT2", "CONNECT", "ACCEPT", "RENAMEAT", "UNLINKAT", "MKDIRAT",
+             "SYMLINKAT", "LINKAT")  # fmt: skip
+
+
+def uring_cflags(btf: Btf) -> list[str] | None:
+    """The ``-D`` flags bpf/sensor/uring.h needs (offsets and the opcodes, from BTF), or None
+    when this kernel's BTF lacks any of them (io_uring is then not traced: older kernels keep
+    requests differently)."""
+    if not all(btf.has_member(s, m) for s, m in URING_OFFSETS.values()):
+        return None
+    ops = btf.enumerators("io_uring_op")
+    if not all(f"IORING_OP_{op}" in ops for op in URING_OPS):
+        return None
+    flags = btf.cflags(URING_OFFSETS)
+    flags += [f"-DOP_{op}={ops[f'IORING_OP_{op}']}" for op in URING_OPS]
+    return flags

@@ -4,9 +4,11 @@ bcc rewrites map calls (``events.ringbuf_reserve()``...) only in the main source
 ``#include``d files, so the program is one text, in this order:
 
 1. the event table's header (sentinel.events.cgen: constants and record structs);
-2. the prelude, if any (the prefilter: bpf/prefilter/filter.h and its hooks);
-3. ``bpf/sensor/common.h``, then each family's source (``bpf/sensor/<family>.h``);
-4. the generated tracepoint stubs of the syscall event types to attach.
+2. ``bpf/sensor/task.h`` (the exec-time process name, which the prefilter judges too);
+3. the prelude, if any (the prefilter: bpf/prefilter/filter.h and its hooks);
+4. ``bpf/sensor/common.h``, then each family's source (``bpf/sensor/<family>.h``);
+5. the generated tracepoint stubs of the syscall event types to attach;
+6. ``bpf/sensor/uring.h`` when io_uring's requests are traced too.
 """
 
 from __future__ import annotations
@@ -65,13 +67,24 @@ def syscall_names(names: Iterable[str]) -> list[str]:
     return [t.syscall.name for t in EVENT_TYPES if t.name in chosen and t.syscall is not None]
 
 
-def text(attach: Iterable[str], prelude: str = "") -> str:
-    """The whole program for these syscall event types."""
+# The event types io_uring requests are reported as (bpf/sensor/uring.h).
+URING_TYPES = frozenset(
+    {"openat", "openat2", "unlinkat", "mkdirat", "renameat2", "linkat", "symlinkat"}
+    | {"connect", "accept4"}
+)
+URING_TRACEPOINTS = [("io_uring", "io_uring_submit_req"), ("io_uring", "io_uring_complete")]
+
+
+def text(attach: Iterable[str], prelude: str = "", uring: bool = False) -> str:
+    """The whole program for these syscall event types (and io_uring's requests of them)."""
     chosen = set(attach)
     types: list[EventType] = [t for t in EVENT_TYPES if t.name in chosen]
-    parts = [header(), prelude, (SENSOR_DIR / "common.h").read_text()]
+    parts = [header(), (SENSOR_DIR / "task.h").read_text(), prelude]
+    parts.append((SENSOR_DIR / "common.h").read_text())
     parts += [(SENSOR_DIR / f.source).read_text() for f in FAMILIES]
     parts.append(stubs(types))
+    if uring:
+        parts.append((SENSOR_DIR / "uring.h").read_text())
     return "\n".join(parts)
 
 

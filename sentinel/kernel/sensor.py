@@ -33,7 +33,7 @@ from sentinel.events.common import COUNTERS
 from sentinel.kernel import program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
-from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
+from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags, uring_cflags
 from sentinel.kernel.ringbuf import RingBufferReader
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -138,6 +138,8 @@ class Sensor:
             raise SensorError("ring buffer pages must be a power of two")
         self.syscalls = frozenset(syscalls)
         self.missing: frozenset[str] = frozenset()  # asked for, but no tracepoint here
+        self.uring = False  # io_uring's requests are traced (bpf/sensor/uring.h)
+        self.uring_missing = ""  # why not, when some attached event type could have them
         self.ringbuf_pages = ringbuf_pages
         self.btf_path = btf_path
         self.extra_cflags = list(extra_cflags)
@@ -160,12 +162,15 @@ class Sensor:
         self.missing = frozenset(t for t in self.syscalls if not _exists(program.tracepoints([t])))
         self.syscalls = self.syscalls - self.missing
         cflags = preflight(program.tracepoints(self.syscalls), self.btf_path)
+        uring = self._uring_cflags() if self.syscalls & program.URING_TYPES else None
+        self.uring = uring is not None
+        cflags += uring or []
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
         cflags += self.extra_cflags
         try:
             # A child process runs bcc (compile, verify, attach) and passes back the fds.
             self._loaded = load_in_child(
-                program.text(self.syscalls, self.prelude),
+                program.text(self.syscalls, self.prelude, uring=self.uring),
                 cflags,
                 ["events", "counts", *self.extra_maps],
                 timeout=LOAD_TIMEOUT_S,
@@ -180,6 +185,29 @@ class Sensor:
         )
         self._callback = callback
         self._ncpus = possible_cpus()
+
+    def _uring_cflags(self) -> list[str] | None:
+        """io_uring's requests are traced when its tracepoints name the request (Linux 5.19+:
+        older ones give no way to join a submission to its completion) and BTF has the
+        request's layout; None otherwise (``uring_missing`` says why)."""
+        for cat, name in program.URING_TRACEPOINTS:
+            fmt = TRACEFS / "events" / cat / name / "format"
+            try:
+                text = fmt.read_text()
+            except OSError:
+                self.uring_missing = f"no tracepoint {cat}:{name}"
+                return None
+            if " req;" not in text:
+                self.uring_missing = f"{cat}:{name} does not name the request"
+                return None
+        try:
+            flags = uring_cflags(Btf.load(self.btf_path))
+        except BtfError as exc:
+            self.uring_missing = str(exc)
+            return None
+        if flags is None:
+            self.uring_missing = "BTF lacks io_uring's request layout"
+        return flags
 
     def map_fd(self, name: str) -> int:
         """The fd of a map named in ``maps=`` (owned by the sensor; valid until close)."""

@@ -129,12 +129,17 @@ static __always_inline int prefilter_exec_pre(struct f_state *st, u32 t) {
 static __always_inline int prefilter_exec_path(struct f_state *st, const char *exe, u32 len) {
     return f_exec_path(st, exe, len);
 }
-static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, long ret) {
     struct f_state st = {};
-    int keep = f_file_enter(&st, t, oflags, upath);
+    int keep = f_file_enter(&st, t, oflags, path);
     if (!keep)
         return 0;
     return f_file_exit(&st, ret) != 0;  // F_NEED_BASE: prefilter_file_base decides
+}
+static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
+                                                 const char *kpath, u32 klen, long ret) {
+    struct f_state st = {};
+    return f_file_opened(&st, t, oflags, raw, kpath, klen, ret);
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     return f_file_base(walk, at, nc, bad);

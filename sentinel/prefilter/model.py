@@ -18,7 +18,7 @@ from sentinel.events import fd as fd_records
 from sentinel.events import file as file_records
 from sentinel.events import net as net_records
 from sentinel.events import system as system_records
-from sentinel.events.common import FLAG_BASE_AFTER, FLAG_EXE_TRUNC
+from sentinel.events.common import FLAG_BASE_AFTER, FLAG_EXE_TRUNC, FLAG_KPATH
 from sentinel.events.dims import PATH_DIMS, Dim
 from sentinel.events.file import O_ACCMODE, O_RDWR, O_WRONLY
 from sentinel.events.record import Record
@@ -47,6 +47,9 @@ class KernelView:
     ret: int = 0  # the syscall's return value
     arg: int | None = None  # the key argument (ptrace's request, socket's domain...)
     connected: bool | None = None  # socket calls: the socket is connected
+    # a successful open: the kernel's path of the file it installed ("" when the walk was cut
+    # short); then the path dimensions judge it, not ``path`` (which serves "../" only)
+    kpath: str | None = None
 
 
 def canonical_path(raw: str) -> bool:
@@ -140,6 +143,8 @@ def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
         return ft.exact[dim].get(kv.uid, 0)
     if FAMILY_OF[kv.evt_type] == "exec" and dim in PATH_DIMS:
         return _exe_mask(ft, dim, kv.path)
+    if kv.kpath is not None and dim in PATH_DIMS:
+        return _exe_mask(ft, dim, kv.kpath)  # a string the kernel built, as an exec's
     if dim in PATH_DIMS:
         path = kernel_path(kv)
         if path is None:
@@ -194,6 +199,18 @@ def view_of(rec: Record) -> KernelView | None:
     ret = int(rec.fixed[rec.layout.index["res"]])
     if fam == "file":
         after = bool(rec.flags & FLAG_BASE_AFTER)  # chdir, fchdir: no path argument judged
+        if rec.flags & FLAG_KPATH:  # a successful open, judged on the file it installed
+            m = rec.layout.index
+            return KernelView(
+                name,
+                comm,
+                uid,
+                path=file_records.raw_path(rec),
+                flags=int(rec.fixed[rec.layout.index["flags"]]),
+                ret=ret,
+                # the kernel judged a path it walked to some length (not the root: length 0)
+                kpath=(file_records.kernel_path(rec) or "") if rec.fixed[m["base_len"]] else "",
+            )
         return KernelView(
             name,
             comm,

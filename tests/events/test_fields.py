@@ -15,7 +15,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sentinel.enrichment.container_meta import metadata_fields
+from sentinel.enrichment.container_docker import inspect_meta
+from sentinel.enrichment.container_fields import ContainerMeta, Pod
 from sentinel.enrichment.containers import CONTAINER_FIELDS, ContainerInfo
 from sentinel.enrichment.event import LiveEvent, filled_fields, sensor_fields
 from sentinel.enrichment.process_fields import INDEXED
@@ -61,7 +62,8 @@ def test_every_filled_field_has_a_value_on_each_event_type_that_fills_it(
 
 def test_container_fields_come_from_the_runtime_answer() -> None:
     """The container fields every event type carries: identity from the cgroup, the rest from
-    a runtime's inspect answer (the shape podman and Docker return)."""
+    a runtime's answer: the Docker API's inspect (podman, Docker) and the CRI's (containerd,
+    CRI-O: the pod sandbox's fields). Indexed fields read the flat keys and container.mounts."""
     inspect = {
         "Name": "/web",
         "Image": "sha256:" + "ab" * 32,
@@ -79,16 +81,26 @@ def test_container_fields_come_from_the_runtime_answer() -> None:
         "Mounts": [{"Source": "/data", "Destination": "/var/lib/x", "Mode": "", "RW": True}],
     }
     pinned = {**inspect, "Config": {"Image": "registry.local/team/web@sha256:" + "cd" * 32}}
+    cri = ContainerMeta(
+        runtime="containerd",
+        pod=Pod(namespace="prod", name="web-0", uid="0f1e", sandbox_id="5" * 64,
+                labels={"app": "web"}, ip="10.0.0.7", host_network=False, host_pid=False,
+                host_ipc=False),
+        k8s_container_name="web",
+    )  # fmt: skip
     got = {
         **ContainerInfo("a" * 64, "podman").fields(),
-        **metadata_fields(pinned),  # an image pinned by digest
-        **metadata_fields(inspect),  # an image by tag
+        **inspect_meta(pinned).fields(),  # an image pinned by digest
+        **inspect_meta(inspect).fields(),  # an image by tag
+        **cri.fields(),
+        "container.duration": 1,  # computed by ContainerInfo.fields() from start_ts
     }
-    indexed = {"container.mount", "container.mount.source", "container.label"}
+    indexed = {n for n in CONTAINER_FIELDS if FIELDS[n].arg.value == "required"}
     plain = CONTAINER_FIELDS - indexed
     assert plain <= {k for k, v in got.items() if v is not None}, plain - set(got)
-    # the indexed ones read these
-    assert got["container.labels"]["app"] == "web" and got["container.mount.dest"] == ["/var/lib/x"]
+    # the indexed ones read these: flat label keys, the mounts string
+    assert got["container.label[app]"] == "web" and got["k8s.pod.label[app]"] == "web"
+    assert got["container.mounts"] == "/data:/var/lib/x::true:"
 
 
 def test_every_filled_field_is_in_the_registry() -> None:

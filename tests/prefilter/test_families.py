@@ -25,7 +25,13 @@ from sentinel.engine import Engine
 from sentinel.enrichment.live import Enricher
 from sentinel.events import BY_NAME, EVENT_TYPES
 from sentinel.events.builder import build
-from sentinel.events.common import AT_FDCWD, FLAG_BASE_AFTER, FLAG_BASE_BAD
+from sentinel.events.common import (
+    AT_FDCWD,
+    FLAG_BASE_AFTER,
+    FLAG_BASE_BAD,
+    FLAG_BASE_TRUNC,
+    FLAG_KPATH,
+)
 from sentinel.loader import load_rules
 from sentinel.prefilter.model import passes, view_of
 from sentinel.prefilter.plan import FAMILY_OF
@@ -38,6 +44,9 @@ for _t in EVENT_TYPES:
     if _t.name in FAMILY_OF:
         FAMILIES.setdefault(FAMILY_OF[_t.name], []).append(_t.name)
 NEW = {f: ts for f, ts in FAMILIES.items() if f not in ("exec",)}
+OPENS = ("open", "openat", "openat2", "creat")
+KPATHS = ["/etc/shadow", "/etc/passwd", "/tmp/x", "/usr/bin/ls", "/", "", "/etc/ssh/sshd_config",
+          "/" + "k" * 300]  # fmt: skip
 S_IFMT = {"file": 0o100644, "dir": 0o40755, "fifo": 0o10600, "sock": 0o140777, "chr": 0o20620}
 
 
@@ -73,6 +82,14 @@ def records(draw: Any, family: str) -> tuple[str, dict[str, Any]]:
         flags = 0
         if t in ("chdir", "fchdir"):
             flags |= FLAG_BASE_AFTER
+        if t in OPENS and ret >= 0 and draw(st.booleans()):
+            # a successful open: the kernel's path of the file installed (a symlink or a magic
+            # link may make it differ from the path passed), or a walk cut short
+            flags |= FLAG_KPATH
+            v["kpath"] = draw(st.sampled_from(KPATHS))
+            if v["kpath"] == "":
+                flags |= FLAG_BASE_TRUNC
+            v.pop("base")
         if draw(st.booleans()) and draw(st.booleans()):
             flags |= FLAG_BASE_BAD
         v["hdr_flags"] = flags
