@@ -188,13 +188,6 @@ EVENT_TYPES = [
     call("mount", [RES, *MOUNT], "a3", "a0, a1, a2"),
 ]
 
-# Every record here updates the process table's capability sets (credential changes: setuid,
-# capset...) except unshare and setns: a process that makes or enters a user namespace has
-# every capability in it after the call, and Falco's thread.cap_* on these events are the sets
-# it had before (libsinsp updates them at exec, clone and capset only). A rule asking whether
-# an unprivileged process made a namespace must see what it had, not what it got.
-NS_TYPES = ("unshare", "setns")
-
 # ---- fields ------------------------------------------------------------------------------------
 
 FIELDS = schema.Getters()
