@@ -32,13 +32,14 @@ class Block:
 
 
 def blocks() -> list[Block]:
-    from sentinel import rules_catalog
+    from sentinel import benchdoc, rules_catalog
     from sentinel.events import doc
 
     return [
         Block("default rules", rules_catalog.render),
         Block("event types and fields", doc.types_and_fields),
         Block("truth table", doc.truth_table),
+        Block("kernel benchmarks", benchdoc.kernel_table),
     ]
 
 
