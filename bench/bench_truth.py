@@ -84,7 +84,7 @@ def run(before: Path, after: Path, n: int, rounds: int, path: str, rules: Path) 
         for name, cwd in (("before", before), ("after", after)):
             stats = BpfStats()
             # no metrics listener: other sentinels on the machine may hold the default port
-            s = Sentinel("--rules", str(rules), "--config", str(config), cwd=cwd)
+            s = Sentinel("--rules", str(rules), "--config", str(config), repo=cwd)
             armed[name].append(s.wait_armed(120))
             try:
                 walls[name].append(storm(binary, n, path) / n)

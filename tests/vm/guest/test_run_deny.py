@@ -6,21 +6,20 @@ alert with ``"action": "deny"`` per denial on stdout. Then stopping Sentinel lif
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+from tests.vm.guest.conftest import denials, follow
 
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-deny"
 
@@ -59,14 +58,7 @@ class Run:
     stderr: list[str] = field(default_factory=list)
 
     def deny_alerts(self, wait: float = 3.0) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                out.append(self.alerts.get(timeout=0.2))
-            except queue.Empty:
-                continue
-        return [a for a in out if a.get("action") == "deny"]
+        return denials(self.alerts, wait)
 
 
 def _lsm_progs() -> int:
@@ -98,23 +90,7 @@ def run() -> Iterator[Run]:
         text=True,
     )
     r = Run(proc, protected, tool, port, listener)
-    armed = threading.Event()
-
-    def read_out() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("{"):
-                r.alerts.put(json.loads(line))
-
-    def read_err() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            r.stderr.append(line)
-            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
-                armed.set()
-
-    threading.Thread(target=read_out, daemon=True).start()
-    threading.Thread(target=read_err, daemon=True).start()
+    armed = follow(proc, r.alerts, r.stderr)
     if not armed.wait(600):  # bcc compiles twice (sensor, LSM) under emulation
         proc.kill()
         raise AssertionError("sentinel run never armed:\n" + "".join(r.stderr[-40:]))
