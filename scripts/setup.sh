@@ -12,7 +12,8 @@ APT_PACKAGES=(
   containerd                                  # a real CRI runtime (Kubernetes node) for the tests
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
   qemu-system-x86 linux-image-amd64           # the BPF LSM VM (Debian kernel with lsm=bpf)
-  make iproute2 procps gcc liburing-dev       # gcc: C test programs (layouts, the path racer, io_uring)
+  make iproute2 procps gcc liburing-dev       # gcc: C test programs (layouts, path racer, io_uring, ptrace victim), bench load generators
+  strace kmod                                 # default-rules tests: a debugger near miss, insmod/modprobe
 )
 
 missing=()

@@ -66,13 +66,15 @@ static __always_inline u32 rd_u32(void *base, u32 off) {
 }
 
 // Sentinel's own process is never reported: evaluating an event makes the sensor open files
-// (passwd lookups, /proc reads), which would produce events about itself without end.
+// (passwd lookups, /proc reads), which would produce events about itself without end. Its pid
+// is a map value set at load time (0: none), not a cflag: the program text, and so the cached
+// compile (sentinel/kernel/bpfcache.py), stay the same from one start to the next.
+BPF_ARRAY(self_tgid, u32, 1);
+
 static __always_inline int is_self(void) {
-#ifdef SELF_TGID
-    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
-#else
-    return 0;
-#endif
+    u32 zero = 0;
+    u32 *self = self_tgid.lookup(&zero);
+    return self && *self && (bpf_get_current_pid_tgid() >> 32) == *self;
 }
 
 // ---- prefilter hooks ---------------------------------------------------------------------
@@ -101,15 +103,20 @@ static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const c
 // prefilter_file judges a file event on the path as passed (path: the record's copy of it);
 // prefilter_file_base is called for every file event prefilter_file kept, with the walk of the
 // base directory of a relative path (bad: the walk is unusable, or there is none): the
-// prefilter may have left the verdict on a relative path to it. prefilter_file_opened judges
-// a successful open on the kernel's path of the file it installed (kpath, klen bytes; 0:
-// unknown) and the passed path (raw) only for fd.nameraw.
+// prefilter may have left the verdict on a relative path to it. A successful open is judged
+// in two steps: prefilter_file_opened_pre on all but the path (the passed path, raw, only for
+// fd.nameraw): 0 drop, 1 keep, 2 the kernel's path of the file it installed decides
+// (prefilter_file_opened_path, kpath, klen bytes; 0: unknown), so that the path is walked for
+// the verdict only when some rule needs it.
 #ifndef PREFILTER_FILE
 static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, long ret) {
     return 1;
 }
-static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
-                                                 const char *kpath, u32 klen, long ret) {
+static __always_inline int prefilter_file_opened_pre(u32 t, u32 oflags, const char *raw,
+                                                     long ret) {
+    return 1;
+}
+static __always_inline int prefilter_file_opened_path(const char *kpath, u32 klen) {
     return 1;
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
