@@ -498,6 +498,7 @@ static __always_inline int f_file_enter(struct f_state *st, u32 t, u32 oflags,
     u32 acc = oflags & 3;
     int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0) &&
                f_comm_dim(st, st->fam) &&
                f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
     if (keep)
@@ -525,6 +526,7 @@ static __always_inline int f_file_opened_pre(struct f_state *st, u32 t, u32 ofla
     u32 acc = oflags & 3;
     int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0) &&
                f_comm_dim(st, st->fam) &&
                f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
     if (keep && f_needs(st, D_RAW_DOTDOT)) {
