@@ -319,7 +319,7 @@ def bench_storm(
     if before is not None:
         compare = {
             "before_commit": subprocess.run(
-                ["git", "-C", str(before), "rev-parse", "--short", "HEAD"],
+                ["git", "-C", str(before), "describe", "--always", "--dirty"],
                 capture_output=True,
                 text=True,
             ).stdout.strip(),
