@@ -138,23 +138,30 @@ def families_table(path: Path = FAMILIES) -> str:
     return "\n".join(rows)
 
 
-def truth_table(path: Path = TRUTH) -> str:
-    """The rows of the last ``python -m bench truth`` run: the kernel path's cost."""
+TRUTH_WALK = RESULTS.parent / "truth-walk.json"
+
+
+def truth_table(path: Path = TRUTH, walk: Path = TRUTH_WALK) -> str:
+    """The rows of the last ``python -m bench truth`` runs: the kernel path's cost against
+    main before kernel paths, and (``--before`` a later commit) a change to the walk itself."""
     if not path.exists():
         return "(no results: run python -m bench truth)"
-    doc = json.loads(path.read_text())
-    rows = ["| open storm, Falco's falco_rules.yaml | this sentinel vs "
-            f"{doc['before']} (before kernel paths) | BPF ns per open: after, before, empty "
-            "| after vs floor |", "|---|---|---|---|"]  # fmt: skip
-    for label in ("shallow", "deep"):
-        sec = doc[label]
-        bpf = sec["bpf_ns_per_open_event"]
-        rows.append(
-            f"| `{sec['path']}` ({sec['opens_per_storm']:,} opens, {sec['rounds']} rounds) "
-            f"| {sec['after_vs_before']:.2f}x its wall time "
-            f"| **{_spread(bpf['after'])}**; {_spread(bpf['before'])}; "
-            f"{_spread(bpf['floor'])} | {sec['after_vs_floor']:.2f}x |"
-        )
+    rows = ["| open storm, Falco's falco_rules.yaml | this sentinel vs the commit named "
+            "(wall time, same rounds) | BPF ns per open: this, that commit, empty program "
+            "(median, min-max) | this vs floor |", "|---|---|---|---|"]  # fmt: skip
+    for p in (path, walk):
+        if not p.exists():
+            continue
+        doc = json.loads(p.read_text())
+        for label in ("shallow", "deep"):
+            sec = doc[label]
+            bpf = sec["bpf_ns_per_open_event"]
+            rows.append(
+                f"| `{sec['path']}` ({sec['opens_per_storm']:,} opens, {sec['rounds']} rounds) "
+                f"| vs {doc['before']}: {sec['after_vs_before']:.2f}x "
+                f"| **{_spread(bpf['after'])}**; {_spread(bpf['before'])}; "
+                f"{_spread(bpf['floor'])} | {sec['after_vs_floor']:.2f}x |"
+            )
     return "\n".join(rows)
 
 
