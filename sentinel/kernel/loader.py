@@ -227,7 +227,12 @@ def _load_sensor(
         prog = b.load_func(func.encode(), ptype)
         table[ctypes.c_int(index)] = ctypes.c_int(prog.fd)
         installed.append((array, index, func))
-    set_self(b[b"self_tgid"].map_fd, req.get("self_tgid"))
+    try:
+        self_map = b[b"self_tgid"]
+    except KeyError:
+        self_map = None  # a program set without one (the enforcement kill mode's)
+    if self_map is not None:
+        set_self(self_map.map_fd, req.get("self_tgid"))
     if hasattr(bpf_cls, "_trace_autoload"):
         bpf_cls._trace_autoload(b)  # attach, now that every tail call has its program
     out: Handles = {}

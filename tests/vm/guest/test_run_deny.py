@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_armed
 from tests.vm.guest.conftest import denials, follow
 
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-deny"
@@ -91,9 +92,7 @@ def run() -> Iterator[Run]:
     )
     r = Run(proc, protected, tool, port, listener)
     armed = follow(proc, r.alerts, r.stderr)
-    if not armed.wait(600):  # bcc compiles twice (sensor, LSM) under emulation
-        proc.kill()
-        raise AssertionError("sentinel run never armed:\n" + "".join(r.stderr[-40:]))
+    wait_armed(proc, armed, 600, r.stderr)  # bcc compiles twice (sensor, LSM) under emulation
     assert _lsm_progs() > before, "no LSM programs attached"
     r.before = before  # type: ignore[attr-defined]
     try:
