@@ -100,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     types = traced_types(files)
     ob, nb = build_open(), build_net()
     config = ob.parent / "bench-families.yaml"
-    config.write_text('metrics_address: ""\n')  # other sentinels may hold the default port
+    # other sentinels on the machine may hold the default metrics port and spool
+    config.write_text(f'metrics_address: ""\nspool:\n  dir: {config.parent / "spool"}\n')
     loads: dict[str, tuple[int, Callable[[], int]]] = {
         "open": (args.opens, lambda: storm(ob, args.opens)),
         "udp": (args.udp, lambda: net_storm(nb, "udp", args.udp)),

@@ -65,7 +65,7 @@ def spread(xs: list[float]) -> dict[str, float]:
 def run(before: Path, after: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, Any]:
     binary = build()
     config = binary.parent / "bench-truth.yaml"
-    config.write_text('metrics_address: ""\n')
+    config.write_text(f'metrics_address: ""\nspool:\n  dir: {config.parent / "spool"}\n')
     storm(binary, n // 10, path)  # warm caches
     walls: dict[str, list[float]] = {"none": [], "floor": [], "before": [], "after": []}
     armed: dict[str, list[float]] = {"before": [], "after": []}

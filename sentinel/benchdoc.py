@@ -94,3 +94,85 @@ def kernel_table(path: Path = RESULTS) -> str:
     if "rates" in doc and "trials" in doc["rates"]:
         rows += _rates(doc["rates"], doc.get("drain"), goals)
     return "\n".join(rows)
+
+
+FAMILIES = RESULTS.parent / "families.json"
+TRUTH = RESULTS.parent / "truth.json"
+_LOADS = {
+    "open": "open()+close() of /dev/null",
+    "udp": "UDP sendto+recvfrom to itself on loopback",
+    "accept": "socket+connect+accept4+close on loopback",
+}
+
+
+def _spread(s: dict[str, Any]) -> str:
+    return f"{s['median']:,.0f} ({s['min']:,.0f}-{s['max']:,.0f})"
+
+
+def families_table(path: Path = FAMILIES) -> str:
+    """The rows of the last ``python -m bench families`` run: Falco's three files live."""
+    if not path.exists():
+        return "(no results: run python -m bench families)"
+    doc = json.loads(path.read_text())
+    rounds = doc["rounds"]
+    rows = ["| storm with Falco's three files | sentinel vs floor | ns per iteration: "
+            "sentinel, floor, none (median, min-max) |", "|---|---|---|"]  # fmt: skip
+    for load, label in _LOADS.items():
+        sec = doc[load]
+        per = sec["ns_per_iteration"]
+        rows.append(
+            f"| {label} ({sec['iterations']:,} per storm, {rounds} rounds) "
+            f"| **{sec['sentinel_vs_floor']:.2f}x** (goal for opens ≤ "
+            f"{doc['goal_open_vs_floor']}x) "
+            f"| {_spread(per['sentinel'])}; {_spread(per['floor'])}; {_spread(per['none'])} |"
+        )
+    rows.append(
+        "| BPF ns per event, by tracepoint (bpf_stats over each round's run, median of the "
+        f"rounds) | | {'; '.join(f'{t} {ns:,.0f}' for t, ns in _per_tracepoint(doc).items())} |"
+    )
+    rows.append(
+        f"| start-up to armed with the three files (median, min-max of {rounds}) "
+        f"| | {doc['armed_s']['median']:.2f} s ({doc['armed_s']['min']:.2f}-"
+        f"{doc['armed_s']['max']:.2f}); records lost over all storms: {doc['lost']:,} |"
+    )
+    return "\n".join(rows)
+
+
+TRUTH_WALK = RESULTS.parent / "truth-walk.json"
+
+
+def truth_table(path: Path = TRUTH, walk: Path = TRUTH_WALK) -> str:
+    """The rows of the last ``python -m bench truth`` runs: the kernel path's cost against
+    main before kernel paths, and (``--before`` a later commit) a change to the walk itself."""
+    if not path.exists():
+        return "(no results: run python -m bench truth)"
+    rows = ["| open storm, Falco's falco_rules.yaml | this sentinel vs the commit named "
+            "(wall time, same rounds) | BPF ns per open: this, that commit, empty program "
+            "(median, min-max) | this vs floor |", "|---|---|---|---|"]  # fmt: skip
+    for p in (path, walk):
+        if not p.exists():
+            continue
+        doc = json.loads(p.read_text())
+        for label in ("shallow", "deep"):
+            sec = doc[label]
+            bpf = sec["bpf_ns_per_open_event"]
+            rows.append(
+                f"| `{sec['path']}` ({sec['opens_per_storm']:,} opens, {sec['rounds']} rounds) "
+                f"| vs {doc['before']}: {sec['after_vs_before']:.2f}x "
+                f"| **{_spread(bpf['after'])}**; {_spread(bpf['before'])}; "
+                f"{_spread(bpf['floor'])} | {sec['after_vs_floor']:.2f}x |"
+            )
+    return "\n".join(rows)
+
+
+def _per_tracepoint(doc: dict[str, Any]) -> dict[str, float]:
+    """bpf_stats by tracepoint. Programs are named by bcc's function name when compiled and by
+    its last 15 characters when loaded from the cache: both are mapped to the tracepoint."""
+    known = [f"sys_exit_{t}" for t in doc["traced_types"]]
+    known += ["sched_process_exec", "sched_process_fork", "sched_process_exit"]
+    by: dict[str, list[float]] = {}
+    for name, sp in doc["bpf_ns_per_run"].items():
+        hits = [k for k in known if name.endswith(k) or k.endswith(name)]
+        if hits:
+            by.setdefault(max(hits, key=len), []).append(sp["median"])
+    return {k.removeprefix("sys_exit_"): sorted(v)[len(v) // 2] for k, v in sorted(by.items())}
