@@ -10,6 +10,7 @@ Network actions run in a namespace of the test's own (``netns_with``), never to 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -21,7 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import log_event, log_records, sentinel_env
+from tests.helpers import log_event, log_records, sentinel_env, wait_armed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -109,10 +110,14 @@ class LiveRun:
 
 @contextmanager
 def sentinel_run(
-    *args: str, env: dict[str, str] | None = None, armed_timeout: float = 120.0
+    *args: str, env: dict[str, str] | None = None, armed_timeout: float | None = None
 ) -> Iterator[LiveRun]:
     """A ``sentinel run ARGS`` (``env``: its environment, default ours) that is armed when the
-    block starts and stopped after it."""
+    block starts and stopped after it. It must arm within ``armed_timeout`` s (default 120; 600
+    in the VM suites, where compiling under software emulation takes minutes) and fails at once,
+    with its stderr, if it exits before."""
+    if armed_timeout is None:
+        armed_timeout = 600.0 if os.environ.get("SENTINEL_IN_VM") == "1" else 120.0
     proc = subprocess.Popen(
         [sys.executable, "-m", "sentinel", "run", *args],
         cwd=REPO,
@@ -123,8 +128,7 @@ def sentinel_run(
     )
     run = LiveRun(proc)
     try:
-        if not run.armed.wait(armed_timeout):
-            raise AssertionError("sentinel run did not arm:\n" + run.log_tail())
+        wait_armed(proc, run.armed, armed_timeout, run.stderr)
         yield run
     finally:
         run.stop()

@@ -32,6 +32,7 @@ from sentinel.events import EVENT_TYPES
 from sentinel.events.common import COUNTERS
 from sentinel.kernel import bpfcache, program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
+from sentinel.kernel.features import UnsupportedKernel
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
 from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags, uring_cflags
 from sentinel.kernel.ringbuf import RingBufferReader
@@ -71,13 +72,28 @@ def check_root() -> None:
         raise SensorError("sentinel must run as root to load BPF programs")
 
 
+def _flags_tag() -> str:
+    """The cache tag of the sensor's -D flags: the code that computes them is part of the key
+    (the flags of an older Sentinel, cached for the same BTF, lack what newer code needs)."""
+    import hashlib
+
+    from sentinel.kernel import features, offsets
+
+    h = hashlib.sha256()
+    for mod in (offsets, features):
+        h.update(Path(str(mod.__file__)).read_bytes())
+    return f"offsets-{h.hexdigest()[:16]}"
+
+
 def preflight(
     tracepoints: Iterable[tuple[str, str]],
     btf_path: Path | str = VMLINUX,
     cache_dir: Path | None = None,
+    disable_features: Iterable[str] = (),
 ) -> list[str]:
     """Check everything that can be checked before compiling; returns the cflags (the struct
-    offsets from BTF: from ``cache_dir`` when a BTF with the same digest was parsed before).
+    offsets from BTF: from ``cache_dir`` when a BTF with the same digest was parsed before;
+    ``disable_features``: optional kernel features whose fallback is compiled instead).
 
     Raises :class:`SensorError` with one clear line for: not root, no BTF, bcc missing, a
     tracepoint that does not exist on this kernel.
@@ -101,20 +117,51 @@ def preflight(
             raise SensorError(f"tracepoint {category}:{name} does not exist on this kernel")
     try:
         # Parsed once and dropped: the raw BTF is ~5 MB the sensor does not need afterwards.
+        if disable_features:  # a test's choice: never cached
+            return sensor_cflags(Btf.load(btf_path), disable=disable_features)
         flags = bpfcache.cached_cflags(
-            cache_dir, Path(btf_path), lambda: sensor_cflags(Btf.load(btf_path))
+            cache_dir, Path(btf_path), lambda: sensor_cflags(Btf.load(btf_path)), _flags_tag()
         )
         assert flags is not None  # sensor_cflags raises rather than return None
         return flags
     except BtfError as exc:
         raise SensorError(f"kernel BTF lacks what the sensor needs: {exc}") from None
-    except UnsupportedArch as exc:
+    except (UnsupportedArch, UnsupportedKernel) as exc:
         raise SensorError(str(exc)) from None
 
 
-def _exists(tracepoints: Iterable[tuple[str, str]]) -> bool:
-    _mount("tracefs", TRACEFS)
-    return all((TRACEFS / "events" / c / n).is_dir() for c, n in tracepoints if c == "syscalls")
+def absent_syscalls(syscalls: Iterable[str]) -> list[str]:
+    """The syscall event types among ``syscalls`` whose ``sys_exit_*`` tracepoint this kernel
+    does not have (tracefs must be mounted)."""
+    return sorted(
+        name
+        for name in syscalls
+        for category, tp in program.tracepoints([name])
+        if category == "syscalls" and not (TRACEFS / "events" / category / tp).is_dir()
+    )
+
+
+def configured_out(syscalls: Iterable[str], kallsyms: Path = Path("/proc/kallsyms")) -> set[str]:
+    """The syscall event types among ``syscalls`` that this kernel does not implement: their
+    entry point is the weak ENOSYS stub ``COND_SYSCALL`` leaves (``W`` in kallsyms), e.g.
+    init_module without CONFIG_MODULES. Their events cannot happen, so their missing
+    tracepoint loses nothing."""
+    entry = {
+        f"__x64_sys_{tp.removeprefix('sys_exit_')}": name
+        for name in syscalls
+        for category, tp in program.tracepoints([name])
+        if category == "syscalls"
+    }
+    try:
+        lines = kallsyms.read_text().splitlines()
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "W" and parts[2] in entry:
+            out.add(entry[parts[2]])
+    return out
 
 
 RawCallback = Callable[[bytes], None]
@@ -140,6 +187,7 @@ class Sensor:
         prelude: str = "",
         maps: Iterable[str] = (),
         cache_dir: Path | None = bpfcache.AUTO,
+        disable_features: Iterable[str] = (),
     ) -> None:
         unknown = set(syscalls) - ALL_SYSCALLS
         if unknown:
@@ -162,6 +210,9 @@ class Sensor:
         self.cache_dir = bpfcache.default_dir() if cache_dir is bpfcache.AUTO else cache_dir
         self.cached = False  # loaded from the program cache, not compiled
         self.notes: list[str] = []  # problems with the program cache (warnings)
+        # Optional kernel features to leave unused (sentinel.kernel.features): their fallback
+        # code is compiled instead, e.g. to test it on a kernel that has the feature.
+        self.disable_features = tuple(disable_features)
         self._loaded: Loaded | None = None
         self._ncpus = 1
         self._reader: RingBufferReader | None = None
@@ -169,11 +220,16 @@ class Sensor:
 
     def start(self, callback: RawCallback) -> None:
         # A syscall event type whose tracepoint this kernel lacks (a syscall configured out,
-        # such as init_module without CONFIG_MODULES) is left out and reported (``missing``),
-        # not fatal: its events cannot happen here. The sched tracepoints are required.
-        self.missing = frozenset(t for t in self.syscalls if not _exists(program.tracepoints([t])))
+        # such as init_module without CONFIG_MODULES) is left out and reported (``missing``, in
+        # `sentinel doctor` and in the `started` line), not fatal: its events cannot happen
+        # here. The sched tracepoints are required (preflight).
+        check_root()
+        _mount("tracefs", TRACEFS)
+        self.missing = frozenset(absent_syscalls(self.syscalls))
         self.syscalls = self.syscalls - self.missing
-        cflags = preflight(program.tracepoints(self.syscalls), self.btf_path, self.cache_dir)
+        cflags = preflight(
+            program.tracepoints(self.syscalls), self.btf_path, self.cache_dir, self.disable_features
+        )
         uring = self._uring_cflags() if self.syscalls & program.URING_TYPES else None
         self.uring = uring is not None
         cflags += uring or []
