@@ -24,6 +24,7 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_armed
 from tests.vm.guest.conftest import denials, follow
 
 REPO = Path(__file__).resolve().parents[3]
@@ -126,8 +127,7 @@ def run() -> Iterator[Run]:
     r = Run(proc, payload, accepted)
     armed = follow(proc, r.alerts, r.stderr)
     try:
-        if not armed.wait(600):  # bcc compiles twice (sensor, LSM) under emulation
-            raise AssertionError("sentinel run never armed:\n" + "".join(r.stderr[-40:]))
+        wait_armed(proc, armed, 600, r.stderr)  # bcc compiles twice (sensor, LSM) under emulation
         yield r
     finally:
         if proc.poll() is None:
