@@ -112,7 +112,9 @@ class Sentinel:
         for line in self.proc.stderr:
             self.stderr.append(line.rstrip())
             rec = _log_record(line)
-            if rec.get("event") == "armed" and not self.armed.is_set():
+            # checkouts before the structlog change printed a plain "sentinel: armed ..."
+            armed = rec.get("event") == "armed" or line.startswith("sentinel: armed")
+            if armed and not self.armed.is_set():
                 self.armed_s = time.monotonic() - self.t0
                 self.armed_rec = rec
                 self.armed.set()
