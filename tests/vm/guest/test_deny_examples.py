@@ -127,7 +127,7 @@ def run() -> Iterator[Run]:
     r = Run(proc, payload, accepted)
     armed = follow(proc, r.alerts, r.stderr)
     try:
-        wait_armed(proc, armed, 600, r.stderr)  # bcc compiles twice (sensor, LSM) under emulation
+        wait_armed(proc, armed, 1200, r.stderr)  # bcc compiles twice (sensor, LSM) under TCG
         yield r
     finally:
         if proc.poll() is None:
