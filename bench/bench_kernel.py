@@ -143,6 +143,12 @@ class Sentinel:
             t.join(10)
         # sentinel's log is structlog JSON on a pipe: {"event": "stopped", "lost": 0, ...}
         stopped = [r for r in map(_log_record, self.stderr) if r.get("event") == "stopped"]
+        # older checkouts: a plain "sentinel: stopped events=N lost=N ..." line
+        stopped += [
+            {k: int(v) for k, _, v in (w.partition("=") for w in line.split()[2:]) if v.isdigit()}
+            for line in self.stderr
+            if line.startswith("sentinel: stopped")
+        ]
         if not stopped:
             raise RuntimeError(f"no 'stopped' line: {self.stderr}")
         return {k: v for k, v in stopped[-1].items() if isinstance(v, int)}
