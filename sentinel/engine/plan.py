@@ -1,0 +1,125 @@
+"""The per-event-type matcher's shape: rules grouped under the conditions they share.
+
+Why: after specialisation to one event type, most candidate rules still begin with the same
+few tests: every open-for-read rule with ``evt.is_open_read = true and fd.typechar = f and
+fd.num >= 0`` (Falco's ``open_read``), every write rule with ``open_write``. Tested rule by
+rule, a read event pays for the write test of each write rule and for the read test of each
+read rule again. Grouped, a shared test is one ``if`` around the rules that need it, so a
+read event skips all the write rules with one test, and the read rules' shared tests run once.
+Falco's own ruleset does the first step of this (rules indexed by event type); this is the
+next step inside one event type.
+
+What is left of a rule after its blocks is tested cheapest conjunct first (:func:`cost`):
+upstream rules often put an ancestor scan (``proc.aname[2] in (...)``) before ``proc.name in
+shell_binaries``, which decides most events for a fraction of the price.
+
+Grouping and ordering change evaluation, never the answer: conditions are pure (field getters
+have no side effects), every rule is still tested exactly when its whole condition holds, and
+the matcher reports its hits in rule order (the first of them under ``matching: first``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sentinel.fields import FIELDS, Kind
+from sentinel.language import ast
+
+# ops that run a pattern engine or scan a string rather than compare once
+_SCANS = frozenset({"regex", "glob", "iglob", "pmatch", "contains", "icontains", "bcontains"})
+
+
+@dataclass(frozen=True)
+class Leaf:
+    """Rule ``index`` matches when ``rest`` (its conjuncts not tested by an enclosing block)
+    all hold; an empty ``rest`` means the enclosing blocks already decided it."""
+
+    index: int
+    rest: tuple[ast.Expr, ...]
+
+
+@dataclass(frozen=True)
+class Block:
+    """The nodes of ``body`` are tested only when ``guard`` holds."""
+
+    guard: ast.Expr
+    body: tuple[Node, ...]
+
+
+Node = Leaf | Block
+
+
+def conjuncts(e: ast.Expr) -> tuple[ast.Expr, ...]:
+    """The top-level ``and`` terms of a specialised condition (``true`` has none)."""
+    if isinstance(e, ast.And):
+        return e.children
+    if isinstance(e, ast.Const) and e.value:
+        return ()
+    return (e,)
+
+
+def plan(rules: Sequence[tuple[int, ast.Expr]]) -> tuple[Node, ...]:
+    """Nodes testing each ``(index, condition)``: repeatedly, the conjunct most rules share
+    (two at least) becomes a block around those rules, the rest are planned alike."""
+    return _plan([(i, conjuncts(c)) for i, c in rules])
+
+
+def _plan(rules: list[tuple[int, tuple[ast.Expr, ...]]]) -> tuple[Node, ...]:
+    out: list[Node] = []
+    while rules:
+        guard = _most_shared(rules)
+        if guard is None:
+            out.extend(Leaf(i, tuple(sorted(terms, key=cost))) for i, terms in rules)
+            break
+        inside = [(i, tuple(t for t in ts if t != guard)) for i, ts in rules if guard in ts]
+        rules = [(i, terms) for i, terms in rules if guard not in terms]
+        out.append(Block(guard, _plan(inside)))
+    return tuple(out)
+
+
+def _most_shared(rules: list[tuple[int, tuple[ast.Expr, ...]]]) -> ast.Expr | None:
+    """The conjunct in the most rules (first seen wins a tie), if two rules share one."""
+    counts: dict[ast.Expr, int] = {}
+    for _i, terms in rules:
+        for t in dict.fromkeys(terms):  # a term repeated inside one rule counts once
+            counts[t] = counts.get(t, 0) + 1
+    if not counts:
+        return None
+    best = max(counts, key=lambda t: counts[t])  # max keeps the first of equal counts
+    return best if counts[best] >= 2 else None
+
+
+def cost(e: ast.Expr) -> int:
+    """A rough price of testing ``e`` (relative units: one memoised field compared once is
+    1), to test the cheap conjuncts of a rule first. Only the order depends on it."""
+    if isinstance(e, ast.Const):
+        return 0
+    if isinstance(e, ast.Not):
+        return cost(e.child)
+    if isinstance(e, ast.And | ast.Or):
+        return sum(cost(c) for c in e.children)
+    if not isinstance(e, ast.Check):
+        return 10
+    if not isinstance(e.lhs, ast.FieldRef):
+        return 8  # a transformer
+    price = 1 if e.lhs.arg is None else 2
+    info = FIELDS.get(e.lhs.name)
+    if info is not None and info.kind is not Kind.SCALAR and e.lhs.arg is None:
+        price += 4  # a loop over the values
+    if e.op in _SCANS or e.modifier:
+        price += 2
+    if isinstance(e.rhs, ast.Transform):
+        price += 6
+    return price
+
+
+def rule_indexes(nodes: Sequence[Node]) -> list[int]:
+    """Every rule index the plan tests (for checking that none was lost)."""
+    out: list[int] = []
+    for n in nodes:
+        if isinstance(n, Leaf):
+            out.append(n.index)
+        else:
+            out.extend(rule_indexes(n.body))
+    return out
