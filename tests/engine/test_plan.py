@@ -48,6 +48,15 @@ def test_a_rule_that_is_only_the_shared_test_matches_inside_its_block() -> None:
     assert nodes == (Block(a, (Leaf(4, ()), Leaf(5, (b,)))),)
 
 
+def test_a_dear_test_rules_share_is_not_hoisted_above_their_cheap_ones() -> None:
+    """Two write rules share a package-manager exception (an ancestor scan); hoisting it
+    would make every open pay for the scan that ``evt.is_open_write`` spares most of them."""
+    dear = _c("not proc.aexepath in (/usr/bin/dpkg)")
+    w, r = _c("evt.is_open_write = true"), _c("evt.is_open_read = true")
+    nodes = plan([(0, ast.And((dear, w))), (1, ast.And((dear, r)))])
+    assert nodes == (Leaf(0, (w, dear)), Leaf(1, (r, dear)))
+
+
 def test_no_block_for_a_test_only_one_rule_has() -> None:
     a, b = _c("proc.name = a"), _c("fd.num > 3")
     assert plan([(0, a), (1, b)]) == (Leaf(0, (a,)), Leaf(1, (b,)))
