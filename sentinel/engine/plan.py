@@ -14,6 +14,11 @@ A rule's conjuncts are tested cheapest first (:func:`cost`): upstream rules ofte
 ancestor scan (``proc.aname[2] in (...)``) before ``proc.name in shell_binaries``, which
 decides most events for a fraction of the price.
 
+Rules whose first tests compare one field with different values (``proc.name in
+shell_binaries``, ``proc.name = sudo``...: 20 of the execve candidates) sit under one test
+of the union of those values (one set lookup, :mod:`sentinel.compiler.merge`), so an exec
+of a name none of them lists skips them all at once; each still tests its own values inside.
+
 Grouping and ordering change evaluation, never the answer: conditions are pure (field getters
 have no side effects), every rule is still tested exactly when its whole condition holds, and
 the matcher reports its hits in rule order (the first of them under ``matching: first``).
@@ -24,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from sentinel.compiler.merge import merge_key
 from sentinel.fields import FIELDS, Kind
 from sentinel.language import ast
 
@@ -81,11 +87,20 @@ def _plan(rules: list[tuple[int, tuple[ast.Expr, ...]]]) -> tuple[Node, ...]:
             by_first.setdefault(terms[0], []).append((i, terms))
         else:
             out.append(Leaf(i, ()))
+    # rules whose first tests compare one field with different values (proc.name in
+    # shell_binaries, proc.name = sudo, ...) sit under one test of the union of those values
+    by_field: dict[object, list[tuple[ast.Expr, Node]]] = {}
     for first, members in by_first.items():
         if len(members) < 2:
-            out.extend(Leaf(i, terms) for i, terms in members)
+            node: Node = Leaf(*members[0])
         else:
-            out.append(Block(first, _plan([(i, terms[1:]) for i, terms in members])))
+            node = Block(first, _plan([(i, terms[1:]) for i, terms in members]))
+        by_field.setdefault(merge_key(first) or first, []).append((first, node))
+    for group in by_field.values():
+        if len(group) < 2:
+            out.append(group[0][1])
+        else:
+            out.append(Block(ast.Or(tuple(f for f, _n in group)), tuple(n for _f, n in group)))
     return tuple(out)
 
 
@@ -95,7 +110,9 @@ def cost(e: ast.Expr) -> int:
     if isinstance(e, ast.Const):
         return 0
     if isinstance(e, ast.Not):
-        return cost(e.child) + 1  # an exception: it rarely decides, so after equal tests
+        # an exception (``and not ...``) is nearly always true, so it rarely decides: after
+        # every positive test, however dear
+        return cost(e.child) + 100
     if isinstance(e, ast.And | ast.Or):
         return sum(cost(c) for c in e.children)
     if not isinstance(e, ast.Check):
