@@ -210,7 +210,8 @@ def measure(trials: int, n: int, before: Path | None) -> dict[str, Any]:
     }
     if before is not None:
         if runs["before"][0]["alerts"] != out["alerts"]:
-            raise RuntimeError(f"alerts differ: before {runs['before'][0]['alerts']}, after")
+            before_alerts = runs["before"][0]["alerts"]
+            raise RuntimeError(f"alerts differ: before {before_alerts}, after {out['alerts']}")
         out["before_commit"] = _commit(before)
         out["before_events_per_second"] = statistics.median(eps["before"])
         out["before_events_per_second_all"] = eps["before"]
