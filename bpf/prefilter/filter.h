@@ -526,9 +526,12 @@ static __always_inline int f_file_opened_pre(struct f_state *st, u32 t, u32 ofla
     u32 acc = oflags & 3;
     int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
-               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0) &&
-               f_comm_dim(st, st->fam) &&
-               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
+               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0);
+    BENCH_STAGE(STAGE_OPEN_ACCESS);
+    keep = keep && f_comm_dim(st, st->fam);
+    BENCH_STAGE(STAGE_OPEN_COMM);
+    keep = keep && f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
+    BENCH_STAGE(STAGE_OPEN_UID);
     if (keep && f_needs(st, D_RAW_DOTDOT)) {
         u32 zero = 0;
         struct f_scratch *s = f_scratch_map.lookup(&zero);
