@@ -28,7 +28,7 @@ from sentinel.events.common import (
     WALK_DEPTH,
     WALK_SIZE,
 )
-from sentinel.events.dims import DIM_CODES
+from sentinel.events.dims import BOOL_DIMS, DIM_CODES
 from sentinel.events.schema import EventType, TailCall
 from sentinel.events.stages import STAGES
 
@@ -72,6 +72,7 @@ def constants() -> dict[str, int]:
     out["F_NFAM"] = len(EVENT_TYPES)  # the prefilter's maps are keyed by event code
     out.update({f"D_{d.name}": code for d, code in DIM_CODES.items()})
     out["F_NDIM"] = len(DIM_CODES)
+    out["F_BOOL_DIMS"] = sum(1 << DIM_CODES[d] for d in BOOL_DIMS)
     out.update({f"STAGE_{s.name}": s.code for s in STAGES})
     return out
 
