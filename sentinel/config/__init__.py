@@ -99,7 +99,7 @@ class SentinelConfig(BaseModel):
         default=False,
         description="hold the kernel's BPF statistics on and export each program's runs and "
         "run time on /metrics (sentinel_bpf_program_*). Off by default: they are "
-        "system-wide, every BPF program on the machine pays them, and they cost ~2.5% of an "
+        "system-wide, every BPF program on the machine pays them, and they cost ~3% of an "
         "open()+close() storm's CPU time (bench/results/bpfstats.json, docs/operations.md)",
     )
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
