@@ -38,7 +38,6 @@ PROGRAM = {
     "open": "tracepoint__syscalls__sys_exit_openat",
     "exec": "raw_tracepoint__sched_process_exec",
 }
-STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
 
 
 def _progs() -> dict[int, dict[str, Any]]:
@@ -52,6 +51,7 @@ def measure(
     """BPF ns per run of ``prog`` and its run count over one ``load``, for the sensor built
     to stop at stage ``cut`` (0: whole)."""
     from sentinel.app.sensor import FilteredSensor
+    from sentinel.kernel.bpfstats import StatsSwitch
 
     before = set(_progs())
     flags = [f"-DBENCH_CUT={cut}"] if cut else []
@@ -59,13 +59,12 @@ def measure(
     try:
         sensor.start(lambda _raw: None)
         mine = [i for i, p in _progs().items() if i not in before and p.get("name") == prog]
-        STATS.write_text("1")
-        try:
+        with StatsSwitch() as switch:  # an fd: nothing stays on if the bench dies
+            if not switch.on:
+                raise RuntimeError(switch.why)
             p0 = _progs()
             load()
             p1 = _progs()
-        finally:
-            STATS.write_text("0")
         sensor.drain()
     finally:
         sensor.close()
@@ -80,6 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--opens", type=int, default=200_000)
     ap.add_argument("--execs", type=int, default=2_000)
     ap.add_argument("--only", choices=sorted(FAMILIES), action="append")
+    ap.add_argument("--stages", help="comma-separated stage names to build (default: all)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv if argv is not None else [])
     if os.geteuid() != 0:
@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     families = args.only or sorted(FAMILIES)
     builds = {f: [*FAMILIES[f], Stage("WHOLE", 0, "the rest: the whole program")] for f in families}
+    if args.stages:
+        keep = {n.strip().upper() for n in args.stages.split(",")}
+        builds = {f: [s for s in b if s.name in keep] for f, b in builds.items()}
     ns: dict[str, dict[str, list[float]]] = {f: {s.name: [] for s in builds[f]} for f in families}
     runs: dict[str, dict[str, list[int]]] = {f: {s.name: [] for s in builds[f]} for f in families}
     loads_seen: list[float] = []
