@@ -9,6 +9,7 @@
 BPF_PERCPU_ARRAY(exe_scratch, struct path_buf, 1);
 BPF_PERCPU_ARRAY(exec_verdict, u32, 1);  // the prefilter's first verdict, for exec_walk
 BPF_PROG_ARRAY(exec_tail, 3);
+BPF_ARRAY(exec_opts, u32, 1);  // what user space wants copied (EXEC_SKIP_ENV...); 0: all
 #define EXEC_EMIT 0                 // exec_emit: builds the record
 #define EXEC_JUDGE 1                // exec_judge: the prefilter judges the path, then emits
 #define EXEC_WALK 2                 // exec_walk: walks the executable's path, then one of those
@@ -45,6 +46,10 @@ static __always_inline void exec_facts(struct exec_ev *e, void *task, void *mm, 
         e->h.flags |= FLAG_ENV_TRUNC;
     }
     e->env_len = 0;
+    u32 zero = 0;
+    u32 *opts = exec_opts.lookup(&zero);
+    if (opts && (*opts & EXEC_SKIP_ENV))
+        elen = 0;                       // no loaded rule reads proc.env
     if (elen > 0 && bpf_probe_read_user(&e->env, elen & (ENV_SIZE - 1) ? elen & (ENV_SIZE - 1) : ENV_SIZE, (void *)es) == 0)
         e->env_len = elen;
     if (BENCH_CUT == STAGE_EXEC_ENV)

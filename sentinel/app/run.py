@@ -202,6 +202,7 @@ def start_sensor(run: Run) -> bool:
         syscalls=ALL_SYSCALLS if run.opts.all_syscalls else None,
         prefilter=run.opts.prefilter,
         ringbuf_pages=run.config.ringbuf_pages,
+        copy_env=_copy_env(run, engine.rules),
     )
     run.cleanup.callback(run.sensor.close)
     try:
@@ -219,6 +220,14 @@ def start_sensor(run: Run) -> bool:
         _log_prefilter(run)
     run.ops.watch(sensor=run.sensor.sensor, process_table=run.enricher.table)
     return True
+
+
+def _copy_env(run: Run, rules: Any) -> bool:
+    """Execs copy their environment while a rule reads proc.env, and for a capture (the
+    replay format keeps every field)."""
+    from sentinel.app.sensor import reads_env
+
+    return run.opts.capture is not None or reads_env(rules)
 
 
 def start_enforcement(run: Run) -> bool:
@@ -308,7 +317,8 @@ def event_loop(run: Run) -> bool:
         run.waiter.run_due()
         if run.ops.step():
             # reloaded rules: the prefilter follows; new syscalls need a restart
-            sensor.reload([(r.name, r.expr) for r in run.ops.engine.rules])
+            rules = run.ops.engine.rules
+            sensor.reload([(r.name, r.expr) for r in rules], copy_env=_copy_env(run, rules))
             _log_prefilter(run)
             wanted = syscalls_for(run.ops.engine.event_types())
             if not wanted <= sensor.syscalls:

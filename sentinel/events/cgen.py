@@ -41,6 +41,7 @@ SIZES = {
     "FNAME_SIZE": exec_family.FNAME_SIZE,
     "ARGS_SIZE": exec_family.ARGS_SIZE,
     "ENV_SIZE": exec_family.ENV_SIZE,
+    "EXEC_SKIP_ENV": exec_family.EXEC_SKIP_ENV,
     "EXE_MEMFD": exec_family.EXE_MEMFD,
     "EXE_UPPER": exec_family.EXE_UPPER,
     "EXE_OVERLAY": exec_family.EXE_OVERLAY,
