@@ -89,8 +89,9 @@ def kernel_table(path: Path = RESULTS) -> str:
     rows = ["| kernel benchmark | result | goal |", "|---|---|---|"]
     if "startup" in doc and "armed_s_warm_all" in doc["startup"]:
         rows += _startup(doc["startup"], goals)
-    if "storm" in doc:
-        rows += _storm(doc["storm"], goals)
+    for key in ("storm", "storm_default_rules"):
+        if key in doc:
+            rows += _storm(doc[key], goals)
     if "rates" in doc and "trials" in doc["rates"]:
         rows += _rates(doc["rates"], doc.get("drain"), goals)
     return "\n".join(rows)
