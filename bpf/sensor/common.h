@@ -30,7 +30,7 @@
 #define WAKEUP_EVERY 4096
 
 // The arguments of a syscall, read at its exit from the task's saved user registers
-// (bpf_task_pt_regs): only sys_exit_* tracepoints are attached, never sys_enter_*, which halves
+// (read_args): only sys_exit_* tracepoints are attached, never sys_enter_*, which halves
 // the tracepoint cost every syscall of every task pays, and no enter->exit stash map is needed.
 struct sc_args {
     u64 a0, a1, a2, a3;
@@ -130,14 +130,24 @@ static __always_inline void submit(void *rec, u32 evt) {
     events.ringbuf_submit(rec, wakeup_flags(evt));
 }
 
-// Hot path: the task pointer from bpf_get_current_task_btf() is typed by the kernel's BTF, so
-// fields are read with plain loads at BTF offsets (the verifier checks each against BTF and
-// makes it fault-safe); far cheaper than a bpf_probe_read_kernel() call per field.
+// The current task and loads from it. Hot path: where the kernel has bpf_get_current_task_btf
+// (5.11+; HAVE_TASK_BTF, from sentinel.kernel.features) the pointer is typed by the kernel's
+// BTF, so fields are read with plain loads at BTF offsets (the verifier checks each against BTF
+// and makes it fault-safe); far cheaper than a bpf_probe_read_kernel() call per field, which is
+// the fallback on older kernels (same values).
+#ifdef HAVE_TASK_BTF
+#define CUR_TASK() ((char *)bpf_get_current_task_btf())
+#define TASK_LD(type, addr) (*(type *)(addr))
+#else
+#define CUR_TASK() ((char *)bpf_get_current_task())
+#define TASK_LD(type, addr) ({ type __v = 0; bpf_probe_read_kernel(&__v, sizeof(__v), (addr)); __v; })
+#endif
+
 static __always_inline void fill_hdr(struct hdr *h, u32 evt) {
     u64 pt = bpf_get_current_pid_tgid();
     u64 ug = bpf_get_current_uid_gid();
-    char *t = (char *)bpf_get_current_task_btf();
-    char *parent = *(char **)(t + OFF_TASK_REAL_PARENT);
+    char *t = CUR_TASK();
+    char *parent = TASK_LD(char *, t + OFF_TASK_REAL_PARENT);
     h->ts = bpf_ktime_get_boot_ns();
     h->type = evt;
     h->pid = pt >> 32;
@@ -146,18 +156,30 @@ static __always_inline void fill_hdr(struct hdr *h, u32 evt) {
     h->gid = ug >> 32;
     h->flags = 0;
     h->cgroup_id = bpf_get_current_cgroup_id();
-    h->ppid = *(u32 *)(parent + OFF_TASK_TGID);
-    h->loginuid = *(u32 *)(t + OFF_TASK_LOGINUID);
+    h->ppid = TASK_LD(u32, parent + OFF_TASK_TGID);
+    h->loginuid = TASK_LD(u32, t + OFF_TASK_LOGINUID);
     bpf_get_current_comm(&h->comm, sizeof(h->comm));
 }
 
 static __always_inline void read_args(struct sc_args *a) {
+#ifdef HAVE_TASK_PT_REGS
     // BTF-typed pt_regs: plain loads (see fill_hdr).
     char *regs = (char *)bpf_task_pt_regs(bpf_get_current_task_btf());
     a->a0 = *(u64 *)(regs + OFF_REGS_ARG0);
     a->a1 = *(u64 *)(regs + OFF_REGS_ARG1);
     a->a2 = *(u64 *)(regs + OFF_REGS_ARG2);
     a->a3 = *(u64 *)(regs + OFF_REGS_ARG3);
+#else
+    // Before 5.15: where the kernel's task_pt_regs() finds them, at the top of the task's
+    // kernel stack (THREAD_SIZE_VAL and PT_REGS_SIZE from sentinel.kernel.features). The stack
+    // pointer is untyped (void *), so every read is a bpf_probe_read_kernel().
+    char *regs = (char *)rd_ptr((void *)bpf_get_current_task(), OFF_TASK_STACK) +
+                 THREAD_SIZE_VAL - PT_REGS_SIZE;
+    a->a0 = (u64)rd_ptr(regs, OFF_REGS_ARG0);
+    a->a1 = (u64)rd_ptr(regs, OFF_REGS_ARG1);
+    a->a2 = (u64)rd_ptr(regs, OFF_REGS_ARG2);
+    a->a3 = (u64)rd_ptr(regs, OFF_REGS_ARG3);
+#endif
 }
 
 // Walk from (dentry, vfsmount) up to the task's root, writing the components leaf-first,

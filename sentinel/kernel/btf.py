@@ -100,6 +100,7 @@ class Btf:
         self._offsets: list[int] = [0]
         self._by_name: dict[str, int] = {}
         self._typedefs: dict[str, int] = {}
+        self._enums: dict[str, int] = {}
         self._index()
 
     @classmethod
@@ -124,6 +125,7 @@ class Btf:
         offsets = self._offsets
         by_name = self._by_name
         typedefs = self._typedefs
+        enums = self._enums
         unpack = _TYPE.unpack_from
         extra = _EXTRA
         type_id = 0
@@ -138,6 +140,8 @@ class Btf:
                 by_name.setdefault(self._str(name_off), type_id)
             elif kind == KIND_TYPEDEF:
                 typedefs.setdefault(self._str(name_off), type_id)
+            elif kind in (KIND_ENUM, KIND_ENUM64) and name_off:
+                enums.setdefault(self._str(name_off), type_id)
             pos += 12 + fixed + per * (info & 0xFFFF)
         if pos != end:
             raise BtfError("BTF type section is malformed (record overruns section)")
@@ -273,6 +277,30 @@ class Btf:
             type_id = self.resolve(ref)
         kind, vlen, _ref, _pos = self._record(type_id)
         return vlen if kind == KIND_FUNC_PROTO else None
+
+    def enum_values(self, enum_name: str) -> dict[str, int]:
+        """The members of a named enum (``"bpf_func_id"``) and their values; empty when the
+        kernel has no such enum. Used for feature detection: a kernel's ``enum bpf_func_id``
+        lists exactly the BPF helpers it offers."""
+        type_id = self._enums.get(enum_name.removeprefix("enum "))
+        if type_id is None:
+            return {}
+        kind, vlen, _size, pos = self._record(type_id)
+        signed = (_TYPE.unpack_from(self._data, pos)[1] >> 31) & 1
+        out: dict[str, int] = {}
+        base = pos + 12
+        if kind == KIND_ENUM:
+            for i in range(vlen):
+                name_off, val = struct.unpack_from(
+                    "<Ii" if signed else "<II", self._data, base + 8 * i
+                )
+                out[self._str(name_off)] = val
+        else:
+            for i in range(vlen):
+                name_off, lo, hi = struct.unpack_from("<III", self._data, base + 12 * i)
+                val = hi << 32 | lo
+                out[self._str(name_off)] = val - (1 << 64) if signed and hi >> 31 else val
+        return out
 
     def has_struct(self, struct_name: str) -> bool:
         try:

@@ -8,8 +8,10 @@ BPF code silently reading a wrong field, which is what header layouts would do h
 from __future__ import annotations
 
 import platform
+from collections.abc import Iterable
 
 from sentinel.kernel.btf import Btf
+from sentinel.kernel.features import detect
 
 OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TASK_REAL_PARENT": ("task_struct", "real_parent"),
@@ -75,8 +77,10 @@ class UnsupportedArch(Exception):
     pass
 
 
-def sensor_cflags(btf: Btf, machine: str | None = None) -> list[str]:
-    """All ``-D`` flags the sensor program needs on this kernel."""
+def sensor_cflags(btf: Btf, machine: str | None = None, disable: Iterable[str] = ()) -> list[str]:
+    """All ``-D`` flags the sensor program needs on this kernel: struct offsets, and the
+    kernel's features (:mod:`sentinel.kernel.features`, which may raise UnsupportedKernel;
+    ``disable`` names optional features to compile the fallback of)."""
     machine = machine or platform.machine()
     regs = SYSCALL_ARG_REGS.get(machine)
     if regs is None:
@@ -84,11 +88,5 @@ def sensor_cflags(btf: Btf, machine: str | None = None) -> list[str]:
     flags = btf.cflags(OFFSETS)
     flags += [f"-DOFF_REGS_ARG{i}={btf.offsetof('pt_regs', r)}" for i, r in enumerate(regs)]
     flags += [f"-DPIDTYPE_PGID_IDX={PIDTYPE_PGID}", f"-DPIDTYPE_SID_IDX={PIDTYPE_SID}"]
-    if btf.has_member("task_struct", "exit_code") and _exit_has_group_dead(btf):
-        flags.append("-DEXIT_HAS_GROUP_DEAD=1")
+    flags += detect(btf, disable=disable).cflags
     return flags
-
-
-def _exit_has_group_dead(btf: Btf) -> bool:
-    """Since Linux 6.16 the sched_process_exit tracepoint passes ``bool group_dead``."""
-    return btf.func_proto_params("btf_trace_sched_process_exit") == 3

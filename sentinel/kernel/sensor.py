@@ -32,6 +32,7 @@ from sentinel.events import EVENT_TYPES
 from sentinel.events.common import COUNTERS
 from sentinel.kernel import program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
+from sentinel.kernel.features import UnsupportedKernel
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
 from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
 from sentinel.kernel.ringbuf import RingBufferReader
@@ -71,7 +72,11 @@ def check_root() -> None:
         raise SensorError("sentinel must run as root to load BPF programs")
 
 
-def preflight(tracepoints: Iterable[tuple[str, str]], btf_path: Path | str = VMLINUX) -> list[str]:
+def preflight(
+    tracepoints: Iterable[tuple[str, str]],
+    btf_path: Path | str = VMLINUX,
+    disable_features: Iterable[str] = (),
+) -> list[str]:
     """Check everything that can be checked before compiling; returns the cflags.
 
     Raises :class:`SensorError` with one clear line for: not root, no BTF, bcc missing, a
@@ -96,10 +101,10 @@ def preflight(tracepoints: Iterable[tuple[str, str]], btf_path: Path | str = VML
             raise SensorError(f"tracepoint {category}:{name} does not exist on this kernel")
     try:
         # Parsed once and dropped: the raw BTF is ~5 MB the sensor does not need afterwards.
-        return sensor_cflags(Btf.load(btf_path))
+        return sensor_cflags(Btf.load(btf_path), disable=disable_features)
     except BtfError as exc:
         raise SensorError(f"kernel BTF lacks what the sensor needs: {exc}") from None
-    except UnsupportedArch as exc:
+    except (UnsupportedArch, UnsupportedKernel) as exc:
         raise SensorError(str(exc)) from None
 
 
@@ -125,6 +130,7 @@ class Sensor:
         ignore_self: bool = True,
         prelude: str = "",
         maps: Iterable[str] = (),
+        disable_features: Iterable[str] = (),
     ) -> None:
         unknown = set(syscalls) - ALL_SYSCALLS
         if unknown:
@@ -139,6 +145,9 @@ class Sensor:
         # extra map names whose fds the caller wants (see map_fd()).
         self.prelude = prelude
         self.extra_maps = list(maps)
+        # Optional kernel features to leave unused (sentinel.kernel.features): their fallback
+        # code is compiled instead, e.g. to test it on a kernel that has the feature.
+        self.disable_features = tuple(disable_features)
         if ignore_self:
             # Our own events would feed back forever (see is_self() in the BPF source).
             self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
@@ -148,7 +157,7 @@ class Sensor:
         self._callback: RawCallback = _ignore
 
     def start(self, callback: RawCallback) -> None:
-        cflags = preflight(program.tracepoints(self.syscalls), self.btf_path)
+        cflags = preflight(program.tracepoints(self.syscalls), self.btf_path, self.disable_features)
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
         cflags += self.extra_cflags
         try:

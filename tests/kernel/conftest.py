@@ -30,11 +30,15 @@ def require_root() -> None:
 class LiveSensor:
     """A running sensor whose events (materialised dicts) are collected by a poll thread."""
 
-    def __init__(self, families: frozenset[str] | None = None) -> None:
+    def __init__(
+        self, families: frozenset[str] | None = None, disable_features: tuple[str, ...] = ()
+    ) -> None:
         from sentinel.enrichment.containers import ContainerResolver
         from sentinel.kernel.sensor import ALL_SYSCALLS, Sensor
 
-        self.sensor = Sensor(families if families is not None else ALL_SYSCALLS)
+        self.sensor = Sensor(
+            families if families is not None else ALL_SYSCALLS, disable_features=disable_features
+        )
         self.resolver = ContainerResolver(fetch_metadata=False)
         self.enricher = Enricher(resolver=self.resolver)
         self.events: list[dict[str, Any]] = []
