@@ -12,6 +12,9 @@
 # generic headers: /lib/modules/KVER/build and source link to them. That is safe because the
 # sensor reads every kernel struct at offsets from the running kernel's BTF, never from headers.
 #
+# The kernel's BTF is extracted to build/kernels/NAME/vmlinux.btf (scripts/extract-btf.py): the
+# host-side tests check offsets, helpers and LSM hooks of every VM kernel from it, before booting.
+#
 # A cached kernel is not fetched again (delete build/kernels/NAME to refresh it). A kernel that
 # cannot be fetched fails the script, naming it: the VM suites must not silently shrink.
 set -euo pipefail
@@ -44,6 +47,11 @@ link_headers() {
   ln -sfn "$common" "$moddir/source"
 }
 
+extract_btf() {
+  /usr/bin/python3 "$repo/scripts/extract-btf.py" "$2" "$3.tmp" || fail "$1: cannot extract BTF from $2"
+  mv "$3.tmp" "$3"
+}
+
 archive_uri() {
   local uri=""
   if [ -r /etc/apt/sources.list.d/debian.sources ]; then
@@ -60,6 +68,7 @@ fetch() {
     . "$dir/kernel.env"
     [ -r "$dir/root/boot/vmlinuz-$KVER" ] || fail "$dir/kernel.env names a missing image; delete $dir and rerun"
     link_headers "$dir/root/lib/modules/$KVER"
+    [ -s "$dir/vmlinux.btf" ] || extract_btf "$name" "$dir/root/boot/vmlinuz-$KVER" "$dir/vmlinux.btf"
     echo "fetch-kernels: $name: cached ($PACKAGE $VERSION)"
     return
   fi
@@ -98,9 +107,11 @@ fetch() {
   # Debian's packages leave modules.dep to their postinst; virtme-ng and modprobe need it.
   depmod -b "$tmp/root" "$kver" || fail "$name: depmod failed for $kver"
   link_headers "$tmp/root/lib/modules/$kver"
+  extract_btf "$name" "$tmp/root/boot/vmlinuz-$kver" "$tmp/vmlinux.btf"
   rm -rf "$dir"
   mkdir -p "$dir"
   mv "$tmp/root" "$dir/root"
+  mv "$tmp/vmlinux.btf" "$dir/vmlinux.btf"
   printf 'KVER=%s\nPACKAGE=%s\nVERSION=%s\nSUITE=%s\n' "$kver" "$pkg" "$version" "$suite" \
     >"$dir/kernel.env"
   echo "fetch-kernels: $name: $pkg $version ($kver)"

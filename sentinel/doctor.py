@@ -130,6 +130,36 @@ def _mount_check(name: str, fstype: str, path: Path, required: bool, why: str) -
     )
 
 
+def check_kernel_features() -> Check:
+    """Which BPF helpers the sensor uses on this kernel and which fallbacks it compiles
+    (sentinel.kernel.features, from BTF). FAIL when a required one is missing; WARN when a
+    fallback gives a coarser result; OK otherwise (a slower fallback gives the same values)."""
+    from sentinel.kernel.btf import BtfError, vmlinux_btf
+    from sentinel.kernel.features import UnsupportedKernel, detect
+
+    try:
+        feats = detect(vmlinux_btf())
+    except (BtfError, OSError) as exc:
+        return Check("FAIL", "kernel-features", f"cannot read the kernel's BTF: {exc}")
+    except UnsupportedKernel as exc:
+        return Check("FAIL", "kernel-features", str(exc), "run a kernel >= 5.8 with BTF")
+    missing = feats.missing()
+    head = f"{feats.release}: {feats.helpers} BPF helpers"
+    if not missing:
+        names = ", ".join(f.name for f in feats.features)
+        return Check("OK", "kernel-features", f"{head}; the sensor uses all of: {names}")
+    detail = f"{head}; fallbacks: " + "; ".join(
+        f"no {f.name} ({f.what}): {f.fallback} [{f.cost}]" for f in missing
+    )
+    coarser = any(f.cost == "coarser" for f in missing)
+    return Check(
+        "WARN" if coarser else "OK",
+        "kernel-features",
+        detail,
+        "a newer kernel gives exact results where a fallback is marked [coarser]",
+    )
+
+
 def check_tracefs() -> Check:
     return _mount_check(
         "tracefs", "tracefs", TRACEFS, True, "tracepoint formats and attachment need it"
@@ -304,6 +334,7 @@ def run_checks(
     steps: list[Callable[[], Check | list[Check]]] = [
         check_privileges,
         check_btf,
+        check_kernel_features,
         check_tracefs,
         check_bpffs,
         check_headers,
@@ -338,6 +369,14 @@ def kernel_features() -> dict[str, object]:
         feats["bpf_lsm"] = None
     major, minor = (int(x) for x in platform.release().split(".")[:2])
     feats["ringbuf"] = (major, minor) >= (5, 8)
+    try:
+        from sentinel.kernel.btf import vmlinux_btf
+        from sentinel.kernel.features import detect
+
+        # Every fallback the sensor compiled on this kernel, by feature (empty: none).
+        feats["sensor_fallbacks"] = detect(vmlinux_btf()).summary()
+    except Exception as exc:  # the summary must never stop start-up
+        feats["sensor_fallbacks"] = f"unknown: {exc}"
     return feats
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Runs INSIDE the BPF LSM VM (started by tests/vm/test_vm.py through scripts/vm-run.sh).
-#   guest_entry.sh OUTDIR [pytest args...]   (env: SENTINEL_VM_TESTS=0 / SENTINEL_VM_BENCH=0 to skip)
-# Mounts what the sensor needs, runs the guest suite (JUnit XML into OUTDIR), then the LSM
-# benchmark (JSON into OUTDIR). The repository is visible read-only at the same path.
+#   guest_entry.sh OUTDIR [TEST PATHS / pytest args...]   (default: tests/vm/guest)
+#   env: SENTINEL_VM_TESTS=0 / SENTINEL_VM_BENCH=0 / SENTINEL_VM_DOCTOR=0 to skip a part
+# Mounts what the sensor needs, writes `sentinel doctor`'s report, runs the guest suite (JUnit
+# XML into OUTDIR), then the LSM benchmark (JSON into OUTDIR). The repository is visible
+# read-only at the same path.
 set -uo pipefail
 out="$1"
 shift
@@ -29,10 +31,20 @@ export SENTINEL_VM_OUT="$out"
   echo "guest_start_epoch=$(date +%s)"
 } >"$out/guest-info.txt"
 
+if [ "${SENTINEL_VM_DOCTOR:-1}" = 1 ]; then
+  # What this kernel offers and what Sentinel does about it (README's kernel table).
+  .venv/bin/python -m sentinel doctor >"$out/doctor.txt" 2>&1
+  echo "doctor_rc=$?" >>"$out/guest-info.txt"
+fi
+td=$(date +%s.%N)
+
 if [ "${SENTINEL_VM_TESTS:-1}" = 1 ]; then
-  .venv/bin/python -m pytest tests/vm/guest -p no:cacheprovider -v \
-    --junitxml="$out/junit.xml" "$@" 2>&1 | tee "$out/guest-pytest.log"
+  (($#)) || set -- tests/vm/guest
+  .venv/bin/python -m pytest -p no:cacheprovider -v --junitxml="$out/junit.xml" "$@" 2>&1 |
+    tee "$out/guest-pytest.log"
   echo "pytest_rc=${PIPESTATUS[0]}" >>"$out/guest-info.txt"
+  # start-up to armed, written by tests/kernel/test_default_rules.py
+  [ -f "$out/armed.txt" ] && cat "$out/armed.txt" >>"$out/guest-info.txt"
 fi
 t1=$(date +%s.%N)
 
@@ -42,7 +54,8 @@ if [ "${SENTINEL_VM_BENCH:-1}" = 1 ]; then
   echo "bench_rc=${PIPESTATUS[0]}" >>"$out/guest-info.txt"
 fi
 t2=$(date +%s.%N)
-awk -v a="$t0" -v b="$t1" -v c="$t2" 'BEGIN { printf "suite_s=%.1f\nbench_s=%.1f\n", b - a, c - b }' \
+awk -v a="$t0" -v d="$td" -v b="$t1" -v c="$t2" \
+  'BEGIN { printf "doctor_s=%.1f\nsuite_s=%.1f\nbench_s=%.1f\n", d - a, b - d, c - b }' \
   >>"$out/guest-info.txt"
 echo "guest_end_epoch=$(date +%s)" >>"$out/guest-info.txt"
 echo "guest_done=1" >>"$out/guest-info.txt"
