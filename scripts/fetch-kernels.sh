@@ -104,6 +104,10 @@ fetch() {
   local kver=""
   [ -d "$tmp/root/lib/modules" ] && kver=$(ls "$tmp/root/lib/modules" | head -n1)
   [ -n "$kver" ] && [ -r "$tmp/root/boot/vmlinuz-$kver" ] || fail "$name: $pkg holds no /boot/vmlinuz-KVER"
+  # trixie compresses modules with xz; virtme-ng's initramfs inserts them with an insmod that
+  # cannot decompress (it only unpacks .zst itself), so store them plain.
+  find "$tmp/root/lib/modules/$kver" -name '*.ko.xz' -exec xz -d {} + ||
+    fail "$name: cannot decompress the modules of $kver"
   # Debian's packages leave modules.dep to their postinst; virtme-ng and modprobe need it.
   depmod -b "$tmp/root" "$kver" || fail "$name: depmod failed for $kver"
   link_headers "$tmp/root/lib/modules/$kver"

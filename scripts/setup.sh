@@ -11,7 +11,7 @@ APT_PACKAGES=(
   linux-headers-amd64 bpftool bpftrace        # bcc compiles against generic headers; bench uses bpftrace
   podman runc busybox-static debootstrap      # real containers; debootstrap makes the image base
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
-  qemu-system-x86 zstd kmod                    # the VMs (kernels: scripts/fetch-kernels.sh)
+  qemu-system-x86 zstd xz-utils kmod          # the VMs (kernels: scripts/fetch-kernels.sh)
   make iproute2 procps
 )
 

@@ -68,6 +68,7 @@ def test_doctor_on_this_host(podman_socket: str) -> None:
     assert set(by_name) == {
         "privileges",
         "btf",
+        "kernel-features",
         "tracefs",
         "bpffs",
         "kernel-headers",
@@ -85,6 +86,10 @@ def test_doctor_on_this_host(podman_socket: str) -> None:
     assert not_ok == {}
     assert by_name["container-runtime"]["detail"] == f"reachable: {podman_socket}"
     assert "sys_enter_getppid" in by_name["bcc-compile"]["detail"]
+    # this host's 6.18 has every optional feature the sensor uses (no fallback compiled)
+    assert "the sensor uses all of: task_btf, task_pt_regs, exit_group_dead" in (
+        by_name["kernel-features"]["detail"]
+    )
 
 
 def test_text_output_one_line_per_check(tmp_path: Path) -> None:
@@ -95,7 +100,7 @@ def test_text_output_one_line_per_check(tmp_path: Path) -> None:
     lines = res.stdout.splitlines()
     assert lines[-1] == "sentinel run can work here"
     checks = lines[:-1]
-    assert len(checks) == 10
+    assert len(checks) == 11
     for ln in checks:
         assert ln.split(" ", 1)[0] in ("OK", "WARN", "FAIL"), ln
     warn = [ln for ln in checks if ln.startswith("WARN")]
