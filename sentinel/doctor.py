@@ -130,6 +130,14 @@ def _mount_check(name: str, fstype: str, path: Path, required: bool, why: str) -
     )
 
 
+def _absent_syscalls() -> list[str]:
+    """Syscall event types whose sys_exit tracepoint this kernel lacks (when tracefs can be
+    read; the tracefs check reports it otherwise)."""
+    from sentinel.kernel.sensor import ALL_SYSCALLS, absent_syscalls
+
+    return absent_syscalls(ALL_SYSCALLS) if _mounted(TRACEFS, "tracefs") else []
+
+
 def check_kernel_features() -> Check:
     """Which BPF helpers the sensor uses on this kernel and which fallbacks it compiles
     (sentinel.kernel.features, from BTF). FAIL when a required one is missing; WARN when a
@@ -145,6 +153,14 @@ def check_kernel_features() -> Check:
         return Check("FAIL", "kernel-features", str(exc), "run a kernel >= 5.8 with BTF")
     missing = feats.missing()
     head = f"{feats.release}: {feats.helpers} BPF helpers"
+    absent = _absent_syscalls()
+    if absent:
+        return Check(
+            "WARN",
+            "kernel-features",
+            f"{head}; no tracepoint for {', '.join(absent)}: these event types are not traced",
+            "a kernel with these syscalls' tracepoints (CONFIG_FTRACE_SYSCALLS)",
+        )
     if not missing:
         names = ", ".join(f.name for f in feats.features)
         return Check("OK", "kernel-features", f"{head}; the sensor uses all of: {names}")
@@ -334,8 +350,8 @@ def run_checks(
     steps: list[Callable[[], Check | list[Check]]] = [
         check_privileges,
         check_btf,
-        check_kernel_features,
         check_tracefs,
+        check_kernel_features,
         check_bpffs,
         check_headers,
         check_bcc,
@@ -375,6 +391,7 @@ def kernel_features() -> dict[str, object]:
 
         # Every fallback the sensor compiled on this kernel, by feature (empty: none).
         feats["sensor_fallbacks"] = detect(vmlinux_btf()).summary()
+        feats["untraceable"] = _absent_syscalls()
     except Exception as exc:  # the summary must never stop start-up
         feats["sensor_fallbacks"] = f"unknown: {exc}"
     return feats

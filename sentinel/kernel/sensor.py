@@ -108,6 +108,17 @@ def preflight(
         raise SensorError(str(exc)) from None
 
 
+def absent_syscalls(syscalls: Iterable[str]) -> list[str]:
+    """The syscall event types among ``syscalls`` whose ``sys_exit_*`` tracepoint this kernel
+    does not have (tracefs must be mounted)."""
+    return sorted(
+        name
+        for name in syscalls
+        for category, tp in program.tracepoints([name])
+        if category == "syscalls" and not (TRACEFS / "events" / category / tp).is_dir()
+    )
+
+
 RawCallback = Callable[[bytes], None]
 
 
@@ -151,12 +162,20 @@ class Sensor:
         if ignore_self:
             # Our own events would feed back forever (see is_self() in the BPF source).
             self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
+        self.unavailable: frozenset[str] = frozenset()
         self._loaded: Loaded | None = None
         self._ncpus = 1
         self._reader: RingBufferReader | None = None
         self._callback: RawCallback = _ignore
 
     def start(self, callback: RawCallback) -> None:
+        # A syscall tracepoint this kernel lacks drops its event type (named in
+        # self.unavailable, in `sentinel doctor` and in the `started` line) instead of failing
+        # the whole sensor; the sched ones are required (preflight).
+        check_root()
+        _mount("tracefs", TRACEFS)
+        self.unavailable = frozenset(absent_syscalls(self.syscalls))
+        self.syscalls -= self.unavailable
         cflags = preflight(program.tracepoints(self.syscalls), self.btf_path, self.disable_features)
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
         cflags += self.extra_cflags

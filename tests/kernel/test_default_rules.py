@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import log_event, sentinel_env
+from tests.helpers import log_event, log_records, sentinel_env
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -234,3 +234,18 @@ def test_shell_in_container(run: Run, tmp_path: Path) -> None:
     assert f["container.id"] != "host"
     assert len(f["container.id"]) == 12
     assert f"host-{marker}" not in json.dumps(run.settle(0.5))
+
+
+def test_started_line_names_the_kernels_fallbacks(run: Run) -> None:
+    """The `started` log line says which sensor fallbacks this kernel needs (none on a
+    kernel with every optional feature; on 5.10: task fields by probe reads, registers from
+    the kernel stack), exactly as sentinel.kernel.features decides from BTF."""
+    from sentinel.kernel.btf import vmlinux_btf
+    from sentinel.kernel.features import detect
+
+    started = [r for r in log_records(run.stderr) if r.get("event") == "started"]
+    assert len(started) == 1, run.stderr
+    kernel = started[0]["kernel"]
+    assert kernel["sensor_fallbacks"] == detect(vmlinux_btf()).summary()
+    assert kernel["untraceable"] == []
+    assert kernel["kernel"] == os.uname().release
