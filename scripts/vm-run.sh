@@ -80,5 +80,5 @@ fi
 exec "${lock[@]}" timeout --kill-after=10 "${SENTINEL_VM_TIMEOUT:-900}" \
   "$vng" --run "$kernel" "${accel[@]}" \
   --memory "${SENTINEL_VM_MEMORY:-2G}" --cpus "${SENTINEL_VM_CPUS:-2}" \
-  --append "lsm=$LSM_LIST" \
+  --append "lsm=$LSM_LIST ${SENTINEL_VM_APPEND:-}" \
   --rwdir "$rwdir" --exec "$*"
