@@ -31,7 +31,8 @@ ARG PIP_CERT=
 WORKDIR /opt/sentinel
 RUN python3 -m venv --system-site-packages /opt/sentinel/.venv \
  && /opt/sentinel/.venv/bin/pip install --no-cache-dir ${PIP_CERT:+--cert "$PIP_CERT"} \
-      "lark>=1.1.9" "pyyaml>=6.0" "pydantic>=2.6" "structlog>=24.1" "setuptools>=68" wheel
+      "lark>=1.1.9" "pyyaml>=6.0" "pydantic>=2.6" "structlog>=24.1" "grpcio>=1.85" \
+      "protobuf>=7.35.1,<8" "setuptools>=68" wheel
 
 COPY pyproject.toml README.md ./
 COPY sentinel ./sentinel

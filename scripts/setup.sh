@@ -10,9 +10,10 @@ APT_PACKAGES=(
   python3-bpfcc python3-venv python3-dev      # bcc's Python bindings live in Debian's python
   linux-headers-amd64 bpftool bpftrace        # bcc compiles against generic headers; bench uses bpftrace
   podman runc busybox-static debootstrap      # real containers; debootstrap makes the image base
+  containerd                                  # a real CRI runtime (Kubernetes node) for the tests
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
   qemu-system-x86 zstd xz-utils kmod          # the VMs (kernels: scripts/fetch-kernels.sh)
-  make iproute2 procps
+  make iproute2 procps gcc liburing-dev       # gcc: C test programs (layouts, the path racer, io_uring)
 )
 
 missing=()

@@ -15,13 +15,14 @@ from __future__ import annotations
 import ctypes
 import os
 import platform
-import socket
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
+
+from sentinel.enrichment.container_meta import KNOWN_SOCKETS, RuntimeSocket, make_client
 
 Status = Literal["OK", "WARN", "FAIL"]
 
@@ -30,12 +31,8 @@ BPFFS = Path("/sys/fs/bpf")
 CAP_SYS_ADMIN = 21
 CAP_PERFMON = 38
 CAP_BPF = 39
-RUNTIME_SOCKETS = (
-    "/run/podman/podman.sock",
-    "/var/run/docker.sock",
-    "/run/containerd/containerd.sock",
-    "/run/crio/crio.sock",
-)
+# The usual runtime API sockets (Docker API and CRI), as `sentinel run` looks for them.
+RUNTIME_SOCKETS = tuple(s.path for s in KNOWN_SOCKETS)
 
 
 @dataclass(frozen=True)
@@ -303,34 +300,56 @@ def check_lsm() -> Check:
     )
 
 
-def _reachable(path: str) -> bool:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(1.0)
-    try:
-        s.connect(path)
-        return True
-    except OSError:
-        return False
-    finally:
-        s.close()
+def _as_runtime_socket(path: str) -> list[RuntimeSocket]:
+    """The API(s) to try on a socket: a known path's own, else the CRI and the Docker API."""
+    known = [s for s in KNOWN_SOCKETS if s.path == path]
+    return known or [RuntimeSocket(path, "cri", "cri"), RuntimeSocket(path, "docker", "docker")]
+
+
+def probe_runtime(path: str, timeout: float = 2.0) -> str:
+    """'containerd 1.6.20 (CRI v1) at PATH' for a socket that answers; OSError otherwise.
+    Every try is bounded by ``timeout``: a hung runtime makes doctor slower, never stuck."""
+    errors = []
+    for sock in _as_runtime_socket(path):
+        client = make_client(sock)
+        try:
+            return f"{client.probe(timeout)} at {path}"
+        except OSError as exc:
+            errors.append(str(exc))
+        finally:
+            client.close()
+    raise OSError("; ".join(errors))
 
 
 def check_runtime_socket(candidates: tuple[str, ...] = RUNTIME_SOCKETS) -> Check:
-    present = [p for p in candidates if os.path.exists(p)]
-    live = [p for p in present if _reachable(p)]
-    if live:
-        return Check("OK", "container-runtime", f"reachable: {', '.join(live)}")
+    """Which container runtimes answer, over which API: they give container and pod metadata."""
+    present = [
+        p for p in dict.fromkeys(os.path.realpath(p) for p in candidates if os.path.exists(p))
+    ]
+    answered, silent = [], []
+    for path in present:
+        try:
+            answered.append(probe_runtime(path))
+        except OSError as exc:
+            silent.append(f"{path} ({exc})")
+    if answered:
+        detail = "answered: " + ", ".join(answered)
+        if silent:
+            detail += "; not answering: " + ", ".join(silent)
+        return Check("OK", "container-runtime", detail)
     detail = (
-        f"{', '.join(present)} present but not answering"
-        if present
+        f"{', '.join(silent)} present but not answering"
+        if silent
         else f"no runtime socket ({', '.join(candidates)})"
     )
     return Check(
         "WARN",
         "container-runtime",
-        f"{detail}; container.id still works (from cgroups), container.name/image do not",
-        "start the runtime's API socket (e.g. systemctl start podman.socket) and, in a "
-        "container, mount it read-only",
+        f"{detail}; container.id still works (from cgroups), container.name/image and the "
+        "k8s.* fields do not",
+        "start the runtime (or its API socket: systemctl start podman.socket) and, in a "
+        "container, mount its socket read-only (deploy/daemonset.yaml does for containerd "
+        "and CRI-O)",
     )
 
 

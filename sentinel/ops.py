@@ -203,15 +203,21 @@ class Operations:
 
 
 def default_engine(compiled: CompiledRules, cfg: SentinelConfig) -> Any:
-    """The engine a config asks for (matching, priority floor, hostname, append_output)."""
+    """The engine a config asks for (matching, priority floor, hostname, append_output; an
+    unset append_output is the default for this host: see ``default_append_output``)."""
     from sentinel.engine import Engine
+    from sentinel.engine.engine import default_append_output
+    from sentinel.enrichment.container_meta import cri_runtime_found
 
+    append = cfg.append_output
+    if append is None:
+        append = list(default_append_output(cri_runtime_found()))
     return Engine(
         compiled,
         matching=cfg.matching,
         hostname=cfg.hostname,
         min_priority=cfg.minimum_priority,
-        append_output=cfg.append_output,
+        append_output=append,
     )
 
 

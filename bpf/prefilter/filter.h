@@ -170,7 +170,11 @@ static __always_inline int f_comm_dim(struct f_state *st, u32 fam) {
     u32 slot = st->gen & 1;
     struct f_comm_key k = {};
     k.gf = (slot << 8) | fam;
+#ifdef HAVE_TASK_COMM
+    task_comm(k.comm);  // the exec-time name (bpf/sensor/task.h): what proc.name says
+#else
     bpf_get_current_comm(&k.comm, sizeof(k.comm));
+#endif
     return f_and_st(st, f_comm.lookup(&k), D_COMM);
 }
 
@@ -224,29 +228,11 @@ static __always_inline int f_path_needed(struct f_state *st) {
     return f_needs(st, D_PATH) || f_needs(st, D_PATH_PREFIX) || f_needs(st, D_PATH_SUFFIX);
 }
 
-// The path dimensions of an open: the path string is read once from user memory.
-// Returns 0 (no bit survives), 1 (keep) or F_NEED_BASE (a canonical relative path, left in
-// the scratch with st->pend set: judged by f_file_base once the base is known).
-static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *upath) {
-    if (!f_path_needed(st) && !f_needs(st, D_RAW_DOTDOT))
-        return 1;
-    u32 zero = 0;
-    struct f_scratch *s = f_scratch_map.lookup(&zero);
-    if (!s)
-        return 1;
-    u32 slot = st->gen & 1;
-    __builtin_memset(s->pk.path, 0, F_PATH);
-    s->pk.gf = (slot << 8) | fam;
-    int n = bpf_probe_read_user_str(s->pk.path, F_PATH, upath);
-    if (n <= 1 || n >= F_PATH)
-        return 1;                       // unreadable, empty or too long: cannot judge
-    u32 len = (u32)(n - 1) & (F_PATH - 1);
-    // Scan 8 bytes at a time (no per-byte loop: cheap to run and to verify). A byte equal
-    // to c is found exactly with the carry-free zero-byte test on (word ^ c*0x0101..).
-    u64 *w = (u64 *)s->pk.path;
-    int abs = s->pk.path[0] == '/';
-    int canon = 1;
-    int dotdot = 0;
+// Scans the zero-padded path in w (F_PATH bytes) 8 bytes at a time (no per-byte loop: cheap to
+// run and to verify): whether it is canonical (no empty, "." or ".." component) and whether it
+// contains "../". A byte equal to c is found exactly with the carry-free zero-byte test on
+// (word ^ c*0x0101..).
+static __always_inline void f_scan(const u64 *w, int *canon, int *dotdot) {
     for (int i = 0; i < F_PATH / 8; i++) {
         u64 cur = w[i & (F_PATH / 8 - 1)];
         u64 nxt = i + 1 < F_PATH / 8 ? w[(i + 1) & (F_PATH / 8 - 1)] : 0;
@@ -260,10 +246,34 @@ static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *
         // An empty, "." or ".." component ("//", "/./", "/../", a trailing "/." or "/..");
         // hidden names ("/.x", "/..x") are ordinary components.
         if (slash & (slash1 | (dot1 & (slash2 | end2 | (dot2 & (f_bytes_eq(n3, 0x2f) | end3))))))
-            canon = 0;
+            *canon = 0;
         if (dot & dot1 & slash2)
-            dotdot = 1;                 // "../"
+            *dotdot = 1;                // "../"
     }
+}
+
+// The path dimensions of a file event on the path as passed: path is the sensor's copy of it
+// (read once from the caller's memory, into the record: what the prefilter judges is what user
+// space gets). Returns 0 (no bit survives), 1 (keep) or F_NEED_BASE (a canonical relative
+// path, left in the scratch with st->pend set: judged by f_file_base once the base is known).
+static __always_inline int f_path_dims(struct f_state *st, u32 fam, const char *path) {
+    if (!f_path_needed(st) && !f_needs(st, D_RAW_DOTDOT))
+        return 1;
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s)
+        return 1;
+    u32 slot = st->gen & 1;
+    __builtin_memset(s->pk.path, 0, F_PATH);
+    s->pk.gf = (slot << 8) | fam;
+    int n = bpf_probe_read_kernel_str(s->pk.path, F_PATH, path);
+    if (n <= 1 || n >= F_PATH)
+        return 1;                       // unreadable, empty or too long: cannot judge
+    u32 len = (u32)(n - 1) & (F_PATH - 1);
+    int abs = s->pk.path[0] == '/';
+    int canon = 1;
+    int dotdot = 0;
+    f_scan((const u64 *)s->pk.path, &canon, &dotdot);
     if (len > 1 && s->pk.path[(len - 1) & (F_PATH - 1)] == '/')
         canon = 0;
     if (!f_num_dim(st, fam, D_RAW_DOTDOT, dotdot))
@@ -345,11 +355,12 @@ static __always_inline u32 f_compose(struct f_scratch *s, const char *walk, cons
     return q + 1 + rlen;
 }
 
-// The executable's path of an exec, in the family's path dimensions (D_PATH, D_PATH_PREFIX,
-// D_PATH_SUFFIX mean proc.exepath for execs). exe: the path the sensor's walk built, len
-// bytes, exactly the string user space reports; len 0: unknown, not judged. Every exact value
+// A path the kernel gave (the executable's of an exec: D_PATH, D_PATH_PREFIX, D_PATH_SUFFIX
+// mean proc.exepath for execs; the opened file's of a successful open: fd.name) in the
+// family's path dimensions. exe: the path the sensor's walk built, len bytes, exactly the
+// string user space reports; len 0: unknown, not judged. Every exact value
 // is at most F_PATH - 1 bytes long (longer ones are prefixes), so a longer path matches none.
-static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 len) {
+static __always_inline int f_kpath_dims(struct f_state *st, const char *exe, u32 len) {
     if (!len || (!f_needs(st, D_PATH) && !f_needs(st, D_PATH_PREFIX) && !f_needs(st, D_PATH_SUFFIX)))
         return 1;
     u32 zero = 0;
@@ -397,65 +408,45 @@ static __always_inline int f_exe_dims(struct f_state *st, const char *exe, u32 l
     return f_lpm_dim(st, lk, st->fam, D_PATH_SUFFIX);
 }
 
-// Connect: family, port and address from the sockaddr the caller passed.
-static __always_inline int f_sockaddr_dims(struct f_state *st, const void *uaddr, u32 addrlen) {
-    u32 zero = 0;
-    struct f_scratch *s = f_scratch_map.lookup(&zero);
-    if (!s)
+// A socket call's server end (or its only end): family ('4', '6', 'u'; 0 unknown), port and
+// address (ver 4: addr[0..4], ver 6: addr[0..16]; 0: none), as the handler found them (the
+// kernel's socket, else the address the caller passed).
+static __always_inline int f_peer_dims(struct f_state *st, u32 famc, u32 port, const u8 *addr,
+                                       u32 ver) {
+    if (!famc)
         return 1;
-    u32 slot = st->gen & 1;
-    u16 family = 0;
-    bpf_probe_read_user(&family, sizeof(family), uaddr);
-    u64 famc = 0;
-    u32 ver = 0;
-    if (family == 2) {              // AF_INET
-        famc = '4';
-        ver = 4;
-    } else if (family == 10) {      // AF_INET6
-        famc = '6';
-        ver = 6;
-    } else if (family == 1) {       // AF_UNIX
-        famc = 'u';
-    } else {
-        return 1;
-    }
     if (!f_num_dim(st, st->fam, D_FAMILY, famc))
         return 0;
     if (!ver)
         return 1;
-    u16 port_be = 0;
-    bpf_probe_read_user(&port_be, sizeof(port_be), uaddr + 2);
-    u64 port = ((port_be & 0xff) << 8) | (port_be >> 8);
     if (!f_num_dim(st, st->fam, D_DPORT, port))
         return 0;
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s)
+        return 1;
     struct f_lpm_key *lk = &s->lk;
-    lk->data[0] = slot;
+    lk->data[0] = st->gen & 1;
     lk->data[1] = st->fam;
     lk->data[2] = D_DADDR;
-    if (ver == 4) {
+    u8 a[16] = {};
+    bpf_probe_read_kernel(&a, ver == 4 ? 4 : 16, addr);
+    // a v4-mapped v6 peer (::ffff:a.b.c.d) is shown as IPv4 in user space: look it up so
+    int mapped = ver == 6;
+#pragma unroll
+    for (int i = 0; i < 10; i++)
+        if (a[i] != 0)
+            mapped = 0;
+    if (a[10] != 0xff || a[11] != 0xff)
+        mapped = 0;
+    if (ver == 4 || mapped) {
         lk->data[3] = 4;
-        bpf_probe_read_user(&lk->data[4], 4, uaddr + 4);
+        __builtin_memcpy(&lk->data[4], ver == 4 ? &a[0] : &a[12], 4);
         lk->prefixlen = 32 + 32;
     } else {
-        u8 a[16] = {};
-        bpf_probe_read_user(&a, 16, uaddr + 8);
-        // a v4-mapped v6 peer (::ffff:a.b.c.d) is shown as IPv4 in user space: look it up so
-        int mapped = 1;
-#pragma unroll
-        for (int i = 0; i < 10; i++)
-            if (a[i] != 0)
-                mapped = 0;
-        if (a[10] != 0xff || a[11] != 0xff)
-            mapped = 0;
-        if (mapped) {
-            lk->data[3] = 4;
-            __builtin_memcpy(&lk->data[4], &a[12], 4);
-            lk->prefixlen = 32 + 32;
-        } else {
-            lk->data[3] = 6;
-            __builtin_memcpy(&lk->data[4], a, 16);
-            lk->prefixlen = 32 + 128;
-        }
+        lk->data[3] = 6;
+        __builtin_memcpy(&lk->data[4], a, 16);
+        lk->prefixlen = 32 + 128;
     }
     return f_lpm_dim(st, lk, st->fam, D_DADDR);
 }
@@ -480,7 +471,7 @@ static __always_inline int f_keep(struct f_state *st, u32 fam, int keep) {
 
 // exec (sched_process_exec), in two steps so that the executable's path is walked only when
 // some rule still alive needs it. f_exec_pre() tests comm and uid: 0 drop, 1 keep, 2 keep if
-// f_exec_path() with the executable's path (see f_exe_dims) says so; st carries the state.
+// f_exec_path() with the executable's path (see f_kpath_dims) says so; st carries the state.
 static __always_inline int f_exec_pre(struct f_state *st, u32 t) {
     if (!f_begin(st, t))
         return 1;
@@ -492,7 +483,7 @@ static __always_inline int f_exec_pre(struct f_state *st, u32 t) {
 }
 
 static __always_inline int f_exec_path(struct f_state *st, const char *exe, u32 len) {
-    return f_keep(st, st->fam, f_exe_dims(st, exe, len));
+    return f_keep(st, st->fam, f_kpath_dims(st, exe, len));
 }
 
 // a file event (one path: open, unlink...), at sys_enter: everything but the result. 0: drop now (do not even stash the call).
@@ -511,6 +502,40 @@ static __always_inline int f_file_enter(struct f_state *st, u32 t, u32 oflags,
     if (!keep)
         f_count(st->fam, 0);
     return keep;
+}
+
+// A successful open (its file installed), at its exit: the path dimensions judge the kernel's
+// path of the opened file (kpath, klen bytes, walked forward from the task's root: exactly
+// what user space reports as fd.name; klen 0: unknown, not judged), never the string the
+// caller passed, which a symlink, a magic link or a racing thread can make name another file.
+// raw (the record's copy of the path as passed) serves D_RAW_DOTDOT (fd.nameraw) only.
+static __always_inline int f_file_opened(struct f_state *st, u32 t, u32 oflags, const char *raw,
+                                         const char *kpath, u32 klen, long ret) {
+    if (!f_begin(st, t))
+        return 1;
+    u32 acc = oflags & 3;
+    int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
+               f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
+    if (keep && f_needs(st, D_RAW_DOTDOT)) {
+        u32 zero = 0;
+        struct f_scratch *s = f_scratch_map.lookup(&zero);
+        if (s) {
+            __builtin_memset(s->pk.path, 0, F_PATH);
+            int n = bpf_probe_read_kernel_str(s->pk.path, F_PATH, raw);
+            if (n > 1 && n < F_PATH) {      // else the raw path is not judged (as f_path_dims)
+                int canon = 1, dotdot = 0;
+                f_scan((const u64 *)s->pk.path, &canon, &dotdot);
+                keep = f_num_dim(st, st->fam, D_RAW_DOTDOT, dotdot);
+            }
+        }
+    }
+    if (keep)
+        keep = f_kpath_dims(st, kpath, klen);
+    if (keep)
+        keep = f_finish(st, st->fam, ret);
+    return f_keep(st, st->fam, keep);
 }
 
 // a file event, at sys_exit, for a call f_file_enter kept. Returns 1 to emit the event, 0 to drop it,
@@ -573,20 +598,37 @@ static __always_inline int f_file_base(const char *walk, const u16 *at, u32 nc, 
     return f_keep(&st, st.fam, f_path_judge(&st, s, st.fam, len));
 }
 
-static __always_inline int f_connect_enter(struct f_state *st, u32 t, const void *uaddr,
-                                           u32 addrlen) {
+// a call of the system family (credentials, namespaces, ptrace...), at its exit: comm, uid,
+// its key argument (D_ARG: ptrace's request, kill's signal...) and the result.
+static __always_inline int f_sys(struct f_state *st, u32 t, u64 key, long ret) {
     if (!f_begin(st, t))
         return 1;
     int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
                f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid()) &&
-               f_sockaddr_dims(st, uaddr, addrlen);
-    if (!keep)
-        f_count(st->fam, 0);
-    return keep;
+               f_num_dim(st, st->fam, D_ARG, key) && f_finish(st, st->fam, ret);
+    return f_keep(st, st->fam, keep);
 }
 
-static __always_inline int f_connect_exit(struct f_state *st, long ret) {
-    if (!st->gen)
+// a call judged on comm, uid and its result alone (the link family), at its exit.
+static __always_inline int f_plain(struct f_state *st, u32 t, long ret) {
+    if (!f_begin(st, t))
         return 1;
-    return f_keep(st, st->fam, f_finish(st, st->fam, ret));
+    int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid()) &&
+               f_finish(st, st->fam, ret);
+    return f_keep(st, st->fam, keep);
+}
+
+// a socket call, at its exit: comm, uid, its key argument (socket's domain), the server end (family, port, address), whether the
+// socket is connected, and the result.
+static __always_inline int f_sock(struct f_state *st, u32 t, u64 key, u32 famc, u32 port,
+                                  const u8 *addr, u32 ver, u32 connected, long ret) {
+    if (!f_begin(st, t))
+        return 1;
+    int keep = f_alive(st) && f_comm_dim(st, st->fam) &&
+               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid()) &&
+               f_num_dim(st, st->fam, D_ARG, key) &&
+               f_num_dim(st, st->fam, D_CONNECTED, connected) &&
+               f_peer_dims(st, famc, port, addr, ver) && f_finish(st, st->fam, ret);
+    return f_keep(st, st->fam, keep);
 }

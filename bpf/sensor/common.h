@@ -33,7 +33,7 @@
 // (read_args): only sys_exit_* tracepoints are attached, never sys_enter_*, which halves
 // the tracepoint cost every syscall of every task pays, and no enter->exit stash map is needed.
 struct sc_args {
-    u64 a0, a1, a2, a3;
+    u64 a0, a1, a2, a3, a4, a5;
 };
 
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
@@ -98,19 +98,40 @@ static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const c
     return 1;
 }
 #endif
+// prefilter_file judges a file event on the path as passed (path: the record's copy of it);
 // prefilter_file_base is called for every file event prefilter_file kept, with the walk of the
 // base directory of a relative path (bad: the walk is unusable, or there is none): the
-// prefilter may have left the verdict on a relative path to it.
+// prefilter may have left the verdict on a relative path to it. prefilter_file_opened judges
+// a successful open on the kernel's path of the file it installed (kpath, klen bytes; 0:
+// unknown) and the passed path (raw) only for fd.nameraw.
 #ifndef PREFILTER_FILE
-static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, long ret) {
+    return 1;
+}
+static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
+                                                 const char *kpath, u32 klen, long ret) {
     return 1;
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     return 1;
 }
 #endif
-#ifndef PREFILTER_CONNECT
-static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
+#ifndef PREFILTER_SYS
+// A call of the system family: key is its key argument (ptrace's request, kill's signal...).
+static __always_inline int prefilter_sys(u32 t, u64 key, long ret) {
+    return 1;
+}
+#endif
+#ifndef PREFILTER_PLAIN
+static __always_inline int prefilter_plain(u32 t, long ret) {
+    return 1;
+}
+#endif
+#ifndef PREFILTER_SOCK
+// A socket call: its key argument (socket's domain), its server end (famc '4', '6', 'u' or 0; port; address, ver 4 or 6 or 0),
+// whether the socket is connected, and the result.
+static __always_inline int prefilter_sock(u32 t, u64 key, u32 famc, u32 port, const u8 *addr,
+                                          u32 ver, u32 connected, long ret) {
     return 1;
 }
 #endif
@@ -158,7 +179,8 @@ static __always_inline void fill_hdr(struct hdr *h, u32 evt) {
     h->cgroup_id = bpf_get_current_cgroup_id();
     h->ppid = TASK_LD(u32, parent + OFF_TASK_TGID);
     h->loginuid = TASK_LD(u32, t + OFF_TASK_LOGINUID);
-    bpf_get_current_comm(&h->comm, sizeof(h->comm));
+    task_comm(h->comm);  // the name at the last exec (task.h); the thread's own below
+    bpf_get_current_comm(&h->tcomm, sizeof(h->tcomm));
 }
 
 static __always_inline void read_args(struct sc_args *a) {
@@ -169,6 +191,8 @@ static __always_inline void read_args(struct sc_args *a) {
     a->a1 = *(u64 *)(regs + OFF_REGS_ARG1);
     a->a2 = *(u64 *)(regs + OFF_REGS_ARG2);
     a->a3 = *(u64 *)(regs + OFF_REGS_ARG3);
+    a->a4 = *(u64 *)(regs + OFF_REGS_ARG4);
+    a->a5 = *(u64 *)(regs + OFF_REGS_ARG5);
 #else
     // Before 5.15: where the kernel's task_pt_regs() finds them, at the top of the task's
     // kernel stack (THREAD_SIZE_VAL and PT_REGS_SIZE from sentinel.kernel.features). The stack
@@ -179,6 +203,8 @@ static __always_inline void read_args(struct sc_args *a) {
     a->a1 = (u64)rd_ptr(regs, OFF_REGS_ARG1);
     a->a2 = (u64)rd_ptr(regs, OFF_REGS_ARG2);
     a->a3 = (u64)rd_ptr(regs, OFF_REGS_ARG3);
+    a->a4 = (u64)rd_ptr(regs, OFF_REGS_ARG4);
+    a->a5 = (u64)rd_ptr(regs, OFF_REGS_ARG5);
 #endif
 }
 
@@ -239,6 +265,8 @@ struct path_buf {
     char b[WALK_SIZE];
     u32 len;
     u32 trunc;
+    u32 flags;                          // header flags for the record built from it
+    u32 pad;
 };
 
 // Walk like walk_path(), but write the path forward ("/usr/bin/ls"), right-aligned so that it
@@ -252,6 +280,7 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
     void *mnt = vfsmnt - OFF_MOUNT_MNT;
     u32 trunc_v = 1;
     u32 *trunc = &trunc_v;
+    void *lone = 0;
     int i;
     for (i = 0; i < WALK_DEPTH; i++) {
         if (dentry == root_dentry && vfsmnt == root_mnt) {
@@ -273,6 +302,8 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
         void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
         if (parent == dentry || !parent) {
             *trunc = 0;
+            if (i == 0)
+                lone = dentry;
             break;
         }
         u32 len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
@@ -287,8 +318,38 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
         buf[pos & (FWD_END - 1)] = '/';
         dentry = parent;
     }
+    // A file whose dentry is its own parent but not its mount's root is a pseudo file's (a
+    // memfd, an anonymous inode): "/" and its name, as the kernel's d_path gives it. (Outside
+    // the loop: inside, the extra copy multiplied the verifier's paths past its limit.)
+    if (lone) {
+        u32 len = rd_u32(lone, OFF_DENTRY_D_NAME_LEN);
+        if (len > 0 && len < NAME_MAX_READ) {
+            asm volatile("" : "+r"(len));
+            pos = FWD_END - len;
+            if (bpf_probe_read_kernel(&buf[pos & (FWD_END - 1)], len & (NAME_MAX_READ - 1),
+                                      rd_ptr(lone, OFF_DENTRY_D_NAME_NAME)) == 0) {
+                pos -= 1;
+                buf[pos & (FWD_END - 1)] = '/';
+            } else {
+                pos = FWD_END;
+            }
+        }
+    }
     x->len = FWD_END - pos;
     x->trunc = trunc_v;
+}
+
+// A u32 / u64 of user memory (a struct the caller passed or the kernel filled in).
+static __always_inline u64 user_u32(u64 uptr, u32 off) {
+    u32 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (void *)(uptr + off));
+    return v;
+}
+
+static __always_inline u64 user_u64(u64 uptr, u32 off) {
+    u64 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (void *)(uptr + off));
+    return v;
 }
 
 // The file behind a descriptor of the current task (0 when fd is not open).

@@ -7,6 +7,8 @@
 // Per-CPU scratch for the executable's path: built once, before the prefilter judges it and
 // the record is reserved, then copied into the record.
 BPF_PERCPU_ARRAY(exe_scratch, struct path_buf, 1);
+BPF_PROG_ARRAY(exec_tail, 1);
+#define EXE_UNWALKED 2  // path_buf.trunc: the executable is not walked yet (exec_emit does)
 
 // execve or execveat. The syscall number is gone by now (x86 resets the saved registers for
 // the new image), but an execveat that names its file by a directory fd (fexecve, fileless
@@ -17,29 +19,117 @@ static __always_inline u32 exec_type(void *bprm) {
     return rd_ptr(bprm, OFF_BPRM_FDPATH) ? EVT_EXECVEAT : EVT_EXECVE;
 }
 
+// What the kernel knows of the new image beyond its path: the capability sets after exec's
+// transformation (a set-uid-root file gains them), the environment the new image starts with
+// (env_start..env_end of the new mm, written by the kernel: no thread of the new image has
+// run yet), and the executable's inode: number, times, owner, mode, and where it lives (a
+// memfd; overlayfs, and its upper layer: a file written in a container).
+static __always_inline void exec_facts(struct exec_ev *e, void *task, void *mm, void *file) {
+    void *cred = rd_ptr(task, OFF_TASK_CRED);
+    e->cap_inheritable = 0;
+    e->cap_permitted = 0;
+    e->cap_effective = 0;
+    bpf_probe_read_kernel(&e->cap_inheritable, 8, cred + OFF_CRED_CAP_INHERITABLE);
+    bpf_probe_read_kernel(&e->cap_permitted, 8, cred + OFF_CRED_CAP_PERMITTED);
+    bpf_probe_read_kernel(&e->cap_effective, 8, cred + OFF_CRED_CAP_EFFECTIVE);
+
+    u64 es = 0, ee = 0;
+    bpf_probe_read_kernel(&es, sizeof(es), mm + OFF_MM_ENV_START);
+    bpf_probe_read_kernel(&ee, sizeof(ee), mm + OFF_MM_ENV_END);
+    u64 elen = ee > es ? ee - es : 0;
+    if (elen > ENV_SIZE) {
+        elen = ENV_SIZE;
+        e->h.flags |= FLAG_ENV_TRUNC;
+    }
+    e->env_len = 0;
+    if (elen > 0 && bpf_probe_read_user(&e->env, elen & (ENV_SIZE - 1) ? elen & (ENV_SIZE - 1) : ENV_SIZE, (void *)es) == 0)
+        e->env_len = elen;
+
+    e->exe_ino = 0;
+    e->exe_ctime = 0;
+    e->exe_mtime = 0;
+    e->exe_mode = 0;
+    e->exe_uid = 0;
+    e->exe_gid = 0;
+    e->exe_flags = 0;
+    e->pad = 0;
+    if (!file)
+        return;
+    void *inode = rd_ptr(file, OFF_FILE_F_INODE);
+    if (!inode)
+        return;
+    u16 mode = 0;
+    u32 nlink = 1;
+    s64 sec = 0;
+    u32 nsec = 0;
+    bpf_probe_read_kernel(&e->exe_ino, sizeof(e->exe_ino), inode + OFF_INODE_I_INO);
+    bpf_probe_read_kernel(&mode, sizeof(mode), inode + OFF_INODE_I_MODE);
+    bpf_probe_read_kernel(&e->exe_uid, sizeof(e->exe_uid), inode + OFF_INODE_I_UID);
+    bpf_probe_read_kernel(&e->exe_gid, sizeof(e->exe_gid), inode + OFF_INODE_I_GID);
+    bpf_probe_read_kernel(&nlink, sizeof(nlink), inode + OFF_INODE_I_NLINK);
+    bpf_probe_read_kernel(&sec, sizeof(sec), inode + OFF_INODE_CTIME_SEC);
+    bpf_probe_read_kernel(&nsec, sizeof(nsec), inode + OFF_INODE_CTIME_NSEC);
+    // (6.13's multigrain timestamps keep a flag in the top bit of the ctime's nanoseconds)
+    e->exe_ctime = (u64)sec * 1000000000ULL + (nsec & 0x3fffffff);
+    bpf_probe_read_kernel(&sec, sizeof(sec), inode + OFF_INODE_MTIME_SEC);
+    bpf_probe_read_kernel(&nsec, sizeof(nsec), inode + OFF_INODE_MTIME_NSEC);
+    e->exe_mtime = (u64)sec * 1000000000ULL + (nsec & 0x3fffffff);
+    e->exe_mode = mode;
+    // memfd_create's files are named "memfd:<name>" and are linked nowhere. (One compare of
+    // the name's first six bytes, little-endian: a branch per byte multiplied the verifier's
+    // paths through the rest of the program.)
+    u64 name = 0;
+    void *dentry = rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY);
+    bpf_probe_read_kernel(&name, 6, rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME));
+    if (nlink == 0 && name == 0x3a64666d656dULL)  // "memfd:"
+        e->exe_flags |= EXE_MEMFD;
+    // overlayfs: the inode is embedded in struct ovl_inode, whose __upperdentry is set when
+    // the file exists in the upper (writable) layer.
+    u64 magic = 0;
+    bpf_probe_read_kernel(&magic, sizeof(magic), rd_ptr(inode, OFF_INODE_I_SB) + OFF_SB_S_MAGIC);
+    if (magic == OVERLAYFS_SUPER_MAGIC) {
+        e->exe_flags |= EXE_OVERLAY;
+        void *upper = rd_ptr(inode, OFF_OVL_UPPERDENTRY);
+        if (upper && rd_ptr(upper, OFF_DENTRY_D_INODE))
+            e->exe_flags |= EXE_UPPER;
+    }
+}
+
 RAW_TRACEPOINT_PROBE(sched_process_exec) {
     void *task = (void *)ctx->args[0];
     void *bprm = (void *)ctx->args[2];
     if (is_self())
         return 0;
+    // The process's name from now on (whatever the prefilter decides about this event).
+    struct task_comm_t name = {};
+    bpf_get_current_comm(&name.comm, sizeof(name.comm));
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    exec_comm.update(&tgid, &name);
     u32 t = exec_type(bprm);
     struct pf_exec_state pst = {};
     int verdict = prefilter_exec_pre(&pst, t);
-    if (!verdict) {
-        count(t, C_FILTERED);
-        return 0;
-    }
-    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
-    // the record carries it.
     u32 zero = 0;
     struct path_buf *xb = exe_scratch.lookup(&zero);
     if (!xb)
         return 0;
+    if (!verdict) {
+        // No rule wants it, but the process table does (FLAG_TABLE_ONLY: the facts of this
+        // process's later events stay true): exec_emit walks the executable itself.
+        count(t, C_FILTERED);
+        xb->flags = FLAG_TABLE_ONLY;
+        xb->trunc = EXE_UNWALKED;
+        exec_tail.call(ctx, 0);
+        count(t, C_LOST);
+        return 0;
+    }
+    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
+    // the record carries it.
     void *fs = rd_ptr(task, OFF_TASK_FS);
     void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
     void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
     xb->len = 0;
     xb->trunc = 0;
+    xb->flags = 0;
     void *file = rd_ptr(bprm, OFF_BPRM_FILE);
     if (file)
         walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
@@ -52,15 +142,48 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     u32 known = exe_trunc ? 0 : exe_len & (FWD_END - 1);
     if (verdict == 2 && !prefilter_exec_path(&pst, xb->b + FWD_END - known, known)) {
         count(t, C_FILTERED);
-        return 0;
+        xb->flags = FLAG_TABLE_ONLY;    // for the process table only: no rule wants it
+    } else {
+        count(t, C_PASSED);
     }
-    count(t, C_PASSED);
+    // The record is built by a program of its own (the verifier checks it once, alone:
+    // inline, its paths multiplied the prefilter's and the program exceeded the verifier's
+    // limit).
+    exec_tail.call(ctx, 0);
+    count(t, C_LOST);  // the tail call failed: the event is lost, and counted so
+    return 0;
+}
+
+// The exec record of sched_process_exec (tail-called by it, on the same CPU: the walk of the
+// executable is still in exe_scratch).
+int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
+    void *task = (void *)ctx->args[0];
+    void *bprm = (void *)ctx->args[2];
+    u32 t = exec_type(bprm);
+    u32 zero = 0;
+    struct path_buf *xb = exe_scratch.lookup(&zero);
+    if (!xb)
+        return 0;
+    void *fs = rd_ptr(task, OFF_TASK_FS);
+    void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
+    void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
+    void *file = rd_ptr(bprm, OFF_BPRM_FILE);
+    if (xb->trunc == EXE_UNWALKED) {     // an exec the prefilter dropped before the walk
+        xb->len = 0;
+        xb->trunc = 0;
+        if (file)
+            walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                          rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
+    }
+    u32 exe_len = *(volatile u32 *)&xb->len;
+    u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));
     if (!e) {
         count(t, C_LOST);
         return 0;
     }
     fill_hdr(&e->h, t);
+    e->h.flags |= *(volatile u32 *)&xb->flags;
     e->old_pid = (u32)ctx->args[1];
     e->res = 0;
 
@@ -109,6 +232,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     void *pgidp = rd_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_PGID_IDX);
     e->sid = sidp ? rd_u32(sidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
     e->pgid = pgidp ? rd_u32(pgidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
+    exec_facts(e, task, mm, file);
     submit(e, t);
     return 0;
 }
@@ -134,6 +258,18 @@ static __always_inline int emit_exec_failure(void *ctx, long ret, u32 t, u64 fna
     e->exe_len = 0;
     e->cwd_len = 0;
     e->old_pid = 0;
+    e->env_len = 0;
+    e->cap_inheritable = 0;
+    e->cap_permitted = 0;
+    e->cap_effective = 0;
+    e->exe_ino = 0;
+    e->exe_ctime = 0;
+    e->exe_mtime = 0;
+    e->exe_mode = 0;
+    e->exe_uid = 0;
+    e->exe_gid = 0;
+    e->exe_flags = 0;
+    e->pad = 0;
     e->res = (s32)ret;
     e->filename[0] = 0;
     bpf_probe_read_user_str(&e->filename, sizeof(e->filename), (void *)fname);

@@ -1,6 +1,7 @@
-// The file family (sentinel/events/file.py): operations on one path (open, openat, openat2,
-// creat, unlink, unlinkat). The generated stubs call emit_path at the syscall's exit with the
-// event code and the arguments as (dirfd, path, flags, mode), read from the saved registers.
+// The file family (sentinel/events/file.py): operations on one path (opens, unlink, mkdir,
+// chmod, chdir...). The generated stubs call emit_path (emit_open, emit_chdir) at the
+// syscall's exit with the event code and the arguments as (dirfd, path, flags, mode), read
+// from the saved registers.
 
 struct file_scratch_t {
     struct file_ev r;               // the record (its first bytes are sent)
@@ -78,33 +79,103 @@ int open_judge(void *ctx) {
 }
 #endif
 
-static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 path, u64 flags,
-                                     u64 mode) {
-    if (is_self())
+// A successful open: the file it installed is the truth (open_done).
+BPF_PROG_ARRAY(open_done_tail, 1);
+BPF_PERCPU_ARRAY(kpath_scratch, struct path_buf, 1);
+
+// The open's record with the kernel's path of the file installed at descriptor res (tail-called
+// by emit_path_walk, on the same CPU: the record's passed path and members are in
+// file_scratch). The path is walked forward from the task's root (symlinks and magic links such
+// as /proc/self/root resolved: the file itself), judged by the prefilter as such, and sent in
+// the base buffer, left-aligned (FLAG_KPATH).
+int open_done(void *ctx) {
+    u32 zero = 0;
+    struct file_scratch_t *r = file_scratch.lookup(&zero);
+    struct path_buf *xb = kpath_scratch.lookup(&zero);
+    if (!r || !xb)
         return 0;
-    if (!counted(t, prefilter_file(t, (u32)flags, (const char *)path, ret)))
+    struct file_ev *e = &r->r;
+    u32 t = e->h.type;
+    long ret = e->res;
+    u32 pflags = e->h.flags;
+    void *task = (void *)bpf_get_current_task();
+    void *file = fd_file(task, (s32)ret);
+    xb->len = 0;
+    xb->trunc = 1;
+    if (file) {
+        void *fs = rd_ptr(task, OFF_TASK_FS);
+        walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
+                      rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT),
+                      rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY),
+                      rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT));
+    }
+    u32 klen = *(volatile u32 *)&xb->len;
+    u32 ktrunc = *(volatile u32 *)&xb->trunc;
+    u32 known = ktrunc ? 0 : klen & (FWD_END - 1);
+    if (!counted(t, prefilter_file_opened(t, e->flags, e->path, xb->b + FWD_END - known, known,
+                                          ret)))
+        return 0;
+    fill_hdr(&e->h, t);
+    e->h.flags |= pflags | FLAG_KPATH | (ktrunc ? FLAG_BASE_TRUNC : 0);
+    asm volatile("" : "+r"(known));
+    e->base_len = known;
+    bpf_probe_read_kernel(e->base, known & (FWD_END - 1), xb->b + ((FWD_END - known) & (FWD_END - 1)));
+    u64 size = sizeof(struct file_ev) - WALK_SIZE + (known & (FWD_END - 1));
+    if (events.ringbuf_output(e, size, wakeup_flags(t)) != 0)
+        count(t, C_LOST);
+    return 0;
+}
+
+// how: EMIT_AFTER: walk the cwd whatever the path (chdir, fchdir: at their exit it is the new
+// cwd, the call's result); the prefilter then judges no path (the walk is not the path's base).
+// EMIT_OPEN: an open, whose success installs a file (then open_done reports it).
+#define EMIT_AFTER 1
+#define EMIT_OPEN 2
+static __always_inline int emit_path_walk(void *ctx, long ret, u32 t, s32 dirfd, u64 path,
+                                          u64 flags, u64 mode, int how) {
+    if (is_self())
         return 0;
     u32 zero = 0;
     struct file_scratch_t *r = file_scratch.lookup(&zero);
     if (!r)
         return 0;
     struct file_ev *e = &r->r;
-    void *task = (void *)bpf_get_current_task();
-    // The record is filled before the walk, as when the walk came last: values kept live
-    // across the walk multiply the states the verifier explores in it (measured: 4x).
-    fill_hdr(&e->h, t);
+    int after = how & EMIT_AFTER;
+    // The path as passed, read once from the caller's memory: what the prefilter judges is
+    // what the record carries.
+    u32 via = call_hflags();  // FLAG_IO_URING: the path is the kernel's copy
+    int n = read_path_arg(e->path, sizeof(e->path), path, via);
+    if (n <= 0)
+        e->path[0] = 0;
+    e->path_len = n > 0 ? n - 1 : 0;
     e->res = ret;
     e->flags = (u32)flags;
     e->mode = (u32)mode;
     e->dirfd = dirfd;
     e->pad = 0;
-    int n = bpf_probe_read_user_str(&e->path, sizeof(e->path), (void *)path);
-    e->path_len = n > 0 ? n - 1 : 0;
+    if ((how & EMIT_OPEN) && ret >= 0) {
+        e->h.type = t;
+        e->h.flags = via | (n == PATH_SIZE ? FLAG_PATH_TRUNC : 0);
+        open_done_tail.call(ctx, 0);
+        // (no program installed: judged and reported on the passed path, below)
+    }
+    if (!counted(t, prefilter_file(t, (u32)flags, after ? 0 : e->path, ret)))
+        return 0;
+    void *task = (void *)bpf_get_current_task();
+    // The record is filled before the walk, as when the walk came last: values kept live
+    // across the walk multiply the states the verifier explores in it (measured: 4x).
+    fill_hdr(&e->h, t);
+    e->h.flags |= via;
     if (n == PATH_SIZE)
         e->h.flags |= FLAG_PATH_TRUNC;
     e->base_len = 0;
     u64 size;
-    if (n > 0 && e->path[0] == '/') {
+    if (after) {
+        u32 fl = FLAG_BASE_AFTER;
+        e->base_len = walk_base(e->base, task, AT_FDCWD_VAL, &fl, r->at, &r->nc);
+        e->h.flags |= fl;
+        size = sizeof(struct file_ev);
+    } else if (n > 0 && e->path[0] == '/') {
         size = sizeof(struct file_ev) - PATH_SIZE - WALK_SIZE + ((u32)n & (2 * PATH_SIZE - 1));
         if (!prefilter_file_base(0, 0, 0, 1))
             return 0;                   // (never: bad keeps; settles a relative verdict left
@@ -126,4 +197,21 @@ static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 
     if (events.ringbuf_output(e, size, wakeup_flags(t)) != 0)
         count(t, C_LOST);
     return 0;
+}
+
+static __always_inline int emit_path(void *ctx, long ret, u32 t, s32 dirfd, u64 path, u64 flags,
+                                     u64 mode) {
+    return emit_path_walk(ctx, ret, t, dirfd, path, flags, mode, 0);
+}
+
+// open, openat, openat2, creat.
+static __always_inline int emit_open(void *ctx, long ret, u32 t, s32 dirfd, u64 path, u64 flags,
+                                     u64 mode) {
+    return emit_path_walk(ctx, ret, t, dirfd, path, flags, mode, EMIT_OPEN);
+}
+
+// chdir (path) and fchdir (fd, kept in the record's mode): the record carries the cwd after
+// the call.
+static __always_inline int emit_chdir(void *ctx, long ret, u32 t, u64 path, u64 fd) {
+    return emit_path_walk(ctx, ret, t, AT_FDCWD_VAL, path, 0, fd, EMIT_AFTER);
 }

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
+from sentinel.events.common import FLAG_TABLE_ONLY
 from sentinel.logging import configure_logging, get_logger
 
 LOSS_REPORT_SECS = 10.0
@@ -130,18 +131,29 @@ def load_config(run: Run) -> bool:
 
 def load_rules(run: Run) -> bool:
     """Compile the rules; deny rules go to enforcement (which may refuse them)."""
+    from sentinel.compiler import domain_names
     from sentinel.enforcement.runtime import Enforcement
+    from sentinel.enrichment.dns import NAMES
     from sentinel.loader import RulesError
     from sentinel.ops import Operations, default_engine
 
     run.enforcement = Enforcement(run.config, default_engine, run.log)
-    run.ops = Operations(
-        run.config,
-        run.opts.config,
-        make_engine=run.enforcement.make_engine,
-        configure_logs=False,
-    )
+
+    def make_engine(compiled: Any, config: Any) -> Any:
+        engine = run.enforcement.make_engine(compiled, config)
+        NAMES.watch(domain_names(engine.rules))  # resolved in the background from now on
+        if run.sensor is not None and run.engine is not None:
+            # A reload: before the new rules replace the old ones, the kernel keeps what either
+            # set can match (the union of both), so no event of either is dropped in between;
+            # the event loop then narrows it to the new rules (see event_loop).
+            both = [*run.ops.engine.rules, *engine.rules]
+            run.sensor.reload([(r.name, r.expr) for r in both])
+        return engine
+
+    run.ops = Operations(run.config, run.opts.config, make_engine=make_engine, configure_logs=False)
     run.cleanup.callback(run.ops.close)
+    NAMES.start()
+    run.cleanup.callback(NAMES.close)
     try:
         run.engine = run.ops.initial_engine()
     except RulesError as exc:
@@ -194,6 +206,11 @@ def start_sensor(run: Run) -> bool:
         run.sensor.start(lambda raw: on_record(run, raw))
     except SensorError as exc:
         return run.fail(1, "sensor_failed", error=str(exc))
+    if run.sensor.sensor.missing:
+        run.log.warning(
+            "syscalls this kernel has no tracepoint for are not traced",
+            missing=",".join(sorted(run.sensor.sensor.missing)),
+        )
     if run.sensor.prefilter is not None:
         _log_prefilter(run)
     run.ops.watch(sensor=run.sensor.sensor, process_table=run.enricher.table)
@@ -330,6 +347,8 @@ def evaluate(run: Run, event: Any) -> None:
 def on_record(run: Run, raw: bytes) -> None:
     try:
         ev = run.enricher.event(raw)
+        if ev.rec.flags & FLAG_TABLE_ONLY:
+            return  # an exec no rule wants: it updated the process table, nothing more
         run.stats["events"] += 1
         info = run.enricher.containers.info(ev.rec.cgroup_id, ev.rec.pid)
         if run.waiter.needs_wait(info):

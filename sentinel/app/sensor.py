@@ -43,11 +43,10 @@ class FilteredSensor:
         self.tables: KernelTables = build_tables(rules)
         if syscalls is None:
             syscalls = syscalls_for(event_types if event_types is not None else ())
-        self.syscalls = frozenset(syscalls)
         self.prefilter_on = prefilter
         self.nwords = nwords_for(self.tables)
         self.sensor = Sensor(
-            self.syscalls,
+            frozenset(syscalls),
             ringbuf_pages=ringbuf_pages,
             prelude=sensor_prelude(self.nwords) if prefilter else "",
             maps=[*(MAP_NAMES if prefilter else ()), *extra_maps],
@@ -71,6 +70,11 @@ class FilteredSensor:
         if self.prefilter is not None:
             self.loaded = self.prefilter.load(self.tables)
         return self.loaded
+
+    @property
+    def syscalls(self) -> frozenset[str]:
+        """The syscall event types attached (after start: those this kernel has)."""
+        return self.sensor.syscalls
 
     def unfiltered(self) -> list[str]:
         """The event types the kernel does not filter now (no rule lets it, or too many

@@ -6,7 +6,7 @@ only match events. The kernel plan (in-kernel prefilter) will be derived from th
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
 from sentinel.compiler.fold import OTHER, UNIVERSE, maybe_true, specialize
@@ -15,6 +15,9 @@ from sentinel.compiler.resolve import Resolver
 from sentinel.fields import FIELDS
 from sentinel.language import ast
 from sentinel.loader import Diagnostics, Location, RulesError, RuleSet
+
+# Fields whose values are domain names the rules' names resolve to.
+DOMAIN_FIELDS = frozenset({"fd.sip.name", "fd.cip.name", "fd.lip.name", "fd.rip.name"})
 
 
 @dataclass(slots=True)
@@ -123,6 +126,25 @@ def compile_rules(
     return out
 
 
+def domain_names(rules: Iterable[CompiledRule]) -> frozenset[str]:
+    """The names rules compare fd.sip.name/fd.cip.name/... with: the live side resolves them
+    (sentinel.enrichment.dns), as libsinsp does."""
+    out: set[str] = set()
+    for r in rules:
+        for node in ast.walk(r.expr):
+            if (
+                isinstance(node, ast.Check)
+                and isinstance(node.lhs, ast.FieldRef)
+                and node.lhs.name in DOMAIN_FIELDS
+            ):
+                rhs = node.rhs
+                if isinstance(rhs, ast.ListValue):
+                    out.update(i.text for i in rhs.items)
+                elif isinstance(rhs, ast.Value):
+                    out.add(rhs.text)
+    return frozenset(out)
+
+
 def _unsupported_fields(out: CompiledRules, filled: Collection[str]) -> set[str]:
     names: set[str] = set()
     for r in out.enabled:
@@ -142,6 +164,7 @@ __all__ = [
     "OutputTemplate",
     "RulesError",
     "compile_rules",
+    "domain_names",
     "maybe_true",
     "parse_output",
     "specialize",

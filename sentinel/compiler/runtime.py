@@ -43,38 +43,57 @@ def field_arg(e: Mapping[str, Any], name: str, arg: str, key: str) -> Any:
         return None
     if name == "evt.arg":
         return e.get(f"evt.arg.{arg}")
-    if name in ("container.mount.dest", "container.mount.source", "container.mount"):
+    if name in _MOUNT_PART:
         return _mount(e, name, arg)
-    if name in ("container.label", "k8s.pod.label"):
-        labels = e.get("container.labels" if name == "container.label" else "k8s.pod.labels")
-        if isinstance(labels, Mapping):
-            return labels.get(arg)
-        return None
     return None
+
+
+# container.mount* fields -> the part of 'source:dest:mode:rdwr:propagation' they answer.
+_MOUNT_PART = {
+    "container.mount": -1,
+    "container.mount.source": 0,
+    "container.mount.dest": 1,
+    "container.mount.mode": 2,
+    "container.mount.rdwr": 3,
+    "container.mount.propagation": 4,
+}
+
+
+def _split_mount(m: str) -> list[str] | None:
+    """'src:dest:mode:rdwr:prop' -> its five parts. The last three never hold a colon, and the
+    destination is an absolute path, so the source ends at the last ':/': a colon inside the
+    source (a host path may have one) stays in it."""
+    head = m.rsplit(":", 3)
+    if len(head) != 4:
+        return None
+    cut = head[0].rfind(":/")
+    if cut < 0:
+        return None
+    return [head[0][:cut], head[0][cut + 1 :], *head[1:]]
 
 
 def _mount(e: Mapping[str, Any], name: str, arg: str) -> Any:
-    """container.mount.dest[/proc*]: the first mount whose source (or dest) matches."""
+    """Falco's container.mount* fields: ``[N]`` the N-th mount; ``[glob]`` the first mount
+    whose source matches (whose destination, for container.mount.source). container.mount
+    answers ``none`` when no mount matches, the others have no value."""
     from sentinel.compiler.values import glob_to_regex
 
     mounts = e.get("container.mounts")
-    if not isinstance(mounts, str) or not mounts:
+    if not isinstance(mounts, str):
         return None
-    pat = glob_to_regex(arg)
-    for m in mounts.split(","):
-        parts = m.split(":")
-        if len(parts) < 2:
-            continue
-        src, dest = parts[0], parts[1]
-        if arg.isdigit():
-            continue
-        if pat.match(src) or pat.match(dest):
-            if name == "container.mount.dest":
-                return dest
-            if name == "container.mount.source":
-                return src
-            return m
-    return None
+    part = _MOUNT_PART[name]
+    parsed = [p for p in (_split_mount(m) for m in mounts.split(",") if m) if p is not None]
+    found: list[str] | None = None
+    if arg.isdigit():
+        idx = int(arg)
+        found = parsed[idx] if idx < len(parsed) else None
+    else:
+        pat = glob_to_regex(arg)
+        key = 1 if name == "container.mount.source" else 0
+        found = next((p for p in parsed if pat.match(p[key])), None)
+    if found is None:
+        return "none" if name == "container.mount" else None
+    return ":".join(found) if part < 0 else found[part]
 
 
 def _each(v: Any, fn: Any) -> Any:

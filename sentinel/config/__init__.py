@@ -79,10 +79,12 @@ class SentinelConfig(BaseModel):
     matching: Literal["first", "all"] = "first"
     minimum_priority: str = "Debug"
     hostname: str | None = None
-    append_output: list[str] = Field(
-        default_factory=lambda: ["container.id", "container.name", "container.image"],
+    append_output: list[str] | None = Field(
+        default=None,
         description="fields appended to every syscall alert's output and output_fields "
-        "(as Falco's append_output with the container plugin); [] for none",
+        "(as Falco's append_output with the container plugin); [] for none. Unset: "
+        "container.id, container.name, container.image, and on a Kubernetes node (a CRI "
+        "runtime socket found) also container.image.repository, k8s.ns.name, k8s.pod.name",
     )
     outputs: list[OutputConfig] = Field(default_factory=_default_outputs)
     spool: SpoolConfig = Field(default_factory=SpoolConfig)

@@ -33,6 +33,17 @@ Matching = Literal["first", "all"]
 # Falco's container plugin appends these to every syscall rule's output (its `append_output`),
 # since upstream rules no longer name container fields themselves.
 DEFAULT_APPEND_OUTPUT = ("container.id", "container.name", "container.image")
+# ... and on a Kubernetes node also these, which the plugin suggests for every alert and which
+# Falco's consumers (falcosidekick, dashboards) key alerts on.
+K8S_APPEND_OUTPUT = ("container.image.repository", "k8s.ns.name", "k8s.pod.name")
+
+
+def default_append_output(kubernetes: bool) -> tuple[str, ...]:
+    """The ``append_output`` when the config sets none: with ``kubernetes`` (a CRI runtime
+    socket was found) the pod's namespace and name are part of every alert."""
+    return DEFAULT_APPEND_OUTPUT + K8S_APPEND_OUTPUT if kubernetes else DEFAULT_APPEND_OUTPUT
+
+
 Matcher = Callable[[Mapping[str, Any]], Sequence[int]]
 _NONE: tuple[int, ...] = ()
 

@@ -1,207 +1,166 @@
-"""Container metadata from the runtime's Docker-compatible API over its unix socket.
+"""Container metadata from the runtimes' APIs, looked up in background threads and cached.
 
-Why a background thread: the API is a local HTTP round trip (milliseconds, or a timeout when the
+Why background threads: every lookup is a local round trip (milliseconds, or a timeout when a
 runtime hangs) and the event path must never wait on it. Requests are queued, answered by one
-worker, and cached; readers only ever look at the cache. A second thread follows the runtime's
-event stream (``GET /events``) so that a container is looked up when it is *created*, before its
-first process runs, which is what makes metadata available for the very first exec in a
-container (e.g. ``podman run -t IMAGE /bin/sh``).
+worker, and cached; readers only ever look at the cache. One more thread per runtime follows its
+event stream, so that a container is looked up when it is *created*, before its first process
+runs (the cgroup watcher in ``containers.py`` asks at the same moment from the kernel's side).
 
-Both Docker and podman (``podman system service``) speak this API, so one client serves both.
-When no socket answers, fields are simply missing and that is logged once, not per event.
+Which API is spoken is chosen per socket found (:func:`discover_sockets`): the Docker API
+(docker, podman; :mod:`container_docker`) or the Kubernetes CRI (containerd, CRI-O;
+:mod:`container_cri`). A node may have several; a lookup asks the one the container's cgroup
+names first. A runtime that is stopped or hangs makes its containers' fields missing: that is
+logged once per socket, the runtime is skipped for ``retry_after`` seconds after each failure,
+and every call is bounded by ``timeout``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
-import json
+import functools
 import os
 import queue
-import socket
 import threading
 import time
-import urllib.parse
-from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
 
 import structlog
 
+from sentinel.enrichment.container_docker import LOOKUP_ACTIONS, DockerApiClient
+from sentinel.enrichment.container_fields import ContainerMeta
+
 log = structlog.get_logger("sentinel.enrichment.containers")
 
-DEFAULT_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock", "/run/docker.sock")
-API_PREFIX = "/v1.40"
+Api = Literal["docker", "cri"]
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeSocket:
+    """A runtime API endpoint: its unix socket, the API it speaks, and who usually serves it."""
+
+    path: str
+    api: Api
+    name: str
+
+
+# Where runtimes listen by default. /var/run is a link to /run on current distributions, but a
+# DaemonSet may mount a host socket under either name, so both are tried (deduplicated).
+KNOWN_SOCKETS = (
+    RuntimeSocket("/run/containerd/containerd.sock", "cri", "containerd"),
+    RuntimeSocket("/var/run/containerd/containerd.sock", "cri", "containerd"),
+    RuntimeSocket("/run/k3s/containerd/containerd.sock", "cri", "containerd"),
+    RuntimeSocket("/run/crio/crio.sock", "cri", "cri-o"),
+    RuntimeSocket("/var/run/crio/crio.sock", "cri", "cri-o"),
+    RuntimeSocket("/run/podman/podman.sock", "docker", "podman"),
+    RuntimeSocket("/var/run/docker.sock", "docker", "docker"),
+    RuntimeSocket("/run/docker.sock", "docker", "docker"),
+)
 _LIST_RUNNING = "*list-running*"  # queue token: look up every running container
+_PREFERRED_API: dict[str, Api] = {"podman": "docker", "docker": "docker"}  # else: CRI first
+
+
+def _unix_path(value: str) -> str | None:
+    return value[len("unix://") :] if value.startswith("unix://") else None
+
+
+def sockets_from_env(environ: Mapping[str, str] | None = None) -> list[RuntimeSocket]:
+    """Sockets named by the environment: ``CONTAINER_RUNTIME_ENDPOINT`` (the CRI; crictl's
+    variable) and ``CONTAINER_HOST`` (podman's) or ``DOCKER_HOST`` (the Docker API). Only
+    local ``unix://`` ones: remote (tcp/ssh) endpoints are not ours to dial."""
+    env = os.environ if environ is None else environ
+    out = []
+    cri = _unix_path(env.get("CONTAINER_RUNTIME_ENDPOINT", ""))
+    if cri:
+        out.append(RuntimeSocket(cri, "cri", "cri"))
+    for var in ("CONTAINER_HOST", "DOCKER_HOST"):
+        path = _unix_path(env.get(var, ""))
+        if path:
+            out.append(RuntimeSocket(path, "docker", "docker-api"))
+            break
+    return out
 
 
 def socket_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """The runtime socket named by ``CONTAINER_HOST`` (podman's variable) or ``DOCKER_HOST``,
-    when it is a local ``unix://`` one; remote (tcp/ssh) endpoints are not ours to dial."""
-    env = os.environ if environ is None else environ
-    for var in ("CONTAINER_HOST", "DOCKER_HOST"):
-        value = env.get(var, "")
-        if value.startswith("unix://"):
-            return value[len("unix://") :]
-    return None
+    """The Docker-API socket the environment names (``CONTAINER_HOST``, else ``DOCKER_HOST``)."""
+    return next((s.path for s in sockets_from_env(environ) if s.api == "docker"), None)
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over AF_UNIX: the Docker API's transport, without extra dependencies."""
-
-    def __init__(self, path: str, timeout: float = 2.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
-class ApiError(Exception):
-    """The runtime answered, but not with what we asked for."""
-
-    def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"HTTP {status}: {body[:200]}")
-        self.status = status
-
-
-def api_get_json(socket_path: str, path: str, timeout: float = 2.0) -> Any:
-    """GET a JSON document from the API; raises OSError (unreachable) or ApiError."""
-    conn = UnixHTTPConnection(socket_path, timeout=timeout)
-    try:
-        conn.request("GET", path, headers={"Accept": "application/json"})
-        resp = conn.getresponse()
-        body = resp.read().decode("utf-8", "replace")
-        if resp.status != 200:
-            raise ApiError(resp.status, body)
-        return json.loads(body)
-    except (http.client.HTTPException, ValueError) as exc:
-        raise OSError(f"bad answer from {socket_path}: {exc}") from exc
-    finally:
-        conn.close()
-
-
-def parse_rfc3339_ns(text: str) -> int | None:
-    """'2026-11-25T08:31:00.606103061Z' -> ns since the epoch (Go prints ns; Python parses us)."""
-    if not text or text.startswith("0001-01-01"):
-        return None
-    frac_ns = 0
-    main = text
-    tz = ""
-    # Split off the zone (Z or +hh:mm / -hh:mm) and the fraction, which may have 9 digits.
-    if main.endswith("Z"):
-        main, tz = main[:-1], "+00:00"
-    elif len(main) > 6 and main[-6] in "+-" and main[-3] == ":":
-        main, tz = main[:-6], main[-6:]
-    if "." in main:
-        main, frac = main.split(".", 1)
-        if not frac.isdigit():
-            return None
-        frac_ns = int(frac[:9].ljust(9, "0"))
-    try:
-        dt = datetime.fromisoformat(main + (tz or "+00:00"))
-    except ValueError:
-        return None
-    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
-
-
-def split_image(image: str) -> tuple[str, str | None]:
-    """'localhost/sentinel-test:1.0' -> ('localhost/sentinel-test', '1.0').
-
-    A colon only separates a tag after the last slash (``host:5000/repo`` has no tag); a digest
-    reference (``repo@sha256:...``) has no tag. Untagged names mean ``latest`` (Docker's rule).
-    """
-    if "@" in image:
-        return image.split("@", 1)[0], None
-    slash = image.rfind("/")
-    colon = image.rfind(":")
-    if colon > slash:
-        return image[:colon], image[colon + 1 :]
-    return image, "latest"
-
-
-def metadata_fields(inspect: dict[str, Any]) -> dict[str, Any]:
-    """Falco container/k8s fields from a ``/containers/<id>/json`` answer (Docker or podman)."""
-    out: dict[str, Any] = {}
-    config = inspect.get("Config") or {}
-    host_config = inspect.get("HostConfig") or {}
-    name = str(inspect.get("Name") or "").lstrip("/")
-    if name:
-        out["container.name"] = name
-    image = str(config.get("Image") or "")
-    if image:
-        out["container.image"] = image
-        repo, tag = split_image(image)
-        out["container.image.repository"] = repo
-        if tag is not None:
-            out["container.image.tag"] = tag
-        if "@" in image:
-            out["container.image.digest"] = image.split("@", 1)[1]
-    image_id = str(inspect.get("Image") or "").removeprefix("sha256:")
-    if image_id:
-        out["container.image.id"] = image_id
-    if "Privileged" in host_config:
-        out["container.privileged"] = bool(host_config["Privileged"])
-    # Falco's container.start_ts is the creation time (libsinsp reads "Created").
-    created = inspect.get("Created")
-    if isinstance(created, str):
-        ts = parse_rfc3339_ns(created)
-        if ts is not None:
-            out["container.start_ts"] = ts
-    mounts = inspect.get("Mounts") or []
-    if isinstance(mounts, list):
-        rendered = []
-        dests = []
-        for m in mounts:
-            if not isinstance(m, dict):
-                continue
-            dest = str(m.get("Destination") or "")
-            dests.append(dest)
-            rendered.append(
-                f"{m.get('Source', '')}:{dest}:{m.get('Mode', '')}:"
-                f"{'true' if m.get('RW') else 'false'}:{m.get('Propagation', '')}"
-            )
-        out["container.mounts"] = ",".join(rendered)
-        out["container.mount.dest"] = dests
-    labels = config.get("Labels") or {}
-    if isinstance(labels, dict):
-        for label, field in (
-            ("io.kubernetes.pod.namespace", "k8s.ns.name"),
-            ("io.kubernetes.pod.name", "k8s.pod.name"),
-            ("io.kubernetes.pod.uid", "k8s.pod.uid"),
-        ):
-            if labels.get(label):
-                out[field] = str(labels[label])
-        out["container.labels"] = {str(k): str(v) for k, v in labels.items()}
+def discover_sockets(
+    environ: Mapping[str, str] | None = None,
+    candidates: Iterable[RuntimeSocket] = KNOWN_SOCKETS,
+) -> list[RuntimeSocket]:
+    """The runtime sockets to use: those the environment names, else every known socket that
+    exists (one per real path). Costs a few stat calls; never connects."""
+    named = sockets_from_env(environ)
+    if named:
+        return named
+    out: list[RuntimeSocket] = []
+    seen: set[str] = set()
+    for sock in candidates:
+        if not os.path.exists(sock.path):
+            continue
+        real = os.path.realpath(sock.path)
+        if real not in seen:
+            seen.add(real)
+            out.append(sock)
     return out
+
+
+def cri_runtime_found(environ: Mapping[str, str] | None = None) -> bool:
+    """Whether a CRI runtime socket is present (Kubernetes node): decides the default
+    ``append_output``. A stat, no connection, so start-up never waits on a runtime."""
+    return any(s.api == "cri" for s in discover_sockets(environ))
+
+
+class RuntimeClient(Protocol):
+    """What the fetcher needs from one runtime API socket (Docker API or CRI)."""
+
+    path: str
+    api: str
+
+    def probe(self, timeout: float) -> str: ...
+    def inspect(self, full_id: str, timeout: float) -> ContainerMeta | None: ...
+    def list_ids(self, timeout: float) -> list[str]: ...
+    def follow(
+        self, on_event: Callable[[str, str], None], stop: threading.Event, timeout: float
+    ) -> None: ...
+    def interrupt(self) -> None: ...
+    def close(self) -> None: ...
+
+
+def make_client(sock: RuntimeSocket) -> RuntimeClient:
+    """The client for a socket's API. gRPC is imported only when a CRI socket exists."""
+    if sock.api == "cri":
+        from sentinel.enrichment.container_cri import CriClient
+
+        return CriClient(sock.path)
+    return DockerApiClient(sock.path)
 
 
 class MetadataFetcher:
     """Background lookups of container metadata, cached by full container id.
 
     States per id: absent (never asked), ``pending`` (queued or in flight), ``done`` (fields
-    known; possibly empty when the runtime does not know the id), ``unavailable`` (no runtime
-    answered; retried on a later request after ``retry_after`` seconds).
+    known; possibly empty when no runtime knows the id), ``unavailable`` (no runtime that could
+    know it answered; retried on a later request after ``retry_after`` seconds).
+
+    ``sockets``: the runtime sockets to ask; None means :func:`discover_sockets`, again at
+    each lookup, so a runtime started after Sentinel is found.
     """
 
     def __init__(
         self,
-        socket_path: str | None = None,
+        sockets: Sequence[RuntimeSocket] | None = None,
         *,
-        candidates: Iterable[str] = DEFAULT_SOCKETS,
+        candidates: Iterable[RuntimeSocket] = KNOWN_SOCKETS,
         timeout: float = 2.0,
         retry_after: float = 5.0,
         follow_events: bool = True,
         on_container_event: Callable[[str, str], None] | None = None,
     ) -> None:
-        self.socket_path = socket_path
+        self.sockets = list(sockets) if sockets is not None else None
         self.candidates = tuple(candidates)
         self.timeout = timeout
         self.retry_after = retry_after
@@ -210,44 +169,42 @@ class MetadataFetcher:
         self._cache: dict[str, dict[str, Any]] = {}
         self._state: dict[str, tuple[str, float]] = {}
         self._cond = threading.Condition()
-        self._queue: queue.Queue[str | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str] | None] = queue.Queue()
         self._stop = threading.Event()
+        self._started = False
         self._threads: list[threading.Thread] = []
-        self._warned_unreachable = False
+        self._clients: dict[str, RuntimeClient] = {}
+        self._down_until: dict[str, float] = {}
+        self._warned: set[str] = set()
         self._listeners: list[Callable[[str], None]] = []
-        self._events_conn: UnixHTTPConnection | None = None
         self.fetches = 0
         self.failures = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
-        """Start the worker (and the event follower); idempotent."""
+        """Start the worker (and the event followers); idempotent. Never waits on a runtime."""
         with self._cond:
-            if self._threads:
+            if self._started:
                 return
-            worker = threading.Thread(target=self._work, name="container-meta", daemon=True)
-            self._threads.append(worker)
-            if self.follow_events:
-                follower = threading.Thread(
-                    target=self._follow, name="container-events", daemon=True
-                )
-                self._threads.append(follower)
-        for t in self._threads:
-            t.start()
+            self._started = True
+        self._spawn(self._work, "container-meta")
         # Containers that were already running when we started get no "create" event: look
         # them all up now, so their first event after our start already has metadata.
-        self._queue.put(_LIST_RUNNING)
+        self._queue.put((_LIST_RUNNING, ""))
 
     def close(self) -> None:
-        """Stop the threads; the event follower wakes up within its socket timeout."""
+        """Stop the threads, within ``timeout`` + 1 s in all. Closing the clients wakes them:
+        followers' streams are cancelled or shut down, and a CRI call in flight (even one
+        to a hung runtime) is cancelled with its channel. The threads are daemons: one still
+        inside a Docker-API call past the budget ends with the process."""
         self._stop.set()
         self._queue.put(None)
-        conn = self._events_conn
-        if conn is not None and conn.sock is not None:
-            with contextlib.suppress(OSError):
-                conn.sock.shutdown(socket.SHUT_RDWR)
+        for c in list(self._clients.values()):
+            with contextlib.suppress(Exception):
+                c.close()
+        deadline = time.monotonic() + self.timeout + 1.0
         for t in self._threads:
-            t.join(timeout=self.timeout + 1.0)
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
 
     def add_listener(self, callback: Callable[[str], None]) -> None:
         """``callback(full_id)`` runs (in the worker thread) whenever a lookup finishes.
@@ -255,6 +212,26 @@ class MetadataFetcher:
         For callers that defer events of containers whose metadata is still pending.
         """
         self._listeners.append(callback)
+
+    def clients(self) -> list[RuntimeClient]:
+        """The clients of the sockets in use now (created on first sight, followed if asked)."""
+        socks = (
+            self.sockets if self.sockets is not None else discover_sockets(None, self.candidates)
+        )
+        out = []
+        for sock in socks:
+            client = self._clients.get(sock.path)
+            if client is None:
+                client = self._clients[sock.path] = make_client(sock)
+                if self.follow_events and self._started and not self._stop.is_set():
+                    self._spawn(functools.partial(self._follow, client), "container-events")
+            out.append(client)
+        return out
+
+    def _spawn(self, target: Callable[[], None], name: str) -> None:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        self._threads.append(t)
+        t.start()
 
     # -- reading (event path: never blocks) -------------------------------------------------
     def get(self, full_id: str) -> dict[str, Any] | None:
@@ -265,8 +242,9 @@ class MetadataFetcher:
         entry = self._state.get(full_id)
         return entry[0] if entry else None
 
-    def request(self, full_id: str) -> None:
-        """Queue a lookup unless one is pending, done, or failed too recently. Never waits."""
+    def request(self, full_id: str, hint: str = "") -> None:
+        """Queue a lookup unless one is pending, done, or failed too recently. Never waits.
+        ``hint``: the runtime the cgroup path names (its API is asked first)."""
         now = time.monotonic()
         with self._cond:
             entry = self._state.get(full_id)
@@ -278,7 +256,12 @@ class MetadataFetcher:
                     return
             self._state[full_id] = ("pending", now)
         self.start()
-        self._queue.put(full_id)
+        self._queue.put((full_id, hint))
+
+    def forget(self, full_id: str) -> None:
+        """Drop what is known of a container (renamed or updated), so the next request asks."""
+        with self._cond:
+            self._state.pop(full_id, None)
 
     def wait(self, full_id: str, timeout: float) -> bool:
         """Wait until the lookup of ``full_id`` is no longer pending (for tests and callers
@@ -295,64 +278,84 @@ class MetadataFetcher:
                 self._cond.wait(left)
 
     # -- the worker ------------------------------------------------------------------------
-    def _sockets(self) -> list[str]:
-        if self.socket_path is not None:
-            return [self.socket_path]
-        from_env = socket_from_env()
-        if from_env is not None:
-            return [from_env]
-        return [p for p in self.candidates if os.path.exists(p)]
+    def _usable(self, client: RuntimeClient) -> bool:
+        return self._down_until.get(client.path, 0.0) <= time.monotonic()
 
-    def _fetch(self, full_id: str) -> tuple[str, dict[str, Any]]:
-        sockets = self._sockets()
-        errors = []
-        for sock in sockets:
-            try:
-                data = api_get_json(sock, f"{API_PREFIX}/containers/{full_id}/json", self.timeout)
-            except ApiError as exc:
-                if exc.status == 404:
-                    continue  # another runtime may know it
-                errors.append(f"{sock}: {exc}")
-                continue
-            except OSError as exc:
-                errors.append(f"{sock}: {exc}")
-                continue
-            if isinstance(data, dict):
-                return "done", metadata_fields(data)
-        if not errors and sockets:
-            return "done", {}  # every runtime answered: nobody knows this container
-        self.failures += 1
-        if not self._warned_unreachable:
-            self._warned_unreachable = True
+    def _failed(self, client: RuntimeClient, exc: Exception) -> str:
+        """Skip this runtime for ``retry_after``; warn the first time only."""
+        self._down_until[client.path] = time.monotonic() + self.retry_after
+        if client.path not in self._warned and not self._stop.is_set():  # not: cancelled by close
+            self._warned.add(client.path)
             log.warning(
                 "container runtime unreachable; container metadata fields will be missing",
-                sockets=sockets or list(self.candidates),
-                errors=errors or ["no runtime socket exists"],
+                socket=client.path,
+                api=client.api,
+                error=str(exc),
+                retry_seconds=self.retry_after,
             )
+        return f"{client.path}: {exc}"
+
+    def _fetch(self, full_id: str, hint: str) -> tuple[str, dict[str, Any]]:
+        clients = self.clients()
+        if not clients:
+            self.failures += 1
+            if "" not in self._warned:
+                self._warned.add("")
+                log.warning(
+                    "no container runtime socket; container metadata fields will be missing",
+                    sockets=[s.path for s in self.candidates],
+                )
+            return "unavailable", {}
+        preferred = _PREFERRED_API.get(hint, "cri")
+        unavailable = 0
+        for client in sorted(clients, key=lambda c: c.api != preferred):
+            if not self._usable(client):
+                unavailable += 1
+                continue
+            try:
+                meta = client.inspect(full_id, self.timeout)
+            except OSError as exc:
+                self._failed(client, exc)
+                unavailable += 1
+                continue
+            if meta is not None:
+                return "done", meta.fields()
+        if not unavailable:
+            return "done", {}  # every runtime answered: nobody knows this container
+        self.failures += 1
         return "unavailable", {}
 
     def _list_running(self) -> None:
-        for sock in self._sockets():
+        for client in self.clients():
+            if not self._usable(client):
+                continue
             try:
-                listing = api_get_json(sock, f"{API_PREFIX}/containers/json", self.timeout)
-            except (OSError, ApiError):
-                continue  # the per-container lookups will report unreachability (once)
-            if isinstance(listing, list):
-                for item in listing:
-                    cid = str(item.get("Id") or "") if isinstance(item, dict) else ""
-                    if len(cid) == 64:
-                        self.request(cid)
+                ids = client.list_ids(self.timeout)
+            except OSError as exc:
+                self._failed(client, exc)
+                continue
+            for cid in ids:
+                self.request(cid)
 
     def _work(self) -> None:
         while not self._stop.is_set():
-            full_id = self._queue.get()
-            if full_id is None:
+            item = self._queue.get()
+            if item is None:
                 return
-            if full_id == _LIST_RUNNING:
-                self._list_running()
-                continue
-            self.fetches += 1
-            st, fields = self._fetch(full_id)
+            full_id, hint = item
+            try:
+                if full_id == _LIST_RUNNING:
+                    self._list_running()
+                    continue
+                self.fetches += 1
+                st, fields = self._fetch(full_id, hint)
+            except Exception as exc:  # a client bug must not end every later lookup
+                if not self._stop.is_set():
+                    log.error("container metadata lookup failed", id=full_id, error=repr(exc))
+                if full_id == _LIST_RUNNING:
+                    continue
+                self.failures += 1
+                st, fields = "unavailable", {}
             with self._cond:
                 if st == "done":
                     self._cache[full_id] = fields
@@ -362,59 +365,28 @@ class MetadataFetcher:
                 with contextlib.suppress(Exception):
                     cb(full_id)
 
-    # -- the event follower ----------------------------------------------------------------
-    def _follow(self) -> None:
-        """Follow ``GET /events`` and look containers up as soon as they are created."""
-        query = urllib.parse.urlencode({"filters": json.dumps({"type": ["container"]})})
+    # -- the event followers ---------------------------------------------------------------
+    def _follow(self, client: RuntimeClient) -> None:
+        """Follow one runtime's events for as long as we run; reconnect with a backoff."""
         backoff = 0.2
         while not self._stop.is_set():
-            sockets = self._sockets()
-            if not sockets:
-                self._stop.wait(1.0)
-                continue
-            conn = UnixHTTPConnection(sockets[0], timeout=self.timeout)
-            self._events_conn = conn
             try:
-                conn.request("GET", f"{API_PREFIX}/events?{query}")
-                resp = conn.getresponse()
-                if resp.status != 200:
-                    raise OSError(f"events: HTTP {resp.status}")
-                # The stream may stay idle for hours: no read timeout. close() shuts the socket
-                # down to wake us (a timed-out socket file cannot be read again anyway).
-                if conn.sock is not None:
-                    conn.sock.settimeout(None)
+                client.follow(self._on_event, self._stop, self.timeout)
                 backoff = 0.2
-                self._queue.put(_LIST_RUNNING)  # whatever started while we were not listening
-                self._read_events(resp)
-            except (OSError, http.client.HTTPException, ValueError):
+            except Exception:  # unreachable, or a broken stream: retry; lookups report it
                 pass
-            finally:
-                conn.close()
-                self._events_conn = None
             self._stop.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _read_events(self, resp: http.client.HTTPResponse) -> None:
-        while not self._stop.is_set():
-            line = resp.readline()
-            if not line:
-                return
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if not isinstance(event, dict):
-                continue
-            action = str(event.get("Action") or event.get("status") or "")
-            actor = event.get("Actor") or {}
-            cid = str(event.get("id") or (actor.get("ID") if isinstance(actor, dict) else ""))
-            if len(cid) != 64:
-                continue
-            if action in ("create", "init", "start", "rename", "update"):
-                if action in ("rename", "update"):
-                    with self._cond:
-                        self._state.pop(cid, None)
-                self.request(cid)
-            if self.on_container_event is not None:
-                with contextlib.suppress(Exception):
-                    self.on_container_event(action, cid)
+    def _on_event(self, action: str, full_id: str) -> None:
+        if action == "subscribed":
+            # whatever started while we were not listening
+            self._queue.put((_LIST_RUNNING, ""))
+            return
+        if action in LOOKUP_ACTIONS:
+            if action in ("rename", "update"):
+                self.forget(full_id)
+            self.request(full_id)
+        if self.on_container_event is not None:
+            with contextlib.suppress(Exception):
+                self.on_container_event(action, full_id)

@@ -3,8 +3,9 @@
 The kernel sensor hands us a cgroup v2 id (from ``bpf_get_current_cgroup_id()``) or a pid; we
 answer with a :class:`ContainerInfo` whose :meth:`ContainerInfo.fields` gives Falco's field
 names. Identity (``container.id``) comes from the cgroup name alone, synchronously and cheaply;
-metadata (name, image, privileged, ...) comes from the runtime's API in a background thread
-and appears in ``fields()`` as soon as it is cached. The event path never waits for it.
+metadata (name, image, pod, privileged, ...) comes from the runtime's API (Docker API or the
+Kubernetes CRI, per socket found) in a background thread and appears in ``fields()`` as soon as
+it is cached. The event path never waits for it.
 
 Usage from the sensor::
 
@@ -21,7 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -32,7 +33,7 @@ from sentinel.enrichment.container_cgroup import (
     parse_cgroup_path,
     parse_proc_cgroup,
 )
-from sentinel.enrichment.container_meta import DEFAULT_SOCKETS, MetadataFetcher
+from sentinel.enrichment.container_meta import MetadataFetcher, RuntimeSocket
 
 __all__ = [
     "CONTAINER_FIELDS",
@@ -45,32 +46,25 @@ __all__ = [
 
 SHORT_ID_LEN = 12  # what Falco (and docker ps) print as container.id
 
-# The fields ContainerInfo.fields() (with the runtime metadata it merges in) can fill: every
-# event type has them (sentinel.enrichment.event derives "filled by the sensor" from this).
+# Every container/k8s field ContainerInfo.fields() (with the runtime metadata it merges in) can
+# fill: every event type has them (sentinel.enrichment.event derives "filled by the sensor"
+# from this). Identity comes from cgroups; the rest from the runtime (Docker API or CRI, via
+# container_fields.ContainerMeta.fields). The [arg] fields are answered from container.mounts
+# and the flat container.label[KEY] / k8s.pod.label[KEY] keys.
 CONTAINER_FIELDS = frozenset(
     {
-        "container.id",
-        "container.full_id",
-        "container.type",
-        "container.name",
-        "container.image",
-        "container.image.repository",
-        "container.image.tag",
-        "container.image.digest",
-        "container.image.id",
-        "container.privileged",
-        "container.start_ts",
-        "container.mounts",
-        "container.mount",
-        "container.mount.dest",
-        "container.mount.source",
-        "container.labels",
-        "container.label",
-        "k8s.ns.name",
-        "k8s.pod.name",
-        "k8s.pod.uid",
+        "container.id", "container.full_id", "container.type", "container.name",
+        "container.image", "container.image.id", "container.image.repository",
+        "container.image.tag", "container.image.digest", "container.privileged",
+        "container.start_ts", "container.duration", "container.mounts", "container.mount",
+        "container.mount.source", "container.mount.dest", "container.mount.mode",
+        "container.mount.rdwr", "container.mount.propagation", "container.label",
+        "container.labels", "container.ip", "container.host_pid", "container.host_network",
+        "container.host_ipc",
+        "k8s.ns.name", "k8s.pod.name", "k8s.pod.uid", "k8s.pod.label", "k8s.pod.labels",
+        "k8s.pod.ip", "k8s.pod.sandbox_id", "k8s.pod.full_sandbox_id", "k8s.container.name",
     }
-)
+)  # fmt: skip
 
 
 class ContainerInfo:
@@ -125,6 +119,10 @@ class ContainerInfo:
             meta = self._meta.get(self.full_id)
             if meta:
                 out.update(meta)
+                start = meta.get("container.start_ts")
+                if isinstance(start, int):
+                    # at evaluation time, which trails the event by the loop's latency (ms)
+                    out["container.duration"] = max(0, time.time_ns() - start)
         return out
 
     def __repr__(self) -> str:
@@ -137,8 +135,10 @@ HOST = ContainerInfo("host", "host")
 class ContainerResolver:
     """cgroup id / pid / cgroup path -> :class:`ContainerInfo`, with async metadata.
 
-    ``runtime_socket``: the Docker-compatible API socket; None means ``CONTAINER_HOST`` /
-    ``DOCKER_HOST`` when they name a unix socket, else podman's and docker's usual sockets.
+    ``runtime_socket``: one Docker-compatible API socket; ``sockets``: any runtime sockets
+    (Docker API or CRI). Neither means :func:`~sentinel.enrichment.container_meta.
+    discover_sockets`: what ``CONTAINER_RUNTIME_ENDPOINT`` / ``CONTAINER_HOST`` /
+    ``DOCKER_HOST`` name, else every usual containerd, CRI-O, podman and docker socket present.
     ``fetch_metadata=False`` gives identity only (no threads at all).
     """
 
@@ -146,6 +146,7 @@ class ContainerResolver:
         self,
         runtime_socket: str | None = None,
         *,
+        sockets: Sequence[RuntimeSocket] | None = None,
         cgroup_root: str | None = None,
         fetch_metadata: bool = True,
         follow_events: bool = True,
@@ -157,10 +158,11 @@ class ContainerResolver:
         self.proc_root = proc_root
         self.max_cached = max_cached
         self.meta: MetadataFetcher | None = None
+        if runtime_socket is not None:
+            sockets = [RuntimeSocket(runtime_socket, "docker", "docker-api")]
         if fetch_metadata:
             self.meta = MetadataFetcher(
-                runtime_socket,
-                candidates=DEFAULT_SOCKETS,
+                sockets,
                 follow_events=follow_events,
                 on_container_event=self._on_runtime_event,
             )
@@ -240,7 +242,7 @@ class ContainerResolver:
                 )
                 self._by_id[m.full_id] = info
         if self.meta is not None:
-            self.meta.request(m.full_id)
+            self.meta.request(m.full_id, m.runtime)
         return info
 
     # -- metadata helpers ------------------------------------------------------------------

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from sentinel.enrichment.containers import CONTAINER_FIELDS
+from sentinel.enrichment.dns import name_getters
 from sentinel.enrichment.process_fields import INDEXED, PROCESS, RECORD_DEPENDENT
 from sentinel.enrichment.proctable import Proc, ProcessTable
 from sentinel.events import EVENT_TYPES, EventType, getters_for
@@ -50,6 +51,7 @@ class Clock:
 def _getters(t: EventType) -> dict[str, Getter]:
     out = dict(PROCESS.fns)
     out.update(getters_for(t))  # the event's own fields win over the process table's
+    out.update(name_getters(out))  # fd.sip.name... where the event type has the addresses
     return out
 
 
@@ -125,7 +127,7 @@ class LiveEvent(Mapping[str, Any]):
         fn = self._getters.get(name)
         if fn is not None:
             value = fn(self)
-        elif name.endswith("]") and "[" in name:
+        elif name.endswith("]") and "[" in name and not name.startswith(("container.", "k8s.")):
             base, _, arg = name[:-1].partition("[")
             if base == "evt.arg":
                 value = indexed_arg(self.rec.evt, self, arg)
@@ -134,7 +136,7 @@ class LiveEvent(Mapping[str, Any]):
                 if ifn is None:
                     return default
                 value = ifn(self, arg)
-        elif name.startswith(("container.", "k8s.")):
+        elif name.startswith(("container.", "k8s.")):  # incl. the flat k8s.pod.label[KEY] keys
             value = self._container_fields().get(name)
         else:
             return default

@@ -14,6 +14,7 @@ from sentinel.enrichment.event import Clock, LiveEvent
 from sentinel.enrichment.proctable import PROCESS_TYPES, ProcessTable
 from sentinel.events import decode
 from sentinel.events import file as file_records
+from sentinel.events import system as system_records
 
 _HOST = {"container.id": "host", "container.full_id": "host", "container.name": "host"}
 
@@ -66,6 +67,9 @@ class Enricher:
         name = rec.evt.name
         if name in PROCESS_TYPES:
             self.table.apply(rec)
+        elif rec.evt.family is system_records.FAMILY:
+            # the capability sets after the call: credential changes (setuid, capset...)
+            self.table.set_caps(rec.pid, system_records.caps(rec))
         self.count += 1
         ev = LiveEvent(rec, self.table, self.clock, self.containers, self.count)
         fam = rec.evt.family

@@ -8,42 +8,15 @@ with N >= 1 is the N-th ancestor and ``[0]`` the process itself.
 
 from __future__ import annotations
 
-import grp
-import pwd
 from collections.abc import Callable
-from functools import lru_cache
 from typing import Any
 
 from sentinel.enrichment.proctable import EXEC_TYPES, Proc
-from sentinel.events.common import UNSET_LOGINUID
+from sentinel.events.common import UNSET_LOGINUID, caps_text, group_name, user_entry, user_name
+from sentinel.events.exec import EXE_MEMFD, EXE_OVERLAY, EXE_UPPER
 from sentinel.events.schema import Getters
 
 LOGIN_SHELLS = frozenset({"sh", "bash", "zsh", "dash", "ksh", "csh", "tcsh", "fish", "ash"})
-
-
-@lru_cache(maxsize=4096)
-def user_name(uid: int) -> str | None:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return None
-
-
-@lru_cache(maxsize=4096)
-def user_entry(uid: int) -> tuple[str, str] | None:
-    try:
-        e = pwd.getpwuid(uid)
-    except KeyError:
-        return None
-    return e.pw_dir, e.pw_shell
-
-
-@lru_cache(maxsize=4096)
-def group_name(gid: int) -> str | None:
-    try:
-        return grp.getgrgid(gid).gr_name
-    except KeyError:
-        return None
 
 
 PROCESS = Getters()
@@ -186,6 +159,53 @@ PROCESS("user.loginname")(
     lambda e: None if e.rec.loginuid == UNSET_LOGINUID else user_name(e.rec.loginuid)
 )
 PROCESS("group.name")(lambda e: group_name(e.rec.gid))
+
+# ---- credentials, environment and the executable (exec records; /proc when seeded) ----------
+
+
+def _caps(i: int) -> Callable[[Any], Any]:
+    return lambda e: None if e.proc.caps is None else caps_text(e.proc.caps[i])
+
+
+# Falco's thread.cap_* are per thread; the table keeps one set per process, the last one a
+# record of any of its threads reported (README, limits).
+PROCESS("thread.cap_inheritable")(_caps(0))
+PROCESS("thread.cap_permitted")(_caps(1))
+PROCESS("thread.cap_effective")(_caps(2))
+PROCESS("proc.env")(lambda e: " ".join(e.proc.env))
+
+
+def _env(e: Any, name: str) -> str | None:
+    prefix = name + "="
+    for entry in e.proc.env:
+        if entry.startswith(prefix):
+            return str(entry[len(prefix) :])
+    return None
+
+
+INDEXED["proc.env"] = _env
+
+
+def _exe(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda e: None if e.proc.exe_facts is None else fn(e.proc.exe_facts)
+
+
+PROCESS("proc.is_exe_writable")(_exe(lambda x: x.writable))
+PROCESS("proc.is_exe_from_memfd")(_exe(lambda x: bool(x.flags & EXE_MEMFD)))
+PROCESS("proc.is_exe_upper_layer")(_exe(lambda x: bool(x.flags & EXE_UPPER)))
+PROCESS("proc.is_exe_lower_layer")(
+    _exe(lambda x: x.flags & (EXE_OVERLAY | EXE_UPPER) == EXE_OVERLAY)
+)
+PROCESS("proc.exe_ino")(_exe(lambda x: x.ino))
+PROCESS("proc.exe_ino.ctime")(_exe(lambda x: x.ctime_ns))
+PROCESS("proc.exe_ino.mtime")(_exe(lambda x: x.mtime_ns))
+PROCESS("proc.exe_ino.ctime_duration_proc_start")(
+    lambda e: (
+        None
+        if e.proc.exe_facts is None or not e.proc.exe_facts.ctime_ns
+        else max(e.clock.epoch(e.proc.start_ns) - e.proc.exe_facts.ctime_ns, 0)
+    )
+)
 
 # Fields that depend on more than the process entry and the table (the record itself):
 # recomputed per event; the others are memoised per process by LiveEvent.to_dict.

@@ -47,6 +47,12 @@ class Proc:
     cgroup_id: int = 0
     exited: bool = False
     args_truncated: bool = False
+    env: list[str] = field(default_factory=list)  # KEY=VALUE, as the image started with
+    env_truncated: bool = False
+    # (inheritable, permitted, effective), kept current by exec and the system family's
+    # records; None: not known (a process seen only in an event header)
+    caps: tuple[int, int, int] | None = None
+    exe_facts: exec_records.ExeFacts | None = None  # None: not known
     # Memo of the fields derived from this entry and the table (see LiveEvent.to_dict), valid
     # while the table's version is ``memo_version``; and the pid-namespace pid, read once.
     memo: dict[str, Any] | None = field(default=None, compare=False, repr=False)
@@ -56,6 +62,29 @@ class Proc:
     @property
     def cmdline(self) -> str:
         return " ".join([self.comm, *self.args]) if self.args else self.comm
+
+
+def _exe_facts(
+    exe: Path, exepath: str, uid: int, gid: int, cap_eff: int
+) -> exec_records.ExeFacts | None:
+    """A running process's executable, from /proc (seeding): the inode's facts through the
+    exe link; a memfd from the link's name. Whether it lies in an overlayfs upper layer is not
+    told by /proc: such a process, started before Sentinel, reads false."""
+    try:
+        st = os.stat(exe)
+    except OSError:
+        return None
+    memfd = exepath.startswith("/memfd:") and exepath.endswith(" (deleted)")
+    return exec_records.ExeFacts(
+        ino=st.st_ino,
+        ctime_ns=st.st_ctime_ns,
+        mtime_ns=st.st_mtime_ns,
+        mode=st.st_mode,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        flags=exec_records.EXE_MEMFD if memfd else 0,
+        writable=exec_records.writable_by(st.st_mode, st.st_uid, st.st_gid, uid, gid, cap_eff),
+    )
 
 
 def _readlink(path: str) -> str:
@@ -113,17 +142,25 @@ class ProcessTable:
         start_ns = int(rest[19]) * 1_000_000_000 // CLK_TCK
         argv = [a.decode("utf-8", "surrogateescape") for a in cmdline.split(b"\0")[:-1]]
         uid = gid = 0
+        capset = {"CapInh:": 0, "CapPrm:": 0, "CapEff:": 0}
         for line in status.splitlines():
             if line.startswith("Uid:"):
                 uid = int(line.split()[1])  # real, as bpf_get_current_uid_gid() gives
             elif line.startswith("Gid:"):
                 gid = int(line.split()[1])
+            elif line[:7] in capset:
+                capset[line[:7]] = int(line.split()[1], 16)
+        caps = (capset["CapInh:"], capset["CapPrm:"], capset["CapEff:"])
+        environ = b""
+        with contextlib.suppress(OSError):
+            environ = (base / "environ").read_bytes()
         loginuid = 0xFFFFFFFF
         with contextlib.suppress(OSError, ValueError):
             loginuid = int((base / "loginuid").read_text())
         exepath = cwd = ""
         with contextlib.suppress(OSError):
             exepath = os.readlink(base / "exe")
+        facts = _exe_facts(base / "exe", exepath, uid, gid, caps[2])
         with contextlib.suppress(OSError):
             cwd = os.readlink(base / "cwd")
         return Proc(
@@ -141,6 +178,9 @@ class ProcessTable:
             sid=sid,
             pgid=pgid,
             start_ns=start_ns,
+            env=[x.decode("utf-8", "surrogateescape") for x in environ.split(b"\0") if x],
+            caps=caps,
+            exe_facts=facts,
         )
 
     # -- updates from records ---------------------------------------------------------------
@@ -194,6 +234,10 @@ class ProcessTable:
                 start_ns=old.start_ns if old is not None and not old.exited else rec.ts,
                 cgroup_id=rec.cgroup_id,
                 args_truncated=exec_records.args_truncated(rec),
+                env=exec_records.env(rec),
+                env_truncated=exec_records.env_truncated(rec),
+                caps=exec_records.caps(rec),
+                exe_facts=exec_records.exe_facts(rec),
             )
         elif name == "procexit":
             self.version += 1
@@ -228,6 +272,13 @@ class ProcessTable:
         """Add or replace one entry (what seeding does per process; tests build trees)."""
         self._procs[proc.pid] = proc
         self.version += 1
+
+    def set_caps(self, pid: int, caps: tuple[int, int, int]) -> None:
+        """The task's capability sets changed (setuid, capset...: the record says after)."""
+        p = self._procs.get(pid)
+        if p is not None and p.caps != caps:
+            p.caps = caps
+            self.version += 1
 
     def set_cwd(self, pid: int, cwd: str) -> None:
         p = self._procs.get(pid)

@@ -17,9 +17,12 @@ To add an event type, see docs/design.md ("Adding an event type").
 from __future__ import annotations
 
 from sentinel.events import exec as _exec
+from sentinel.events import fd as _fd
 from sentinel.events import file as _file
+from sentinel.events import link as _link
 from sentinel.events import net as _net
 from sentinel.events import process as _process
+from sentinel.events import system as _system
 from sentinel.events.args import arg_getters
 from sentinel.events.common import COMMON
 from sentinel.events.record import Record
@@ -27,7 +30,15 @@ from sentinel.events.schema import EventType, Family, Getter
 
 # Order is ABI: it numbers the event types (append new families and types at the end of their
 # family; codes may change between builds, both sides are generated from this table).
-FAMILIES: tuple[Family, ...] = (_exec.FAMILY, _process.FAMILY, _file.FAMILY, _net.FAMILY)
+FAMILIES: tuple[Family, ...] = (
+    _exec.FAMILY,
+    _process.FAMILY,
+    _file.FAMILY,
+    _link.FAMILY,
+    _net.FAMILY,
+    _fd.FAMILY,
+    _system.FAMILY,
+)
 EVENT_TYPES: tuple[EventType, ...] = tuple(t for f in FAMILIES for t in f.event_types)
 for _code, _t in enumerate(EVENT_TYPES):
     _t.code = _code

@@ -14,11 +14,24 @@ import errno
 from collections.abc import Sequence
 from typing import Any
 
-from sentinel.events.common import AT_FDCWD, res_text
+from sentinel.events.common import AT_FDCWD, group_name, res_text, user_name
 from sentinel.events.schema import EventType, Getters, Param, ParamType
 
 RESULT_TYPES = (ParamType.ERRNO, ParamType.FD, ParamType.PID)
 L4_CHAR = {"tcp": "t", "udp": "u", "icmp": "i", "raw": "r"}
+
+
+# libsinsp's mode_flags (PT_MODE), in its order.
+MODE_NAMES = [
+    (0o1, "S_IXOTH"), (0o2, "S_IWOTH"), (0o4, "S_IROTH"), (0o10, "S_IXGRP"), (0o20, "S_IWGRP"),
+    (0o40, "S_IRGRP"), (0o100, "S_IXUSR"), (0o200, "S_IWUSR"), (0o400, "S_IRUSR"),
+    (0o1000, "S_ISVTX"), (0o2000, "S_ISGID"), (0o4000, "S_ISUID"),
+]  # fmt: skip
+
+
+def _octal(v: int) -> str:
+    """C's %#o: "0755", "0"."""
+    return f"0{v:o}" if v else "0"
 
 
 def flags_text(value: int, names: Sequence[tuple[int, str]]) -> str:
@@ -36,7 +49,8 @@ def flags_text(value: int, names: Sequence[tuple[int, str]]) -> str:
 
 
 def enum_text(value: int, names: Sequence[tuple[int, str]]) -> str:
-    return next((n for v, n in names if v == value), "")
+    """libsinsp's enum rendering: every name of the value ("AF_LOCAL|AF_UNIX"), or ""."""
+    return "|".join(n for v, n in names if v == value)
 
 
 def render(p: Param, e: Any) -> tuple[str, str] | None:
@@ -69,8 +83,15 @@ def render(p: Param, e: Any) -> tuple[str, str] | None:
         v = int(value)
         proc = e.table.get(v) if v > 0 else None
         return str(v), (proc.comm if proc is not None else "")
+    if t in (ParamType.UID, ParamType.GID):
+        v = int(value) & 0xFFFFFFFF
+        name = user_name(v) if t is ParamType.UID else group_name(v)
+        return str(v), name or ""
+    if t is ParamType.OCTAL:
+        return _octal(int(value)), ""
     if t is ParamType.MODE:
-        return f"{int(value):#o}", ""
+        v = int(value)
+        return _octal(v), flags_text(v, MODE_NAMES)
     if t is ParamType.HEX:
         return f"{int(value):#x}", ""
     if t is ParamType.FLAGS:

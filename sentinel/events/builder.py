@@ -28,6 +28,7 @@ HEADER_DEFAULTS: dict[str, Any] = {
     "hdr_flags": 0,
     "cgroup_id": 1,
     "comm": "tester",
+    "tcomm": "tester",
 }
 
 

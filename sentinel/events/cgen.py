@@ -29,7 +29,7 @@ from sentinel.events.common import (
     WALK_SIZE,
 )
 from sentinel.events.dims import DIM_CODES
-from sentinel.events.schema import EventType
+from sentinel.events.schema import EventType, TailCall
 
 # Sizes the BPF sources use, by the name they use.
 SIZES = {
@@ -39,8 +39,18 @@ SIZES = {
     "PATH_SIZE": file_family.PATH_SIZE,
     "FNAME_SIZE": exec_family.FNAME_SIZE,
     "ARGS_SIZE": exec_family.ARGS_SIZE,
+    "ENV_SIZE": exec_family.ENV_SIZE,
+    "EXE_MEMFD": exec_family.EXE_MEMFD,
+    "EXE_UPPER": exec_family.EXE_UPPER,
+    "EXE_OVERLAY": exec_family.EXE_OVERLAY,
+    "OVERLAYFS_SUPER_MAGIC": exec_family.OVERLAYFS_SUPER_MAGIC,
     "FAILED_EXEC_ARGS": exec_family.FAILED_EXEC_ARGS,
     "SOCKADDR_SIZE": net_family.SOCKADDR_SIZE,
+    # how a socket call's handler reads its arguments (sentinel.events.net)
+    "SOCK_FD_IS_RESULT": net_family.FD_IS_RESULT,
+    "SOCK_SERVER_LOCAL": net_family.SERVER_LOCAL,
+    "SOCK_ADDR_IN": net_family.ADDR_IN,
+    "TCP_ESTABLISHED_VAL": net_family.TCP_ESTABLISHED,  # also a connected UDP socket's state
 }
 
 
@@ -68,19 +78,64 @@ def structs() -> str:
     return "\n\n".join([HDR.c_struct(), *(f.layout.c_struct() for f in FAMILIES)])
 
 
+# The family handlers the stubs reach (by tail call): their index in the ``handlers`` program
+# array, and how many arguments each takes after (ctx, result, event code).
+HANDLERS: dict[str, int] = {}
+ARITY: dict[str, int] = {}
+for _t in EVENT_TYPES:
+    if _t.syscall is not None:
+        HANDLERS.setdefault(_t.syscall.handler, len(HANDLERS))
+        n = len(_t.syscall.args)
+        if ARITY.setdefault(_t.syscall.handler, n) != n:
+            raise RuntimeError(f"{_t.name}: {_t.syscall.handler} takes {ARITY[_t.syscall.handler]}")
+MAX_ARGS = max(ARITY.values())
+
+
 def stub(t: EventType) -> str:
-    """The tracepoint program of one syscall event type."""
+    """The tracepoint program of one syscall event type: it reads the syscall's arguments,
+    leaves what its line of the table says for the handler in the per-CPU ``call_scratch``,
+    and tail-calls the family's handler. Every stub is a few instructions; each handler is
+    compiled and verified once, however many event types share it (start-up time)."""
     sc = t.syscall
     assert sc is not None
-    call = ", ".join(["args", "args->ret", evt_macro(t), *([sc.call] if sc.call else [])])
+    values = sc.args
+    sets = "".join(f"    c->v[{i}] = (u64)({v});\n" for i, v in enumerate(values))
     return (
         f"TRACEPOINT_PROBE(syscalls, sys_exit_{sc.name}) {{\n"
+        "    if (is_self())\n"
+        "        return 0;\n"
         "    struct sc_args a = {};\n"
         "    read_args(&a);\n"
-        "    u64 a0 = a.a0, a1 = a.a1, a2 = a.a2, a3 = a.a3;\n"
-        f"    return {sc.handler}({call});\n"
+        "    u64 a0 = a.a0, a1 = a.a1, a2 = a.a2, a3 = a.a3, a4 = a.a4, a5 = a.a5;\n"
+        "    u32 zero = 0;\n"
+        "    struct call_args *c = call_scratch.lookup(&zero);\n"
+        "    if (!c)\n"
+        "        return 0;\n"
+        f"    c->ret = args->ret;\n    c->t = {evt_macro(t)};\n    c->hflags = 0;\n{sets}"
+        f"    handlers.call(args, {HANDLERS[sc.handler]});  // {sc.handler}\n"
+        "    return 0;\n"
         "}\n"
     )
+
+
+def handler_program(name: str) -> str:
+    """The tail-called program of one handler: the call's arguments from the scratch."""
+    args = ", ".join(["ctx", "c->ret", "c->t", *(f"c->v[{i}]" for i in range(ARITY[name]))])
+    return (
+        f"int h_{name}(void *ctx) {{\n"
+        "    u32 zero = 0;\n"
+        "    struct call_args *c = call_scratch.lookup(&zero);\n"
+        "    if (!c)\n"
+        "        return 0;\n"
+        f"    return {name}({args});\n"
+        "}\n"
+    )
+
+
+def handler_calls(attach: Iterable[EventType]) -> list[TailCall]:
+    """(program array, index, program, type) of the handlers these event types reach."""
+    used = sorted({t.syscall.handler for t in attach if t.syscall is not None})
+    return [("handlers", HANDLERS[h], f"h_{h}", "tracepoint") for h in used]
 
 
 def defines() -> str:
@@ -90,11 +145,30 @@ def defines() -> str:
     return "\n".join(lines) + "\n"
 
 
+CALL_ARGS = (
+    "// A handler's arguments, from a stub (or the io_uring programs) to the handler it\n"
+    "// tail-calls, per CPU (call_scratch, in bpf/sensor/task.h). hflags: header flags the\n"
+    "// handler adds to the record; with FLAG_IO_URING the path arguments are kernel memory.\n"
+    f"struct call_args {{\n    s64 ret;\n    u32 t;\n    u32 hflags;\n    u64 v[{MAX_ARGS}];\n}};"
+)
+
+
 def header() -> str:
-    """The text placed before the sensor's sources: the macros and the record structs."""
-    return defines() + "\n" + structs() + "\n"
+    """The text placed before the sensor's sources: the macros, the record structs, the
+    handlers' argument struct and each handler's index in the ``handlers`` program array."""
+    index = "\n".join(f"#define HANDLER_{h.upper()} {i}" for h, i in HANDLERS.items())
+    return defines() + "\n" + structs() + "\n" + CALL_ARGS + "\n" + index + "\n"
 
 
 def stubs(attach: Iterable[EventType]) -> str:
-    """The stubs of the syscall event types to attach (placed after the family sources)."""
-    return "\n".join(stub(t) for t in attach if t.syscall is not None)
+    """The handler programs and the stubs of the syscall event types to attach (placed after
+    the family sources)."""
+    types = [t for t in attach if t.syscall is not None]
+    handlers = sorted({t.syscall.handler for t in types if t.syscall is not None})
+    parts = [
+        f"BPF_PROG_ARRAY(handlers, {len(HANDLERS)});",
+        *(f"#define ATTACHED_{evt_macro(t)} 1" for t in types),
+        *(handler_program(h) for h in handlers),
+        *(stub(t) for t in types),
+    ]
+    return "\n".join(parts) + "\n"

@@ -31,6 +31,8 @@ class Dim(StrEnum):
     FAMILY = "family"  # connect: '4', '6' or 'u'
     FAILED = "failed"  # the syscall returned an error
     RAW_DOTDOT = "raw_dotdot"  # the path as passed contains "../"
+    ARG = "arg"  # the event type's key argument (ptrace request, socket domain...)
+    CONNECTED = "connected"  # the socket is connected (TCP established, a connected UDP)
 
 
 DIM_CODES: dict[Dim, int] = {d: i for i, d in enumerate(Dim)}
@@ -55,6 +57,8 @@ class Bind(StrEnum):
     TYPECHAR = "typechar"  # fd.typechar 4/6/u
     SOCKFAMILY = "sockfamily"  # fd.sockfamily ip/unix
     FDTYPE = "fdtype"  # fd.type ipv4/ipv6/unix
+    CONNECTED = "connected"  # fd.connected = bool
+    ARG_ENUM = "arg_enum"  # evt.arg.<key>: a value named by the parameter's table (=, in, contains)
 
 
 # The dimensions a binding may constrain (a family evaluates the union of its bindings').
@@ -74,4 +78,6 @@ BIND_DIMS: dict[Bind, tuple[Dim, ...]] = {
     Bind.TYPECHAR: (Dim.FAMILY,),
     Bind.SOCKFAMILY: (Dim.FAMILY,),
     Bind.FDTYPE: (Dim.FAMILY,),
+    Bind.ARG_ENUM: (Dim.ARG,),
+    Bind.CONNECTED: (Dim.CONNECTED,),
 }

@@ -16,12 +16,14 @@ exactly, at their own syscall exits).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from sentinel.events import schema
 from sentinel.events.common import (
     FLAG_ARGS_TRUNC,
     FLAG_CWD_TRUNC,
+    FLAG_ENV_TRUNC,
     FLAG_EXE_TRUNC,
     FWD_END,
     HDR,
@@ -34,17 +36,29 @@ FNAME_SIZE = 256
 ARGS_SIZE = 1024  # a power of two: the BPF reads mask with ARGS_SIZE - 1
 FAILED_EXEC_ARGS = 16  # argv entries a failed exec records
 
+# The environment: Falco's drivers keep a page of it; an attacker can pad the environment to
+# push a variable past it (FLAG_ENV_TRUNC says so: README, limits).
+ENV_SIZE = 4096  # a power of two, as ARGS_SIZE
+# exe_flags bits: what the kernel knows of the executable (bpf/sensor/exec.h): a memfd (its
+# dentry is "memfd:..." and it has no link), on overlayfs, in overlayfs's upper layer.
+EXE_MEMFD, EXE_UPPER, EXE_OVERLAY = 1, 2, 4
+OVERLAYFS_SUPER_MAGIC = 0x794C7630
+CAP_DAC_OVERRIDE = 1
 LAYOUT = schema.Layout(
     "exec_ev",
     "u32 tty, u32 sid, u32 pgid, u32 args_len, u32 exe_len, u32 cwd_len, u32 old_pid, s32 res,"
+    "u64 cap_inheritable, u64 cap_permitted, u64 cap_effective, u64 exe_ino, u64 exe_ctime,"
+    "u64 exe_mtime, u32 exe_mode, u32 exe_uid, u32 exe_gid, u32 exe_flags, u32 env_len, u32 pad,"
     f"char filename[{FNAME_SIZE}], char args[{ARGS_SIZE}], char exe[{WALK_SIZE}],"
-    f"char cwd[{WALK_SIZE}]",
+    f"char cwd[{WALK_SIZE}], char env[{ENV_SIZE}]",
     base=HDR,
 )
 _TTY, _SID, _PGID, _ARGS_LEN, _EXE_LEN, _CWD_LEN, _OLD_PID, _RES = (
     LAYOUT.index[n]
     for n in ("tty", "sid", "pgid", "args_len", "exe_len", "cwd_len", "old_pid", "res")
 )
+_ENV_LEN = LAYOUT.index["env_len"]
+_CAPS = tuple(LAYOUT.index[n] for n in ("cap_inheritable", "cap_permitted", "cap_effective"))
 
 
 # ---- decoding (the process table uses these too) -------------------------------------------------
@@ -85,6 +99,72 @@ def argv(rec: Record) -> list[str]:
 
     got: list[str] = _memo(rec, "argv", parse)
     return got
+
+
+def env(rec: Record) -> list[str]:
+    """The environment of the new image (its KEY=VALUE entries), as far as the record holds
+    (``env_truncated``)."""
+
+    def parse() -> list[str]:
+        block = rec.buf("env", rec.fixed[_ENV_LEN])
+        return [x.decode("utf-8", "surrogateescape") for x in block.split(b"\0") if x]
+
+    got: list[str] = _memo(rec, "env", parse)
+    return got
+
+
+def env_truncated(rec: Record) -> bool:
+    return bool(rec.flags & FLAG_ENV_TRUNC)
+
+
+def caps(rec: Record) -> tuple[int, int, int]:
+    """(inheritable, permitted, effective) capability sets of the new image."""
+    f = rec.fixed
+    return int(f[_CAPS[0]]), int(f[_CAPS[1]]), int(f[_CAPS[2]])
+
+
+@dataclass(frozen=True, slots=True)
+class ExeFacts:
+    """What the kernel said about the executable's inode at exec (times: ns since the epoch;
+    flags: EXE_*)."""
+
+    ino: int
+    ctime_ns: int
+    mtime_ns: int
+    mode: int
+    uid: int
+    gid: int
+    flags: int
+    writable: bool  # by the exec'ing user (writable_by)
+
+
+def writable_by(mode: int, owner: int, group: int, uid: int, gid: int, cap_eff: int) -> bool:
+    """Whether ``uid``/``gid`` may write a file of this mode and ownership: the owner, group
+    and other write bits as the kernel's permission check reads them, or CAP_DAC_OVERRIDE in
+    the effective set (as libsinsp's drivers judge it; supplementary groups and read-only
+    mounts are not considered: README, limits)."""
+    if cap_eff & (1 << CAP_DAC_OVERRIDE):
+        return True
+    if uid == owner:
+        return bool(mode & 0o200)
+    if gid == group:
+        return bool(mode & 0o020)
+    return bool(mode & 0o002)
+
+
+def exe_facts(rec: Record) -> ExeFacts:
+    f, i = rec.fixed, LAYOUT.index
+    mode, owner, group = int(f[i["exe_mode"]]), int(f[i["exe_uid"]]), int(f[i["exe_gid"]])
+    return ExeFacts(
+        ino=int(f[i["exe_ino"]]),
+        ctime_ns=int(f[i["exe_ctime"]]),
+        mtime_ns=int(f[i["exe_mtime"]]),
+        mode=mode,
+        uid=owner,
+        gid=group,
+        flags=int(f[i["exe_flags"]]),
+        writable=bool(mode) and writable_by(mode, owner, group, rec.uid, rec.gid, caps(rec)[2]),
+    )
 
 
 def args_truncated(rec: Record) -> bool:
@@ -141,8 +221,50 @@ def _params() -> list[schema.Param]:
             ("pgid", P.PID, lambda e: tty_sid_pgid(e.rec)[2] or None),
             ("gid", P.UINT, lambda e: e.rec.gid),
             ("filename", P.PATH, lambda e: filename(e.rec)),
+            ("env", P.CHARBUF, lambda e: " ".join(env(e.rec)) if res(e.rec) == 0 else None),
+            ("trusted_exepath", P.PATH, lambda e: exepath(e.rec) if res(e.rec) == 0 else None),
         )
+    ] + [
+        schema.Param("flags", P.FLAGS, _falco_flags, names=EXE_FLAG_NAMES),
+        *[
+            schema.Param(name, P.HEX, _cap(i))
+            for i, name in enumerate(("cap_inheritable", "cap_permitted", "cap_effective"))
+        ],
+        *[
+            schema.Param(name, P.UINT, _fact(attr))
+            for name, attr in (
+                ("exe_ino", "ino"),
+                ("exe_ino_ctime", "ctime_ns"),
+                ("exe_ino_mtime", "mtime_ns"),
+            )
+        ],
     ]
+
+
+# execve's flags parameter as libsinsp has it (PPM_EXE_*), from the record's EXE_* bits.
+EXE_FLAG_NAMES = [(1, "EXE_WRITABLE"), (2, "EXE_UPPER_LAYER"), (4, "EXE_FROM_MEMFD"),
+                  (8, "EXE_LOWER_LAYER")]  # fmt: skip
+
+
+def _fact(attr: str) -> Any:
+    return lambda e: getattr(exe_facts(e.rec), attr) if res(e.rec) == 0 else None
+
+
+def _cap(i: int) -> Any:
+    return lambda e: caps(e.rec)[i] if res(e.rec) == 0 else None
+
+
+def _falco_flags(e: Any) -> int | None:
+    if res(e.rec) != 0:
+        return None
+    x = exe_facts(e.rec)
+    lower = x.flags & (EXE_OVERLAY | EXE_UPPER) == EXE_OVERLAY
+    return (
+        (1 if x.writable else 0)
+        | (2 if x.flags & EXE_UPPER else 0)
+        | (4 if x.flags & EXE_MEMFD else 0)
+        | (8 if lower else 0)
+    )
 
 
 def exec_type(name: str, call: str) -> schema.EventType:
@@ -172,15 +294,31 @@ def _exe_buffer(path: str) -> tuple[bytes, int]:
     return b"\0" * (FWD_END - len(raw)) + raw, len(raw)  # right-aligned to end at FWD_END
 
 
-# Record builder: ``args`` (argv, a list), ``exe`` (the executable's path), ``cwd``.
+# Record builder: ``args`` (argv, a list), ``exe`` (the executable's path), ``cwd``, ``env`` (a
+# list of KEY=VALUE).
 ENCODE = schema.buffers(
     {
         "args": ("args_len", _argv_block),
         "exe": ("exe_len", _exe_buffer),
         "cwd": ("cwd_len", walk_buffer),
+        "env": ("env_len", _argv_block),
     }
 )
 KERNEL_FIELDS = {"proc.name": Bind.COMM, "user.uid": Bind.UID, "proc.exepath": Bind.PATH}
+# exec_emit builds the record sched_process_exec's program kept (bpf/sensor/exec.h).
+TAILS = (("exec_tail", 0, "exec_emit", "raw_tracepoint"),)
 FAMILY = schema.Family(
-    "exec", LAYOUT, "exec.h", EVENT_TYPES, schema.Getters(), KERNEL_FIELDS, encode=ENCODE
+    "exec",
+    LAYOUT,
+    "exec.h",
+    EVENT_TYPES,
+    schema.Getters(),
+    KERNEL_FIELDS,
+    encode=ENCODE,
+    tail_calls=TAILS,
+    truth={
+        "*": "kernel: the executable (bprm's file, walked), argv and environment of the new "
+        "image (written by the kernel, read before any thread of it runs), credentials, cwd, "
+        "tty; a failed exec: the path and argv the caller passed, read at the syscall's exit",
+    },
 )

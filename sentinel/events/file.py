@@ -19,8 +19,10 @@ from typing import Any
 from sentinel.events import schema
 from sentinel.events.common import (
     AT_FDCWD,
+    FLAG_BASE_AFTER,
     FLAG_BASE_BAD,
     FLAG_BASE_TRUNC,
+    FLAG_KPATH,
     HDR,
     WALK_SIZE,
 )
@@ -98,23 +100,61 @@ def raw_path(rec: Record) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
 
+def kernel_path(rec: Record) -> str | None:
+    """A successful open's file as the kernel has it (walked forward from the task's root at
+    the call's exit: symlinks and magic links resolved), or None (not an open, or the walk
+    was cut short)."""
+    if not rec.flags & FLAG_KPATH or rec.flags & FLAG_BASE_TRUNC:
+        return None
+    n = int(rec.fixed[_BASE_LEN])
+    if n == 0:
+        return "/"
+    raw: bytes = rec.buf("base", n)
+    return raw.decode("utf-8", "surrogateescape")
+
+
 def base_dir(rec: Record) -> str | None:
     """The directory a relative path starts from, as the kernel walked it, or None."""
+    if rec.flags & FLAG_KPATH:
+        return None  # the record has the file itself, not the path's base
     if raw_path(rec).startswith("/") or rec.flags & (FLAG_BASE_BAD | FLAG_BASE_TRUNC):
         return None
+    if rec.flags & FLAG_BASE_AFTER and rec.fixed[_RES] == 0:
+        return None  # the cwd after a successful chdir, not the path's base
     return join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
 
 
 def cwd_walk(rec: Record) -> str | None:
     """The cwd, when this record carries the kernel's walk of it (a relative path from
-    AT_FDCWD): the freshest cwd user space can know without tracing chdir()."""
+    AT_FDCWD, or any chdir/fchdir: the cwd after the call)."""
     if rec.fixed[_DIRFD] != AT_FDCWD or len(rec.raw) <= LAYOUT.offsets["base"]:
         return None
+    if rec.flags & FLAG_KPATH:
+        return None
+    if rec.flags & FLAG_BASE_AFTER:
+        if rec.flags & FLAG_BASE_TRUNC:
+            return None
+        return join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
     return base_dir(rec)
 
 
 def _resolve(e: Any) -> str:
-    path = raw_path(e.rec)
+    rec = e.rec
+    if rec.flags & FLAG_KPATH:
+        # A successful open: the file the kernel installed, whatever string named it.
+        known = kernel_path(rec)
+        if known is not None:
+            return known
+        try:  # deeper than the BPF walk: ask /proc while the descriptor is open
+            return os.readlink(f"/proc/{rec.pid}/fd/{int(rec.fixed[_RES])}")
+        except OSError:
+            pass
+    if rec.flags & FLAG_BASE_AFTER and rec.fixed[_RES] == 0:
+        # chdir/fchdir: the kernel's walk of the new cwd (symlinks resolved) when it is whole
+        walked = join_walk(rec.raw, LAYOUT.offsets["base"], rec.fixed[_BASE_LEN])
+        if not rec.flags & FLAG_BASE_TRUNC:
+            return walked
+    path = raw_path(rec)
     if path.startswith("/"):
         return normalize(path)
     base = base_dir(e.rec)
@@ -162,8 +202,13 @@ FD = schema.Param("fd", P.FD, _res)
 RES = schema.Param("res", P.ERRNO, _res)
 DIRFD = schema.Param("dirfd", P.FD, _dirfd)
 FLAGS = schema.Param("flags", P.FLAGS, _flags, text=open_flags_text)
-MODE = schema.Param("mode", P.MODE, _mode)
+MODE = schema.Param("mode", P.OCTAL, _mode)
 UNLINK_FLAGS = schema.Param("flags", P.FLAGS, _flags, names=UNLINKAT_FLAG_NAMES)
+PERMS = schema.Param("mode", P.MODE, _mode)  # chmod's: S_I* names
+HEXMODE = schema.Param("mode", P.HEX, _mode)  # mkdir's (Falco prints it in hex)
+UMOUNT_FLAGS = schema.Param(
+    "flags", P.FLAGS, _flags, names=[(1, "MNT_FORCE"), (2, "MNT_DETACH"), (4, "MNT_EXPIRE")]
+)
 
 
 def path(name: str, relative_to_dirfd: bool = False) -> schema.Param:
@@ -173,11 +218,15 @@ def path(name: str, relative_to_dirfd: bool = False) -> schema.Param:
 
 
 def op(
-    name: str, params: list[schema.Param], call: str, deny: str | None = None
+    name: str,
+    params: list[schema.Param],
+    call: str,
+    deny: str | None = None,
+    handler: str = "emit_path",
 ) -> schema.EventType:
     """One file operation: its Falco parameters, and the handler's (dirfd, path, flags, mode)
     as C over the syscall's argument registers a0-a3 (see emit_path in bpf/sensor/file.h)."""
-    sc = schema.Syscall(name, "emit_path", call)
+    sc = schema.Syscall(name, handler, call)
     return schema.EventType(name, schema.Category.FILE, params, syscall=sc, deny=deny)
 
 
@@ -185,14 +234,24 @@ def op(
 # that write rules on evt.arg.flags cover it as an open. openat2's flags and mode are the first
 # two u64 of the struct open_how its third argument points to.
 CREAT, HOW = O_CREAT | O_WRONLY | O_TRUNC, "how_u64(a2, 0), how_u64(a2, 8)"
+OPEN = "emit_open"  # a successful open reports the file it installed (bpf/sensor/file.h)
 REL = path("name", relative_to_dirfd=True)
 EVENT_TYPES = [
-    op("open", [FD, path("name"), FLAGS, MODE], "AT_FDCWD_VAL, a0, a1, a2", "file"),
-    op("openat", [FD, DIRFD, REL, FLAGS, MODE], "a0, a1, a2, a3", "file"),
-    op("openat2", [FD, DIRFD, REL, FLAGS, MODE], f"a0, a1, {HOW}", "file"),
-    op("creat", [FD, path("name"), MODE, FLAGS], f"AT_FDCWD_VAL, a0, {CREAT}, a1", "file"),
+    op("open", [FD, path("name"), FLAGS, MODE], "AT_FDCWD_VAL, a0, a1, a2", "file", OPEN),
+    op("openat", [FD, DIRFD, REL, FLAGS, MODE], "a0, a1, a2, a3", "file", OPEN),
+    op("openat2", [FD, DIRFD, REL, FLAGS, MODE], f"a0, a1, {HOW}", "file", OPEN),
+    op("creat", [FD, path("name"), MODE, FLAGS], f"AT_FDCWD_VAL, a0, {CREAT}, a1", "file", OPEN),
     op("unlink", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
     op("unlinkat", [RES, DIRFD, REL, UNLINK_FLAGS], "a0, a1, a2, 0"),
+    op("mkdir", [RES, path("path"), HEXMODE], "AT_FDCWD_VAL, a0, 0, a1"),
+    op("mkdirat", [RES, DIRFD, path("path", True), HEXMODE], "a0, a1, 0, a2"),
+    op("rmdir", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
+    op("chmod", [RES, path("filename"), PERMS], "AT_FDCWD_VAL, a0, 0, a1"),
+    op("fchmodat", [RES, DIRFD, path("filename", True), PERMS], "a0, a1, 0, a2"),
+    op("umount2", [RES, path("name"), UMOUNT_FLAGS], "AT_FDCWD_VAL, a0, a1, 0"),
+    # chdir's path is a plain string in Falco (not resolved); the record walks the new cwd
+    op("chdir", [RES, schema.Param("path", P.CHARBUF, _raw)], "a0, 0", handler="emit_chdir"),
+    op("fchdir", [RES, schema.Param("fd", P.FD, _mode)], "0, a0", handler="emit_chdir"),
 ]
 OPENS = ("open", "openat", "openat2", "creat")
 
@@ -239,12 +298,49 @@ KERNEL_FIELDS = {
     "fd.num": Bind.RESULT_FD,
     "fd.nameraw": Bind.RAW_DOTDOT,
 }
-# Record builder: ``path`` as passed, ``base`` the walked directory (absolute).
-ENCODE = schema.buffers(
+# Record builder: ``path`` as passed, ``base`` the walked directory (absolute); ``kpath`` a
+# successful open's kernel path (with ``hdr_flags=FLAG_KPATH``: it takes the base's place).
+_BUFFERS = schema.buffers(
     {"path": ("path_len", schema.utf8), "base": ("base_len", walk_buffer)}, dirfd=AT_FDCWD
 )
-# open_judge finishes a relative path the prefilter left pending (bpf/sensor/file.h).
-TAILS = (("open_tail", 0, "open_judge"),)
+
+
+def encode(values: dict[str, Any]) -> dict[str, Any]:
+    kpath = values.pop("kpath", None)
+    out = _BUFFERS(values)
+    if kpath is not None:
+        out["base"], out["base_len"] = schema.utf8(kpath)
+    return out
+
+
+# open_done reports a successful open with the file it installed (bpf/sensor/file.h).
+TAILS = (
+    ("open_tail", 0, "open_judge", "tracepoint"),
+    ("open_done_tail", 0, "open_done", "tracepoint"),
+)
 FAMILY = schema.Family(
-    "file", LAYOUT, "file.h", EVENT_TYPES, FIELDS, KERNEL_FIELDS, encode=ENCODE, tail_calls=TAILS
+    "file",
+    LAYOUT,
+    "file.h",
+    EVENT_TYPES,
+    FIELDS,
+    KERNEL_FIELDS,
+    encode=encode,
+    tail_calls=TAILS,
+    truth={
+        **dict.fromkeys(
+            OPENS,
+            "kernel, when it succeeds: fd.name is the file installed (walked from the task's "
+            "root); fd.nameraw and a failed open's path: the caller's string, read once at the "
+            "syscall's exit (io_uring: the kernel's copy)",
+        ),
+        **dict.fromkeys(
+            ("chdir", "fchdir"),
+            "kernel: the cwd after the call (walked); the path passed: "
+            "the caller's string at the exit",
+        ),
+        "*": "the caller's path string, read once at the syscall's exit (a thread racing the "
+        "call can change it after the kernel read it; io_uring: the kernel's copy), joined to "
+        "the base directory the kernel walked",
+    },
 )

@@ -65,4 +65,12 @@ EVENT_TYPES = [
 FIELDS = schema.Getters()
 FIELDS("proc.exitcode", only=("procexit",))(_status)
 
-FAMILY = schema.Family("process", LAYOUT, "process.h", EVENT_TYPES, FIELDS, prefilter=False)
+FAMILY = schema.Family(
+    "process",
+    LAYOUT,
+    "process.h",
+    EVENT_TYPES,
+    FIELDS,
+    prefilter=False,
+    truth={"*": "kernel: the task structs (pids, exit code)"},
+)

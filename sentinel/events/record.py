@@ -66,6 +66,7 @@ class Record:
         "pid",
         "ppid",
         "raw",
+        "tcomm",
         "tid",
         "ts",
         "type",
@@ -86,8 +87,12 @@ class Record:
             self.flags,
             self.cgroup_id,
             comm,
+            tcomm,
         ) = _HDR_UNPACK(raw)
+        # comm: the process's name at its last exec (proc.name); tcomm: the thread's current
+        # name (thread.comm), which prctl(PR_SET_NAME) changes
         self.comm: str = comm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        self.tcomm: str = tcomm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
         try:
             self.evt: EventType = by_code[self.type]
         except IndexError:

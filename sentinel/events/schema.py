@@ -83,6 +83,10 @@ def members(decl: str) -> list[Member]:
     return out
 
 
+# A program tail-called through a program array: (array, index, function, program type).
+TailCall = tuple[str, int, str, str]
+
+
 class LayoutError(ValueError):
     pass
 
@@ -181,10 +185,13 @@ class ParamType(StrEnum):
     FD = "fd"  # descriptor number; resolved: "<typechar>name" of the file when known
     ERRNO = "errno"  # result 0 / -errno; resolved: the errno name when negative
     PID = "pid"  # a pid; resolved: its process name
+    UID = "uid"  # a user id; resolved: the user's name
+    GID = "gid"  # a group id; resolved: the group's name
     INT = "int"  # signed decimal
     UINT = "uint"  # unsigned decimal
     HEX = "hex"  # unsigned, hexadecimal
-    MODE = "mode"  # octal (Falco's PT_UINT32 with PF_OCT)
+    OCTAL = "octal"  # a number in octal, "0755" (Falco's PT_UINT32 with PF_OCT: open's mode)
+    MODE = "mode"  # permission bits (PT_MODE): octal; resolved: "S_IRUSR|S_IWUSR|S_ISUID"
     FLAGS = "flags"  # a bit set; resolved: "A|B" from the param's name table
     ENUM = "enum"  # one value; resolved: its name from the param's name table
     PATH = "path"  # an absolute path, or relative to the cwd (PT_FSPATH)
@@ -231,11 +238,12 @@ Getter = Callable[[Any], Any]
 @dataclass(frozen=True, slots=True)
 class Getters:
     """Fields and the functions that fill them, beside the code they read (libsinsp's
-    filterchecks keep the field table and its extraction in one file). ``only``: per field,
-    the event types it applies to (absent: every event type of the owner)."""
+    filterchecks keep the field table and its extraction in one file). A field may have one
+    getter for every event type of its owner, or getters for disjoint sets of them (``only``):
+    fs.path.target is a rename's new path but a link's old one."""
 
     fns: dict[str, Getter] = field(default_factory=dict)
-    only: dict[str, frozenset[str]] = field(default_factory=dict)
+    typed: dict[str, dict[str, Getter]] = field(default_factory=dict)
 
     def __call__(self, name: str, *, only: Sequence[str] = ()) -> Callable[[Getter], Getter]:
         def deco(fn: Getter) -> Getter:
@@ -245,16 +253,26 @@ class Getters:
         return deco
 
     def add(self, name: str, fn: Getter, *, only: Sequence[str] = ()) -> None:
-        if name in self.fns:
+        if name in self.fns or (not only and name in self.typed):
             raise ValueError(f"field {name} has two getters")
-        self.fns[name] = fn
-        if only:
-            self.only[name] = frozenset(only)
+        if not only:
+            self.fns[name] = fn
+            return
+        per_type = self.typed.setdefault(name, {})
+        for t in only:
+            if t in per_type:
+                raise ValueError(f"field {name} has two getters for {t}")
+            per_type[t] = fn
+
+    @property
+    def only(self) -> dict[str, frozenset[str]]:
+        """Field -> the event types it is limited to (fields for every type are absent)."""
+        return {n: frozenset(per) for n, per in self.typed.items()}
 
     def for_type(self, evt_type: str) -> dict[str, Getter]:
-        return {
-            n: fn for n, fn in self.fns.items() if n not in self.only or evt_type in self.only[n]
-        }
+        out = dict(self.fns)
+        out.update({n: per[evt_type] for n, per in self.typed.items() if evt_type in per})
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,6 +289,19 @@ class Syscall:
     call: str = ""
     piggyback: bool = False
 
+    @property
+    def args(self) -> list[str]:
+        """The C expressions of ``call``, split at its top-level commas."""
+        out, depth, cur = [], 0, ""
+        for ch in self.call:
+            if ch == "," and depth == 0:
+                out.append(cur.strip())
+                cur = ""
+                continue
+            depth += (ch == "(") - (ch == ")")
+            cur += ch
+        return [x for x in [*out, cur.strip()] if x]
+
 
 @dataclass(slots=True)
 class EventType:
@@ -283,8 +314,15 @@ class EventType:
     sched: str | None = None  # a sched raw tracepoint (handled in the family's C source)
     deny: str | None = None  # the deny shape its rules compile to (see enforcement.deny)
     returns: bool = True  # its first parameter is the syscall's result (evt.rawres)
+    binds: Mapping[str, Bind] = field(default_factory=dict)  # kernel bindings of its own
     code: int = -1
     family: Family | None = None
+
+    @property
+    def truth(self) -> str:
+        """Where its values come from (the family's ``truth``)."""
+        t = self.family.truth if self.family is not None else {}
+        return t.get(self.name) or t.get("*", "")
 
     @property
     def tracepoints(self) -> tuple[str, ...]:
@@ -311,10 +349,15 @@ class Family:
     getters: Getters
     kernel_fields: Mapping[str, Bind] = field(default_factory=dict)
     prefilter: bool = True
-    tail_calls: Sequence[tuple[str, int, str]] = ()
+    # Programs tail-called through a program array: (array, index, function, program type:
+    # "tracepoint" or "raw_tracepoint", the caller's: a program array holds one type).
+    tail_calls: Sequence[TailCall] = ()
     # Readable values -> raw member values (the record builder's half of the family's
     # decoding: a path as its walk, an address as sockaddr bytes...); see events.builder.
     encode: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # Where what rules judge comes from: the kernel's objects, or the caller's memory (and
+    # when it is read). Per event type name, "*" for the family's others (README, explain).
+    truth: Mapping[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for t in self.event_types:

@@ -107,37 +107,24 @@ _add("evt.is_open_create", B, "open that created the file", ev=FILE_EVENTS)
 _add("evt.args", S, "all event arguments as text")
 _add("evt.arg", S, "an event argument by name or index: evt.arg[0]", arg=Arg.REQUIRED)
 _add("evt.rawarg", S, "an event argument's raw value by name", arg=Arg.REQUIRED)
-for _n, _t in [
-    ("flags", FieldType.FLAGS),
-    ("mode", S),
-    ("fd", S),
-    ("name", S),
-    ("path", S),
-    ("filename", S),
-    ("pathname", S),
-    ("newpath", S),
-    ("oldpath", S),
-    ("linkpath", S),
-    ("target", S),
-    ("uid", S),
-    ("gid", S),
-    ("cmd", S),
-    ("request", S),
-    ("domain", S),
-    ("dirfd", S),
-    ("res", S),
-    ("addr", S),
-    ("tuple", S),
-    ("data", S),
-    ("exe", S),
-    ("args", S),
-    ("pid", S),
-]:
+# Every parameter name of the event table (a test keeps the two in step); flags render as
+# flag names and are tested one flag at a time.
+for _n in sorted(
+    """
+    res fd dirfd name path filename pathname flags mode oldpath newpath olddirfd newdirfd
+    olddir newdir linkpath linkdirfd target uid gid ruid euid suid cmd request domain type
+    proto addr tuple data size exe args pid tid ptid cwd comm tty loginuid pgid status ret sig
+    core nstype entries sq_entries cq_entries sq_thread_cpu features length uargs dev dir
+    backlog oldfd newfd res_or_fd queuepct queuelen queuemax
+    """.split()  # noqa: SIM905
+):
+    _t = FieldType.FLAGS if _n == "flags" else S
     # evt.arg.* are the rendered argument values (text), as in Falco; evt.rawarg.* are raw.
     _add(f"evt.arg.{_n}", _t, f"the event's '{_n}' argument")
 _add("evt.buffer", FieldType.BYTES, "read/write data buffer")
 _add("evt.buflen", U, "read/write buffer length")
 _add("evt.hostname", S, "host name the event was seen on")
+_add("evt.is_io_uring", B, "the operation was an io_uring request, not a syscall (Sentinel's own)")
 _add("evt.source", S, "event source (syscall)")
 _add("evt.latency", FieldType.RELTIME, "syscall latency in ns")
 _add("evt.plugininfo", S, "plugin event info")
@@ -158,7 +145,12 @@ _add("proc.cmdline", S, "name and arguments: 'bash -c id'")
 _add("proc.cmdnargs", U, "number of command-line arguments")
 _add("proc.cmdlenargs", U, "total length of command-line arguments")
 _add("proc.args", S, "arguments, space-separated (without the name)")
-_add("proc.env", S, "environment variables")
+_add(
+    "proc.env",
+    S,
+    "environment (KEY=VALUE, space-separated); proc.env[NAME]: one value",
+    arg=Arg.OPTIONAL,
+)
 _add("proc.cwd", S, "current working directory")
 _add("proc.tty", INT, "controlling terminal (0 when none)")
 _add("proc.loginshellid", INT, "pid of the oldest shell ancestor")
@@ -185,6 +177,7 @@ _add("proc.is_sid_leader", B, "true if the process leads its session")
 _add("proc.is_exe_writable", B, "the executable is writable by the process's user")
 _add("proc.is_exe_upper_layer", B, "executable in an overlayfs upper layer")
 _add("proc.is_exe_from_memfd", B, "executable is a memfd")
+_add("proc.is_exe_lower_layer", B, "executable in an overlayfs lower layer")
 _add("proc.is_container_healthcheck", B, "container health check process")
 _add("proc.is_container_liveness_probe", B, "liveness probe")
 _add("proc.is_container_readiness_probe", B, "readiness probe")
@@ -197,6 +190,11 @@ _add("proc.pidns_init_start_ts", FieldType.ABSTIME, "pid namespace init start")
 _add("proc.nthreads", U, "number of threads")
 _add("proc.fdopencount", U, "open file descriptors")
 _add("thread.tid", INT, "thread id")
+_add(
+    "thread.comm",
+    S,
+    "the thread's current name (prctl PR_SET_NAME changes it; proc.name is the name at exec)",
+)
 _add("thread.vtid", INT, "thread id in its pid namespace")
 _add("thread.ismain", B, "true for the main thread")
 _add("thread.cap_permitted", S, "permitted capabilities")
@@ -244,10 +242,34 @@ _add("fd.rnet", FieldType.IPNET, "remote IP, matched against CIDRs", ev=NET_EVEN
 _add(
     "fd.net", FieldType.IPNET, "client or server IP, against CIDRs", kind=Kind.EITHER, ev=NET_EVENTS
 )
-_add("fd.cip.name", S, "client domain name", ev=NET_EVENTS)
-_add("fd.sip.name", S, "server domain name", ev=NET_EVENTS)
-_add("fd.lip.name", S, "local domain name", ev=NET_EVENTS)
-_add("fd.rip.name", S, "remote domain name", ev=NET_EVENTS)
+_add(
+    "fd.cip.name",
+    S,
+    "client IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.sip.name",
+    S,
+    "server IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.lip.name",
+    S,
+    "local IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
+_add(
+    "fd.rip.name",
+    S,
+    "remote IP: the rules' domain names it resolves to",
+    kind=Kind.EITHER,
+    ev=NET_EVENTS,
+)
 _add("fd.l4proto", S, "tcp, udp, icmp, raw", ev=NET_EVENTS)
 _add("fd.sockfamily", S, "ip or unix", ev=NET_EVENTS)
 _add("fd.is_server", B, "the process is the server end", ev=NET_EVENTS)
@@ -259,6 +281,8 @@ _add("fs.path.name", S, "path of a filesystem event")
 _add("fs.path.nameraw", S, "raw path of a filesystem event")
 _add("fs.path.source", S, "source path of a rename/link")
 _add("fs.path.target", S, "target path of a rename/link")
+_add("fs.path.sourceraw", S, "source path of a rename/link, as passed")
+_add("fs.path.targetraw", S, "target path of a rename/link, as passed")
 
 # ---- container / k8s ---------------------------------------------------------------------------
 _add("container.id", S, "12-hex short container id, 'host' outside containers")
@@ -268,36 +292,38 @@ _add("container.image", S, "image name with tag")
 _add("container.image.id", S, "image id")
 _add("container.image.repository", S, "image repository")
 _add("container.image.tag", S, "image tag")
-_add("container.image.digest", S, "image digest")
+_add("container.image.digest", S, "image registry digest (sha256:...)")
 _add("container.type", S, "docker, podman, containerd, cri-o")
 _add("container.privileged", B, "true for a privileged container")
 _add("container.mounts", S, "mounts as source:dest:mode:rdrw:propagation, comma-separated")
-_add("container.mount", S, "a mount by index or source", arg=Arg.REQUIRED)
-_add("container.mount.source", S, "mount source by index or dest", arg=Arg.REQUIRED)
+_add("container.mount", S, "a mount by index or source glob ('none' if none)", arg=Arg.REQUIRED)
+_add("container.mount.source", S, "mount source by index or dest glob", arg=Arg.REQUIRED)
 _add("container.mount.dest", S, "mount dest by index or source glob", arg=Arg.REQUIRED)
-_add("container.mount.mode", S, "mount mode by index or source", arg=Arg.REQUIRED)
-_add("container.mount.rdwr", S, "mount rdwr by index or source", arg=Arg.REQUIRED)
-_add("container.start_ts", FieldType.ABSTIME, "container start, ns since the epoch")
-_add("container.duration", FieldType.RELTIME, "ns since the container started")
+_add("container.mount.mode", S, "mount mode by index or source glob", arg=Arg.REQUIRED)
+_add("container.mount.rdwr", S, "mount rdwr by index or source glob", arg=Arg.REQUIRED)
+_add("container.mount.propagation", S, "mount propagation by index or source", arg=Arg.REQUIRED)
+_add("container.start_ts", FieldType.ABSTIME, "container creation, ns since the epoch")
+_add("container.duration", FieldType.RELTIME, "ns since the container was created")
 _add("container.healthcheck", S, "health check command")
 _add("container.liveness_probe", S, "liveness probe command")
 _add("container.readiness_probe", S, "readiness probe command")
-_add("container.ip", FieldType.IPADDR, "container IP")
+_add("container.ip", S, "container (pod) IP")
 _add("container.cni.json", S, "CNI result")
-_add("container.host_pid", B, "shares the host pid namespace")
-_add("container.host_network", B, "shares the host network namespace")
-_add("container.host_ipc", B, "shares the host ipc namespace")
+_add("container.host_pid", B, "shares the host pid namespace (pod's hostPID)")
+_add("container.host_network", B, "shares the host network namespace (pod's hostNetwork)")
+_add("container.host_ipc", B, "shares the host ipc namespace (pod's hostIPC)")
 _add("container.label", S, "a container label by name", arg=Arg.REQUIRED)
 _add("container.labels", S, "all labels as key:value, comma-separated")
 _add("k8s.ns.name", S, "Kubernetes namespace")
 _add("k8s.pod.name", S, "Kubernetes pod name")
 _add("k8s.pod.uid", S, "Kubernetes pod uid")
 _add("k8s.pod.label", S, "a pod label by name", arg=Arg.REQUIRED)
-_add("k8s.pod.labels", S, "pod labels")
-_add("k8s.pod.ip", FieldType.IPADDR, "pod IP")
+_add("k8s.pod.labels", S, "pod labels as key:value, comma-separated")
+_add("k8s.pod.ip", S, "pod IP")
 _add("k8s.pod.cni.json", S, "pod CNI result")
-_add("k8s.pod.sandbox_id", S, "pod sandbox id")
-_add("k8s.pod.full_sandbox_id", S, "pod full sandbox id")
+_add("k8s.pod.sandbox_id", S, "12-hex short pod sandbox id")
+_add("k8s.pod.full_sandbox_id", S, "full 64-hex pod sandbox id")
+_add("k8s.container.name", S, "the container's name in its pod spec (Sentinel's; not Falco's)")
 
 # ---- Sentinel's own ----------------------------------------------------------------------------
 _add("sentinel.rule_action", S, "action of the rule that matched (alert or deny)")

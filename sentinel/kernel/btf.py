@@ -209,6 +209,26 @@ class Btf:
                 out.append(Member(self._str(name_off), mtype, moff, 0))
         return out
 
+    def enumerators(self, enum_name: str) -> dict[str, int]:
+        """The values of a named enum (``"io_uring_op"``); empty when BTF has no such enum.
+        Values the kernel defines this way (opcodes, ids) are read here rather than copied
+        from a header that may not match the kernel."""
+        for type_id in range(1, len(self._offsets)):
+            kind, vlen, _size, pos = self._record(type_id)
+            if kind not in (KIND_ENUM, KIND_ENUM64) or self.type_name(type_id) != enum_name:
+                continue
+            out: dict[str, int] = {}
+            base = pos + 12
+            for i in range(vlen):
+                if kind == KIND_ENUM:
+                    name_off, val = struct.unpack_from("<Ii", self._data, base + 8 * i)
+                else:
+                    name_off, lo, hi = struct.unpack_from("<III", self._data, base + 12 * i)
+                    val = lo | (hi << 32)
+                out[self._str(name_off)] = val
+            return out
+        return {}
+
     def struct_id(self, name: str) -> int:
         """Type id of a named struct or union (``"file"``, ``"struct file"`` both work)."""
         for prefix in ("struct ", "union "):

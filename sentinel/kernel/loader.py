@@ -30,11 +30,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-MAX_FDS = 64
+# The kernel passes at most SCM_MAX_FD (253) descriptors in one message: every attached
+# program and map the sensor keeps must fit (all event types: ~70 today).
+MAX_FDS = 253
 
 
 class LoaderError(Exception):
     pass
+
+
+def _deferred(bpf_cls: Any) -> Any:
+    """bcc attaches its ``tracepoint__``/``raw_tracepoint__`` functions as it compiles them,
+    but the sensor's programs tail-call others that are installed only afterwards: an event in
+    between would find no program (an exec record lost, a syscall's handler skipped). This
+    class defers the attaching (bcc's own ``_trace_autoload``, called once the tail calls are
+    in); where bcc has no such method, it attaches at once, as before."""
+    if not hasattr(bpf_cls, "_trace_autoload"):
+        return bpf_cls
+
+    class Deferred(bpf_cls):  # type: ignore[misc]
+        def _trace_autoload(self) -> None:
+            return None
+
+    return Deferred
 
 
 @dataclass
@@ -61,7 +79,7 @@ def load_in_child(
     timeout: float = 120,
     prelude: str = "",
     lsm: list[str] | None = None,
-    tail_calls: Sequence[tuple[str, int, str]] = (),
+    tail_calls: Sequence[tuple[str, int, str, str]] = (),
 ) -> Loaded:
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
     ``source``: a C file, or the program text itself (a ``str``: the sensor assembles its
@@ -148,16 +166,19 @@ def _child(sock_fd: int) -> int:
         if req.get("lsm") is not None:
             b = _load_lsm(BPF, text, req["cflags"], req["lsm"], names, kinds, fds)
         else:
-            b = BPF(text=text, cflags=req["cflags"])
+            b = _deferred(BPF)(text=text, cflags=req["cflags"])
         tails: list[str] = []
-        for array, index, func in req.get("tail_calls", []):
+        for array, index, func, kind in req.get("tail_calls", []):
             try:
                 table = b[array.encode()]
             except KeyError:
                 continue  # not compiled in
-            prog = b.load_func(func.encode(), BPF.TRACEPOINT)
+            ptype = BPF.RAW_TRACEPOINT if kind == "raw_tracepoint" else BPF.TRACEPOINT
+            prog = b.load_func(func.encode(), ptype)
             table[ctypes.c_int(index)] = ctypes.c_int(prog.fd)
             tails.append(array)
+        if req.get("lsm") is None and hasattr(BPF, "_trace_autoload"):
+            BPF._trace_autoload(b)  # attach, now that every tail call has its program
     except Exception as exc:  # the compile/verifier message is the useful part
         msg = str(exc) if req.get("lsm") is not None else f"loading the BPF sensor failed: {exc}"
         sock.sendall(json.dumps({"error": msg}).encode())
@@ -175,6 +196,14 @@ def _child(sock_fd: int) -> int:
         names.append(m)
         kinds.append("map")
         fds.append(b[m.encode()].map_fd)
+    if len(fds) > MAX_FDS:
+        msg = (
+            f"loading the BPF sensor failed: {len(fds)} descriptors exceed the {MAX_FDS} "
+            "one message passes"
+        )
+        sock.sendall(json.dumps({"error": msg}).encode())
+        sock.close()
+        os._exit(0)
     socket.send_fds(sock, [json.dumps({"names": names, "kinds": kinds}).encode()], fds)
     sock.close()
     # No cleanup: bcc's atexit detach would undo what the parent now holds.

@@ -23,6 +23,10 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_TASK_SIGNAL": ("task_struct", "signal"),
     "OFF_TASK_LOGINUID": ("task_struct", "loginuid"),
     "OFF_TASK_EXIT_CODE": ("task_struct", "exit_code"),
+    "OFF_TASK_CRED": ("task_struct", "cred"),
+    "OFF_CRED_CAP_INHERITABLE": ("cred", "cap_inheritable"),
+    "OFF_CRED_CAP_PERMITTED": ("cred", "cap_permitted"),
+    "OFF_CRED_CAP_EFFECTIVE": ("cred", "cap_effective"),
     "OFF_MM_ARG_START": ("mm_struct", "arg_start"),
     "OFF_MM_ARG_END": ("mm_struct", "arg_end"),
     "OFF_FS_PWD": ("fs_struct", "pwd"),
@@ -59,6 +63,21 @@ OFFSETS: dict[str, tuple[str, str]] = {
     "OFF_SK_FAMILY": ("sock", "__sk_common.skc_family"),
     "OFF_SK_RCV_SADDR": ("sock", "__sk_common.skc_rcv_saddr"),
     "OFF_SK_V6_RCV_SADDR": ("sock", "__sk_common.skc_v6_rcv_saddr"),
+    "OFF_SK_DADDR": ("sock", "__sk_common.skc_daddr"),
+    "OFF_SK_V6_DADDR": ("sock", "__sk_common.skc_v6_daddr"),
+    "OFF_SK_DPORT": ("sock", "__sk_common.skc_dport"),
+    "OFF_SK_STATE": ("sock", "__sk_common.skc_state"),
+    "OFF_FILE_F_INODE": ("file", "f_inode"),
+    "OFF_INODE_I_MODE": ("inode", "i_mode"),
+    "OFF_INODE_I_INO": ("inode", "i_ino"),
+    "OFF_INODE_I_UID": ("inode", "i_uid"),
+    "OFF_INODE_I_GID": ("inode", "i_gid"),
+    "OFF_INODE_I_NLINK": ("inode", "i_nlink"),
+    "OFF_INODE_I_SB": ("inode", "i_sb"),
+    "OFF_DENTRY_D_INODE": ("dentry", "d_inode"),
+    "OFF_SB_S_MAGIC": ("super_block", "s_magic"),
+    "OFF_MM_ENV_START": ("mm_struct", "env_start"),
+    "OFF_MM_ENV_END": ("mm_struct", "env_end"),
 }
 
 # enum pid_type has been PID, TGID, PGID, SID since 4.19; checked against BTF below when present.
@@ -68,8 +87,8 @@ PIDTYPE_SID = 3
 
 # Where the first four syscall arguments sit in the saved user registers (struct pt_regs), per
 # architecture: the sensor reads them at sys_exit, so it never attaches sys_enter tracepoints.
-SYSCALL_ARG_REGS: dict[str, tuple[str, str, str, str]] = {
-    "x86_64": ("di", "si", "dx", "r10"),
+SYSCALL_ARG_REGS: dict[str, tuple[str, ...]] = {
+    "x86_64": ("di", "si", "dx", "r10", "r8", "r9"),
 }
 
 
@@ -88,5 +107,85 @@ def sensor_cflags(btf: Btf, machine: str | None = None, disable: Iterable[str] =
     flags = btf.cflags(OFFSETS)
     flags += [f"-DOFF_REGS_ARG{i}={btf.offsetof('pt_regs', r)}" for i, r in enumerate(regs)]
     flags += [f"-DPIDTYPE_PGID_IDX={PIDTYPE_PGID}", f"-DPIDTYPE_SID_IDX={PIDTYPE_SID}"]
+    flags += _inode_times(btf)
+    flags.append(f"-DOFF_OVL_UPPERDENTRY={_ovl_upperdentry(btf)}")
     flags += detect(btf, disable=disable).cflags
+    return flags
+
+
+def _ovl_upperdentry(btf: Btf) -> int:
+    """Where an overlayfs inode's upper dentry is, from the inode it embeds. From BTF when
+    overlayfs is built in (struct ovl_inode is in vmlinux's BTF); as a module its types are in
+    the module's split BTF, which is not read: then right after the inode, where
+    fs/overlayfs/ovl_entry.h has kept ``__upperdentry`` since 4.x (tests/kernel checks both
+    agree where BTF has the type)."""
+    if btf.has_member("ovl_inode", "__upperdentry"):
+        return btf.offsetof("ovl_inode", "__upperdentry") - btf.offsetof("ovl_inode", "vfs_inode")
+    return btf.sizeof("inode")
+
+
+def _inode_times(btf: Btf) -> list[str]:
+    """Where an inode's ctime and mtime seconds and nanoseconds are: the field moved twice
+    (i_ctime, a timespec64; __i_ctime in 6.6; i_ctime_sec/i_ctime_nsec in 6.11)."""
+    out = []
+    for which in ("ctime", "mtime"):
+        if btf.has_member("inode", f"i_{which}_sec"):
+            sec, nsec = f"i_{which}_sec", f"i_{which}_nsec"
+        else:
+            base = f"__i_{which}" if btf.has_member("inode", f"__i_{which}") else f"i_{which}"
+            sec, nsec = f"{base}.tv_sec", f"{base}.tv_nsec"
+        out.append(f"-DOFF_INODE_{which.upper()}_SEC={btf.offsetof('inode', sec)}")
+        out.append(f"-DOFF_INODE_{which.upper()}_NSEC={btf.offsetof('inode', nsec)}")
+    return out
+
+
+
+# io_uring (bpf/sensor/uring.h): where a request keeps its opcode, its descriptor and, in the
+# command area at the request's start, each operation's arguments (the kernel's copies).
+URING_OFFSETS: dict[str, tuple[str, str]] = {
+    "OFF_REQ_OPCODE": ("io_kiocb", "opcode"),
+    "OFF_REQ_FD": ("io_kiocb", "cqe.fd"),
+    "OFF_REQ_FLAGS": ("io_kiocb", "flags"),
+    "OFF_REQ_CMD": ("io_kiocb", "cmd"),
+    "OFF_OPEN_DFD": ("io_open", "dfd"),
+    "OFF_OPEN_SLOT": ("io_open", "file_slot"),
+    "OFF_OPEN_FILENAME": ("io_open", "filename"),
+    "OFF_OPEN_FLAGS": ("io_open", "how.flags"),
+    "OFF_OPEN_MODE": ("io_open", "how.mode"),
+    "OFF_UNLINK_DFD": ("io_unlink", "dfd"),
+    "OFF_UNLINK_FLAGS": ("io_unlink", "flags"),
+    "OFF_UNLINK_FILENAME": ("io_unlink", "filename"),
+    "OFF_MKDIR_DFD": ("io_mkdir", "dfd"),
+    "OFF_MKDIR_MODE": ("io_mkdir", "mode"),
+    "OFF_MKDIR_FILENAME": ("io_mkdir", "filename"),
+    "OFF_RENAME_OLD_DFD": ("io_rename", "old_dfd"),
+    "OFF_RENAME_NEW_DFD": ("io_rename", "new_dfd"),
+    "OFF_RENAME_OLDPATH": ("io_rename", "oldpath"),
+    "OFF_RENAME_NEWPATH": ("io_rename", "newpath"),
+    "OFF_RENAME_FLAGS": ("io_rename", "flags"),
+    "OFF_LINK_OLD_DFD": ("io_link", "old_dfd"),
+    "OFF_LINK_NEW_DFD": ("io_link", "new_dfd"),
+    "OFF_LINK_OLDPATH": ("io_link", "oldpath"),
+    "OFF_LINK_NEWPATH": ("io_link", "newpath"),
+    "OFF_LINK_FLAGS": ("io_link", "flags"),
+    "OFF_CONNECT_ADDR": ("io_connect", "addr"),
+    "OFF_CONNECT_ADDRLEN": ("io_connect", "addr_len"),
+    "OFF_ACCEPT_FLAGS": ("io_accept", "flags"),
+    "OFF_FILENAME_NAME": ("filename", "name"),
+}
+URING_OPS = ("OPENAT", "OPENAT2", "CONNECT", "ACCEPT", "RENAMEAT", "UNLINKAT", "MKDIRAT",
+             "SYMLINKAT", "LINKAT")  # fmt: skip
+
+
+def uring_cflags(btf: Btf) -> list[str] | None:
+    """The ``-D`` flags bpf/sensor/uring.h needs (offsets and the opcodes, from BTF), or None
+    when this kernel's BTF lacks any of them (io_uring is then not traced: older kernels keep
+    requests differently)."""
+    if not all(btf.has_member(s, m) for s, m in URING_OFFSETS.values()):
+        return None
+    ops = btf.enumerators("io_uring_op")
+    if not all(f"IORING_OP_{op}" in ops for op in URING_OPS):
+        return None
+    flags = btf.cflags(URING_OFFSETS)
+    flags += [f"-DOP_{op}={ops[f'IORING_OP_{op}']}" for op in URING_OPS]
     return flags

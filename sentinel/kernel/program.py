@@ -4,9 +4,11 @@ bcc rewrites map calls (``events.ringbuf_reserve()``...) only in the main source
 ``#include``d files, so the program is one text, in this order:
 
 1. the event table's header (sentinel.events.cgen: constants and record structs);
-2. the prelude, if any (the prefilter: bpf/prefilter/filter.h and its hooks);
-3. ``bpf/sensor/common.h``, then each family's source (``bpf/sensor/<family>.h``);
-4. the generated tracepoint stubs of the syscall event types to attach.
+2. ``bpf/sensor/task.h`` (the exec-time process name, which the prefilter judges too);
+3. the prelude, if any (the prefilter: bpf/prefilter/filter.h and its hooks);
+4. ``bpf/sensor/common.h``, then each family's source (``bpf/sensor/<family>.h``);
+5. the generated tracepoint stubs of the syscall event types to attach;
+6. ``bpf/sensor/uring.h`` when io_uring's requests are traced too.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from sentinel.events import EVENT_TYPES, FAMILIES, EventType
-from sentinel.events.cgen import header, stubs
+from sentinel.events.cgen import handler_calls, header, stubs
+from sentinel.events.schema import TailCall
 from sentinel.paths import BPF_DIR
 
 SENSOR_DIR = BPF_DIR / "sensor"
@@ -64,16 +67,30 @@ def syscall_names(names: Iterable[str]) -> list[str]:
     return [t.syscall.name for t in EVENT_TYPES if t.name in chosen and t.syscall is not None]
 
 
-def text(attach: Iterable[str], prelude: str = "") -> str:
-    """The whole program for these syscall event types."""
+# The event types io_uring requests are reported as (bpf/sensor/uring.h).
+URING_TYPES = frozenset(
+    {"openat", "openat2", "unlinkat", "mkdirat", "renameat2", "linkat", "symlinkat"}
+    | {"connect", "accept4"}
+)
+URING_TRACEPOINTS = [("io_uring", "io_uring_submit_req"), ("io_uring", "io_uring_complete")]
+
+
+def text(attach: Iterable[str], prelude: str = "", uring: bool = False) -> str:
+    """The whole program for these syscall event types (and io_uring's requests of them)."""
     chosen = set(attach)
     types: list[EventType] = [t for t in EVENT_TYPES if t.name in chosen]
-    parts = [header(), prelude, (SENSOR_DIR / "common.h").read_text()]
+    parts = [header(), (SENSOR_DIR / "task.h").read_text(), prelude]
+    parts.append((SENSOR_DIR / "common.h").read_text())
     parts += [(SENSOR_DIR / f.source).read_text() for f in FAMILIES]
     parts.append(stubs(types))
+    if uring:
+        parts.append((SENSOR_DIR / "uring.h").read_text())
     return "\n".join(parts)
 
 
-def tail_calls() -> list[tuple[str, int, str]]:
-    """(program array, index, function) of the families' tail-called programs."""
-    return [tc for f in FAMILIES for tc in f.tail_calls]
+def tail_calls(attach: Iterable[str] = ()) -> list[TailCall]:
+    """(program array, index, function) of the tail-called programs: the handlers the stubs
+    of these syscall event types reach, and the families' own."""
+    chosen = set(attach)
+    types = [t for t in EVENT_TYPES if t.name in chosen]
+    return [*handler_calls(types), *(tc for f in FAMILIES for tc in f.tail_calls)]

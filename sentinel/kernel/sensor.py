@@ -34,7 +34,7 @@ from sentinel.kernel import program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.features import UnsupportedKernel
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
-from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags
+from sentinel.kernel.offsets import UnsupportedArch, sensor_cflags, uring_cflags
 from sentinel.kernel.ringbuf import RingBufferReader
 
 TRACEFS = Path("/sys/kernel/tracing")
@@ -149,6 +149,9 @@ class Sensor:
         if ringbuf_pages & (ringbuf_pages - 1):
             raise SensorError("ring buffer pages must be a power of two")
         self.syscalls = frozenset(syscalls)
+        self.missing: frozenset[str] = frozenset()  # asked for, but no tracepoint here
+        self.uring = False  # io_uring's requests are traced (bpf/sensor/uring.h)
+        self.uring_missing = ""  # why not, when some attached event type could have them
         self.ringbuf_pages = ringbuf_pages
         self.btf_path = btf_path
         self.extra_cflags = list(extra_cflags)
@@ -162,31 +165,34 @@ class Sensor:
         if ignore_self:
             # Our own events would feed back forever (see is_self() in the BPF source).
             self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
-        self.unavailable: frozenset[str] = frozenset()
         self._loaded: Loaded | None = None
         self._ncpus = 1
         self._reader: RingBufferReader | None = None
         self._callback: RawCallback = _ignore
 
     def start(self, callback: RawCallback) -> None:
-        # A syscall tracepoint this kernel lacks drops its event type (named in
-        # self.unavailable, in `sentinel doctor` and in the `started` line) instead of failing
-        # the whole sensor; the sched ones are required (preflight).
+        # A syscall event type whose tracepoint this kernel lacks (a syscall configured out,
+        # such as init_module without CONFIG_MODULES) is left out and reported (``missing``, in
+        # `sentinel doctor` and in the `started` line), not fatal: its events cannot happen
+        # here. The sched tracepoints are required (preflight).
         check_root()
         _mount("tracefs", TRACEFS)
-        self.unavailable = frozenset(absent_syscalls(self.syscalls))
-        self.syscalls -= self.unavailable
+        self.missing = frozenset(absent_syscalls(self.syscalls))
+        self.syscalls = self.syscalls - self.missing
         cflags = preflight(program.tracepoints(self.syscalls), self.btf_path, self.disable_features)
+        uring = self._uring_cflags() if self.syscalls & program.URING_TYPES else None
+        self.uring = uring is not None
+        cflags += uring or []
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
         cflags += self.extra_cflags
         try:
             # A child process runs bcc (compile, verify, attach) and passes back the fds.
             self._loaded = load_in_child(
-                program.text(self.syscalls, self.prelude),
+                program.text(self.syscalls, self.prelude, uring=self.uring),
                 cflags,
                 ["events", "counts", *self.extra_maps],
                 timeout=LOAD_TIMEOUT_S,
-                tail_calls=program.tail_calls(),
+                tail_calls=program.tail_calls(self.syscalls),
             )
         except LoaderError as exc:
             raise SensorError(str(exc)) from None
@@ -197,6 +203,29 @@ class Sensor:
         )
         self._callback = callback
         self._ncpus = possible_cpus()
+
+    def _uring_cflags(self) -> list[str] | None:
+        """io_uring's requests are traced when its tracepoints name the request (Linux 5.19+:
+        older ones give no way to join a submission to its completion) and BTF has the
+        request's layout; None otherwise (``uring_missing`` says why)."""
+        for cat, name in program.URING_TRACEPOINTS:
+            fmt = TRACEFS / "events" / cat / name / "format"
+            try:
+                text = fmt.read_text()
+            except OSError:
+                self.uring_missing = f"no tracepoint {cat}:{name}"
+                return None
+            if " req;" not in text:
+                self.uring_missing = f"{cat}:{name} does not name the request"
+                return None
+        try:
+            flags = uring_cflags(Btf.load(self.btf_path))
+        except BtfError as exc:
+            self.uring_missing = str(exc)
+            return None
+        if flags is None:
+            self.uring_missing = "BTF lacks io_uring's request layout"
+        return flags
 
     def map_fd(self, name: str) -> int:
         """The fd of a map named in ``maps=`` (owned by the sensor; valid until close)."""

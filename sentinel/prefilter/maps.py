@@ -118,7 +118,9 @@ def filter_source(nwords: int = NWORDS) -> str:
 SENSOR_HOOKS = r"""
 #define PREFILTER_EXEC 1
 #define PREFILTER_FILE 1
-#define PREFILTER_CONNECT 1
+#define PREFILTER_SOCK 1
+#define PREFILTER_SYS 1
+#define PREFILTER_PLAIN 1
 // (clone and procexit are never filtered: they keep the process table exact)
 #define pf_exec_state f_state
 static __always_inline int prefilter_exec_pre(struct f_state *st, u32 t) {
@@ -127,21 +129,33 @@ static __always_inline int prefilter_exec_pre(struct f_state *st, u32 t) {
 static __always_inline int prefilter_exec_path(struct f_state *st, const char *exe, u32 len) {
     return f_exec_path(st, exe, len);
 }
-static __always_inline int prefilter_file(u32 t, u32 oflags, const char *upath, long ret) {
+static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, long ret) {
     struct f_state st = {};
-    int keep = f_file_enter(&st, t, oflags, upath);
+    int keep = f_file_enter(&st, t, oflags, path);
     if (!keep)
         return 0;
     return f_file_exit(&st, ret) != 0;  // F_NEED_BASE: prefilter_file_base decides
 }
+static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
+                                                 const char *kpath, u32 klen, long ret) {
+    struct f_state st = {};
+    return f_file_opened(&st, t, oflags, raw, kpath, klen, ret);
+}
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     return f_file_base(walk, at, nc, bad);
 }
-static __always_inline int prefilter_connect(u32 t, const void *uaddr, u32 addrlen, long ret) {
+static __always_inline int prefilter_plain(u32 t, long ret) {
     struct f_state st = {};
-    if (!f_connect_enter(&st, t, uaddr, addrlen))
-        return 0;
-    return f_connect_exit(&st, ret);
+    return f_plain(&st, t, ret);
+}
+static __always_inline int prefilter_sys(u32 t, u64 key, long ret) {
+    struct f_state st = {};
+    return f_sys(&st, t, key, ret);
+}
+static __always_inline int prefilter_sock(u32 t, u64 key, u32 famc, u32 port, const u8 *addr,
+                                          u32 ver, u32 connected, long ret) {
+    struct f_state st = {};
+    return f_sock(&st, t, key, famc, port, addr, ver, connected, ret);
 }
 """
 

@@ -13,8 +13,15 @@ import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sentinel.events import exec as exec_records
+from sentinel.events import fd as fd_records
+from sentinel.events import file as file_records
+from sentinel.events import net as net_records
+from sentinel.events import system as system_records
+from sentinel.events.common import FLAG_BASE_AFTER, FLAG_EXE_TRUNC, FLAG_KPATH
 from sentinel.events.dims import PATH_DIMS, Dim
 from sentinel.events.file import O_ACCMODE, O_RDWR, O_WRONLY
+from sentinel.events.record import Record
 from sentinel.prefilter.layout import COMPOSED_MAX, LPM_PAYLOAD, PATH_READ_MAX
 from sentinel.prefilter.plan import DIMS_OF, FAMILY_OF
 from sentinel.prefilter.tables import KernelTables, TypeTables, key_bytes
@@ -38,6 +45,11 @@ class KernelView:
     daddr: str | None = None
     sock_family: str | None = None  # '4', '6', 'u'
     ret: int = 0  # the syscall's return value
+    arg: int | None = None  # the key argument (ptrace's request, socket's domain...)
+    connected: bool | None = None  # socket calls: the socket is connected
+    # a successful open: the kernel's path of the file it installed ("" when the walk was cut
+    # short); then the path dimensions judge it, not ``path`` (which serves "../" only)
+    kpath: str | None = None
 
 
 def canonical_path(raw: str) -> bool:
@@ -131,6 +143,8 @@ def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
         return ft.exact[dim].get(kv.uid, 0)
     if FAMILY_OF[kv.evt_type] == "exec" and dim in PATH_DIMS:
         return _exe_mask(ft, dim, kv.path)
+    if kv.kpath is not None and dim in PATH_DIMS:
+        return _exe_mask(ft, dim, kv.kpath)  # a string the kernel built, as an exec's
     if dim in PATH_DIMS:
         path = kernel_path(kv)
         if path is None:
@@ -149,6 +163,10 @@ def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
         if not kv.path or len(kv.path.encode("utf-8", "surrogateescape")) > PATH_READ_MAX:
             return None  # empty or not read whole: the kernel judges no path dimension
         return ft.exact[dim].get("../" in kv.path, 0)
+    if dim is Dim.ARG:
+        return None if kv.arg is None else ft.exact[dim].get(kv.arg, 0)
+    if dim is Dim.CONNECTED:
+        return None if kv.connected is None else ft.exact[dim].get(kv.connected, 0)
     if dim is Dim.DPORT:
         return None if kv.dport is None else ft.exact[dim].get(kv.dport, 0)
     if dim is Dim.FAMILY:
@@ -161,3 +179,90 @@ def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
             ip = ip.ipv4_mapped  # user space shows a v4-mapped peer as IPv4
         return _lpm_net(ft.nets.get(ip.version, {}), ip.packed)
     return None
+
+
+# ---- what the BPF handlers judge of a record ----------------------------------------------
+
+
+def view_of(rec: Record) -> KernelView | None:
+    """The values a handler of ``bpf/sensor/*.h`` gave the prefilter for the event ``rec``
+    records (None: the family is never filtered), computed from the record as the handler
+    computed them from the kernel's objects. With :func:`passes` this lets the property tests
+    run on real records of every event type."""
+    fam = FAMILY_OF.get(rec.evt.name)
+    if fam is None:
+        return None
+    name, comm, uid = rec.evt.name, rec.comm, rec.uid
+    if fam == "exec":
+        ok = exec_records.res(rec) == 0 and not rec.flags & FLAG_EXE_TRUNC
+        return KernelView(name, comm, uid, path=exec_records.exepath(rec) if ok else None)
+    ret = int(rec.fixed[rec.layout.index["res"]])
+    if fam == "file":
+        after = bool(rec.flags & FLAG_BASE_AFTER)  # chdir, fchdir: no path argument judged
+        if rec.flags & FLAG_KPATH:  # a successful open, judged on the file it installed
+            m = rec.layout.index
+            return KernelView(
+                name,
+                comm,
+                uid,
+                path=file_records.raw_path(rec),
+                flags=int(rec.fixed[rec.layout.index["flags"]]),
+                ret=ret,
+                # the kernel judged a path it walked to some length (not the root: length 0)
+                kpath=(file_records.kernel_path(rec) or "") if rec.fixed[m["base_len"]] else "",
+            )
+        return KernelView(
+            name,
+            comm,
+            uid,
+            path=None if after else file_records.raw_path(rec),
+            flags=int(rec.fixed[rec.layout.index["flags"]]),
+            ret=ret,
+            base=file_records.base_dir(rec),
+        )
+    if fam == "net":
+        return _sock_view(rec, ret)
+    if fam == "fd":
+        mode = int(rec.fixed[rec.layout.index["i_mode"]])
+        fc = fd_records.kind(rec)[1] if mode else None
+        return KernelView(name, comm, uid, sock_family=fc, ret=ret)
+    if fam == "system":
+        return KernelView(name, comm, uid, ret=ret, arg=system_records.value(rec, 0))
+    return KernelView(name, comm, uid, ret=ret)  # comm, uid and the result only
+
+
+def _sock_view(rec: Record, ret: int) -> KernelView:
+    """emit_sock's choices (bpf/sensor/net.h), step by step: the socket's family, else the
+    passed address's; the server end (the local one for accept/bind/listen), the passed
+    address when the socket has no peer; whether it is connected; the key argument."""
+    m, fixed = rec.layout.index, rec.fixed
+    how = int(fixed[m["how"]])
+    addrlen = int(fixed[m["addrlen"]])
+    addr = rec.buf("addr", 28)
+    ufam = int.from_bytes(addr[:2], "little") if addrlen >= 8 else 0
+    fam = int(fixed[m["sk_family"]]) or ufam
+    famc = {2: "4", 10: "6", 1: "u"}.get(fam)
+    ver = {2: 4, 10: 6}.get(fam, 0)
+    local = bool(how & net_records.SERVER_LOCAL)
+    port = int(fixed[m["lport" if local else "rport"]])
+    peer: bytes = fixed[m["laddr" if local else "raddr"]]
+    if not local and port == 0:
+        if ufam == fam and ver:
+            port = int.from_bytes(addr[2:4], "big")
+            peer = addr[4:8] if ver == 4 else addr[8:24]
+        else:
+            ver = 0
+    daddr = None
+    if ver:
+        daddr = str(ipaddress.ip_address(peer[:4] if ver == 4 else peer[:16]))
+    return KernelView(
+        rec.evt.name,
+        rec.comm,
+        rec.uid,
+        dport=port if ver else None,
+        daddr=daddr,
+        sock_family=famc,
+        ret=ret,
+        arg=int(fixed[m["v0"]]),
+        connected=int(fixed[m["state"]]) == net_records.TCP_ESTABLISHED,
+    )

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from sentinel.compiler.fold import specialize
 from sentinel.compiler.values import IPNetwork, parse_bool
 from sentinel.events import BY_NAME, PREFILTER_FAMILIES, Family
+from sentinel.events.args import enum_text
 from sentinel.events.dims import BIND_DIMS, PATH_DIMS, Bind, Dim
+from sentinel.events.schema import Param
 from sentinel.language import ast
 from sentinel.prefilter.layout import LPM_PAYLOAD, PATH_MAX_KEY
 
@@ -37,7 +39,8 @@ FAMILY_OF: dict[str, str] = {t: f.name for f in PREFILTER_FAMILIES for t in f.ty
 
 
 def _dims(f: Family) -> tuple[Dim, ...]:
-    used = {d for b in f.kernel_fields.values() for d in BIND_DIMS[b]}
+    binds = [*f.kernel_fields.values(), *(b for t in f.event_types for b in t.binds.values())]
+    used = {d for b in binds for d in BIND_DIMS[b]}
     return tuple(d for d in Dim if d in used)
 
 
@@ -55,11 +58,16 @@ def bindings(evt_type: str) -> dict[str, Bind]:
     fam = t.family
     assert fam is not None
     only = fam.getters.only
-    return {
+    own = {
         name: b
         for name, b in fam.kernel_fields.items()
         if name not in only or evt_type in only[name]
     }
+    return {**own, **t.binds}
+
+
+def _params(evt_type: str) -> dict[str, Param]:
+    return {f"evt.arg.{p.name}": p for p in BY_NAME[evt_type].params}
 
 
 # What a path dimension is about, per event type (for `sentinel explain`).
@@ -183,9 +191,12 @@ def _net(text: str) -> IPNetwork | None:
         return None
 
 
-def abstract(c: ast.Check, binds: Mapping[str, Bind]) -> Constraint | object:
+def abstract(
+    c: ast.Check, binds: Mapping[str, Bind], params: Mapping[str, Param] | None = None
+) -> Constraint | object:
     """A positive check -> a constraint on one dimension, or _UNKNOWN. ``binds``: the fields
-    the kernel knows exactly for the event type at hand (see :func:`bindings`)."""
+    the kernel knows exactly for the event type at hand (see :func:`bindings`); ``params``:
+    its parameters by field name (an ``evt.arg`` key's value names)."""
     if not isinstance(c.lhs, ast.FieldRef) or c.lhs.arg is not None or c.modifier:
         return _UNKNOWN
     name, op = c.lhs.name, c.op
@@ -204,6 +215,9 @@ def abstract(c: ast.Check, binds: Mapping[str, Bind]) -> Constraint | object:
         return Constraint(Dim.RAW_DOTDOT, frozenset({True})) if "../" in literal else _UNKNOWN
     if bind is Bind.PATH:
         return _path(exact, op, vals)
+    if bind is Bind.ARG_ENUM:
+        param = (params or {}).get(name)
+        return _UNKNOWN if param is None else _enum(param, op, vals)
     if not exact:
         return _UNKNOWN
     if bind is Bind.COMM:
@@ -218,15 +232,14 @@ def abstract(c: ast.Check, binds: Mapping[str, Bind]) -> Constraint | object:
         return Constraint(Dim.PATH_PREFIX, frozenset(_cap(v.rstrip("/") + "/") for v in vals))
     if bind is Bind.PATH_BASE:
         return Constraint(Dim.PATH_SUFFIX, frozenset(_cap("/" + v, tail=True) for v in vals))
-    if bind in (Bind.OPEN_WRITE, Bind.OPEN_READ):
+    if bind in _BOOL_DIMS:
         if op not in ("=", "=="):
             return _UNKNOWN
         try:
             want = parse_bool(vals[0])
         except ValueError:
             return _UNKNOWN
-        dim = Dim.OPEN_WRITE if bind is Bind.OPEN_WRITE else Dim.OPEN_READ
-        return Constraint(dim, frozenset({want}))
+        return Constraint(_BOOL_DIMS[bind], frozenset({want}))
     if bind is Bind.ADDR:
         nets = [_net(v) for v in vals]
         if any(n is None for n in nets):
@@ -238,11 +251,45 @@ def abstract(c: ast.Check, binds: Mapping[str, Bind]) -> Constraint | object:
     return _UNKNOWN
 
 
+def _enum(param: Param, op: str, vals: list[str]) -> Constraint | object:
+    """``evt.arg.<key>`` renders as its value's name (or the number when it has none): the
+    values whose text satisfies the check. A contains-check with digits could match numbers
+    without a name, which are not enumerable: unknown."""
+    texts = {v: enum_text(v, param.names) for v, _n in param.names}  # as args.py renders
+    if op in ("=", "==", "in", "intersects"):
+        out: set[int] = set()
+        for want in vals:
+            out |= {v for v, text in texts.items() if text == want}
+            if want.isdigit() and int(want) not in texts:
+                out.add(int(want))  # an unnamed value renders as its number
+        return Constraint(Dim.ARG, frozenset(out))
+    if op == "contains" and len(vals) == 1 and not any(ch.isdigit() for ch in vals[0]):
+        return Constraint(Dim.ARG, frozenset(v for v, text in texts.items() if vals[0] in text))
+    return _UNKNOWN
+
+
+_BOOL_DIMS = {
+    Bind.OPEN_WRITE: Dim.OPEN_WRITE,
+    Bind.OPEN_READ: Dim.OPEN_READ,
+    Bind.CONNECTED: Dim.CONNECTED,
+}
+
 # fd.typechar / fd.sockfamily / fd.type values -> the kernel's family codes ('4', '6', 'u').
+# The fd family's records know every descriptor type: a file 'f', a directory 'd', a pipe 'p',
+# anything else 'o' (bpf/sensor/fd.h's fd_typechar). The net family's kernel value is a socket
+# family or none (then the dimension is not judged).
 _FAMILY_VALUES: dict[Bind, dict[str, tuple[str, ...]]] = {
-    Bind.TYPECHAR: {"4": ("4",), "6": ("6",), "u": ("u",)},
+    Bind.TYPECHAR: {c: (c,) for c in "46ufdpo"},
     Bind.SOCKFAMILY: {"ip": ("4", "6"), "unix": ("u",)},
-    Bind.FDTYPE: {"ipv4": ("4",), "ipv6": ("6",), "unix": ("u",)},
+    Bind.FDTYPE: {
+        "ipv4": ("4",),
+        "ipv6": ("6",),
+        "unix": ("u",),
+        "file": ("f",),
+        "directory": ("d",),
+        "pipe": ("p",),
+        "unknown": ("o",),
+    },
 }
 
 
@@ -298,23 +345,27 @@ def _intersect(a: Term, b: Term) -> Term | None:
 
 
 def _dnf(
-    e: ast.Expr, binds: Mapping[str, Bind], notes: list[str], negated: bool = False
+    e: ast.Expr,
+    binds: Mapping[str, Bind],
+    notes: list[str],
+    negated: bool = False,
+    params: Mapping[str, Param] | None = None,
 ) -> list[Term]:
     if isinstance(e, ast.Const):
         return [{}] if e.value != negated else []
     if isinstance(e, ast.Not):
-        return _dnf(e.child, binds, notes, not negated)
+        return _dnf(e.child, binds, notes, not negated, params)
     if isinstance(e, ast.Check):
         if negated:
             return [{}]  # a negated check widens to "unknown"
-        c = abstract(e, binds)
+        c = abstract(e, binds, params)
         if c is _UNKNOWN:
             return [{}]
         assert isinstance(c, Constraint)
         return [{c.dim: c}] if c.values else []
     assert isinstance(e, ast.And | ast.Or)
     conj = isinstance(e, ast.And) != negated  # De Morgan under negation
-    parts = [_dnf(k, binds, notes, negated) for k in e.children]
+    parts = [_dnf(k, binds, notes, negated, params) for k in e.children]
     if not conj:
         out: list[Term] = []
         for p in parts:
@@ -355,7 +406,7 @@ def plan_rule(name: str, expr: ast.Expr, evt_type: str) -> RulePlan:
     plan = RulePlan(name, evt_type)
     cond = specialize(expr, evt_type)
     try:
-        terms = _dnf(cond, bindings(evt_type), plan.approximated)
+        terms = _dnf(cond, bindings(evt_type), plan.approximated, params=_params(evt_type))
     except _TooBig:
         plan.approximated.append(f"more than {MAX_TERMS_PER_RULE} terms: widened to 'always'")
         terms = [{}]

@@ -88,6 +88,12 @@ def build_tables(rules: Sequence[tuple[str, ast.Expr]]) -> KernelTables:
                 ft.lpm[dim] = {}
             else:
                 ft.exact[dim] = {}
+        # A dimension the type's handler computes but its fields do not bind (a shared
+        # prefilter entry, e.g. the fd family's through f_sock) constrains no term.
+        every = (1 << len(terms)) - 1
+        for dim in Dim:
+            if dim not in DIMS_OF[fam]:
+                ft.wild[dim] = every
         for bit, (_n, term) in enumerate(terms):
             mask = 1 << bit
             for dim in DIMS_OF[fam]:

@@ -227,7 +227,9 @@ def test_validate_warns_about_every_field_no_event_type_fills(tmp_path: Path):
         """
         - rule: Env
           desc: d
-          condition: evt.type = execve and proc.env contains SECRET and fd.ip = 10.0.0.1
+          condition: >
+            evt.type = execve and proc.exe_ino.ctime_duration_pidns_start > 0
+            and proc.env contains SECRET and fd.ip = 10.0.0.1
           output: o
           priority: INFO
         - rule: Net
@@ -244,5 +246,29 @@ def test_validate_warns_about_every_field_no_event_type_fills(tmp_path: Path):
         for w in json.loads(res.stdout)["warnings"]
         if w["code"] == "unsupported-field"
     }
-    assert "proc.env" not in filled_fields() and "fd.ip" in filled_fields()
-    assert warned == {"proc.env"}
+    unfilled = "proc.exe_ino.ctime_duration_pidns_start"
+    assert unfilled not in filled_fields() and "fd.ip" in filled_fields()
+    assert "proc.env" in filled_fields()
+    assert warned == {unfilled}
+
+
+def test_explain_names_where_each_traced_types_values_come_from(tmp_path: Path):
+    """Only the event types a rule can match are listed, each with the source of its values
+    (the kernel's own objects for an open, the caller's memory for what it passed)."""
+    rules = write_rules(
+        tmp_path,
+        """
+        - rule: shadow
+          desc: d
+          condition: evt.type = openat and fd.name = /etc/shadow
+          output: o
+          priority: WARNING
+        """,
+    )
+    res = sentinel("explain", "--json", str(rules))
+    assert res.returncode == 0, res.stdout + res.stderr
+    fams = json.loads(res.stdout)["event_types"]
+    assert set(fams) == {"openat"}
+    assert "kernel" in fams["openat"]["values_from"]
+    text = sentinel("explain", str(rules)).stdout
+    assert "values from:" in text and "execve" not in text

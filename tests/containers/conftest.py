@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -20,7 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.enrichment.container_meta import api_get_json
+from sentinel.enrichment.container_docker import api_get_json
+
+from .containerd import Containerd, build_images
 
 IMAGE = "localhost/sentinel-test:1.0"
 BUSYBOX_APPLETS = ["sh", "cat", "sleep", "stat", "ls", "id", "true", "echo", "tty", "env", "ps"]
@@ -158,3 +161,47 @@ def api_socket(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iter
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+# -- a private containerd (Kubernetes CRI) ---------------------------------------------------
+@pytest.fixture(scope="session")
+def cri_images(rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The locally built pause and busybox images (docker-archive tarballs)."""
+    _require_root()
+    return build_images(rootfs, tmp_path_factory.mktemp("cri-images"))
+
+
+def _require_containerd() -> None:
+    _require_root()
+    if shutil.which("containerd") is None or shutil.which("ctr") is None:
+        raise AssertionError("containerd is missing: run scripts/setup.sh")
+
+
+@pytest.fixture(scope="session")
+def containerd(cri_images: dict[str, Path]) -> Iterator[Containerd]:
+    """One private containerd for the session (started once: ~1 s plus the image import);
+    each test's pods are removed by the ``node`` fixture."""
+    _require_containerd()
+    # a short path: unix socket paths are limited to 107 bytes
+    workdir = Path(tempfile.mkdtemp(prefix="sentinel-ctd-"))
+    node = Containerd(workdir, cri_images)
+    try:
+        node.start()
+        yield node
+    finally:
+        node.stop()
+
+
+@pytest.fixture
+def node(containerd: Containerd) -> Iterator[Containerd]:
+    """The session's containerd, running (thawed, restarted if a test stopped it); the pods a
+    test made are removed after it."""
+    if containerd.proc is None:
+        containerd.start()
+    containerd.thaw()
+    yield containerd
+    if containerd.proc is None:
+        containerd.start()
+    containerd.thaw()
+    for pod in list(containerd.pods):
+        containerd.remove_pod(pod)

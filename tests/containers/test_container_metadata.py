@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from sentinel.enrichment.container_meta import parse_rfc3339_ns, socket_from_env, split_image
+from sentinel.enrichment.container_docker import parse_rfc3339_ns
+from sentinel.enrichment.container_fields import split_image
+from sentinel.enrichment.container_meta import socket_from_env
 from sentinel.enrichment.containers import ContainerResolver
 
 from .conftest import IMAGE, Podman

@@ -40,6 +40,15 @@ CASES = [
         f".slice/crio-{CID}.scope",
         ("cri-o", CID),
     ),
+    # guaranteed pods sit right under kubepods (no QoS level), in both drivers
+    (
+        f"/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/cri-containerd-{CID}.scope",
+        ("containerd", CID),
+    ),
+    # CRI-O with the cgroupfs driver names the leaf crio-<id>
+    (f"/kubepods/besteffort/pod{UID}/crio-{CID}", ("cri-o", CID)),
+    # containerd's cgroupfs driver under kubepods (the live test makes this one for real)
+    (f"/kubepods/besteffort/pod{UID}/{CID}", ("cri", CID)),
 ]
 
 NOT_CONTAINERS = [
@@ -51,6 +60,7 @@ NOT_CONTAINERS = [
     f"/libpod_parent/libpod-conmon-{CID}",  # podman's monitor, not the container
     f"/machine.slice/libpod-conmon-{CID}.scope",
     f"/machine.slice/crio-conmon-{CID}.scope",
+    f"/kubepods.slice/kubepods-pod{UID.replace('-', '_')}.slice/crio-conmon-{CID}.scope",
     f"/docker/{CID[:-1]}",  # 63 hex
     f"/docker/{CID.upper()}",  # runtimes write lower-case hex
     f"/system.slice/docker-{CID}.service",

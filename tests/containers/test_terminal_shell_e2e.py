@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 
-from sentinel.enrichment.container_meta import parse_rfc3339_ns
+from sentinel.enrichment.container_docker import parse_rfc3339_ns
 from sentinel.paths import RULES_DIR
 from tests.helpers import CORPUS, sentinel_env
 

@@ -61,7 +61,7 @@ def test_openat_relative_to_a_dirfd(event: Make) -> None:
     assert ev.get("evt.arg[2]") == "/etc/shadow" and ev.get("evt.arg[name]") == "/etc/shadow"
     assert ev.get("evt.args") == (
         "fd=3(<f>/etc/shadow) dirfd=5 name=shadow(/etc/shadow) "
-        "flags=524288(O_RDONLY|O_CLOEXEC) mode=0o0"
+        "flags=524288(O_RDONLY|O_CLOEXEC) mode=0"
     )
     assert fields(ev, "evt.rawres", "evt.res", "evt.failed") == {
         "evt.rawres": 3,
@@ -103,7 +103,7 @@ def test_creat_is_an_open_for_writing(event: Make) -> None:
     ev = event("creat", path="out.txt", base="/src", flags=0o1101, mode=0o755, res=6)
     assert ev.get("fd.name") == "/src/out.txt"
     assert ev.get("evt.arg.flags") == "O_WRONLY|O_CREAT|O_TRUNC"
-    assert ev.get("evt.arg.mode") == "0o755"
+    assert ev.get("evt.arg.mode") == "0755"
     assert ev.get("evt.is_open_write") is True and ev.get("evt.is_open_create") is True
     assert ev.get("evt.is_open_exec") is True  # created with an execute bit
 
@@ -227,13 +227,22 @@ def test_connect_ipv4(event: Make) -> None:
 
 
 def test_connect_ipv6_v4_mapped_and_unix(event: Make) -> None:
-    ev = event("connect", fd=4, res=-111, addr=("::ffff:10.1.2.3", 80), laddr="::ffff:10.0.0.2")
+    ev = event(
+        "connect",
+        fd=4,
+        res=-111,
+        addr=("::ffff:10.1.2.3", 80),
+        laddr="::ffff:10.0.0.2",
+        sk_family=10,
+    )
     assert ev.get("fd.sip") == "10.1.2.3" and ev.get("fd.cip") == "10.0.0.2"
     assert ev.get("evt.res") == "ECONNREFUSED" and ev.get("fd.connected") is False
-    ev = event("connect", fd=4, res=0, addr=("2001:db8::1", 22), laddr="2001:db8::2", lport=9)
+    ev = event(
+        "connect", fd=4, res=0, addr=("2001:db8::1", 22), laddr="2001:db8::2", lport=9, sk_family=10
+    )
     assert ev.get("fd.name") == "[2001:db8::2]:9->[2001:db8::1]:22"
     assert ev.get("fd.typechar") == "6"
-    ev = event("connect", fd=3, res=0, addr="/run/x.sock")
+    ev = event("connect", fd=3, res=0, addr="/run/x.sock", sk_family=1)
     assert fields(ev, "fd.name", "fd.typechar", "fd.sockfamily", "fd.sip", "fd.ip") == {
         "fd.name": "/run/x.sock",
         "fd.typechar": "u",
@@ -258,3 +267,58 @@ def test_header_fields(event: Make) -> None:
     assert ev.get("user.loginuid") == -1 and ev.get("user.loginname") is None
     assert ev.get("evt.time") == ev.clock.epoch(1_000_000_000)
     assert event("open", path="/x", ppid=PARENT).get("proc.ppid") == PARENT
+
+
+# ---- credentials, environment, the executable ---------------------------------------------
+
+
+def test_exec_carries_capabilities_environment_and_executable_facts(event: Make) -> None:
+    ev = event("execve", **SAMPLES["execve"])
+    assert "CAP_SYS_ADMIN" in ev.get("thread.cap_effective").split(" ")
+    assert ev.get("thread.cap_inheritable") == ""
+    assert ev.get("proc.env") == "HOME=/root LD_PRELOAD=/tmp/x.so"
+    assert ev.get("proc.env[LD_PRELOAD]") == "/tmp/x.so" and ev.get("proc.env[NOPE]") is None
+    assert fields(ev, "proc.is_exe_upper_layer", "proc.is_exe_from_memfd") == {
+        "proc.is_exe_upper_layer": True,
+        "proc.is_exe_from_memfd": False,
+    }
+    assert ev.get("proc.is_exe_lower_layer") is False
+    assert ev.get("proc.exe_ino") == 1234
+    # root with CAP_DAC_OVERRIDE may write anything; Falco's flag names
+    assert ev.get("evt.arg.flags") == "EXE_WRITABLE|EXE_UPPER_LAYER"
+    assert ev.get("evt.arg.env") == "HOME=/root LD_PRELOAD=/tmp/x.so"
+    # a later event of the same process: the table holds what the exec said
+    later = event("open", path="/etc/hosts", res=3)
+    assert later.get("proc.env[HOME]") == "/root" and later.get("proc.is_exe_upper_layer")
+    ev = event("execveat", **SAMPLES["execveat"])
+    assert ev.get("proc.is_exe_from_memfd") is True and ev.get("proc.is_exe_upper_layer") is False
+
+
+@pytest.mark.parametrize(
+    ("uid", "owner", "mode", "caps", "writable"),
+    [
+        (1000, 0, 0o100755, 0, False),  # a user and root's binary
+        (1000, 1000, 0o100755, 0, True),  # the user's own
+        (1000, 0, 0o100777, 0, True),  # world-writable
+        (0, 1000, 0o100500, 1 << 1, True),  # CAP_DAC_OVERRIDE
+        (0, 1000, 0o100500, 0, False),  # root without it (a container's dropped caps)
+    ],
+)
+def test_exe_writable_follows_owner_mode_and_dac_override(
+    event: Make, uid: int, owner: int, mode: int, caps: int, writable: bool
+) -> None:
+    ev = event(
+        "execve", uid=uid, gid=uid, exe="/x", exe_uid=owner, exe_gid=owner, exe_mode=mode,
+        cap_effective=caps,
+    )  # fmt: skip
+    assert ev.get("proc.is_exe_writable") is writable
+    assert ("EXE_WRITABLE" in (ev.get("evt.arg.flags") or "")) is writable
+
+
+def test_a_credential_change_updates_the_capabilities_of_later_events(event: Make) -> None:
+    event("execve", **SAMPLES["execve"])
+    ev = event("capset", res=0, cap_permitted=1 << 12, cap_effective=1 << 12)
+    assert ev.get("evt.arg.cap_effective") == "0x1000"
+    later = event("open", path="/etc/hosts", res=3)
+    assert later.get("thread.cap_effective") == "CAP_NET_ADMIN"
+    assert later.get("thread.cap_permitted") == "CAP_NET_ADMIN"

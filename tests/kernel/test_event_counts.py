@@ -19,6 +19,7 @@ import pytest
 from sentinel.compiler import compile_rules
 from sentinel.engine import Engine
 from sentinel.events import decode
+from sentinel.events.common import FLAG_TABLE_ONLY
 from sentinel.loader import load_rules
 from tests.kernel.conftest import require_root
 from tests.ops.test_metrics import scrape, value
@@ -104,6 +105,7 @@ def _delta(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]]) 
 
 
 def _types_of(s: Any, got: list[bytes], pid: int, family: str) -> list[str]:
+    """The event types that reached rules (not the execs sent for the process table alone)."""
     from sentinel.enrichment.live import Enricher
 
     s.drain()
@@ -112,7 +114,10 @@ def _types_of(s: Any, got: list[bytes], pid: int, family: str) -> list[str]:
     return [
         str(enricher.event(raw).get("evt.type"))
         for raw, rec in recs
-        if rec.pid == pid and rec.evt.family is not None and rec.evt.family.name == family
+        if rec.pid == pid
+        and rec.evt.family is not None
+        and rec.evt.family.name == family
+        and not rec.flags & FLAG_TABLE_ONLY
     ]
 
 

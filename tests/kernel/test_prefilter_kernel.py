@@ -68,6 +68,11 @@ static __always_inline void report(u32 fam, u32 keep, s64 ret, u64 upath) {
 
 // As in the sensor, the whole decision is made at the syscall's exit (the arguments were
 // saved at enter here; the sensor reads them from the saved registers instead).
+struct pathcopy {
+    char p[256];
+};
+BPF_PERCPU_ARRAY(path_copy, struct pathcopy, 1);
+
 TRACEPOINT_PROBE(syscalls, sys_enter_openat) {
     if (!mine())
         return 0;
@@ -85,8 +90,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_openat) {
     if (!cp)
         return 0;
     struct call c = *cp;
+    // As the sensor does, the path is read once into memory of its own, then judged there.
+    u32 zero = 0;
+    struct pathcopy *pc = path_copy.lookup(&zero);
+    if (!pc)
+        return 0;
+    pc->p[0] = 0;
+    bpf_probe_read_user_str(&pc->p, sizeof(pc->p), (void *)c.a0);
     struct f_state st = {};
-    u32 keep = f_file_enter(&st, EVT_OPENAT, (u32)c.a1, (const char *)c.a0);
+    u32 keep = f_file_enter(&st, EVT_OPENAT, (u32)c.a1, pc->p);
     if (keep)
         keep = f_file_exit(&st, args->ret);
     if (keep == F_NEED_BASE)  // no walk in this probe: an unknown base keeps the open
@@ -112,10 +124,17 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect) {
     if (!cp)
         return 0;
     struct call c = *cp;
+    // The server end as the sensor's handler gives it to f_sock (here from the address passed).
+    u8 sa[28] = {};
+    bpf_probe_read_user(&sa, sizeof(sa), (const void *)c.a0);
+    u16 fam = *(u16 *)sa;
+    u16 port_be = *(u16 *)(sa + 2);
+    u32 famc = fam == 2 ? '4' : fam == 10 ? '6' : 0;
+    u32 ver = fam == 2 ? 4 : fam == 10 ? 6 : 0;
+    u32 port = ((port_be & 0xff) << 8) | (port_be >> 8);
     struct f_state st = {};
-    u32 keep = f_connect_enter(&st, EVT_CONNECT, (const void *)c.a0, (u32)c.a1);
-    if (keep)
-        keep = f_connect_exit(&st, args->ret);
+    u32 keep = f_sock(&st, EVT_CONNECT, 0, famc, port, fam == 2 ? sa + 4 : sa + 8, ver, 0,
+                      args->ret);
     report(EVT_CONNECT, keep, args->ret, 0);
     return 0;
 }

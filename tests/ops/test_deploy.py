@@ -4,7 +4,12 @@ documented (and tested) `podman run` line uses."""
 
 from __future__ import annotations
 
+import copy
+import os
 from pathlib import Path
+
+import kubernetes_validate
+import pytest
 
 from sentinel.config import load_config, parse_address
 from sentinel.loader import load_rules
@@ -70,3 +75,45 @@ def test_documented_run_line_is_least_privilege() -> None:
     assert "--cap-drop=all" in argv
     assert "--pid=host" in argv
     assert documented_caps() == {"SYS_ADMIN", "BPF", "PERFMON", "SYS_PTRACE", "SYSLOG"}
+
+
+# The Kubernetes versions the manifests are claimed for (docs/operations.md): from 1.26, the
+# first kubelet that speaks only CRI runtime.v1 (what Sentinel's client speaks), to the newest
+# whose API schemas kubernetes-validate ships.
+K8S_VERSIONS = [f"1.{minor}.0" for minor in range(26, 38)]
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_manifests_validate_against_the_kubernetes_api_schema(version: str) -> None:
+    """Offline, strict (unknown keys are errors), against that release's OpenAPI schemas."""
+    for doc in manifests():
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+def test_schema_validation_catches_a_misspelt_key() -> None:
+    """The check above can fail: a `readonly` for `readOnly` is rejected."""
+    ds = copy.deepcopy(find("DaemonSet", "sentinel"))
+    ds["spec"]["template"]["spec"]["containers"][0]["volumeMounts"][0]["readonly"] = True
+    with pytest.raises(kubernetes_validate.ValidationError, match="readonly"):
+        kubernetes_validate.validate(ds, K8S_VERSIONS[-1], strict=True)
+
+
+def test_daemonset_mounts_the_cri_sockets_read_only() -> None:
+    """containerd's and CRI-O's socket directories, read-only, at the paths Sentinel looks
+    at, and never created as directories in place of a socket file."""
+    from sentinel.enrichment.container_meta import KNOWN_SOCKETS
+
+    spec = find("DaemonSet", "sentinel")["spec"]["template"]["spec"]
+    (c,) = spec["containers"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    for runtime, sock in (
+        ("containerd", "/run/containerd/containerd.sock"),
+        ("cri-o", "/run/crio/crio.sock"),
+    ):
+        assert any(s.path == sock and s.api == "cri" and s.name == runtime for s in KNOWN_SOCKETS)
+        directory = os.path.dirname(sock)
+        m = mounts[directory]
+        assert m["readOnly"] is True
+        host = volumes[m["name"]]["hostPath"]
+        assert host == {"path": directory, "type": "DirectoryOrCreate"}

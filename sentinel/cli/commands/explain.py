@@ -16,6 +16,7 @@ from typing import Any
 
 from sentinel.cli.common import load_compiled
 from sentinel.compiler import OTHER
+from sentinel.events import BY_NAME
 from sentinel.language import to_text
 from sentinel.prefilter.plan import TYPES, dim_label
 from sentinel.prefilter.tables import build_tables
@@ -58,9 +59,13 @@ def run(args: argparse.Namespace) -> int:
                 "residue": to_text(r.expr),
             }
         )
+    wanted = set().union(*(r.event_types for r in rules)) if rules else set()
     out_fams: dict[str, Any] = {}
     for fam, ft in tables.types.items():
+        if fam not in wanted:
+            continue  # no rule can match it: not traced
         out_fams[fam] = {
+            "values_from": BY_NAME[fam].truth,
             "filtered": not ft.pass_all,
             "reason": ft.reason,
             "terms": ft.nterms,
@@ -90,4 +95,5 @@ def run(args: argparse.Namespace) -> int:
             f"{fam}: {state}; {info['terms']} terms; exact {info['exact_entries']}, "
             f"prefix/suffix {info['lpm_entries']}, cidr {info['cidr_entries']}"
         )
+        print(f"  values from: {info['values_from']}")
     return 0

@@ -64,7 +64,12 @@ def run(args: argparse.Namespace) -> int:
         matching=args.matching or (config.matching if config else "first"),
         hostname=config.hostname if config else None,
         min_priority=args.min_priority or (config.minimum_priority if config else "Debug"),
-        **({"append_output": config.append_output} if config else {}),
+        # unset: the engine's default (the replaying host's runtimes say nothing of the events)
+        **(
+            {"append_output": config.append_output}
+            if config and config.append_output is not None
+            else {}
+        ),
     )
     try:
         sink = AlertSink(config)
