@@ -59,7 +59,6 @@ class FilteredSensor:
     def start(self, callback: Callable[[bytes], None]) -> None:
         """Compile, load and attach; then publish the rules' prefilter tables."""
         self.sensor.start(callback)
-        self.syscalls = self.sensor.syscalls  # less those the kernel has no tracepoint for
         if self.prefilter_on:
             self.prefilter = Prefilter({m: self.sensor.map_fd(m) for m in MAP_NAMES}, self.nwords)
             self.loaded = self.prefilter.load(self.tables)

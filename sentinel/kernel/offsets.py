@@ -139,7 +139,6 @@ def _inode_times(btf: Btf) -> list[str]:
     return out
 
 
-
 # io_uring (bpf/sensor/uring.h): where a request keeps its opcode, its descriptor and, in the
 # command area at the request's start, each operation's arguments (the kernel's copies).
 URING_OFFSETS: dict[str, tuple[str, str]] = {

@@ -89,8 +89,9 @@ def test_doctor_on_this_host(podman_socket: str) -> None:
     assert detail.endswith(f" (Docker API) at {podman_socket}"), detail
     assert "sys_enter_getppid" in by_name["bcc-compile"]["detail"]
     # this host's 6.18 has every optional feature the sensor uses (no fallback compiled)
-    assert "the sensor uses all of: task_btf, task_pt_regs, exit_group_dead" in (
-        by_name["kernel-features"]["detail"]
+    assert (
+        "the sensor uses all of: task_btf, task_pt_regs, exit_group_dead"
+        in (by_name["kernel-features"]["detail"])
     )
 
 
