@@ -135,6 +135,12 @@ def _absent_syscalls() -> list[str]:
     return absent_syscalls(ALL_SYSCALLS) if _mounted(TRACEFS, "tracefs") else []
 
 
+def _configured_out(names: list[str]) -> set[str]:
+    from sentinel.kernel.sensor import configured_out
+
+    return configured_out(names)
+
+
 def check_kernel_features() -> Check:
     """Which BPF helpers the sensor uses on this kernel and which fallbacks it compiles
     (sentinel.kernel.features, from BTF). FAIL when a required one is missing; WARN when a
@@ -151,6 +157,11 @@ def check_kernel_features() -> Check:
     missing = feats.missing()
     head = f"{feats.release}: {feats.helpers} BPF helpers"
     absent = _absent_syscalls()
+    # A syscall this kernel does not implement has no tracepoint and no events: said, not warned.
+    out = _configured_out(absent)
+    if out:
+        head += f"; not traced, not in this kernel (ENOSYS): {', '.join(sorted(out))}"
+    absent = [a for a in absent if a not in out]
     if absent:
         return Check(
             "WARN",
@@ -410,7 +421,11 @@ def kernel_features() -> dict[str, object]:
 
         # Every fallback the sensor compiled on this kernel, by feature (empty: none).
         feats["sensor_fallbacks"] = detect(vmlinux_btf()).summary()
-        feats["untraceable"] = _absent_syscalls()
+        # Syscall event types without a tracepoint here, but for syscalls the kernel lacks.
+        absent = _absent_syscalls()
+        out = _configured_out(absent)
+        feats["untraceable"] = [a for a in absent if a not in out]
+        feats["not_in_kernel"] = sorted(out)
     except Exception as exc:  # the summary must never stop start-up
         feats["sensor_fallbacks"] = f"unknown: {exc}"
     return feats

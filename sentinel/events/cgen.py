@@ -101,7 +101,7 @@ def stub(t: EventType) -> str:
     values = sc.args
     sets = "".join(f"    c->v[{i}] = (u64)({v});\n" for i, v in enumerate(values))
     return (
-        f"TRACEPOINT_PROBE(syscalls, sys_exit_{sc.name}) {{\n"
+        f"TRACEPOINT_PROBE(syscalls, {sc.tracepoint}) {{\n"
         "    if (is_self())\n"
         "        return 0;\n"
         "    struct sc_args a = {};\n"

@@ -223,10 +223,11 @@ def op(
     call: str,
     deny: str | None = None,
     handler: str = "emit_path",
+    kernel_name: str = "",
 ) -> schema.EventType:
     """One file operation: its Falco parameters, and the handler's (dirfd, path, flags, mode)
     as C over the syscall's argument registers a0-a3 (see emit_path in bpf/sensor/file.h)."""
-    sc = schema.Syscall(name, handler, call)
+    sc = schema.Syscall(name, handler, call, kernel_name=kernel_name)
     return schema.EventType(name, schema.Category.FILE, params, syscall=sc, deny=deny)
 
 
@@ -248,7 +249,13 @@ EVENT_TYPES = [
     op("rmdir", [RES, path("path")], "AT_FDCWD_VAL, a0, 0, 0"),
     op("chmod", [RES, path("filename"), PERMS], "AT_FDCWD_VAL, a0, 0, a1"),
     op("fchmodat", [RES, DIRFD, path("filename", True), PERMS], "a0, a1, 0, a2"),
-    op("umount2", [RES, path("name"), UMOUNT_FLAGS], "AT_FDCWD_VAL, a0, a1, 0"),
+    # the kernel defines it as umount (x86-64's umount2 entry): tracepoint sys_exit_umount
+    op(
+        "umount2",
+        [RES, path("name"), UMOUNT_FLAGS],
+        "AT_FDCWD_VAL, a0, a1, 0",
+        kernel_name="umount",
+    ),
     # chdir's path is a plain string in Falco (not resolved); the record walks the new cwd
     op("chdir", [RES, schema.Param("path", P.CHARBUF, _raw)], "a0, 0", handler="emit_chdir"),
     op("fchdir", [RES, schema.Param("fd", P.FD, _mode)], "0, a0", handler="emit_chdir"),

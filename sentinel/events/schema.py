@@ -288,6 +288,14 @@ class Syscall:
     handler: str
     call: str = ""
     piggyback: bool = False
+    # The kernel's name of the syscall where it differs from Falco's (umount2 is
+    # SYSCALL_DEFINE2(umount, ...), so its tracepoint is sys_exit_umount on every kernel).
+    kernel_name: str = ""
+
+    @property
+    def tracepoint(self) -> str:
+        """The name of its exit tracepoint in the ``syscalls`` category."""
+        return f"sys_exit_{self.kernel_name or self.name}"
 
     @property
     def args(self) -> list[str]:
@@ -330,7 +338,7 @@ class EventType:
         if self.sched:
             out.append(f"raw:{self.sched}")
         if self.syscall:
-            out.append(f"syscalls:sys_exit_{self.syscall.name}")
+            out.append(f"syscalls:{self.syscall.tracepoint}")
         return tuple(out)
 
 

@@ -54,7 +54,7 @@ def tracepoints(names: Iterable[str]) -> list[tuple[str, str]]:
     chosen = set(names)
     out = sorted({("sched", t.sched) for t in EVENT_TYPES if t.sched})
     out += [
-        ("syscalls", f"sys_exit_{t.syscall.name}")
+        ("syscalls", t.syscall.tracepoint)
         for t in EVENT_TYPES
         if t.name in chosen and t.syscall is not None
     ]

@@ -119,6 +119,29 @@ def absent_syscalls(syscalls: Iterable[str]) -> list[str]:
     )
 
 
+def configured_out(syscalls: Iterable[str], kallsyms: Path = Path("/proc/kallsyms")) -> set[str]:
+    """The syscall event types among ``syscalls`` that this kernel does not implement: their
+    entry point is the weak ENOSYS stub ``COND_SYSCALL`` leaves (``W`` in kallsyms), e.g.
+    init_module without CONFIG_MODULES. Their events cannot happen, so their missing
+    tracepoint loses nothing."""
+    entry = {
+        f"__x64_sys_{tp.removeprefix('sys_exit_')}": name
+        for name in syscalls
+        for category, tp in program.tracepoints([name])
+        if category == "syscalls"
+    }
+    try:
+        lines = kallsyms.read_text().splitlines()
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "W" and parts[2] in entry:
+            out.add(entry[parts[2]])
+    return out
+
+
 RawCallback = Callable[[bytes], None]
 
 

@@ -15,8 +15,10 @@ fields, the registers found at the top of the kernel stack) are proven here too.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -29,7 +31,9 @@ from typing import Any
 import pytest
 
 from sentinel.events import EVENT_TYPES
+from sentinel.kernel import program
 from sentinel.kernel.features import OPTIONAL
+from sentinel.kernel.sensor import TRACEFS
 from tests.kernel.conftest import LiveSensor, require_root
 
 pytestmark = pytest.mark.kernel
@@ -209,7 +213,7 @@ def case_open(c: Ctx) -> None:
             "fd.name": str(path),
             "fd.num": lambda f: f["fd"],
             "evt.arg.flags": "O_WRONLY|O_CREAT|O_TRUNC",
-            "evt.arg.mode": "0o640",
+            "evt.arg.mode": "0640",
             "evt.arg.name": str(path),
             "evt.is_open_write": True,
         },
@@ -232,7 +236,7 @@ def case_openat(c: Ctx) -> None:
             "fd.num": lambda f: f["fd"],
             "evt.arg.dirfd": lambda f: str(f["dirfd"]),
             "evt.arg.flags": "O_RDWR|O_CREAT|O_CLOEXEC",
-            "evt.arg.mode": "0o600",
+            "evt.arg.mode": "0600",
         },
     )
 
@@ -252,7 +256,7 @@ def case_openat2(c: Ctx) -> None:
             "fd.num": lambda f: f["fd"],
             "evt.arg.dirfd": "AT_FDCWD",
             "evt.arg.flags": "O_WRONLY|O_CREAT",
-            "evt.arg.mode": "0o604",
+            "evt.arg.mode": "0604",
             "proc.cwd": f"{c.tmp}/",
         },
         cwd=c.tmp,
@@ -269,7 +273,7 @@ def case_creat(c: Ctx) -> None:
             "fd.name": str(path),
             "fd.num": lambda f: f["fd"],
             "evt.arg.flags": "O_WRONLY|O_CREAT|O_TRUNC",
-            "evt.arg.mode": "0o751",
+            "evt.arg.mode": "0751",
         },
     )
 
@@ -325,6 +329,352 @@ def case_connect(c: Ctx) -> None:
     expect(ev, {"evt.res": "SUCCESS"})
 
 
+# ---- the other families: one call each, by number where libc might pick another syscall ------
+# Each entry: the child's code (T: the test's directory, M: the marker; ``r`` the call's result,
+# printed with what else the child knows) and the fields expected, from what the child did.
+# An event type whose tracepoint this kernel lacks (init_module without CONFIG_MODULES, as on
+# the host) must instead be reported missing by the sensor (Sensor.missing): the kernels of
+# scripts/vm-kernels.conf have them all, so the VM suites decode them.
+
+Facts = dict[str, Any]
+Want = Callable[[Facts, str, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Call:
+    code: str
+    want: Want
+
+
+def _r(f: Facts) -> str:
+    return "SUCCESS" if f["r"] >= 0 else errno.errorcode[-f["r"]]
+
+
+OPENDIR = "d = os.open(T, os.O_RDONLY | os.O_DIRECTORY)\n"
+
+
+def touch(name: str) -> str:
+    return f"open(f'{{T}}/{name}-{{M}}', 'w').close()\n"
+
+
+UDP = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+TCP_PAIR = (
+    "import socket\nl = socket.socket()\nl.bind(('127.0.0.1', 0))\nl.listen()\n"
+    "c = socket.create_connection(l.getsockname())\n"
+)
+UDP_PAIR = (
+    UDP + "s.bind(('127.0.0.1', 0))\nu = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "u.sendto(b'abcd', s.getsockname())\n"
+)
+NULL_FD = "fd = os.open('/dev/null', os.O_RDONLY)\n"
+SAME = "out(pid=os.getpid(), r=r"  # the child's facts line, closed by each entry
+
+
+def _tup(a: str, b: str) -> Callable[[Facts], str]:
+    return lambda f: f"127.0.0.1:{f[a]}->127.0.0.1:{f[b]}"
+
+
+CALLS: dict[str, Call] = {
+    "mkdir": Call(
+        f"r = sc(83, f'{{T}}/mk-{{M}}'.encode(), 0o710)\n{SAME})",
+        lambda f, t, m: {"evt.arg.path": f"{t}/mk-{m}", "evt.arg.mode": "0x1c8"},
+    ),
+    "mkdirat": Call(
+        f"{OPENDIR}r = sc(258, d, f'mkat-{{M}}'.encode(), 0o700)\n{SAME}, d=d)",
+        lambda f, t, m: {
+            "evt.arg.dirfd": str(f["d"]),
+            "fs.path.nameraw": f"mkat-{m}",
+            "fs.path.name": f"{t}/mkat-{m}",
+            "evt.arg.mode": "0x1c0",
+        },
+    ),
+    "rmdir": Call(
+        f"os.mkdir(f'{{T}}/rm-{{M}}')\nr = sc(84, f'{{T}}/rm-{{M}}'.encode())\n{SAME})",
+        lambda f, t, m: {"evt.arg.path": f"{t}/rm-{m}"},
+    ),
+    "chmod": Call(
+        f"{touch('ch')}r = sc(90, f'{{T}}/ch-{{M}}'.encode(), 0o604)\n{SAME})",
+        lambda f, t, m: {
+            "evt.arg.filename": f"{t}/ch-{m}",
+            "evt.arg.mode": "S_IROTH|S_IWUSR|S_IRUSR",
+        },
+    ),
+    "fchmodat": Call(
+        f"{touch('chat')}{OPENDIR}r = sc(268, d, f'chat-{{M}}'.encode(), 0o640)\n{SAME}, d=d)",
+        lambda f, t, m: {
+            "evt.arg.dirfd": str(f["d"]),
+            "fs.path.name": f"{t}/chat-{m}",
+            "fs.path.nameraw": f"chat-{m}",
+            "evt.arg.mode": "S_IRGRP|S_IWUSR|S_IRUSR",
+        },
+    ),
+    "umount2": Call(
+        f"r = sc(166, f'{{T}}/nomount-{{M}}'.encode(), 2)\n{SAME})",  # 2: MNT_DETACH
+        lambda f, t, m: {"evt.arg.name": f"{t}/nomount-{m}", "evt.res": _r(f)},
+    ),
+    "chdir": Call(
+        f"os.mkdir(f'{{T}}/cd-{{M}}')\nr = sc(80, f'{{T}}/cd-{{M}}'.encode())\n{SAME})",
+        lambda f, t, m: {"evt.arg.path": f"{t}/cd-{m}"},
+    ),
+    "fchdir": Call(
+        "os.mkdir(f'{T}/fcd-{M}')\nd = os.open(f'{T}/fcd-{M}', os.O_RDONLY | os.O_DIRECTORY)\n"
+        f"r = sc(81, d)\n{SAME}, d=d)",
+        lambda f, t, m: {"evt.arg.fd": str(f["d"]), "fs.path.name": f"{t}/fcd-{m}"},
+    ),
+    "rename": Call(
+        f"{touch('mv')}r = sc(82, f'{{T}}/mv-{{M}}'.encode(), f'{{T}}/mv2-{{M}}'.encode())\n"
+        f"{SAME})",
+        lambda f, t, m: {"fs.path.source": f"{t}/mv-{m}", "fs.path.target": f"{t}/mv2-{m}"},
+    ),
+    "renameat": Call(
+        f"{touch('mva')}{OPENDIR}"
+        f"r = sc(264, d, f'mva-{{M}}'.encode(), {AT_FDCWD}, f'{{T}}/mvb-{{M}}'.encode())\n"
+        f"{SAME}, d=d)",
+        lambda f, t, m: {
+            "evt.arg.olddirfd": str(f["d"]),
+            "evt.arg.newdirfd": "AT_FDCWD",
+            "fs.path.sourceraw": f"mva-{m}",
+            "fs.path.source": f"{t}/mva-{m}",
+            "fs.path.target": f"{t}/mvb-{m}",
+        },
+    ),
+    "renameat2": Call(
+        f"{touch('mv2a')}{OPENDIR}"
+        f"r = sc(316, d, f'mv2a-{{M}}'.encode(), d, f'mv2b-{{M}}'.encode(), 1)\n{SAME}, d=d)",
+        lambda f, t, m: {
+            "evt.arg.newdirfd": str(f["d"]),
+            "fs.path.source": f"{t}/mv2a-{m}",
+            "fs.path.target": f"{t}/mv2b-{m}",
+            "evt.arg.flags": "RENAME_NOREPLACE",
+        },
+    ),
+    # link and linkat: Falco's source is the new name, its target the existing file.
+    "link": Call(
+        f"{touch('ln')}r = sc(86, f'{{T}}/ln-{{M}}'.encode(), f'{{T}}/ln2-{{M}}'.encode())\n"
+        f"{SAME})",
+        lambda f, t, m: {"fs.path.target": f"{t}/ln-{m}", "fs.path.source": f"{t}/ln2-{m}"},
+    ),
+    "linkat": Call(
+        f"{touch('lna')}{OPENDIR}"
+        f"r = sc(265, d, f'lna-{{M}}'.encode(), d, f'lnb-{{M}}'.encode(), 0)\n{SAME}, d=d)",
+        lambda f, t, m: {
+            "evt.arg.olddir": str(f["d"]),
+            "fs.path.target": f"{t}/lna-{m}",
+            "fs.path.source": f"{t}/lnb-{m}",
+            "fs.path.sourceraw": f"lnb-{m}",
+        },
+    ),
+    "symlink": Call(
+        f"r = sc(88, b'/etc/hostname', f'{{T}}/sl-{{M}}'.encode())\n{SAME})",
+        lambda f, t, m: {"fs.path.target": "/etc/hostname", "fs.path.source": f"{t}/sl-{m}"},
+    ),
+    "symlinkat": Call(
+        f"{OPENDIR}r = sc(266, b'/etc/hostname', d, f'sla-{{M}}'.encode())\n{SAME}, d=d)",
+        lambda f, t, m: {
+            "evt.arg.linkdirfd": str(f["d"]),
+            "fs.path.target": "/etc/hostname",
+            "fs.path.source": f"{t}/sla-{m}",
+        },
+    ),
+    "accept": Call(
+        f"{TCP_PAIR}r = sc(43, l.fileno(), 0, 0)\n"
+        f"{SAME}, port=l.getsockname()[1], cport=c.getsockname()[1])",
+        lambda f, t, m: {
+            "fd.num": f["r"],
+            "evt.arg.tuple": _tup("cport", "port")(f),
+            "fd.sport": f["port"],
+            "fd.cport": f["cport"],
+            "fd.is_server": True,
+        },
+    ),
+    "accept4": Call(
+        f"{TCP_PAIR}r = sc(288, l.fileno(), 0, 0, {O_CLOEXEC})\n"
+        f"{SAME}, port=l.getsockname()[1], cport=c.getsockname()[1])",
+        lambda f, t, m: {
+            "fd.num": f["r"],
+            "evt.arg.tuple": _tup("cport", "port")(f),
+            "raw.flags": O_CLOEXEC,
+        },
+    ),
+    "bind": Call(
+        f"{UDP}addr = b'\\x02\\x00\\x30\\x39\\x7f\\x00\\x00\\x01' + bytes(8)\n"
+        f"r = sc(49, s.fileno(), addr, 16)\n{SAME}, fd=s.fileno())",
+        lambda f, t, m: {"evt.arg.addr": "127.0.0.1:12345", "fd.num": f["fd"], "fd.sport": 12345},
+    ),
+    "listen": Call(
+        "import socket\ns = socket.socket()\ns.bind(('127.0.0.1', 0))\n"
+        f"r = sc(50, s.fileno(), 7)\n{SAME}, fd=s.fileno(), port=s.getsockname()[1])",
+        lambda f, t, m: {"evt.arg.backlog": "7", "fd.num": f["fd"], "fd.lport": f["port"]},
+    ),
+    "socket": Call(
+        f"r = sc(41, 2, 2, 0)\n{SAME})",  # AF_INET, SOCK_DGRAM
+        lambda f, t, m: {"evt.arg.domain": "AF_INET", "evt.arg.type": "2", "fd.num": f["r"]},
+    ),
+    "sendto": Call(
+        f"{UDP}r = s.sendto(b'12345', ('127.0.0.1', 9))\n"
+        f"{SAME}, fd=s.fileno(), cport=s.getsockname()[1])",
+        lambda f, t, m: {
+            "evt.arg.size": "5",
+            "fd.num": f["fd"],
+            "fd.cport": f["cport"],
+            "fd.sport": 9,
+            "fd.sip": "127.0.0.1",
+        },
+    ),
+    "recvfrom": Call(
+        f"{UDP_PAIR}r = len(s.recvfrom(100)[0])\n"
+        f"{SAME}, fd=s.fileno(), port=s.getsockname()[1], cport=u.getsockname()[1])",
+        lambda f, t, m: {"evt.arg.size": "100", "evt.rawres": 4, "fd.num": f["fd"]},
+    ),
+    "sendmsg": Call(
+        f"{UDP}r = s.sendmsg([b'1234567'], [], 0, ('127.0.0.1', 9))\n"
+        f"{SAME}, fd=s.fileno(), cport=s.getsockname()[1])",
+        lambda f, t, m: {"evt.rawres": 7, "fd.num": f["fd"], "fd.cport": f["cport"], "fd.sport": 9},
+    ),
+    "recvmsg": Call(
+        f"{UDP_PAIR}r = len(s.recvmsg(100)[0])\n"
+        f"{SAME}, fd=s.fileno(), port=s.getsockname()[1], cport=u.getsockname()[1])",
+        lambda f, t, m: {"evt.rawres": 4, "fd.num": f["fd"], "fd.lport": f["port"]},
+    ),
+    "dup": Call(
+        f"{NULL_FD}r = sc(32, fd)\n{SAME}, fd=fd)",
+        lambda f, t, m: {"evt.arg.oldfd": str(f["fd"]), "fd.num": f["r"], "fd.name": "/dev/null"},
+    ),
+    "dup2": Call(
+        f"{NULL_FD}r = sc(33, fd, 77)\n{SAME}, fd=fd)",
+        lambda f, t, m: {"evt.arg.oldfd": str(f["fd"]), "fd.num": 77, "fd.name": "/dev/null"},
+    ),
+    "dup3": Call(
+        f"{NULL_FD}r = sc(292, fd, 78, {O_CLOEXEC})\n{SAME}, fd=fd)",
+        lambda f, t, m: {"fd.num": 78, "fd.name": "/dev/null", "evt.arg.flags": "O_CLOEXEC"},
+    ),
+    "fchmod": Call(
+        "fd = os.open(f'{T}/fch-{M}', os.O_WRONLY | os.O_CREAT, 0o600)\n"
+        f"r = sc(91, fd, 0o644)\n{SAME}, fd=fd)",
+        lambda f, t, m: {
+            "fd.num": f["fd"],
+            "fd.name": f"{t}/fch-{m}",
+            "evt.arg.mode": "S_IROTH|S_IRGRP|S_IWUSR|S_IRUSR",
+        },
+    ),
+    "setuid": Call(f"r = sc(105, os.getuid())\n{SAME})", lambda f, t, m: {"raw.uid": os.getuid()}),
+    "setgid": Call(f"r = sc(106, os.getgid())\n{SAME})", lambda f, t, m: {"raw.gid": os.getgid()}),
+    "setresuid": Call(
+        f"r = sc(117, -1, os.getuid(), -1)\n{SAME})",
+        lambda f, t, m: {"evt.arg.ruid": "4294967295", "raw.euid": os.getuid()},
+    ),
+    "setresgid": Call(
+        f"r = sc(119, -1, os.getgid(), -1)\n{SAME})",
+        lambda f, t, m: {"evt.arg.sgid": "4294967295", "raw.egid": os.getgid()},
+    ),
+    "setreuid": Call(
+        f"r = sc(113, -1, os.getuid())\n{SAME})",
+        lambda f, t, m: {"evt.arg.ruid": "4294967295", "raw.euid": os.getuid()},
+    ),
+    "setregid": Call(
+        f"r = sc(114, -1, os.getgid())\n{SAME})",
+        lambda f, t, m: {"evt.arg.rgid": "4294967295", "raw.egid": os.getgid()},
+    ),
+    # capset: keep the permitted set, drop the low 32 effective capabilities.
+    "capset": Call(
+        "hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)\ndata = (ctypes.c_uint32 * 6)()\n"
+        "assert sc(125, hdr, data) == 0\ndata[0] = 0\nr = sc(126, hdr, data)\n"
+        f"{SAME}, perm=data[1] | (data[4] << 32), eff=data[3] << 32)",
+        lambda f, t, m: {
+            "evt.arg.cap_permitted": hex(f["perm"]),
+            "evt.arg.cap_effective": hex(f["eff"]),
+        },
+    ),
+    "setns": Call(
+        "fd = os.open('/proc/self/ns/uts', os.O_RDONLY)\n"
+        f"r = sc(308, fd, 0x04000000)\n{SAME}, fd=fd)",
+        lambda f, t, m: {"evt.arg.fd": str(f["fd"]), "evt.arg.nstype": "CLONE_NEWUTS"},
+    ),
+    "unshare": Call(
+        f"r = sc(272, 0x04000000)\n{SAME})", lambda f, t, m: {"evt.arg.flags": "CLONE_NEWUTS"}
+    ),
+    "ptrace": Call(
+        f"r = sc(101, 0x4206, 1, 0, 0)\n{SAME})",  # PTRACE_SEIZE of init: refused
+        lambda f, t, m: {"evt.arg.request": "PTRACE_SEIZE", "raw.pid": 1, "evt.res": _r(f)},
+    ),
+    "kill": Call(
+        f"r = sc(62, os.getpid(), 0)\n{SAME})",
+        lambda f, t, m: {"evt.arg.sig": "0", "raw.pid": f["pid"]},
+    ),
+    "userfaultfd": Call(
+        f"r = sc(323, {O_CLOEXEC})\n{SAME})",
+        lambda f, t, m: {"evt.arg.flags": "O_CLOEXEC", "evt.res": _r(f)},
+    ),
+    "bpf": Call(
+        f"r = sc(321, 999, 0, 0)\n{SAME})",
+        lambda f, t, m: {"evt.arg.cmd": "999", "evt.res": "EINVAL"},
+    ),
+    "memfd_create": Call(
+        f"r = sc(319, f'mfd-{{M}}'.encode(), 1)\n{SAME})",
+        lambda f, t, m: {
+            "fd.num": f["r"],
+            "fd.name": f"memfd:mfd-{m}",
+            "evt.arg.flags": "MFD_CLOEXEC",
+        },
+    ),
+    "io_uring_setup": Call(
+        f"p = (ctypes.c_uint32 * 30)()\nr = sc(425, 4, p)\n{SAME}, sq=p[0], cq=p[1])",
+        lambda f, t, m: {
+            "evt.arg.entries": "4",
+            "evt.arg.sq_entries": str(f["sq"]),
+            "evt.arg.cq_entries": str(f["cq"]),
+        },
+    ),
+    "init_module": Call(
+        f"r = sc(175, 0, 0, b'x=1')\n{SAME})",
+        lambda f, t, m: {"raw.length": 0, "evt.res": _r(f)},
+    ),
+    "finit_module": Call(
+        f"r = sc(313, -1, b'x=1', 0)\n{SAME})",
+        lambda f, t, m: {"evt.arg.fd": "EBADF", "evt.res": _r(f)},
+    ),
+    "mount": Call(
+        f"r = sc(165, b'none', f'{{T}}/nomnt-{{M}}'.encode(), b'tmpfs', 1, 0)\n{SAME})",
+        lambda f, t, m: {
+            "evt.arg.dir": f"{t}/nomnt-{m}",
+            "evt.arg.type": "tmpfs",
+            "evt.arg.flags": "MS_RDONLY",
+            "evt.res": "ENOENT",
+        },
+    ),
+}
+
+
+def call_case(evt: str) -> Callable[[Ctx], None]:
+    def run(c: Ctx) -> None:
+        if evt in c.live.sensor.missing:
+            # Degraded, not failed: the sensor left the type out because the kernel has no
+            # tracepoint for it (checked here against tracefs itself).
+            assert not any(
+                (TRACEFS / "events" / cat / tp).exists()
+                for cat, tp in program.tracepoints([evt])
+                if cat == "syscalls"
+            )
+            return
+        call = CALLS[evt]
+        prelude = f"T = {str(c.tmp)!r}\nM = {c.marker!r}\n"
+        pid, facts = child(prelude + call.code)
+        facts["pid"] = pid
+        mine = c.live.wait_for(lambda e: e["evt.type"] == evt and e["proc.pid"] == pid, timeout=20)
+        # The child's interpreter may make the same call while starting (dup2 of stdio...):
+        # the one the test made is the one with its result.
+        if len(mine) > 1:
+            mine = [e for e in mine if e.get("evt.rawres") == facts["r"]]
+        assert len(mine) == 1, mine
+        ev = mine[0]
+        expect(ev, common(pid))
+        # raw.NAME: an argument's raw value, as evt.args shows it before any resolved text
+        ev.update({f"raw.{k}": int(v) for k, v in re.findall(r"(\w+)=(-?\d+)", ev["evt.args"])})
+        expect(ev, call.want(facts, str(c.tmp), c.marker))
+
+    return run
+
+
 CASES: dict[str, Callable[[Ctx], None]] = {
     "execve": case_execve,
     "execveat": case_execveat,
@@ -337,6 +687,7 @@ CASES: dict[str, Callable[[Ctx], None]] = {
     "unlink": case_unlink,
     "unlinkat": case_unlinkat,
     "connect": case_connect,
+    **{evt: call_case(evt) for evt in CALLS},
 }
 
 
