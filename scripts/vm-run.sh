@@ -15,7 +15,7 @@
 # there. The guest's /tmp is an overlay: use a tmpfs for test files (tests/vm/guest_entry.sh).
 # Uses KVM when the CPU offers it, software emulation (TCG) otherwise.
 # Env: SENTINEL_VM_MEMORY (default 2G), SENTINEL_VM_CPUS (default 2), SENTINEL_VM_TIMEOUT
-# (seconds, default 900), SENTINEL_VM_LOCK (a file: wait for flock(1) on it before booting, so
+# (seconds, default 900; the exit status is then 124), SENTINEL_VM_LOCK (a file: wait for flock(1) on it before booting, so
 # that several users of one machine never run two VMs at once; a VM under software emulation
 # takes both cores of a 2-core machine).
 set -euo pipefail
@@ -73,11 +73,14 @@ fi
 
 # virtme-ng runs its helper scripts (virtme-run) from PATH.
 export PATH="$repo/.venv/bin:$PATH"
-lock=()
 if [ -n "${SENTINEL_VM_LOCK:-}" ]; then
-  lock=(flock "$SENTINEL_VM_LOCK")
+  # Held on fd 9 until the VM ends (the exec'd processes inherit it).
+  exec 9>>"$SENTINEL_VM_LOCK"
+  flock 9
 fi
-exec "${lock[@]}" timeout --kill-after=10 "${SENTINEL_VM_TIMEOUT:-900}" \
+# When the VM really started (after waiting for the lock): its own time, for the run's report.
+date +%s.%N >"$rwdir/vm-started"
+exec timeout --kill-after=10 "${SENTINEL_VM_TIMEOUT:-900}" \
   "$vng" --run "$kernel" "${accel[@]}" \
   --memory "${SENTINEL_VM_MEMORY:-2G}" --cpus "${SENTINEL_VM_CPUS:-2}" \
   --append "lsm=$LSM_LIST ${SENTINEL_VM_APPEND:-}" \

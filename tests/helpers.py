@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -77,3 +79,28 @@ def log_event(line: str, event: str) -> dict[str, Any] | None:
     """The log record of one stderr line if its event is ``event`` (else None)."""
     recs = log_records(line)
     return recs[0] if recs and recs[0].get("event") == event else None
+
+
+def wait_armed(
+    proc: subprocess.Popen[str], armed: threading.Event, timeout: float, stderr: list[str]
+) -> None:
+    """Wait until ``sentinel run`` logged ``armed`` (its stderr reader sets ``armed``); fail at
+    once, with its stderr, when it exits first (a start-up error must not cost the whole
+    timeout: in a VM that hid the error behind the VM's own time-out), or after ``timeout``.
+    ``stderr`` is the list the reader appends lines to."""
+    import time
+
+    def tail() -> str:
+        return "".join(ln if ln.endswith("\n") else ln + "\n" for ln in stderr[-40:])
+
+    deadline = time.monotonic() + timeout
+    while not armed.wait(0.5):
+        rc = proc.poll()
+        if rc is not None:
+            time.sleep(0.5)  # let the reader take the last lines
+            if armed.is_set():
+                return
+            raise AssertionError(f"sentinel run exited with {rc} before it armed:\n" + tail())
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError(f"sentinel run did not arm within {timeout:.0f} s:\n" + tail())

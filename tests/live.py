@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from tests.helpers import log_event, sentinel_env
+from tests.helpers import log_event, sentinel_env, wait_armed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -74,8 +74,7 @@ def sentinel_run(*args: str, armed_timeout: float = 120.0) -> Iterator[LiveRun]:
     )
     run = LiveRun(proc)
     try:
-        if not run.armed.wait(armed_timeout):
-            raise AssertionError("sentinel run did not arm:\n" + run.log_tail())
+        wait_armed(proc, run.armed, armed_timeout, run.stderr)
         yield run
     finally:
         proc.terminate()

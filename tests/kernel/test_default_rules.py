@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import log_event, log_records, sentinel_env
+from tests.helpers import log_event, log_records, sentinel_env, wait_armed
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -99,9 +99,7 @@ def run() -> Iterator[Run]:
     require_root()
     r = Run()
     # Under software emulation (the VM suites) the compile alone takes minutes.
-    if not r.armed.wait(600 if os.environ.get("SENTINEL_IN_VM") == "1" else 60):
-        r.proc.kill()
-        pytest.fail(f"sentinel did not arm: {r.stderr}")
+    wait_armed(r.proc, r.armed, 600 if os.environ.get("SENTINEL_IN_VM") == "1" else 60, r.stderr)
     out = os.environ.get("SENTINEL_VM_OUT")
     if out:
         # Start-up to armed with the default rules, per VM kernel (README's kernel table; not

@@ -40,7 +40,12 @@ td=$(date +%s.%N)
 
 if [ "${SENTINEL_VM_TESTS:-1}" = 1 ]; then
   (($#)) || set -- tests/vm/guest
-  .venv/bin/python -m pytest -p no:cacheprovider -v --junitxml="$out/junit.xml" "$@" 2>&1 |
+  # -u and -v: each test's id reaches the shared log before it runs, so a VM that times out
+  # still names the test it was in (tests/vm/test_vm.py). --timeout: a test that hangs fails
+  # with its stack after SENTINEL_GUEST_TEST_TIMEOUT s and the suite goes on (pytest-timeout;
+  # fixtures count: arming sentinel under emulation takes minutes).
+  .venv/bin/python -u -m pytest -p no:cacheprovider -v --junitxml="$out/junit.xml" \
+    --timeout="${SENTINEL_GUEST_TEST_TIMEOUT:-900}" "$@" 2>&1 |
     tee "$out/guest-pytest.log"
   echo "pytest_rc=${PIPESTATUS[0]}" >>"$out/guest-info.txt"
   # start-up to armed, written by tests/kernel/test_default_rules.py

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_armed
+
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-deny"
 
 RULES = """
@@ -115,9 +117,7 @@ def run() -> Iterator[Run]:
 
     threading.Thread(target=read_out, daemon=True).start()
     threading.Thread(target=read_err, daemon=True).start()
-    if not armed.wait(600):  # bcc compiles twice (sensor, LSM) under emulation
-        proc.kill()
-        raise AssertionError("sentinel run never armed:\n" + "".join(r.stderr[-40:]))
+    wait_armed(proc, armed, 600, r.stderr)  # bcc compiles twice (sensor, LSM) under emulation
     assert _lsm_progs() > before, "no LSM programs attached"
     r.before = before  # type: ignore[attr-defined]
     try:

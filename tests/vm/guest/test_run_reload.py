@@ -29,6 +29,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import wait_armed
+
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-reload"
 
 DENY = """
@@ -193,9 +195,7 @@ def run() -> Iterator[Run]:
 
     threading.Thread(target=read_out, daemon=True).start()
     threading.Thread(target=read_err, daemon=True).start()
-    if not armed.wait(600):
-        r.proc.kill()
-        raise AssertionError("sentinel run never armed:\n" + "".join(r.stderr[-40:]))
+    wait_armed(r.proc, armed, 600, r.stderr)
     try:
         yield r
     finally:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+from tests.helpers import wait_armed
 from tests.vm.guest.test_run_reload import BASE, Run, _lsm_progs, _writable
 
 ROOT = BASE.parent / "run-reload-attach"
@@ -59,7 +60,7 @@ def test_first_deny_rules_by_reload_attach_and_enforce() -> None:
     threading.Thread(target=read_out, daemon=True).start()
     threading.Thread(target=read_err, daemon=True).start()
     try:
-        assert armed.wait(600), "".join(r.stderr[-30:])
+        wait_armed(r.proc, armed, 600, r.stderr)
         assert _lsm_progs() == r.lsm_before, "no deny rules: nothing attached"
         assert _writable(a / "data.txt")
         r.write_rules(("Protect A", a))
