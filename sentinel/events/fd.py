@@ -107,6 +107,28 @@ FIELDS("fd.directory")(lambda e: (p := file_path(e.rec)) and (p.rsplit("/", 1)[0
 FIELDS("fd.filename")(lambda e: (p := file_path(e.rec)) and p.rsplit("/", 1)[1])
 
 
+def is_socket(rec: Record) -> bool:
+    return stat.S_ISSOCK(int(rec.fixed[_I["i_mode"]]))
+
+
+def _socket_field(getter: Any) -> Any:
+    """A net-family getter on a dup'ed socket (None for any other descriptor). The dup'ed
+    socket's ends are the kernel's; its role is the client's, the side a reverse shell's
+    connect makes (the record cannot tell that an accepted socket was the server's)."""
+    return lambda e: getter(e) if is_socket(e.rec) else None
+
+
+# The endpoint fields of a dup'ed socket, as the net family computes them from the same members
+# (libsinsp copies the old descriptor's socket info to the new one).
+SOCKET_FIELDS = (
+    "fd.sip", "fd.snet", "fd.cip", "fd.cnet", "fd.sport", "fd.cport", "fd.lip", "fd.lnet",
+    "fd.rip", "fd.rnet", "fd.lport", "fd.rport", "fd.ip", "fd.net", "fd.port", "fd.l4proto",
+    "fd.sockfamily", "fd.connected",
+)  # fmt: skip
+for _name in SOCKET_FIELDS:
+    FIELDS(_name, only=DUPS)(_socket_field(net.FIELDS.fns[_name]))
+
+
 def _path_buffer(path: str) -> tuple[bytes, int]:
     raw = path.encode("utf-8", "surrogateescape")
     return b"\0" * (FWD_END - len(raw)) + raw, len(raw)

@@ -170,7 +170,15 @@ def tuple_text(rec: Record) -> str | None:
     (cip, cport), (sip, sport) = client_server(rec)
     if sip is None and cip is None:
         return None
-    if fam == "ipv6" and ":" in str(sip or cip):
+    v6 = fam == "ipv6" and ":" in str(sip or cip)
+    if sip is None or cip is None:
+        # One end only: a listening or bound socket (libsinsp names it by its bound address,
+        # "ip:port"), or a fresh socket with no address yet (libsinsp: the empty name).
+        ip, port = (sip, sport) if sip is not None else (cip, cport)
+        if not port:
+            return ""
+        return f"[{ip}]:{port}" if v6 else f"{ip}:{port}"
+    if v6:
         return f"[{cip}]:{cport}->[{sip}]:{sport}"
     return f"{cip}:{cport}->{sip}:{sport}"
 

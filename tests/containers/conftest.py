@@ -17,6 +17,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -133,34 +134,46 @@ def image(podman: Podman, rootfs: Path, tmp_path_factory: pytest.TempPathFactory
     podman.run("rmi", "-f", image_id, check=False)
 
 
+@contextmanager
+def podman_service(argv: list[str], env: dict[str, str], sock: str) -> Iterator[None]:
+    """``podman system service`` (``argv``: podman and its global options) on the unix socket
+    ``sock``, answering when the block starts, stopped after it."""
+    proc = subprocess.Popen(
+        [*argv, "system", "service", "--time=0", f"unix://{sock}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # it waits for podman's storage lock, which other podman commands on a busy machine
+        # may hold for tens of seconds
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                api_get_json(sock, "/v1.40/version", timeout=1.0)
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    err = proc.stderr.read().decode() if proc.stderr else ""
+                    raise AssertionError(f"podman system service did not come up: {err}") from None
+                time.sleep(0.1)
+        yield
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def api_socket(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A private `podman system service` (not the system socket) for metadata lookups."""
     sock = str(tmp_path_factory.mktemp("api") / "podman.sock")
-    proc = subprocess.Popen(
-        podman.argv("system", "service", "--time=0", f"unix://{sock}"),
-        env=podman.env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            api_get_json(sock, "/v1.40/version", timeout=1.0)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                err = proc.stderr.read().decode() if proc.stderr else ""
-                raise AssertionError(f"podman system service did not come up: {err}") from None
-            time.sleep(0.1)
-    yield sock
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    with podman_service(podman.argv(), podman.env, sock):
+        yield sock
 
 
 # -- a private containerd (Kubernetes CRI) ---------------------------------------------------

@@ -252,7 +252,54 @@ def test_connect_ipv6_v4_mapped_and_unix(event: Make) -> None:
     }
 
 
+def test_a_dup_ed_socket_has_its_ends(event: Make) -> None:
+    """dup2 of a connected socket onto stdout (a reverse shell): the new descriptor's ends are
+    the socket's, as Falco's "Redirect STDOUT/STDIN to Network Connection" prints them; a
+    dup'ed file has none."""
+    ev = event("dup2", **SAMPLES["dup2"])
+    assert fields(ev, "fd.name", "fd.sip", "fd.sport", "fd.lport", "fd.rport", "fd.l4proto") == {
+        "fd.name": "10.0.0.2:40003->198.51.100.7:4444",
+        "fd.sip": "198.51.100.7",
+        "fd.sport": 4444,
+        "fd.lport": 40003,
+        "fd.rport": 4444,
+        "fd.l4proto": "tcp",
+    }
+    assert fields(ev, "fd.cip", "fd.sockfamily", "fd.type", "evt.rawres") == {
+        "fd.cip": "10.0.0.2",
+        "fd.sockfamily": "ip",
+        "fd.type": "ipv4",
+        "evt.rawres": 0,
+    }
+    assert ev.get("evt.arg.res") == "<4t>10.0.0.2:40003->198.51.100.7:4444"
+    assert ev.get("fd.ip") == ["10.0.0.2", "198.51.100.7"]
+    dup = event("dup", **SAMPLES["dup"])
+    assert fields(dup, "fd.name", "fd.sip", "fd.l4proto", "fd.sockfamily") == {
+        "fd.name": "/etc/passwd",
+        "fd.sip": None,
+        "fd.l4proto": None,
+        "fd.sockfamily": None,
+    }
+
+
 # ---- the header ------------------------------------------------------------------------------
+
+
+def test_a_socket_with_one_end_is_named_by_it(event: Make) -> None:
+    """libsinsp names a bound or listening socket by its address ("ip:port", what bind
+    passed) and a fresh socket by the empty string; never a made-up "None:None->" end."""
+    ev = event("listen", **{**SAMPLES["listen"], "laddr": "192.0.2.1", "lport": 8088})
+    assert fields(ev, "fd.name", "fd.sip", "fd.sport", "fd.cip") == {
+        "fd.name": "192.0.2.1:8088",
+        "fd.sip": "192.0.2.1",
+        "fd.sport": 8088,
+        "fd.cip": None,
+    }
+    assert ev.get("evt.arg.fd") == "<4t>192.0.2.1:8088"
+    v6 = {"laddr": "2001:db8::1", "lport": 22, "sk_family": 10}
+    six = event("listen", **{**SAMPLES["listen"], **v6})
+    assert six.get("fd.name") == "[2001:db8::1]:22"
+    assert event("socket", **SAMPLES["socket"]).get("fd.name") == ""
 
 
 def test_header_fields(event: Make) -> None:

@@ -20,6 +20,7 @@ from sentinel.enrichment.container_fields import ContainerMeta, Pod
 from sentinel.enrichment.containers import CONTAINER_FIELDS, ContainerInfo
 from sentinel.enrichment.event import LiveEvent, filled_fields, sensor_fields
 from sentinel.enrichment.process_fields import INDEXED
+from sentinel.events.fd import SOCKET_FIELDS
 from sentinel.fields import FIELDS
 from tests.events.conftest import SAMPLES
 
@@ -27,14 +28,15 @@ REPO = Path(__file__).resolve().parents[2]
 # Indexed fields take an argument; the value of each for a sample argument.
 INDEXED_ARGS = {"evt.arg": "0", **{name: "1" for name in INDEXED}, "proc.env": "HOME"}
 # Defined for an event type, but without a value by its nature (as in libsinsp): a listening or
-# fresh socket has no peer, a dup'ed socket no directory. And accept's queue statistics, which
-# the sensor does not read (README, limits): always empty.
+# fresh socket has no peer, a dup'ed socket no directory, a dup'ed file no socket ends. And
+# accept's queue statistics, which the sensor does not read (README, limits): always empty.
 NO_VALUE = {
     *((t, f) for t in ("listen", "socket") for f in ("fd.rip", "fd.rnet", "fd.rport")),
     *((t, f) for t in ("listen", "socket") for f in ("fd.dip", "fd.dport")),
     *(("listen", f) for f in ("fd.cip", "fd.cnet", "fd.cport")),
     *(("socket", f) for f in ("fd.sip", "fd.snet", "fd.sport")),
     ("dup2", "fd.directory"),
+    *((t, f) for t in ("dup", "dup3") for f in SOCKET_FIELDS),
     ("dup2", "fd.filename"),
     *(
         (t, f"evt.arg.{q}")

@@ -11,28 +11,22 @@ Each job is triggered for real and must give its alert; near misses must not:
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.helpers import log_event, log_records, sentinel_env, wait_armed
 from tests.kernel.conftest import require_root
+from tests.live import LiveRun, netns_with, sentinel_run
 
 pytestmark = pytest.mark.kernel
 
-SENTINEL = [sys.executable, "-m", "sentinel"]
 PODMAN_CONF = """[containers]
 default_ulimits = []
 
@@ -43,76 +37,20 @@ events_logger = "file"
 """
 
 
-class Run:
-    def __init__(self) -> None:
-        self.proc = subprocess.Popen(
-            [*SENTINEL, "run", "--matching", "all"],
-            env=sentinel_env(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.q: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.seen: list[dict[str, Any]] = []
-        self.stderr: list[str] = []
-        self.armed = threading.Event()
-        self.armed_record: dict[str, Any] = {}
-        threading.Thread(target=self._out, daemon=True).start()
-        threading.Thread(target=self._err, daemon=True).start()
-
-    def _out(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.q.put(json.loads(line))
-            except ValueError:
-                self.stderr.append(f"non-JSON on stdout: {line!r}")
-
-    def _err(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            self.stderr.append(line.rstrip())
-            rec = log_event(line, "armed")
-            if rec:
-                self.armed_record = rec
-                self.armed.set()
-
-    def wait_for(
-        self, pred: Callable[[dict[str, Any]], bool], timeout: float = 15.0
-    ) -> list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
-        while not any(pred(a) for a in self.seen) and time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                self.seen.append(self.q.get(timeout=0.05))
-        return [a for a in self.seen if pred(a)]
-
-    def settle(self, quiet: float = 1.0) -> list[dict[str, Any]]:
-        while True:
-            try:
-                self.seen.append(self.q.get(timeout=quiet))
-            except queue.Empty:
-                return list(self.seen)
-
-
 @pytest.fixture(scope="module")
-def run() -> Iterator[Run]:
+def run() -> Iterator[LiveRun]:
     require_root()
-    r = Run()
-    # Under software emulation (the VM suites) the compile alone takes minutes.
-    wait_armed(r.proc, r.armed, 600 if os.environ.get("SENTINEL_IN_VM") == "1" else 60, r.stderr)
-    out = os.environ.get("SENTINEL_VM_OUT")
-    if out:
-        # Start-up to armed with the default rules, per VM kernel (README's kernel table; not
-        # asserted: a figure, not a behaviour).
-        Path(out, "armed.txt").write_text(f"armed_s={r.armed_record.get('seconds')}\n")
-    try:
+    with sentinel_run("--matching", "all") as r:
+        out = os.environ.get("SENTINEL_VM_OUT")
+        armed = r.log("armed")
+        if out and armed:
+            # Start-up to armed with the default rules, per VM kernel (README's kernel table;
+            # not asserted: a figure, not a behaviour).
+            Path(out, "armed.txt").write_text(f"armed_s={armed.get('seconds')}\n")
         yield r
-    finally:
-        r.proc.terminate()
-        r.proc.wait(30)
 
 
-def test_write_below_etc(run: Run, tmp_path: Path) -> None:
+def test_write_below_etc(run: LiveRun, tmp_path: Path) -> None:
     target = Path("/etc") / f"sentinel-test-{uuid.uuid4().hex[:8]}"
     other = tmp_path / "harmless.txt"
     try:
@@ -122,7 +60,7 @@ def test_write_below_etc(run: Run, tmp_path: Path) -> None:
         )
     finally:
         target.unlink(missing_ok=True)
-    hits = run.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target))
+    hits = run.wait(lambda a: a["output_fields"].get("fd.name") == str(target), timeout=15)
     assert len(hits) == 1
     a = hits[0]
     assert a["rule"] == "Write Below Sensitive Path"
@@ -134,7 +72,7 @@ def test_write_below_etc(run: Run, tmp_path: Path) -> None:
     assert str(other) not in names
 
 
-def test_write_below_etc_through_creat(run: Run) -> None:
+def test_write_below_etc_through_creat(run: LiveRun) -> None:
     """creat(2) (what glibc's creat() issues on x86-64) is an open for writing as well."""
     target = Path("/etc") / f"sentinel-creat-{uuid.uuid4().hex[:8]}"
     code = (
@@ -147,7 +85,7 @@ def test_write_below_etc_through_creat(run: Run) -> None:
         subprocess.run([sys.executable, "-c", code, str(target)], check=True)
     finally:
         target.unlink(missing_ok=True)
-    hits = run.wait_for(lambda a: a["output_fields"].get("fd.name") == str(target))
+    hits = run.wait(lambda a: a["output_fields"].get("fd.name") == str(target), timeout=15)
     assert len(hits) == 1
     assert hits[0]["rule"] == "Write Below Sensitive Path"
     assert "O_CREAT" in hits[0]["output_fields"]["evt.arg.flags"]
@@ -168,24 +106,16 @@ for port in (4444, 443):
 """
 
 
-def test_unexpected_outbound_connection(run: Run) -> None:
-    if shutil.which("ip") is None:
-        raise AssertionError("iproute2 is missing: run scripts/setup.sh")
-    ns = f"sntest{uuid.uuid4().hex[:6]}"
-    subprocess.run(["ip", "netns", "add", ns], check=True)
-    try:
-        subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-        subprocess.run(["ip", "-n", ns, "addr", "add", "192.0.2.1/32", "dev", "lo"], check=True)
+def test_unexpected_outbound_connection(run: LiveRun) -> None:
+    with netns_with("192.0.2.1") as ns:
         res = subprocess.run(
             ["ip", "netns", "exec", ns, sys.executable, "-c", NETNS_CODE],
             capture_output=True,
             text=True,
             check=True,
         )
-    finally:
-        subprocess.run(["ip", "netns", "del", ns], check=False)
     ports = dict(line.split() for line in res.stdout.split("\n") if line.strip())
-    hits = run.wait_for(lambda a: a["rule"] == "Unexpected Outbound Connection")
+    hits = run.wait(lambda a: a["rule"] == "Unexpected Outbound Connection", timeout=15)
     hits = [a for a in run.settle(0.5) if a["rule"] == "Unexpected Outbound Connection"]
     mine = [a for a in hits if a["output_fields"].get("fd.sip") == "192.0.2.1"]
     assert len(mine) == 1, hits
@@ -196,7 +126,7 @@ def test_unexpected_outbound_connection(run: Run) -> None:
     assert f["proc.name"].startswith("python")
 
 
-def test_shell_in_container(run: Run, tmp_path: Path) -> None:
+def test_shell_in_container(run: LiveRun, tmp_path: Path) -> None:
     for tool in ("podman", "runc"):
         if shutil.which(tool) is None:
             raise AssertionError(f"{tool} is missing: run scripts/setup.sh")
@@ -220,13 +150,14 @@ def test_shell_in_container(run: Run, tmp_path: Path) -> None:
     argv += ["/bin/sh", "-c", f": {marker}"]
     res = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    hits = run.wait_for(
+    hits = run.wait(
         lambda a: (
             a["rule"] == "Shell Spawned in a Container"
             and marker in a["output_fields"].get("proc.cmdline", "")
-        )
+        ),
+        timeout=15,
     )
-    assert len(hits) == 1, (run.seen, run.stderr, res.stdout, res.stderr)
+    assert len(hits) == 1, (run.alerts, run.stderr, res.stdout, res.stderr)
     f = hits[0]["output_fields"]
     assert f["proc.name"] == "sh"
     assert f["container.id"] != "host"
@@ -234,16 +165,16 @@ def test_shell_in_container(run: Run, tmp_path: Path) -> None:
     assert f"host-{marker}" not in json.dumps(run.settle(0.5))
 
 
-def test_started_line_names_the_kernels_fallbacks(run: Run) -> None:
+def test_started_line_names_the_kernels_fallbacks(run: LiveRun) -> None:
     """The `started` log line says which sensor fallbacks this kernel needs (none on a
     kernel with every optional feature; on 5.10: task fields by probe reads, registers from
     the kernel stack), exactly as sentinel.kernel.features decides from BTF."""
     from sentinel.kernel.btf import vmlinux_btf
     from sentinel.kernel.features import detect
 
-    started = [r for r in log_records(run.stderr) if r.get("event") == "started"]
-    assert len(started) == 1, run.stderr
-    kernel = started[0]["kernel"]
+    started = run.log("started")
+    assert started is not None, run.log_tail()
+    kernel = started["kernel"]
     assert kernel["sensor_fallbacks"] == detect(vmlinux_btf()).summary()
     assert kernel["untraceable"] == []
     assert kernel["kernel"] == os.uname().release

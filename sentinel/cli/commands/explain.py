@@ -4,6 +4,10 @@ Per rule: the event types it can match, its kernel part per event type the prefi
 (the terms the BPF filter tests, or why there is none; types with the same terms are shown
 together), and the user-space residue (the condition Python checks on what the kernel lets
 through). Then, per event type, whether the kernel filters it and the map entries.
+
+``--live``: instead, which enabled rules can fire on the live sensor (every event type traced,
+every field their condition reads on that type filled; see sentinel.app.coverage), and what
+keeps the others from it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,11 @@ def register(sub: Any) -> None:
     p = sub.add_parser("explain", help="show each rule's kernel part and user-space residue")
     p.add_argument("files", nargs="+", type=Path, metavar="FILE")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--live",
+        action="store_true",
+        help="which enabled rules the live sensor can fire: event types traced, fields filled",
+    )
     p.set_defaults(func=run)
 
 
@@ -34,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
     if compiled is None:
         return 1
     rules = compiled.enabled
+    if args.live:
+        return live(rules, args.json)
     tables = build_tables([(r.name, r.expr) for r in rules])
     plans = {(p.rule, p.evt_type): p for p in tables.plans}
     out_rules: list[dict[str, Any]] = []
@@ -96,4 +107,50 @@ def run(args: argparse.Namespace) -> int:
             f"prefix/suffix {info['lpm_entries']}, cidr {info['cidr_entries']}"
         )
         print(f"  values from: {info['values_from']}")
+    return 0
+
+
+def live(rules: list[Any], as_json: bool) -> int:
+    from sentinel.app.coverage import kernel_tracepoints, rule_liveness
+    from sentinel.enrichment.event import sensor_fields
+
+    has = kernel_tracepoints()
+    rows = rule_liveness(rules, sensor_fields(), has)
+    n_live = sum(r.live for r in rows)
+    n_here = sum(r.live_here for r in rows) if has is not None else None
+    if as_json:
+        doc = {
+            "enabled": len(rows),
+            "live": n_live,
+            "live_on_this_kernel": n_here,
+            "rules": [
+                {
+                    "rule": r.rule,
+                    "event_types": r.event_types,
+                    "live": r.live,
+                    "untraced": r.untraced,
+                    "no_tracepoint_here": r.no_tracepoint,
+                    "unfilled_fields": r.unfilled,
+                }
+                for r in rows
+            ],
+        }
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    for r in rows:
+        if r.live_here:
+            continue
+        print(f"rule: {r.rule}")
+        if r.untraced:
+            print(f"  event types not traced: {', '.join(r.untraced)}")
+        for name, types in r.unfilled.items():
+            print(f"  field not filled: {name} (on {', '.join(types)})")
+        if r.no_tracepoint:
+            print(f"  no tracepoint on this kernel: {', '.join(r.no_tracepoint)}")
+    print(f"{n_live} of {len(rows)} enabled rules have every event type and field live")
+    if n_here is not None:
+        print(f"{n_here} of {len(rows)} on this kernel (its tracepoints)")
+    else:
+        print("this kernel's tracepoints not checked (tracefs not readable)")
     return 0
