@@ -17,7 +17,7 @@ from sentinel.enforcement.lsm import REQUIRED_HOOKS, _cflags
 from sentinel.enforcement.lsm_btf import lsm_hooks
 from sentinel.kernel.btf import Btf
 from sentinel.kernel.features import detect
-from sentinel.kernel.offsets import OFFSETS, sensor_cflags
+from sentinel.kernel.offsets import OFFSETS, sensor_cflags, uring_cflags
 from tests.vm.test_vm import REPO, kernels
 
 # What each kernel is known to offer (Linux versions of the helpers: bpf_get_current_task_btf
@@ -61,6 +61,14 @@ def test_sensor_offsets_resolve(btf: tuple[str, Btf]) -> None:
     flags = sensor_cflags(b, machine="x86_64")
     for macro in OFFSETS:
         assert any(f.startswith(f"-D{macro}=") for f in flags), macro
+
+
+def test_io_uring_layout_where_its_tracepoints_name_the_request(btf: tuple[str, Btf]) -> None:
+    """io_uring's requests are traced from 5.19 (bpf/sensor/uring.h): 6.1 and 6.12 have the
+    request layout in BTF; 5.10 keeps requests differently (and its tracepoints do not name
+    them), so the sensor leaves io_uring requests out there, as Sensor.uring_missing says."""
+    name, b = btf
+    assert (uring_cflags(b) is not None) == (name != "5.10")
 
 
 def test_lsm_hooks_exist(btf: tuple[str, Btf]) -> None:
