@@ -9,7 +9,14 @@
     one fresh sentinel per rate), and the loss counters above it.
 (c) exec -> alert latency p50/p99: the alert's evt.time (kernel timestamp of the exec) to the
     moment the alert line is read from sentinel's stdout.
-(d) start-up time from launching ``sentinel run`` to armed, and peak RSS (VmHWM).
+(d) start-up time from launching ``sentinel run`` to armed, and peak RSS (VmHWM): with the
+    BPF program cache off, cold (an empty cache: compiled, then recorded) and warm (loaded from
+    the cache), interleaved in each round.
+
+(a) and (d) run with Falco's three rules files (``--falco DIR``; the default rules when the
+directory does not exist), (b) and (c) with the default rules. Every figure is the median of at
+least 3 trials, with every trial kept in the results; (b)'s zero-loss rate is the highest rate
+at which every trial, at it and at every rate below it, lost nothing.
 
 Other processes on the machine add noise: each configuration of (a) runs several storms and
 keeps the median, and 'none' is measured before and after the others.
@@ -40,28 +47,57 @@ from sentinel.kernel.program import syscall_names as syscalls
 REPO = Path(__file__).resolve().parents[1]
 PY = sys.executable
 RESULTS = REPO / "bench" / "results" / "kernel.json"
-GOALS = {"floor_ratio": 1.05, "rate": 250_000, "p99_ms": 5.0, "armed_s": 2.0, "rss_mb": 150.0}
+GOALS = {
+    "floor_ratio": 1.02,
+    "rate": 300_000,
+    "p99_ms": 5.0,
+    "armed_s_cold": 2.0,
+    "armed_s_warm": 1.0,
+    "rss_mb": 150.0,
+}
+FALCO_DIR = Path("/work/shared/corpus/falco")
+FALCO_FILES = ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml")
+CACHE_ENV = "SENTINEL_BPF_CACHE"  # sentinel.kernel.bpfcache.ENV (not imported: no bcc here)
+
+
+# The storms' sentinels compile their programs (the cache off): bcc loads them with BTF, so
+# bpftool lists each by its whole name, which BpfStats matches (the same bytecode either way).
+COMPILED = {CACHE_ENV: ""}
+
+
+def rules_args(falco: Path) -> list[str]:
+    """``--rules`` for Falco's three files, or none (the default rules) when absent."""
+    files = [falco / f for f in FALCO_FILES]
+    if not all(f.exists() for f in files):
+        return []
+    return [a for f in files for a in ("--rules", str(f))]
 
 
 class Sentinel:
     """A ``sentinel run`` subprocess with its stdout (alerts) and stderr read by threads."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, repo: Path = REPO) -> None:
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
             [PY, "-m", "sentinel", "run", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            cwd=REPO,
+            cwd=repo,  # python -m runs the sentinel package of this checkout
+            env={**os.environ, **(env or {})},
         )
         self.armed = threading.Event()
         self.armed_s = 0.0
+        self.armed_rec: dict[str, Any] = {}
         self.stderr: list[str] = []
         self.stdout_junk: list[str] = []
         self.alerts: list[tuple[int, dict[str, Any]]] = []  # (receive time ns, alert)
-        threading.Thread(target=self._out, daemon=True).start()
-        threading.Thread(target=self._err, daemon=True).start()
+        self._threads = [
+            threading.Thread(target=self._out, daemon=True),
+            threading.Thread(target=self._err, daemon=True),
+        ]
+        for t in self._threads:
+            t.start()
 
     def _out(self) -> None:
         assert self.proc.stdout is not None
@@ -75,8 +111,10 @@ class Sentinel:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line.rstrip())
-            if _log_record(line).get("event") == "armed" and not self.armed.is_set():
+            rec = _log_record(line)
+            if rec.get("event") == "armed" and not self.armed.is_set():
                 self.armed_s = time.monotonic() - self.t0
+                self.armed_rec = rec
                 self.armed.set()
 
     def wait_armed(self, timeout: float = 60) -> float:
@@ -99,7 +137,8 @@ class Sentinel:
     def stop(self) -> dict[str, int]:
         self.proc.send_signal(signal.SIGINT)
         self.proc.wait(60)
-        time.sleep(0.05)
+        for t in self._threads:  # every line read (the 'stopped' line is the last)
+            t.join(10)
         # sentinel's log is structlog JSON on a pipe: {"event": "stopped", "lost": 0, ...}
         stopped = [r for r in map(_log_record, self.stderr) if r.get("event") == "stopped"]
         if not stopped:
@@ -184,13 +223,16 @@ class BpfStats:
         self.PATH.write_text("0")
 
 
-def default_families() -> list[str]:
+def default_families(rules: list[str] | None = None) -> list[str]:
+    """The event types the rules need (``rules``: ``--rules`` arguments; none: the default
+    rules)."""
     from sentinel.cli.common import load_compiled
     from sentinel.engine import Engine
     from sentinel.kernel.sensor import syscalls_for
     from sentinel.paths import RULES_DIR
 
-    compiled = load_compiled([RULES_DIR])
+    paths = [Path(a) for a in (rules or [])[1::2]] or [RULES_DIR]
+    compiled = load_compiled(paths)
     assert compiled is not None
     return sorted(syscalls_for(Engine(compiled).event_types()))
 
@@ -202,9 +244,18 @@ def median_storm(binary: Path, n: int, rounds: int) -> float:
 # ---- (a) -----------------------------------------------------------------------------------
 
 
-def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[str, Any]:
+def bench_storm(
+    binary: Path,
+    n: int,
+    rounds: int,
+    families: list[str],
+    rules: list[str],
+    before: Path | None = None,
+) -> dict[str, Any]:
     """Each round runs one storm per configuration, in turn, so that load from elsewhere on
-    the machine falls on all of them alike; the figures are medians over rounds."""
+    the machine falls on all of them alike; the figures are medians over rounds. ``before``:
+    another checkout (an earlier commit) whose ``sentinel run`` is measured too, in the same
+    rounds, for a before/after ratio from one run."""
     storm(binary, n // 10)  # warm caches
     times: dict[str, list[float]] = {
         "none": [],
@@ -213,6 +264,9 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
         "sentinel_no_prefilter": [],
         "bpftrace": [],
     }
+    if before is not None:
+        times["sentinel_before"] = []
+    before_ns: list[float] = []
     lost = events = 0
     rss = 0.0
     bpf_ns: list[float] = []
@@ -228,7 +282,7 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
             floor.stop()
             stats_on.close()
         stats_on = BpfStats()
-        s = Sentinel()
+        s = Sentinel(*rules, env=COMPILED)
         s.wait_armed()
         try:
             times["sentinel"].append(storm(binary, n))
@@ -239,7 +293,17 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
             stats_on.close()
         lost += stats.get("lost", 0)
         events += stats.get("events", 0)
-        s = Sentinel("--no-prefilter")  # every open goes to user space: the prefilter's effect
+        if before is not None:
+            stats_on = BpfStats()
+            s = Sentinel(*rules, env=COMPILED, repo=before)
+            s.wait_armed()
+            try:
+                times["sentinel_before"].append(storm(binary, n))
+                before_ns.append(stats_on.ns_per_run("sys_exit_openat") or 0.0)
+            finally:
+                s.stop()
+                stats_on.close()
+        s = Sentinel("--no-prefilter", *rules)  # every open to user space: the prefilter's effect
         s.wait_armed()
         try:
             times["sentinel_no_prefilter"].append(storm(binary, n))
@@ -251,7 +315,22 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
         finally:
             bt.stop()
     med = {k: statistics.median(v) for k, v in times.items()}
+    compare: dict[str, Any] = {}
+    if before is not None:
+        compare = {
+            "before_commit": subprocess.run(
+                ["git", "-C", str(before), "describe", "--always", "--dirty"],
+                capture_output=True,
+                text=True,
+            ).stdout.strip(),
+            "sentinel_vs_before": med["sentinel"] / med["sentinel_before"],
+            "sentinel_before_vs_floor": med["sentinel_before"] / med["floor"],
+            "bpf_ns_per_open_event_before": statistics.median(before_ns),
+            "bpf_ns_per_open_event_before_all": [round(x) for x in before_ns],
+        }
     return {
+        **compare,
+        "rules": [Path(a).name for a in rules[1::2]] or "default",
         "opens_per_storm": n,
         "rounds": rounds,
         "tracepoints": ["sched_process_exec", "sched_process_fork", "sched_process_exit"]
@@ -266,7 +345,9 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
         "bpftrace_vs_floor": med["bpftrace"] / med["floor"],
         "sentinel_vs_bpftrace": med["sentinel"] / med["bpftrace"],
         "bpf_ns_per_open_event_sentinel": statistics.median(bpf_ns),
+        "bpf_ns_per_open_event_sentinel_all": [round(x) for x in bpf_ns],
         "bpf_ns_per_open_event_floor": statistics.median(floor_ns),
+        "bpf_ns_per_open_event_floor_all": [round(x) for x in floor_ns],
         "sentinel_lost_during_storms": lost,
         "sentinel_events_during_storms": events,
         "sentinel_peak_rss_mb_storm": rss,
@@ -276,45 +357,63 @@ def bench_storm(binary: Path, n: int, rounds: int, families: list[str]) -> dict[
 # ---- (b) -----------------------------------------------------------------------------------
 
 
-def bench_rates(binary: Path, rates: list[int], secs: float) -> dict[str, Any]:
+def bench_rates(binary: Path, rates: list[int], secs: float, trials: int) -> dict[str, Any]:
+    """Each rate ``trials`` times, a fresh sentinel each; the zero-loss rate is the highest at
+    which every trial, there and at every lower rate, lost nothing and reached the rate."""
     rows = []
     best = 0
+    clean = True  # every trial of every rate so far lost nothing
     for rate in rates:
-        # Without the prefilter, so every generated open reaches user space: this measures what
-        # user space sustains, not what the kernel drops (with it, ~0 events arrive).
-        s = Sentinel("--no-prefilter")
-        s.wait_armed()
-        try:
-            cpu0 = s.cpu_s()
-            done, ns = paced(binary, rate, secs)
-            time.sleep(1.0)  # let user space drain what is still in the ring buffer
-            cpu1 = s.cpu_s()
-            hwm = s.hwm_mb()
-        finally:
-            stats = s.stop()
-        achieved = done / (ns / 1e9)
-        # per Falco event type since the counters went per type (lost_openat, lost_open, ...)
-        lost = sum(v for k, v in stats.items() if k.startswith("lost_open"))
+        trial_rows = [_rate_trial(binary, rate, secs) for _ in range(trials)]
+        ok = all(r["lost_open"] == 0 and r["generated_per_s"] >= rate * 0.97 for r in trial_rows)
+        clean = clean and ok
+        if clean:
+            best = rate
         rows.append(
             {
                 "target_per_s": rate,
-                "generated_per_s": round(achieved),
-                "lost_open": lost,
-                "lost_total": stats.get("lost", -1),
-                "events_seen": stats.get("events", -1),
-                # user-space cost: CPU seconds of the sentinel process per event delivered
-                "cpu_us_per_event": (cpu1 - cpu0) * 1e6 / max(stats.get("events", 1), 1),
-                "peak_rss_mb": hwm,
+                "generated_per_s_median": statistics.median(
+                    r["generated_per_s"] for r in trial_rows
+                ),
+                "lost_open_all": [r["lost_open"] for r in trial_rows],
+                "cpu_us_per_event_median": statistics.median(
+                    r["cpu_us_per_event"] for r in trial_rows
+                ),
+                "trials": trial_rows,
             }
         )
         print(
-            f"  rate {rate:>7}/s: generated {achieved:>9.0f}/s lost {lost} "
-            f"cpu/event {rows[-1]['cpu_us_per_event']:.2f} us",
+            f"  rate {rate:>7}/s: generated {rows[-1]['generated_per_s_median']:>9.0f}/s "
+            f"lost {rows[-1]['lost_open_all']} "
+            f"cpu/event {rows[-1]['cpu_us_per_event_median']:.2f} us",
             flush=True,
         )
-        if lost == 0 and achieved >= rate * 0.97:
-            best = max(best, rate)
-    return {"seconds_per_rate": secs, "rows": rows, "max_rate_zero_loss": best}
+    return {"seconds_per_rate": secs, "trials": trials, "rows": rows, "max_rate_zero_loss": best}
+
+
+def _rate_trial(binary: Path, rate: int, secs: float) -> dict[str, Any]:
+    # Without the prefilter, so every generated open reaches user space: this measures what
+    # user space sustains, not what the kernel drops (with it, ~0 events arrive).
+    s = Sentinel("--no-prefilter")
+    s.wait_armed()
+    try:
+        cpu0 = s.cpu_s()
+        done, ns = paced(binary, rate, secs)
+        time.sleep(1.0)  # let user space drain what is still in the ring buffer
+        cpu1 = s.cpu_s()
+        hwm = s.hwm_mb()
+    finally:
+        stats = s.stop()
+    # per Falco event type since the counters went per type (lost_openat, lost_open, ...)
+    return {
+        "generated_per_s": round(done / (ns / 1e9)),
+        "lost_open": sum(v for k, v in stats.items() if k.startswith("lost_open")),
+        "lost_total": stats.get("lost", -1),
+        "events_seen": stats.get("events", -1),
+        # user-space cost: CPU seconds of the sentinel process per event delivered
+        "cpu_us_per_event": (cpu1 - cpu0) * 1e6 / max(stats.get("events", 1), 1),
+        "peak_rss_mb": hwm,
+    }
 
 
 def bench_drain(binary: Path, n: int) -> dict[str, Any]:
@@ -410,20 +509,35 @@ def bench_latency(count: int) -> dict[str, Any]:
 # ---- (d) -----------------------------------------------------------------------------------
 
 
-def bench_startup(rounds: int) -> dict[str, Any]:
-    armed = []
-    rss = []
-    for _ in range(rounds):
-        s = Sentinel()
-        armed.append(s.wait_armed())
-        time.sleep(1.0)
-        rss.append(s.hwm_mb())
+def bench_startup(rounds: int, rules: list[str]) -> dict[str, Any]:
+    """Launch to armed with the BPF program cache off, cold (an empty cache directory: the
+    programs are compiled, then recorded) and warm (a directory a previous start filled: the
+    programs are loaded from it), in turn in each round so that load from elsewhere falls on
+    all three alike."""
+    armed: dict[str, list[float]] = {"uncached": [], "cold": [], "warm": []}
+    rss: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as d:
+        warm = Path(d) / "warm"
+        s = Sentinel(*rules, env={CACHE_ENV: str(warm)})  # fills it
+        s.wait_armed()
         s.stop()
-    return {
-        "armed_s_median": statistics.median(armed),
-        "armed_s_all": armed,
-        "peak_rss_mb_idle": max(rss),
-    }
+        for i in range(rounds):
+            for mode in armed:
+                cache = {"uncached": "", "cold": str(Path(d) / f"cold{i}"), "warm": str(warm)}
+                s = Sentinel(*rules, env={CACHE_ENV: cache[mode]})
+                armed[mode].append(round(s.wait_armed(), 3))
+                cached = s.armed_rec.get("bpf_cached")
+                time.sleep(1.0)
+                rss.append(s.hwm_mb())
+                s.stop()
+                if cached is not (mode == "warm"):
+                    raise RuntimeError(f"{mode} start: bpf_cached={cached!r}")
+    out: dict[str, Any] = {"rules": [Path(a).name for a in rules[1::2]] or "default"}
+    for mode, values in armed.items():
+        out[f"armed_s_{mode}_median"] = statistics.median(values)
+        out[f"armed_s_{mode}_all"] = values
+    out["peak_rss_mb_idle"] = max(rss)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,6 +546,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--rates", default="50000,100000,150000,200000,250000,300000,400000")
     ap.add_argument("--rate-secs", type=float, default=4.0)
+    ap.add_argument("--trials", type=int, default=3, help="trials per rate in (b)")
+    ap.add_argument("--falco", type=Path, default=FALCO_DIR, help="Falco's rules, for (a), (d)")
+    ap.add_argument("--before", type=Path, help="a checkout to compare (a) with, same run")
     ap.add_argument("--execs", type=int, default=200)
     ap.add_argument("--only", default="a,b,c,d")
     args = ap.parse_args(argv if argv is not None else [])
@@ -440,22 +557,33 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     only = set(args.only.split(","))
     binary = build()
-    families = default_families()
-    out: dict[str, Any] = {"machine": os.uname().release, "goals": GOALS}
+    rules = rules_args(args.falco)
+    families = default_families(rules)
+    # A run of some sections (--only) replaces those sections only; each says when it ran.
+    out: dict[str, Any] = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    out.update({"machine": os.uname().release, "goals": GOALS})
+    # (the machine's load when the run began: other work on it skews every figure)
+    stamp = {
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+        "load_avg_1min": os.getloadavg()[0],
+    }
     if "d" in only:
-        out["startup"] = bench_startup(3)
+        out["startup"] = {**stamp, **bench_startup(max(3, args.rounds), rules)}
         print("(d) startup:", json.dumps(out["startup"]), flush=True)
     if "a" in only:
-        out["storm"] = bench_storm(binary, args.opens, args.rounds, families)
+        out["storm"] = {
+            **stamp,
+            **bench_storm(binary, args.opens, args.rounds, families, rules, args.before),
+        }
         print("(a) storm:", json.dumps(out["storm"]), flush=True)
     if "c" in only:
-        out["latency"] = bench_latency(args.execs)
+        out["latency"] = {**stamp, **bench_latency(args.execs)}
         print("(c) latency:", json.dumps(out["latency"]), flush=True)
     if "b" in only:
         rates = [int(r) for r in args.rates.split(",")]
-        out["rates"] = bench_rates(binary, rates, args.rate_secs)
+        out["rates"] = {**stamp, **bench_rates(binary, rates, args.rate_secs, args.trials)}
         print("(b) max zero-loss rate:", out["rates"]["max_rate_zero_loss"], flush=True)
-        out["drain"] = bench_drain(binary, 100_000)
+        out["drain"] = {**stamp, **bench_drain(binary, 100_000)}
         print("(b) drain:", json.dumps(out["drain"]), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")

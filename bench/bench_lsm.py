@@ -6,23 +6,28 @@ inside with ``--inside-vm``; the VM suite (tests/vm) runs it the same way after 
 
 Workloads are C loops, so the figure is the hooks' cost and not Python's. Files sit six
 levels below a tmpfs mount, on the same file system as the protected directory:
-  * ``dd-write``: ``dd bs=512`` from /dev/zero into a file it opens: one ``file_open`` walk,
-    then a ``file_permission`` per write() answered by the write-verdict cache;
+  * ``dd-write``: ``dd bs=512`` from /dev/zero into a file it opens: ``file_open``, then a
+    ``file_permission`` per write() (one identity lookup each);
   * ``dd-write-preopened-fd``: the same into a descriptor opened before the programs were
-    attached: the worst case, a full dentry walk (crossing two mounts) on every write();
+    attached (before this project judged writes by identity, this was a dentry walk crossing
+    two mounts on every write());
   * ``sh-open-trunc-write``: a dash loop of ``echo x > file`` (builtin, no fork): open with
-    O_CREAT|O_TRUNC (``file_open`` + ``path_truncate`` walks) and a write per iteration.
+    O_CREAT|O_TRUNC (``file_open``, ``inode_setattr``) and a write per iteration.
 One LsmEnforcer (a protected directory, an exec deny, connect denies) is loaded, and the
 runs alternate between its programs detached (= no programs run) and attached, ABBA, ROUNDS
 times each. ratio = median(attached) / median(detached), and ratio_of_minimums (less
 disturbed by other load on the host), all from one run of this script.
 Counts are calibrated so that one run takes ~1 s without programs.
+
+``--combine AFTER.json [--before BEFORE.json]`` writes bench/results/lsm.json: per case the
+ratio of medians, and the spread of the ratio over the ROUNDS paired rounds (each attached
+run over the detached run of its round), for this enforcer and, measured in the same VM boot
+by main's bench_lsm.py, the enforcer it replaced.
 """
 
 from __future__ import annotations
 
 import argparse
-import ctypes
 import json
 import os
 import shutil
@@ -38,12 +43,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from sentinel.enforcement.lsm import ConnectDeny, DenyPolicy, LsmEnforcer, lsm_available  # noqa: E402
-from sentinel.kernel.loader import (  # noqa: E402
-    BPF_MAP_DELETE_ELEM,
-    BPF_MAP_GET_NEXT_KEY,
-    attach_lsm,
-    bpf_map_op,
-)
+from sentinel.kernel.loader import attach_lsm  # noqa: E402
 
 ROUNDS = 7
 TARGET_S = 1.0
@@ -96,24 +96,16 @@ def _calibrate(fn: Callable[[Path, int], float], path: Path, n: int) -> int:
 def _set_attached(enf: LsmEnforcer, on: bool) -> None:
     """Benchmark-only toggle, so that both conditions interleave within one compile.
 
-    Detached programs cost nothing; they stay loaded. Not an enforcement feature: files freed
-    while detached would leave stale write_ok entries, so the cache is cleared on re-attach.
+    Detached programs cost nothing; they stay loaded. Not an enforcement feature.
     """
     loaded = enf._loaded
+    assert loaded is not None
     if on:
-        _clear_map(loaded.maps["write_ok"], ctypes.c_uint64)
         for hook in enf.attached_hooks:
             loaded.links[hook] = attach_lsm(loaded.progs[hook])
     else:
         for hook in list(loaded.links):
             os.close(loaded.links.pop(hook))
-
-
-def _clear_map(fd: int, key_type: type[ctypes.c_uint64]) -> None:
-    """Delete every entry of a hash map (bpf(2) GET_NEXT_KEY from the start each time)."""
-    key = key_type()
-    while bpf_map_op(BPF_MAP_GET_NEXT_KEY, fd, None, key) == 0:
-        bpf_map_op(BPF_MAP_DELETE_ELEM, fd, key)
 
 
 def run_inside(json_out: Path | None) -> int:
@@ -207,11 +199,48 @@ def run_in_vm() -> int:
     return 0
 
 
+RESULTS = REPO / "bench" / "results" / "lsm.json"
+
+
+def _summary(raw: dict[str, object]) -> dict[str, object]:
+    cases = raw["cases"]
+    assert isinstance(cases, list)
+    out: dict[str, object] = {}
+    for case in cases:
+        per_round = sorted(
+            e / b for e, b in zip(case["enforced_s"], case["baseline_s"], strict=True)
+        )
+        out[case["name"]] = {
+            "ratio_of_medians": case["ratio"],
+            "ratio_per_round_median": round(statistics.median(per_round), 3),
+            "ratio_per_round_min": round(per_round[0], 3),
+            "ratio_per_round_max": round(per_round[-1], 3),
+            "rounds": len(per_round),
+        }
+    return out
+
+
+def combine(after: Path, before: Path | None, out: Path = RESULTS) -> int:
+    result: dict[str, object] = {"after": _summary(json.loads(after.read_text()))}
+    result["after_raw"] = json.loads(after.read_text())
+    if before is not None:
+        result["before"] = _summary(json.loads(before.read_text()))
+        result["before_raw"] = json.loads(before.read_text())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if not k.endswith("_raw")}, indent=1))
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--inside-vm", action="store_true", help="measure here (BPF LSM must work)")
     ap.add_argument("--json", type=Path, help="write the result to this file")
+    ap.add_argument("--combine", type=Path, help="a result of --inside-vm: write " + str(RESULTS))
+    ap.add_argument("--before", type=Path, help="with --combine: main's result, same VM boot")
     args = ap.parse_args()
+    if args.combine is not None:
+        return combine(args.combine, args.before)
     if args.inside_vm or lsm_available()[0]:
         return run_inside(args.json)
     return run_in_vm()

@@ -9,14 +9,20 @@ prints ``ready`` once attached, detaches when stdin closes.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from sentinel.kernel.program import tracepoints
 
+EVENTS = Path("/sys/kernel/tracing/events")
+
 
 def source(syscalls: list[str]) -> str:
-    """Empty programs on the tracepoints the sensor attaches for these syscall event types."""
+    """Empty programs on the tracepoints the sensor attaches for these syscall event types
+    (those this kernel has: the sensor skips the others too)."""
     parts = []
     for category, name in tracepoints(syscalls):
+        if category != "sched" and not (EVENTS / category / name).exists():
+            continue
         if category == "sched":
             parts.append(f"RAW_TRACEPOINT_PROBE({name}) {{ return 0; }}")
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 SOURCE = r"""
@@ -87,11 +88,26 @@ def storm(binary: Path, n: int, path: str = "/dev/null") -> int:
     return int(res.stdout.strip())
 
 
+@dataclass(frozen=True)
+class Paced:
+    done: int  # opens made: rate * secs, whatever the generator's own speed
+    ns: int  # wall time
+    pid: int  # the generator's process (its events can be told from the machine's)
+
+
+def paced_run(binary: Path, rate: int, secs: float, path: str = "/dev/null") -> Paced:
+    """Opens at a target rate, in 1 ms slices, for ``secs`` seconds."""
+    proc = subprocess.Popen(
+        [str(binary), "paced", str(rate), str(secs), path], stdout=subprocess.PIPE, text=True
+    )
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise subprocess.CalledProcessError(proc.returncode, proc.args, out)
+    done, ns = out.split()
+    return Paced(int(done), int(ns), proc.pid)
+
+
 def paced(binary: Path, rate: int, secs: float, path: str = "/dev/null") -> tuple[int, int]:
     """(opens done, wall ns) at a target rate."""
-    res = subprocess.run(
-        [str(binary), "paced", str(rate), str(secs), path], capture_output=True, text=True
-    )
-    res.check_returncode()
-    done, ns = res.stdout.split()
-    return int(done), int(ns)
+    res = paced_run(binary, rate, secs, path)
+    return res.done, res.ns

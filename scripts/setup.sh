@@ -12,8 +12,9 @@ APT_PACKAGES=(
   podman runc busybox-static debootstrap      # real containers; debootstrap makes the image base
   containerd                                  # a real CRI runtime (Kubernetes node) for the tests
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
-  qemu-system-x86 zstd xz-utils kmod          # the VMs (kernels: scripts/fetch-kernels.sh)
-  make iproute2 procps gcc liburing-dev       # gcc: C test programs (layouts, the path racer, io_uring)
+  qemu-system-x86 zstd xz-utils               # the VMs (kernels: scripts/fetch-kernels.sh)
+  make iproute2 procps gcc liburing-dev       # gcc: C test programs (layouts, path racer, io_uring, ptrace victim), bench load generators
+  strace kmod                                 # default-rules tests: a debugger near miss, insmod/modprobe
 )
 
 missing=()

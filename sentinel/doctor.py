@@ -305,8 +305,9 @@ def check_lsm() -> Check:
     return Check(
         "WARN",
         "bpf-lsm",
-        f"{detail}; deny rules cannot be enforced (enforcement.unavailable: refuse = run "
-        "refuses deny rules, alert = they alert as deny-unenforced); detection is unaffected",
+        f"{detail}; deny rules cannot be denied (enforcement.unavailable: refuse = run "
+        "refuses deny rules, alert = they alert as deny-unenforced, kill = the offending "
+        "process is killed after the call); detection is unaffected",
         ("BPF LSM needs" + how) if how else "boot with lsm=...,bpf",
     )
 

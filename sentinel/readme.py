@@ -32,11 +32,16 @@ class Block:
 
 
 def blocks() -> list[Block]:
+    from sentinel import benchdoc, rules_catalog
     from sentinel.events import doc
 
     return [
+        Block("default rules", rules_catalog.render),
         Block("event types and fields", doc.types_and_fields),
         Block("truth table", doc.truth_table),
+        Block("kernel benchmarks", benchdoc.kernel_table),
+        Block("family benchmarks", benchdoc.families_table),
+        Block("kernel path benchmarks", benchdoc.truth_table),
     ]
 
 

@@ -1,589 +1,244 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * Sentinel BPF LSM enforcement: deny writes under protected paths, execs of forbidden
- * binaries and connects to forbidden addresses, before they happen.
+ * Sentinel BPF LSM enforcement: deny modifications of protected trees, execs of forbidden
+ * binaries and traffic to forbidden addresses, before they happen. Follows common.h (the
+ * maps, identities, the exec walk, the address match), which follows the generated header
+ * (sentinel/enforcement/program.py assembles the text; ACTION is ACTION_DENY).
  *
- * Why this shape (the full reasoning is in sentinel/kernel/lsm.py):
- *  - Paths are never read from user memory. Every hook gets kernel objects (file, path,
- *    dentry, sockaddr already copied into the kernel) and we walk the dentry chain from the
- *    object up to the root, crossing mount points through struct mount, looking each
- *    (s_dev, i_ino) up in a hash of protected identities. No string compare, no TOCTOU,
- *    bind mounts / chroots / relative paths / symlinks all resolve to the same identities.
- *  - Struct fields are read at offsets taken from the running kernel's BTF and passed in as
- *    -D macros (OFF_*): the installed headers do not describe the running kernel.
- *  - Hooks that the running kernel lacks are compiled out (HAVE_<hook>); hooks whose argument
- *    lists changed between kernels take the position of the interesting argument as a macro.
+ * Which hooks, and why these (the reasoning is in sentinel/enforcement/lsm.py):
+ *  - inode_* hooks, not path_*: the VFS calls them for every caller, stacking file systems
+ *    (overlayfs writing its upper directory), nfsd and handle-based opens included, while
+ *    path_* hooks only see system calls;
+ *  - file_open/file_permission/mmap_file/file_mprotect/file_ioctl judge the file's inode
+ *    (f_inode: the real inode, also for overlayfs' backing files), and devices that hold
+ *    protected data (a loop device over a protected file, the disk of a protected tree);
+ *  - execs are judged at file_open with FMODE_EXEC (every file exec opens: the binary, its
+ *    interpreter, overlayfs' real file) and at executable mmaps (ld.so /path);
+ *  - mounts that could hide a protected path are judged only when they reach Sentinel's mount
+ *    namespace (its own, or a shared mount that propagates); propagation changes and remounts
+ *    never hide anything and pass;
+ *  - addresses: connect, sendmsg with an address (UDP, raw, TCP Fast Open, SCTP's implicit
+ *    associations and their extra destinations), and SCTP's own address-list hook.
  */
 
-#define SENTINEL_EPERM 1
-
-#define MAX_DEPTH 32     /* dentry levels walked (incl. mount crossings) */
-#define MAX_NAMES 8      /* path components reported per event */
-#define NAME_LEN 64
-
-/* Hook ids (keep in sync with HOOKS in sentinel/kernel/lsm.py). */
-#define H_BPRM_CHECK 1
-#define H_FILE_OPEN 2
-#define H_FILE_PERMISSION 3
-#define H_PATH_TRUNCATE 4
-#define H_FILE_TRUNCATE 5
-#define H_PATH_UNLINK 6
-#define H_PATH_RENAME 7
-#define H_PATH_LINK 8
-#define H_PATH_SYMLINK 9
-#define H_PATH_MKNOD 10
-#define H_PATH_MKDIR 11
-#define H_PATH_RMDIR 12
-#define H_PATH_CHMOD 13
-#define H_PATH_CHOWN 14
-#define H_INODE_SETATTR 15
-#define H_INODE_SETXATTR 16
-#define H_INODE_REMOVEXATTR 17
-#define H_MMAP_FILE 18
-#define H_FILE_MPROTECT 19
-#define H_SOCKET_CONNECT 20
-#define H_INODE_SET_ACL 21
-#define H_INODE_REMOVE_ACL 22
-#define H_SB_MOUNT 23
-#define H_MOVE_MOUNT 24
-#define H_FILE_FREE 25
-
-/* Operations (keep in sync with OPERATIONS in sentinel/kernel/lsm.py). */
-#define OP_EXEC 1
-#define OP_OPEN_WRITE 2
-#define OP_OPEN_TRUNC 3
-#define OP_WRITE 4
-#define OP_TRUNCATE 5
-#define OP_UNLINK 6
-#define OP_RENAME_FROM 7
-#define OP_RENAME_TO 8
-#define OP_LINK_FROM 9
-#define OP_LINK_TO 10
-#define OP_SYMLINK 11
-#define OP_MKNOD 12
-#define OP_MKDIR 13
-#define OP_RMDIR 14
-#define OP_CHMOD 15
-#define OP_CHOWN 16
-#define OP_SETATTR 17
-#define OP_SETXATTR 18
-#define OP_REMOVEXATTR 19
-#define OP_MMAP_SHARED_WRITE 20
-#define OP_MPROTECT_SHARED_WRITE 21
-#define OP_CONNECT 22
-#define OP_SET_ACL 23
-#define OP_REMOVE_ACL 24
-#define OP_MOUNT 25
-#define OP_MMAP_EXEC 26
-#define OP_MPROTECT_EXEC 27
-
-/* Walk modes. */
-#define MODE_WRITE 1 /* the object or any ancestor is write-protected */
-#define MODE_MOVE 2  /* as WRITE, or the object itself is an ancestor of a protected path */
-#define MODE_EXEC 3  /* exact binary identity, or an ancestor is an exec-denied directory */
-
-/* uapi constants (stable ABI, spelled out so no kernel header is needed). */
-#define FMODE_WRITE_ 0x2
-#define O_TRUNC_ 01000
-#define MAY_WRITE_ 0x2
-#define MAY_APPEND_ 0x8
-#define PROT_WRITE_ 0x2
-#define PROT_EXEC_ 0x4
-#define MAP_SHARED_ 0x1
-#define VM_SHARED_ 0x8
-#define AF_INET_ 2
-#define AF_INET6_ 10
-
-/*
- * Two policy slots live side by side in every policy map (the `slot` in each key): a reload
- * fills the inactive slot, then publishes it by bumping the generation in config[1]. A hook
- * reads the generation once and looks only at that generation's slot, so it sees either the
- * whole old policy or the whole new one, never a mix and never a gap. User space empties a
- * slot only after a full RCU grace period (membarrier) since it stopped being current, and
- * every hook runs inside an RCU read-side section, so no hook can still be reading it.
- */
-struct ident_key {
-    u32 dev; /* kernel-internal dev_t of the superblock: MAJOR << 20 | MINOR */
-    u32 slot;
-    u64 ino;
-};
-
-struct ident_val {
-    u32 write_rule;       /* everything at or below this object is write-protected */
-    u32 exec_prefix_rule; /* execs of anything at or below are denied */
-    u32 exec_exact_rule;  /* execs of exactly this inode are denied */
-    u32 ancestor_rule;    /* an ancestor of a protected path: may not be moved or removed */
-};
-
-struct net_key {
-    u32 prefixlen; /* 8 (the slot byte) + the address prefix length */
-    u8 slot;
-    u8 addr[16]; /* IPv6, or IPv4 mapped as ::ffff:a.b.c.d */
-    u8 pad[3];
-};
-
-struct port_key {
-    u32 slot;
-    u32 entry; /* CIDR entry id from net_trie; 0 = any address */
-    u32 port;  /* host byte order; 0 = any port */
-};
-
-/* What a slot holds, so that hooks with nothing to check return at once. */
-#define F_WRITE 1   /* protected paths (write/move checks) */
-#define F_EXEC 2    /* exec denials */
-#define F_CONNECT 4 /* connect denials */
-
-struct slot_cfg {
-    u32 flags;
-    u32 deep_exec_rule; /* rule index that denies execs too deep to check (0: none) */
-};
-
-/* The generation a hook works with, read once at its start. */
-struct pol {
-    u32 gen; /* as stored in config[1]: the Gray code of the generation number */
-    u32 slot;
-    u32 flags;
-};
-
-struct deny_event {
-    u64 ident_ino;
-    u32 ident_dev;
-    u32 rule;
-    u32 pid;
-    u32 tid;
-    u32 ppid;
-    u32 uid;
-    u8 hook;
-    u8 op;
-    u8 family;
-    u8 nnames;
-    u16 port;
-    u8 truncated;
-    u8 pad;
-    u32 gen; /* config[1] when the hook ran: which policy's rule index `rule` is */
-    u8 addr[16];
-    char comm[16];
-    char names[MAX_NAMES][NAME_LEN];
-};
-
-struct walk_result {
-    u64 ident_ino;
-    u32 ident_dev;
-    u32 nnames;
-    u32 truncated;
-    u32 exhausted;
-    u64 names[MAX_NAMES];
-};
-
-/* Room for two full policies (the current one and the one being loaded). */
-BPF_HASH(idents, struct ident_key, struct ident_val, 2 * MAX_IDENTS);
-BPF_LPM_TRIE(net_trie, struct net_key, u32, 2 * MAX_NETS);
-BPF_HASH(net_ports, struct port_key, u32, 2 * MAX_NET_PORTS);
-BPF_ARRAY(slot_cfg, struct slot_cfg, 2);
-/*
- * Files opened for writing which file_open allowed, with the generation that allowed them. A
- * file's path never changes, and every way of bringing it under a protected path later (rename
- * or link into one, moving an ancestor, mounting onto one) is denied while that generation is
- * current, so file_permission may trust the verdict instead of walking again on every write().
- * A verdict of another generation is not trusted (the new policy may protect the file). Entries
- * go away in file_free_security; a full map only means falling back to the walk.
- */
-BPF_HASH(write_ok, u64, u32, MAX_OPEN_FILES);
-/*
- * [0] = 1 once the programs are attached; before that nothing is cached.
- * [1] = the current generation as a Gray code: consecutive generations differ in one bit, so
- *       even a torn read of a concurrent update sees the old or the new value, and the slot
- *       (the generation's parity) is the parity of the code's bits.
- */
-BPF_ARRAY(config, u32, 2);
-BPF_RINGBUF_OUTPUT(deny_events, RING_PAGES);
-/* 0: ring buffer reserve failures (event lost, operation still denied), 1: denials. */
-BPF_PERCPU_ARRAY(counters, u64, 2);
-
-static __always_inline void *rd_ptr(const void *base, u32 off)
+/* LSM hooks stop by returning -EPERM; nothing else to do to the process. */
+static __always_inline void stop_current(void)
 {
-    void *p = 0;
-    bpf_probe_read_kernel(&p, sizeof(p), (const char *)base + off);
-    return p;
 }
-
-static __always_inline void count(u32 idx)
-{
-    u64 *c = counters.lookup(&idx);
-    if (c)
-        *c += 1;
-}
-
-static __always_inline void read_policy(struct pol *p)
-{
-    u32 one = 1;
-    u32 *g = config.lookup(&one);
-    u32 gen = g ? *(volatile u32 *)g : 0;
-    u32 x = gen;
-    x ^= x >> 16;
-    x ^= x >> 8;
-    x ^= x >> 4;
-    x ^= x >> 2;
-    x ^= x >> 1;
-    u32 slot = x & 1;
-    p->gen = gen;
-    p->slot = slot;
-    struct slot_cfg *c = slot_cfg.lookup(&slot);
-    p->flags = c ? c->flags : 0;
-}
-
-/* The superblock's dev_t, read once per file system crossed (all its dentries share it). */
-static __always_inline u32 sb_dev(void *dentry)
-{
-    u32 dev = 0;
-    void *sb = rd_ptr(dentry, OFF_DENTRY_D_SB);
-    if (sb)
-        bpf_probe_read_kernel(&dev, sizeof(dev), (char *)sb + OFF_SB_S_DEV);
-    return dev;
-}
-
-/*
- * Walk from `dentry` (on mount `mnt`, which may be NULL when the hook gives no mount) to the
- * root. Returns the rule index that denies, or 0. With `collect` (only used again on the deny
- * path, so the common allow path stays at three reads and one lookup per level), component
- * names passed on the way are remembered (as kernel pointers) for the event.
- */
-static __always_inline u32 walk(struct walk_result *res, void *dentry, void *mnt, u32 mode,
-                                int collect, u32 slot)
-{
-    int first = 1;
-    struct ident_key k = {};
-    k.slot = slot;
-    k.dev = dentry ? sb_dev(dentry) : 0;
-    res->nnames = 0;
-    res->truncated = 0;
-    res->exhausted = 0;
-#pragma clang loop unroll(disable)
-    for (int i = 0; i < MAX_DEPTH; i++) {
-        if (!dentry)
-            return 0;
-        void *inode = rd_ptr(dentry, OFF_DENTRY_D_INODE);
-        if (inode) {
-            bpf_probe_read_kernel(&k.ino, sizeof(k.ino), (char *)inode + OFF_INODE_I_INO);
-            struct ident_val *v = idents.lookup(&k);
-            if (v) {
-                u32 r = 0;
-                if (mode == MODE_EXEC) {
-                    if (first)
-                        r = v->exec_exact_rule;
-                    if (!r)
-                        r = v->exec_prefix_rule;
-                } else {
-                    r = v->write_rule;
-                    if (!r && first && mode == MODE_MOVE)
-                        r = v->ancestor_rule;
-                }
-                if (r) {
-                    res->ident_dev = k.dev;
-                    res->ident_ino = k.ino;
-                    return r;
-                }
-            }
-        }
-        void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
-        if (parent == dentry || !parent) {
-            /* Root of this file system: continue at the mount point, if we know the mount. */
-            if (!mnt)
-                return 0;
-            void *m = (char *)mnt - OFF_MOUNT_MNT;
-            void *mp = rd_ptr(m, OFF_MOUNT_MNT_PARENT);
-            if (!mp || mp == m)
-                return 0;
-            dentry = rd_ptr(m, OFF_MOUNT_MNT_MOUNTPOINT);
-            mnt = (char *)mp + OFF_MOUNT_MNT;
-            if (dentry)
-                k.dev = sb_dev(dentry);
-            continue; /* the mount point is the same path component: `first` unchanged */
-        }
-        if (collect) {
-            u32 n = res->nnames;
-            if (n < MAX_NAMES) {
-                res->names[n & (MAX_NAMES - 1)] = (u64)rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
-                res->nnames = n + 1;
-            } else {
-                res->truncated = 1;
-            }
-        }
-        first = 0;
-        dentry = parent;
-    }
-    res->exhausted = 1; /* deeper than MAX_DEPTH: the caller decides (see check()) */
-    return 0;
-}
-
-static __always_inline void fill_task(struct deny_event *e)
-{
-    u64 id = bpf_get_current_pid_tgid();
-    e->pid = id >> 32;
-    e->tid = (u32)id;
-    e->uid = (u32)bpf_get_current_uid_gid();
-    bpf_get_current_comm(e->comm, sizeof(e->comm));
-    void *task = (void *)bpf_get_current_task();
-    void *parent = rd_ptr(task, OFF_TASK_REAL_PARENT);
-    u32 ppid = 0;
-    if (parent)
-        bpf_probe_read_kernel(&ppid, sizeof(ppid), (char *)parent + OFF_TASK_TGID);
-    e->ppid = ppid;
-}
-
-/* Report a path denial. The operation is denied whether or not the event fits the ring. */
-static __always_inline int deny_path(u32 rule, u8 hook, u8 op, struct walk_result *res,
-                                     struct pol *p)
-{
-    count(1);
-    struct deny_event *e = deny_events.ringbuf_reserve(sizeof(struct deny_event));
-    if (!e) {
-        count(0);
-        return -SENTINEL_EPERM;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    e->rule = rule;
-    e->gen = p->gen;
-    e->hook = hook;
-    e->op = op;
-    e->ident_dev = res->ident_dev;
-    e->ident_ino = res->ident_ino;
-    e->truncated = res->truncated;
-    fill_task(e);
-    u32 n = res->nnames;
-#pragma clang loop unroll(disable)
-    for (u32 i = 0; i < MAX_NAMES; i++) {
-        if (i >= n)
-            break;
-        bpf_probe_read_kernel_str(e->names[i], NAME_LEN, (void *)res->names[i]);
-    }
-    e->nnames = n;
-    deny_events.ringbuf_submit(e, 0);
-    return -SENTINEL_EPERM;
-}
-
-/*
- * An exec whose path is deeper than the walk can follow might be below an exec-denied
- * directory (anyone can nest directories in /tmp), so with exec-prefix rules loaded it is
- * denied in the name of the slot's deep_exec_rule, the first of them: fail closed. Writes need
- * no such rule: nothing can be created below a protected directory, and lsm_policy refuses
- * protected trees that are already too deep.
- */
-static __always_inline u32 depth_rule(struct walk_result *res, u32 mode, struct pol *p)
-{
-    if (mode != MODE_EXEC || !res->exhausted)
-        return 0;
-    /*
-     * Looked up again rather than carried in `p`: a value the verifier has to track from the
-     * hook's start through two walks multiplies its states (mmap_file went over its limit).
-     */
-    u32 slot = p->slot;
-    struct slot_cfg *c = slot_cfg.lookup(&slot);
-    return c ? c->deep_exec_rule : 0;
-}
-
-/* Does the current policy have anything to check in this mode? */
-static __always_inline int wanted(struct pol *p, u32 mode)
-{
-    return p->flags & (mode == MODE_EXEC ? F_EXEC : F_WRITE);
-}
-
-static __always_inline int check(void *dentry, void *mnt, u32 mode, u8 hook, u8 op,
-                                 struct pol *p)
-{
-    if (!wanted(p, mode))
-        return 0;
-    struct walk_result res = {};
-    if (!walk(&res, dentry, mnt, mode, 0, p->slot) && !depth_rule(&res, mode, p))
-        return 0;
-    /* Denied: walk again, now collecting the names below the match for the event. */
-    u32 rule = walk(&res, dentry, mnt, mode, 1, p->slot);
-    if (!rule)
-        rule = depth_rule(&res, mode, p);
-    if (!rule)
-        return -SENTINEL_EPERM; /* cannot happen (a slot is not changed while current) */
-    return deny_path(rule, hook, op, &res, p);
-}
-
-static __always_inline int check_file(void *file, u32 mode, u8 hook, u8 op, struct pol *p)
-{
-    if (!file)
-        return 0;
-    return check(rd_ptr(file, OFF_FILE_F_PATH_DENTRY), rd_ptr(file, OFF_FILE_F_PATH_MNT), mode,
-                 hook, op, p);
-}
-
-static __always_inline int check_path(const void *path, u32 mode, u8 hook, u8 op,
-                                      struct pol *p)
-{
-    if (!path)
-        return 0;
-    return check(rd_ptr(path, OFF_PATH_DENTRY), rd_ptr(path, OFF_PATH_MNT), mode, hook, op, p);
-}
-
-/* A dentry inside directory `dir` (a struct path): the mount is dir's. */
-static __always_inline int check_in_dir(const void *dir, void *dentry, u32 mode, u8 hook, u8 op,
-                                        struct pol *p)
-{
-    return check(dentry, dir ? rd_ptr(dir, OFF_PATH_MNT) : 0, mode, hook, op, p);
-}
-
-/* ---- exec ------------------------------------------------------------------------------- */
 
 /* Every hook starts with POLICY: the generation it checks against, read once. */
 #define POLICY                                                                                 \
     struct pol p = {};                                                                         \
     read_policy(&p)
 
-LSM_PROBE(bprm_check_security, void *bprm)
-{
-    POLICY;
-    return check_file(rd_ptr(bprm, OFF_BPRM_FILE), MODE_EXEC, H_BPRM_CHECK, OP_EXEC, &p);
-}
-
 /* ---- files ------------------------------------------------------------------------------ */
 
 LSM_PROBE(file_open, void *file)
 {
-    u32 fmode = 0, flags = 0;
-    bpf_probe_read_kernel(&fmode, sizeof(fmode), (char *)file + OFF_FILE_F_MODE);
-    if (!(fmode & FMODE_WRITE_)) {
-        bpf_probe_read_kernel(&flags, sizeof(flags), (char *)file + OFF_FILE_F_FLAGS);
-        if (!(flags & O_TRUNC_))
-            return 0;
+    u32 flags = rd_u32(file, OFF_FILE_F_FLAGS);
+    if (flags & FMODE_EXEC_) {
+        POLICY;
+        return check_exec(file, 1, H_FILE_OPEN, OP_EXEC, &p);
     }
+    u32 fmode = rd_u32(file, OFF_FILE_F_MODE);
+    if (!(fmode & FMODE_WRITE_) && !(flags & O_TRUNC_))
+        return 0;
     POLICY;
-    if (!(p.flags & F_WRITE))
-        return 0; /* nothing protected: nothing to check, nothing worth caching */
-    bpf_probe_read_kernel(&flags, sizeof(flags), (char *)file + OFF_FILE_F_FLAGS);
-    int ret = 0;
-    if (flags & O_TRUNC_)
-        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_TRUNC, &p);
-    else if (fmode & FMODE_WRITE_)
-        ret = check_file(file, MODE_WRITE, H_FILE_OPEN, OP_OPEN_WRITE, &p);
-    u32 zero = 0;
-    u32 *ready = config.lookup(&zero);
-    if (ret == 0 && (fmode & FMODE_WRITE_) && ready && *ready) {
-        u64 key = (u64)file;
-        u32 gen = p.gen;
-        write_ok.update(&key, &gen);
-    }
-    return ret;
+    if (!(p.flags & (F_WRITE | F_DEVS)))
+        return 0;
+    return check_file_write(file, 0, H_FILE_OPEN, (flags & O_TRUNC_) ? OP_OPEN_TRUNC : OP_OPEN_WRITE,
+                            OP_DEVICE_WRITE, &p);
 }
 
-LSM_PROBE(file_free_security, void *file)
-{
-    u32 fmode = 0;
-    bpf_probe_read_kernel(&fmode, sizeof(fmode), (char *)file + OFF_FILE_F_MODE);
-    if (fmode & FMODE_WRITE_) {
-        u64 key = (u64)file;
-        write_ok.delete(&key);
-    }
-    return 0;
-}
-
-/* Writes through descriptors opened before the policy (and write(), fallocate, splice...). */
+/* Writes through any descriptor (also ones opened before the policy), fallocate, splice,
+ * copy_file_range, reflinks, io_uring and AIO writes. */
 LSM_PROBE(file_permission, void *file, int mask)
 {
     if (!(mask & (MAY_WRITE_ | MAY_APPEND_)))
         return 0;
     POLICY;
-    if (!(p.flags & F_WRITE))
+    if (!(p.flags & (F_WRITE | F_DEVS)))
         return 0;
-    u64 key = (u64)file;
-    u32 *ok = write_ok.lookup(&key);
-    if (ok && *ok == p.gen)
-        return 0;
-    return check_file(file, MODE_WRITE, H_FILE_PERMISSION, OP_WRITE, &p);
+    return check_file_write(file, 1, H_FILE_PERMISSION, OP_WRITE, OP_DEVICE_WRITE, &p);
 }
 
-LSM_PROBE(path_truncate, const void *path)
+/* ioctls that modify a file even through a read-only descriptor, or write a device. */
+static __always_inline int check_ioctl(void *file, u32 cmd, u8 hook)
 {
+    if (!FILE_IOCTL_MODIFIES(cmd) && !DEVICE_IOCTL_WRITES(cmd))
+        return 0;
     POLICY;
-    return check_path(path, MODE_WRITE, H_PATH_TRUNCATE, OP_TRUNCATE, &p);
+    void *inode = rd_ptr(file, OFF_FILE_F_INODE);
+    struct ident_key k = {};
+    if (FILE_IOCTL_MODIFIES(cmd)) {
+        if (!(p.flags & F_WRITE))
+            return 0;
+        return check_inode(inode, 0, 0, hook, OP_IOCTL, &p);
+    }
+    u32 r = dev_rule(inode, &p, &k);
+    if (!r)
+        r = loop_file_rule(file, &p, &k);
+    if (!r)
+        return 0;
+    return report_ident(r, hook, OP_DEVICE_IOCTL, &k, 0, &p);
 }
 
-#ifdef HAVE_file_truncate
-LSM_PROBE(file_truncate, void *file)
+LSM_PROBE(file_ioctl, void *file, unsigned int cmd, unsigned long arg)
 {
-    POLICY;
-    return check_file(file, MODE_WRITE, H_FILE_TRUNCATE, OP_TRUNCATE, &p);
+    return check_ioctl(file, cmd, H_FILE_IOCTL);
+}
+
+#ifdef HAVE_file_ioctl_compat
+LSM_PROBE(file_ioctl_compat, void *file, unsigned int cmd, unsigned long arg)
+{
+    return check_ioctl(file, cmd, H_FILE_IOCTL_COMPAT);
 }
 #endif
 
-LSM_PROBE(path_unlink, const void *dir, void *dentry)
+/*
+ * Executable mappings of an exec-denied file are denied too: otherwise
+ * `ld.so /denied/binary` (or dlopen of a denied library) runs its code without an exec.
+ */
+LSM_PROBE(mmap_file, void *file, unsigned long reqprot, unsigned long prot, unsigned long flags)
 {
+    if (!file)
+        return 0;
     POLICY;
-    return check_in_dir(dir, dentry, MODE_MOVE, H_PATH_UNLINK, OP_UNLINK, &p);
+    if (prot & PROT_EXEC_) {
+        int ret = check_exec(file, 0, H_MMAP_FILE, OP_MMAP_EXEC, &p);
+        if (ret)
+            return ret;
+    }
+    if (!(flags & MAP_SHARED_) || !(prot & PROT_WRITE_) || !(p.flags & (F_WRITE | F_DEVS)))
+        return 0;
+    return check_file_write(file, 1, H_MMAP_FILE, OP_MMAP_SHARED_WRITE, OP_DEVICE_WRITE, &p);
 }
 
-LSM_PROBE(path_rmdir, const void *dir, void *dentry)
+LSM_PROBE(file_mprotect, void *vma, unsigned long reqprot, unsigned long prot)
 {
     POLICY;
-    return check_in_dir(dir, dentry, MODE_MOVE, H_PATH_RMDIR, OP_RMDIR, &p);
+    void *file = rd_ptr(vma, OFF_VMA_VM_FILE);
+    if (!file)
+        return 0;
+    if (prot & PROT_EXEC_) {
+        int ret = check_exec(file, 0, H_FILE_MPROTECT, OP_MPROTECT_EXEC, &p);
+        if (ret)
+            return ret;
+    }
+    if (!(prot & PROT_WRITE_) || !(p.flags & (F_WRITE | F_DEVS)))
+        return 0;
+    u64 vm_flags = 0;
+    bpf_probe_read_kernel(&vm_flags, sizeof(vm_flags), (char *)vma + OFF_VMA_VM_FLAGS);
+    if (!(vm_flags & VM_SHARED_))
+        return 0;
+    return check_file_write(file, 1, H_FILE_MPROTECT, OP_MPROTECT_SHARED_WRITE, OP_DEVICE_WRITE,
+                            &p);
 }
 
-LSM_PROBE(path_mkdir, const void *dir, void *dentry, unsigned short mode)
+/* ---- directory entries and attributes: the VFS calls these for every caller -------------- */
+
+#define WRITE_POLICY                                                                           \
+    POLICY;                                                                                    \
+    if (!(p.flags & F_WRITE))                                                                  \
+    return 0
+
+/* A new entry in `dir` (also open(O_CREAT) of a new file). */
+LSM_PROBE(inode_create, void *dir, void *dentry, unsigned short mode)
 {
-    POLICY;
-    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_MKDIR, OP_MKDIR, &p);
+    WRITE_POLICY;
+    return check_inode(dir, dentry, 0, H_INODE_CREATE, OP_CREATE, &p);
 }
 
-/* Also reached by open(O_CREAT) of a new file. */
-LSM_PROBE(path_mknod, const void *dir, void *dentry, unsigned short mode, unsigned int dev)
+LSM_PROBE(inode_mknod, void *dir, void *dentry, unsigned short mode, unsigned int dev)
 {
-    POLICY;
-    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_MKNOD, OP_MKNOD, &p);
+    WRITE_POLICY;
+    return check_inode(dir, dentry, 0, H_INODE_MKNOD, OP_MKNOD, &p);
 }
 
-LSM_PROBE(path_symlink, const void *dir, void *dentry, const char *old_name)
+LSM_PROBE(inode_mkdir, void *dir, void *dentry, unsigned short mode)
 {
-    POLICY;
-    return check_in_dir(dir, dentry, MODE_WRITE, H_PATH_SYMLINK, OP_SYMLINK, &p);
+    WRITE_POLICY;
+    return check_inode(dir, dentry, 0, H_INODE_MKDIR, OP_MKDIR, &p);
 }
 
-LSM_PROBE(path_link, void *old_dentry, const void *new_dir, void *new_dentry)
+LSM_PROBE(inode_symlink, void *dir, void *dentry, const char *old_name)
 {
-    POLICY;
-    /* A hard link never crosses mounts, so new_dir's mount is also old_dentry's. */
-    int ret = check_in_dir(new_dir, old_dentry, MODE_WRITE, H_PATH_LINK, OP_LINK_FROM, &p);
+    WRITE_POLICY;
+    return check_inode(dir, dentry, 0, H_INODE_SYMLINK, OP_SYMLINK, &p);
+}
+
+LSM_PROBE(inode_link, void *old_dentry, void *dir, void *new_dentry)
+{
+    WRITE_POLICY;
+    int ret = check_inode(d_inode(old_dentry), 0, 0, H_INODE_LINK, OP_LINK_FROM, &p);
     if (ret)
         return ret;
-    return check_in_dir(new_dir, new_dentry, MODE_WRITE, H_PATH_LINK, OP_LINK_TO, &p);
+    return check_inode(dir, new_dentry, 0, H_INODE_LINK, OP_LINK_TO, &p);
 }
 
-LSM_PROBE(path_rename, const void *old_dir, void *old_dentry, const void *new_dir,
-          void *new_dentry)
+/* Removing an entry: a protected object, an ancestor of one, or any entry of a protected
+ * directory. */
+static __always_inline int check_remove(void *dir, void *dentry, u8 hook, u8 op,
+                                        struct pol *p)
 {
-    POLICY;
-    int ret = check_in_dir(old_dir, old_dentry, MODE_MOVE, H_PATH_RENAME, OP_RENAME_FROM, &p);
+    int ret = check_inode(d_inode(dentry), 0, 1, hook, op, p);
     if (ret)
         return ret;
-    return check_in_dir(new_dir, new_dentry, MODE_MOVE, H_PATH_RENAME, OP_RENAME_TO, &p);
+    return check_inode(dir, dentry, 0, hook, op, p);
 }
 
-LSM_PROBE(path_chmod, const void *path)
+LSM_PROBE(inode_unlink, void *dir, void *dentry)
 {
-    POLICY;
-    return check_path(path, MODE_WRITE, H_PATH_CHMOD, OP_CHMOD, &p);
+    WRITE_POLICY;
+    return check_remove(dir, dentry, H_INODE_UNLINK, OP_UNLINK, &p);
 }
 
-LSM_PROBE(path_chown, const void *path)
+LSM_PROBE(inode_rmdir, void *dir, void *dentry)
 {
-    POLICY;
-    return check_path(path, MODE_WRITE, H_PATH_CHOWN, OP_CHOWN, &p);
+    WRITE_POLICY;
+    return check_remove(dir, dentry, H_INODE_RMDIR, OP_RMDIR, &p);
+}
+
+/* Both directions (the kernel calls it twice, swapped, for RENAME_EXCHANGE). */
+LSM_PROBE(inode_rename, void *old_dir, void *old_dentry, void *new_dir, void *new_dentry)
+{
+    WRITE_POLICY;
+    int ret = check_remove(old_dir, old_dentry, H_INODE_RENAME, OP_RENAME_FROM, &p);
+    if (ret)
+        return ret;
+    ret = check_inode(d_inode(new_dentry), 0, 1, H_INODE_RENAME, OP_RENAME_TO, &p);
+    if (ret)
+        return ret;
+    return check_inode(new_dir, new_dentry, 0, H_INODE_RENAME, OP_RENAME_TO, &p);
+}
+
+/* truncate, chmod, chown, utimes: all reach notify_change(), whichever route. */
+static __always_inline int check_setattr(void *dentry, void *attr)
+{
+    WRITE_POLICY;
+    u32 valid = attr ? rd_u32(attr, OFF_IATTR_IA_VALID) : 0;
+    u8 op = OP_SETATTR;
+    if (valid & ATTR_SIZE_)
+        op = OP_TRUNCATE;
+    else if (valid & ATTR_MODE_)
+        op = OP_CHMOD;
+    else if (valid & (ATTR_UID_ | ATTR_GID_))
+        op = OP_CHOWN;
+    return check_inode(d_inode(dentry), 0, 0, H_INODE_SETATTR, op, &p);
 }
 
 /* Arguments before the dentry differ across kernels (user_namespace, mnt_idmap, none). */
 #if SETATTR_DENTRY_ARG == 0
-LSM_PROBE(inode_setattr, void *dentry)
-#else
-LSM_PROBE(inode_setattr, void *idmap, void *dentry)
-#endif
+LSM_PROBE(inode_setattr, void *dentry, void *attr)
 {
-    POLICY;
-    return check(dentry, 0, MODE_WRITE, H_INODE_SETATTR, OP_SETATTR, &p);
+    return check_setattr(dentry, attr);
 }
+#else
+LSM_PROBE(inode_setattr, void *idmap, void *dentry, void *attr)
+{
+    return check_setattr(dentry, attr);
+}
+#endif
 
 #if SETXATTR_DENTRY_ARG == 0
 LSM_PROBE(inode_setxattr, void *dentry)
@@ -591,8 +246,8 @@ LSM_PROBE(inode_setxattr, void *dentry)
 LSM_PROBE(inode_setxattr, void *idmap, void *dentry)
 #endif
 {
-    POLICY;
-    return check(dentry, 0, MODE_WRITE, H_INODE_SETXATTR, OP_SETXATTR, &p);
+    WRITE_POLICY;
+    return check_inode(d_inode(dentry), 0, 0, H_INODE_SETXATTR, OP_SETXATTR, &p);
 }
 
 #if REMOVEXATTR_DENTRY_ARG == 0
@@ -601,144 +256,288 @@ LSM_PROBE(inode_removexattr, void *dentry)
 LSM_PROBE(inode_removexattr, void *idmap, void *dentry)
 #endif
 {
-    POLICY;
-    return check(dentry, 0, MODE_WRITE, H_INODE_REMOVEXATTR, OP_REMOVEXATTR, &p);
+    WRITE_POLICY;
+    return check_inode(d_inode(dentry), 0, 0, H_INODE_REMOVEXATTR, OP_REMOVEXATTR, &p);
 }
 
 /* POSIX ACLs have their own hooks since 6.2 (before, they went through the xattr hooks). */
 #ifdef HAVE_inode_set_acl
 LSM_PROBE(inode_set_acl, void *idmap, void *dentry)
 {
-    POLICY;
-    return check(dentry, 0, MODE_WRITE, H_INODE_SET_ACL, OP_SET_ACL, &p);
+    WRITE_POLICY;
+    return check_inode(d_inode(dentry), 0, 0, H_INODE_SET_ACL, OP_SET_ACL, &p);
 }
 #endif
 
 #ifdef HAVE_inode_remove_acl
 LSM_PROBE(inode_remove_acl, void *idmap, void *dentry)
 {
-    POLICY;
-    return check(dentry, 0, MODE_WRITE, H_INODE_REMOVE_ACL, OP_REMOVE_ACL, &p);
+    WRITE_POLICY;
+    return check_inode(d_inode(dentry), 0, 0, H_INODE_REMOVE_ACL, OP_REMOVE_ACL, &p);
 }
 #endif
 
-/*
- * Executable mappings of an exec-denied file are denied too: otherwise
- * `ld.so /denied/binary` (or dlopen of a denied library) runs its code without an execve.
- */
-LSM_PROBE(mmap_file, void *file, unsigned long reqprot, unsigned long prot, unsigned long flags)
+/* ---- mounts: only changes that can hide a protected path from Sentinel's view ------------ */
+
+/* Is `vfsmnt` in Sentinel's mount namespace? */
+static __always_inline int mount_is_ours(void *vfsmnt)
 {
-    if (!file)
+    if (!vfsmnt)
         return 0;
-    POLICY;
-    if (prot & PROT_EXEC_) {
-        int ret = check_file(file, MODE_EXEC, H_MMAP_FILE, OP_MMAP_EXEC, &p);
-        if (ret)
-            return ret;
-    }
-    if (!(flags & MAP_SHARED_) || !(prot & PROT_WRITE_))
+    void *ns = rd_ptr((char *)vfsmnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_NS);
+    if (!ns || (long)ns == MNT_NS_INTERNAL_)
         return 0;
-    return check_file(file, MODE_WRITE, H_MMAP_FILE, OP_MMAP_SHARED_WRITE, &p);
+    return rd_u32(ns, OFF_MNT_NAMESPACE_NS_INUM) == config_word(CFG_MNTNS);
 }
 
-LSM_PROBE(file_mprotect, void *vma, unsigned long reqprot, unsigned long prot)
+/* Does a mount made on `vfsmnt` propagate to its peers (one of which may be ours)? */
+static __always_inline int mount_shared(void *vfsmnt)
 {
-    POLICY;
-    if (prot & PROT_EXEC_) {
-        int ret = check_file(rd_ptr(vma, OFF_VMA_VM_FILE), MODE_EXEC, H_FILE_MPROTECT,
-                             OP_MPROTECT_EXEC, &p);
-        if (ret)
-            return ret;
-    }
-    if (!(prot & PROT_WRITE_))
-        return 0;
-    u64 vm_flags = 0;
-    bpf_probe_read_kernel(&vm_flags, sizeof(vm_flags), (char *)vma + OFF_VMA_VM_FLAGS);
-    if (!(vm_flags & VM_SHARED_))
-        return 0;
-    return check_file(rd_ptr(vma, OFF_VMA_VM_FILE), MODE_WRITE, H_FILE_MPROTECT,
-                      OP_MPROTECT_SHARED_WRITE, &p);
+    return vfsmnt && (rd_u32(vfsmnt, OFF_VFSMOUNT_MNT_FLAGS) & MNT_SHARED_);
 }
 
-/* ---- mounts: mounting onto (or moving a mount onto) a protected path or an ancestor ------- */
-
-LSM_PROBE(sb_mount, const char *dev_name, const void *path)
+/* A mount on the way to a protected path, or below one, as the policy loaded it. */
+static __always_inline u32 pinned_rule(void *vfsmnt, struct pol *p, struct ident_key *k)
 {
-    POLICY;
-    return check_path(path, MODE_MOVE, H_SB_MOUNT, OP_MOUNT, &p);
+    struct mount_key mk = {};
+    mk.id = rd_u32((char *)vfsmnt - OFF_MOUNT_MNT, OFF_MOUNT_MNT_ID);
+    mk.slot = p->slot;
+    u32 *r = mounts.lookup(&mk);
+    if (!r)
+        return 0;
+    ident(d_inode(rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT)), p->slot, k);
+    return *r;
+}
+
+/* Stop in the name of the policy's first write rule: the hook cannot tell which path. */
+static __always_inline int fail_closed(void *dentry, u8 hook, u8 op, struct pol *p)
+{
+    struct slot_cfg *c = cfg_of(p);
+    u32 r = c ? c->any_write_rule : 0;
+    if (!r)
+        return 0;
+    struct ident_key k = {};
+    ident(d_inode(dentry), p->slot, &k);
+    return report_ident(r, hook, op, &k, dentry, p);
+}
+
+LSM_PROBE(sb_mount, const char *dev_name, const void *path, const char *type,
+          unsigned long flags)
+{
+    WRITE_POLICY;
+    if (flags & MS_REMOUNT_)
+        return 0; /* options of an existing mount: hides nothing */
+    if (!(flags & MS_BIND_) && (flags & MS_PROPAGATION_))
+        return 0; /* propagation type only: what every path names stays the same */
+    void *mnt = rd_ptr(path, OFF_PATH_MNT);
+    void *dentry = rd_ptr(path, OFF_PATH_DENTRY);
+    int ours = mount_is_ours(mnt);
+    if (!ours && !mount_shared(mnt))
+        return 0; /* a private or slave mount elsewhere: Sentinel's view cannot change */
+    /* mount(2)'s MS_MOVE names its source as a string this hook cannot resolve. */
+    if (ours && (flags & MS_MOVE_) && !(flags & MS_BIND_))
+        return fail_closed(dentry, H_SB_MOUNT, OP_MOUNT, &p);
+    return check_inode(d_inode(dentry), 0, 1, H_SB_MOUNT, OP_MOUNT, &p);
 }
 
 LSM_PROBE(move_mount, const void *from_path, const void *to_path)
 {
-    POLICY;
-    return check_path(to_path, MODE_MOVE, H_MOVE_MOUNT, OP_MOUNT, &p);
+    WRITE_POLICY;
+    void *from = rd_ptr(from_path, OFF_PATH_MNT);
+    struct ident_key k = {};
+    if (mount_is_ours(from)) {
+        u32 r = pinned_rule(from, &p, &k);
+        if (r)
+            return report_ident(r, H_MOVE_MOUNT, OP_MOVE_MOUNT, &k, 0, &p);
+    }
+    void *to = rd_ptr(to_path, OFF_PATH_MNT);
+    if (!mount_is_ours(to) && !mount_shared(to))
+        return 0;
+    return check_inode(d_inode(rd_ptr(to_path, OFF_PATH_DENTRY)), 0, 1, H_MOVE_MOUNT, OP_MOUNT,
+                       &p);
 }
+
+LSM_PROBE(sb_umount, void *mnt, int flags)
+{
+    WRITE_POLICY;
+    struct ident_key k = {};
+    if (mount_is_ours(mnt)) {
+        u32 r = pinned_rule(mnt, &p, &k);
+        if (r)
+            return report_ident(r, H_SB_UMOUNT, OP_UMOUNT, &k, 0, &p);
+        return 0;
+    }
+    /* Elsewhere: an unmount under a shared parent propagates to its peers; Sentinel's own
+     * mounts are not known there, so judge the mount's root (fail closed). */
+    void *m = (char *)mnt - OFF_MOUNT_MNT;
+    void *parent = rd_ptr(m, OFF_MOUNT_MNT_PARENT);
+    if (!parent || parent == m || !mount_shared((char *)parent + OFF_MOUNT_MNT))
+        return 0;
+    return check_inode(d_inode(rd_ptr(mnt, OFF_VFSMOUNT_MNT_ROOT)), 0, 1, H_SB_UMOUNT,
+                       OP_UMOUNT, &p);
+}
+
+/* pivot_root in Sentinel's namespace moves every path (elsewhere it cannot propagate). */
+LSM_PROBE(sb_pivotroot, const void *old_path, const void *new_path)
+{
+    WRITE_POLICY;
+    if (!mount_is_ours(rd_ptr(new_path, OFF_PATH_MNT)))
+        return 0;
+    return fail_closed(rd_ptr(new_path, OFF_PATH_DENTRY), H_SB_PIVOTROOT, OP_PIVOT_ROOT, &p);
+}
+
+/* A read-write mount of a loop device over a protected file: the file system would write
+ * the file through the loop driver, where no hook sees it. */
+LSM_PROBE(sb_kern_mount, void *sb)
+{
+    WRITE_POLICY;
+    u64 sflags = 0;
+    bpf_probe_read_kernel(&sflags, sizeof(sflags), (char *)sb + OFF_SB_S_FLAGS);
+    if (sflags & SB_RDONLY_)
+        return 0;
+    struct ident_key k = {};
+    u32 r = loop_bdev_rule(rd_ptr(sb, OFF_SB_S_BDEV), &p, &k);
+    if (!r)
+        return 0;
+    return report_ident(r, H_SB_KERN_MOUNT, OP_DEVICE_MOUNT, &k, 0, &p);
+}
+
+#ifdef HAVE_uring_cmd
+/* io_uring commands go straight to a driver (block discard, NVMe passthrough). */
+LSM_PROBE(uring_cmd, void *ioucmd)
+{
+    POLICY;
+    if (!(p.flags & (F_WRITE | F_DEVS)))
+        return 0;
+    void *file = rd_ptr(ioucmd, OFF_IO_URING_CMD_FILE);
+    if (!file)
+        return 0;
+    struct ident_key k = {};
+    u32 r = dev_rule(rd_ptr(file, OFF_FILE_F_INODE), &p, &k);
+    if (!r)
+        r = loop_file_rule(file, &p, &k);
+    if (!r)
+        return 0;
+    return report_ident(r, H_URING_CMD, OP_DEVICE_URING_CMD, &k, 0, &p);
+}
+#endif
 
 /* ---- network ---------------------------------------------------------------------------- */
 
+#define CONNECT_POLICY                                                                         \
+    POLICY;                                                                                    \
+    if (!(p.flags & F_CONNECT))                                                                \
+    return 0
+
 LSM_PROBE(socket_connect, void *sock, void *address, int addrlen)
 {
-    POLICY;
-    if (!(p.flags & F_CONNECT))
+    CONNECT_POLICY;
+    return check_address(rd_ptr(sock, OFF_SOCKET_SK), address, addrlen, H_SOCKET_CONNECT,
+                         OP_CONNECT, &p);
+}
+
+/* Extra destinations of a new SCTP association, as SCTP_DSTADDRV4/V6 control messages (the
+ * kernel adds them without asking any LSM). `name` is the primary one: its port is theirs. */
+static __always_inline int check_sctp_cmsgs(void *sk, void *msg, void *name, struct pol *p)
+{
+    void *ctl = rd_ptr(msg, OFF_MSGHDR_MSG_CONTROL);
+    u64 len = 0;
+    bpf_probe_read_kernel(&len, sizeof(len), (char *)msg + OFF_MSGHDR_MSG_CONTROLLEN);
+    if (!ctl || !len)
         return 0;
-    u16 family = 0;
-    bpf_probe_read_kernel(&family, sizeof(family), address);
-    struct net_key key = {};
     u16 nport = 0;
-    key.prefixlen = 8 + 128;
-    key.slot = p.slot;
-    if (family == AF_INET_) {
-        if (addrlen < 8)
+    bpf_probe_read_kernel(&nport, sizeof(nport), (char *)name + 2);
+    u64 off = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAX_CMSGS; i++) {
+        if (off + 16 > len)
             return 0;
-        bpf_probe_read_kernel(&nport, sizeof(nport), (char *)address + 2);
-        key.addr[10] = 0xff;
-        key.addr[11] = 0xff;
-        bpf_probe_read_kernel(&key.addr[12], 4, (char *)address + 4);
-    } else if (family == AF_INET6_) {
-        if (addrlen < 24)
-            return 0;
-        bpf_probe_read_kernel(&nport, sizeof(nport), (char *)address + 2);
-        bpf_probe_read_kernel(&key.addr[0], 16, (char *)address + 8);
-    } else {
-        return 0;
-    }
-    u32 port = ((nport & 0xff) << 8) | (nport >> 8);
-    struct port_key pk = {};
-    pk.slot = p.slot;
-    u32 *rule = 0;
-    u32 *entry = net_trie.lookup(&key);
-    if (entry) {
-        pk.entry = *entry;
-        pk.port = port;
-        rule = net_ports.lookup(&pk);
-        if (!rule) {
-            pk.port = 0;
-            rule = net_ports.lookup(&pk);
+        u64 clen = 0;
+        int hdr[2] = {};
+        bpf_probe_read_kernel(&clen, sizeof(clen), (char *)ctl + off);
+        bpf_probe_read_kernel(hdr, sizeof(hdr), (char *)ctl + off + 8);
+        if (clen < 16)
+            return 0; /* the kernel refuses the message */
+        if (hdr[0] == SOL_SCTP_ && (hdr[1] == SCTP_DSTADDRV4_ || hdr[1] == SCTP_DSTADDRV6_)) {
+            u8 sa[28] = {};
+            u16 fam = hdr[1] == SCTP_DSTADDRV4_ ? AF_INET_ : AF_INET6_;
+            __builtin_memcpy(sa, &fam, 2);
+            __builtin_memcpy(sa + 2, &nport, 2);
+            if (fam == AF_INET_)
+                bpf_probe_read_kernel(sa + 4, 4, (char *)ctl + off + 16);
+            else
+                bpf_probe_read_kernel(sa + 8, 16, (char *)ctl + off + 16);
+            int ret = check_address(sk, sa, 28, H_SOCKET_SENDMSG, OP_SENDMSG, p);
+            if (ret)
+                return ret;
         }
+        off += (clen + 7) & ~7ULL;
     }
-    if (!rule) {
-        pk.entry = 0;
-        pk.port = port;
-        rule = net_ports.lookup(&pk);
-    }
-    if (!rule)
+    if (off + 16 > len)
         return 0;
-    u32 r = *rule;
-    count(1);
-    struct deny_event *e = deny_events.ringbuf_reserve(sizeof(struct deny_event));
-    if (!e) {
-        count(0);
-        return -SENTINEL_EPERM;
+    /* More control messages than checked: fail closed. */
+    struct slot_cfg *c = cfg_of(p);
+    struct net_hit hit = {};
+    hit.rule = c ? c->any_connect_rule : 0;
+    if (!hit.rule)
+        return 0;
+    return report_net(&hit, H_SOCKET_SENDMSG, OP_SENDMSG, p);
+}
+
+/* sendto/sendmsg with an address: UDP and raw sockets reach it without connect(); TCP Fast
+ * Open (MSG_FASTOPEN) connects inside sendmsg; SCTP sets up an association implicitly. */
+LSM_PROBE(socket_sendmsg, void *sock, void *msg, int size)
+{
+    CONNECT_POLICY;
+    void *name = rd_ptr(msg, OFF_MSGHDR_MSG_NAME);
+    if (!name)
+        return 0;
+    void *sk = rd_ptr(sock, OFF_SOCKET_SK);
+    u16 proto = sk_protocol(sk);
+    if ((proto == IPPROTO_TCP_ || proto == IPPROTO_MPTCP_) &&
+        !(rd_u32(msg, OFF_MSGHDR_MSG_FLAGS) & MSG_FASTOPEN_))
+        return 0; /* a connected stream ignores the address */
+    int namelen = rd_u32(msg, OFF_MSGHDR_MSG_NAMELEN);
+    int ret = check_address(sk, name, namelen, H_SOCKET_SENDMSG, OP_SENDMSG, &p);
+    if (ret || proto != IPPROTO_SCTP_)
+        return ret;
+    return check_sctp_cmsgs(sk, msg, name, &p);
+}
+
+/*
+ * SCTP's address lists: sctp_connectx() (several destinations at once), the implicit
+ * association of sendmsg, a new primary destination, and addresses a peer adds (ASCONF).
+ * Local (bind-side) addresses are not judged.
+ */
+LSM_PROBE(sctp_bind_connect, void *sk, int optname, void *address, int addrlen)
+{
+    if (optname != SCTP_SOCKOPT_CONNECTX_ && optname != SCTP_SENDMSG_CONNECT_ &&
+        optname != SCTP_PRIMARY_ADDR_ && optname != SCTP_PARAM_ADD_IP_ &&
+        optname != SCTP_PARAM_SET_PRIMARY_)
+        return 0;
+    CONNECT_POLICY;
+    int off = 0;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < SCTP_MAX_ADDRS; i++) {
+        if (off >= addrlen)
+            return 0;
+        u16 fam = 0;
+        bpf_probe_read_kernel(&fam, sizeof(fam), (char *)address + off);
+        int len = fam == AF_INET_ ? 16 : (fam == AF_INET6_ ? 28 : 0);
+        if (!len)
+            return 0; /* the kernel refuses the list */
+        int ret = check_address(sk, (char *)address + off, len, H_SCTP_BIND_CONNECT,
+                                OP_SCTP_CONNECT, &p);
+        if (ret)
+            return ret;
+        off += len;
     }
-    __builtin_memset(e, 0, sizeof(*e));
-    e->rule = r;
-    e->gen = p.gen;
-    e->hook = H_SOCKET_CONNECT;
-    e->op = OP_CONNECT;
-    e->family = family;
-    e->port = port;
-    __builtin_memcpy(e->addr, key.addr, 16);
-    fill_task(e);
-    deny_events.ringbuf_submit(e, 0);
-    return -SENTINEL_EPERM;
+    if (off >= addrlen)
+        return 0;
+    struct slot_cfg *c = cfg_of(&p);
+    struct net_hit hit = {};
+    hit.rule = c ? c->any_connect_rule : 0;
+    if (!hit.rule)
+        return 0;
+    return report_net(&hit, H_SCTP_BIND_CONNECT, OP_SCTP_CONNECT, &p);
 }

@@ -75,6 +75,9 @@ struct f_scratch {
     u32 plen;               // and the length of the relative path, left in pk.path (0: none)
     u32 pcanon;             // no "//", "/." or trailing "/" in it
     u32 pfam;               // and its event type
+    struct fmask oacc;      // a successful open waiting for its kernel path: its terms,
+    u32 ogen;               // generation
+    u32 ofam;               // and its event type (f_file_opened_pre -> f_file_opened_path)
     u8 zeros[F_PATH];       // never written: a source of zeros
 };
 
@@ -495,6 +498,7 @@ static __always_inline int f_file_enter(struct f_state *st, u32 t, u32 oflags,
     u32 acc = oflags & 3;
     int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0) &&
                f_comm_dim(st, st->fam) &&
                f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
     if (keep)
@@ -504,18 +508,25 @@ static __always_inline int f_file_enter(struct f_state *st, u32 t, u32 oflags,
     return keep;
 }
 
-// A successful open (its file installed), at its exit: the path dimensions judge the kernel's
-// path of the opened file (kpath, klen bytes, walked forward from the task's root: exactly
-// what user space reports as fd.name; klen 0: unknown, not judged), never the string the
-// caller passed, which a symlink, a magic link or a racing thread can make name another file.
-// raw (the record's copy of the path as passed) serves D_RAW_DOTDOT (fd.nameraw) only.
-static __always_inline int f_file_opened(struct f_state *st, u32 t, u32 oflags, const char *raw,
-                                         const char *kpath, u32 klen, long ret) {
+// A successful open (its file installed), at its exit, in two steps so that the opened file's
+// path is walked only when some rule still alive needs it. The path dimensions judge the
+// kernel's path of the opened file (kpath, klen bytes, walked forward from the task's root:
+// exactly what user space reports as fd.name; klen 0: unknown, not judged), never the string
+// the caller passed, which a symlink, a magic link or a racing thread can make name another
+// file. raw (the record's copy of the path as passed) serves D_RAW_DOTDOT (fd.nameraw) only.
+// f_file_opened_pre judges every other dimension (access mode, comm, uid, the raw path's "..",
+// the result): 0 drop, 1 keep (both counted), 2 the kernel's path decides: the terms still
+// alive wait in the per-CPU scratch for f_file_opened_path, called after the walk on the same
+// CPU (the state itself holds a map pointer, and kept live across the walk it would multiply
+// the states the verifier explores there).
+static __always_inline int f_file_opened_pre(struct f_state *st, u32 t, u32 oflags,
+                                             const char *raw, long ret) {
     if (!f_begin(st, t))
         return 1;
     u32 acc = oflags & 3;
     int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
+               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0) &&
                f_comm_dim(st, st->fam) &&
                f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
     if (keep && f_needs(st, D_RAW_DOTDOT)) {
@@ -532,10 +543,29 @@ static __always_inline int f_file_opened(struct f_state *st, u32 t, u32 oflags, 
         }
     }
     if (keep)
-        keep = f_kpath_dims(st, kpath, klen);
-    if (keep)
         keep = f_finish(st, st->fam, ret);
+    if (keep && (f_needs(st, D_PATH) || f_needs(st, D_PATH_PREFIX) || f_needs(st, D_PATH_SUFFIX))) {
+        u32 zero = 0;
+        struct f_scratch *s = f_scratch_map.lookup(&zero);
+        if (s) {
+            __builtin_memcpy(&s->oacc, &st->acc, sizeof(s->oacc));
+            s->ogen = st->gen;
+            s->ofam = st->fam;
+            return 2;                   // counted by f_file_opened_path
+        }
+    }
     return f_keep(st, st->fam, keep);
+}
+
+static __always_inline int f_file_opened_path(struct f_state *st, const char *kpath, u32 klen) {
+    u32 zero = 0;
+    struct f_scratch *s = f_scratch_map.lookup(&zero);
+    if (!s)
+        return 1;
+    if (!f_begin(st, s->ofam) || st->gen != s->ogen)
+        return 1;                       // a reload happened in between: keep the event
+    __builtin_memcpy(&st->acc, &s->oacc, sizeof(st->acc));
+    return f_keep(st, st->fam, f_kpath_dims(st, kpath, klen));
 }
 
 // a file event, at sys_exit, for a call f_file_enter kept. Returns 1 to emit the event, 0 to drop it,

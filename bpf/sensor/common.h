@@ -65,14 +65,45 @@ static __always_inline u32 rd_u32(void *base, u32 off) {
     return v;
 }
 
-// Sentinel's own process is never reported: evaluating an event makes the sensor open files
-// (passwd lookups, /proc reads), which would produce events about itself without end.
-static __always_inline int is_self(void) {
-#ifdef SELF_TGID
-    return (bpf_get_current_pid_tgid() >> 32) == SELF_TGID;
-#else
-    return 0;
+// One step of a dentry walk needs the parent and the name (length and pointer). In struct
+// dentry d_parent and d_name (a qstr: hash, len, name) are neighbours on every kernel BTF has
+// shown us (24..48): one read of the span instead of three helper calls per step. The offsets
+// still come from BTF; a kernel where they are not neighbours gets the three reads.
+struct dent_step {
+    void *parent;
+    void *name;
+    u32 len;
+};
+#define DENT_SPAN (OFF_DENTRY_D_NAME_NAME + 8 - OFF_DENTRY_D_PARENT)
+#if OFF_DENTRY_D_NAME_LEN > OFF_DENTRY_D_PARENT && OFF_DENTRY_D_NAME_NAME > OFF_DENTRY_D_PARENT && DENT_SPAN <= 32
+#define DENT_ONE_READ 1
 #endif
+
+static __always_inline void rd_dent(void *dentry, struct dent_step *d) {
+#ifdef DENT_ONE_READ
+    u64 span[4] = {};
+    bpf_probe_read_kernel(span, DENT_SPAN, dentry + OFF_DENTRY_D_PARENT);
+    char *c = (char *)span;
+    d->parent = *(void **)c;
+    d->len = *(u32 *)(c + (OFF_DENTRY_D_NAME_LEN - OFF_DENTRY_D_PARENT));
+    d->name = *(void **)(c + (OFF_DENTRY_D_NAME_NAME - OFF_DENTRY_D_PARENT));
+#else
+    d->parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
+    d->len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
+    d->name = rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
+#endif
+}
+
+// Sentinel's own process is never reported: evaluating an event makes the sensor open files
+// (passwd lookups, /proc reads), which would produce events about itself without end. Its pid
+// is a map value set at load time (0: none), not a cflag: the program text, and so the cached
+// compile (sentinel/kernel/bpfcache.py), stay the same from one start to the next.
+BPF_ARRAY(self_tgid, u32, 1);
+
+static __always_inline int is_self(void) {
+    u32 zero = 0;
+    u32 *self = self_tgid.lookup(&zero);
+    return self && *self && (bpf_get_current_pid_tgid() >> 32) == *self;
 }
 
 // ---- prefilter hooks ---------------------------------------------------------------------
@@ -101,15 +132,20 @@ static __always_inline int prefilter_exec_path(struct pf_exec_state *st, const c
 // prefilter_file judges a file event on the path as passed (path: the record's copy of it);
 // prefilter_file_base is called for every file event prefilter_file kept, with the walk of the
 // base directory of a relative path (bad: the walk is unusable, or there is none): the
-// prefilter may have left the verdict on a relative path to it. prefilter_file_opened judges
-// a successful open on the kernel's path of the file it installed (kpath, klen bytes; 0:
-// unknown) and the passed path (raw) only for fd.nameraw.
+// prefilter may have left the verdict on a relative path to it. A successful open is judged
+// in two steps: prefilter_file_opened_pre on all but the path (the passed path, raw, only for
+// fd.nameraw): 0 drop, 1 keep, 2 the kernel's path of the file it installed decides
+// (prefilter_file_opened_path, kpath, klen bytes; 0: unknown), so that the path is walked for
+// the verdict only when some rule needs it.
 #ifndef PREFILTER_FILE
 static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, long ret) {
     return 1;
 }
-static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
-                                                 const char *kpath, u32 klen, long ret) {
+static __always_inline int prefilter_file_opened_pre(u32 t, u32 oflags, const char *raw,
+                                                     long ret) {
+    return 1;
+}
+static __always_inline int prefilter_file_opened_path(const char *kpath, u32 klen) {
     return 1;
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
@@ -281,13 +317,14 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
     u32 trunc_v = 1;
     u32 *trunc = &trunc_v;
     void *lone = 0;
+    // the mount's root changes only where the walk crosses a mount: read there, not per step
+    void *mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
     int i;
     for (i = 0; i < WALK_DEPTH; i++) {
         if (dentry == root_dentry && vfsmnt == root_mnt) {
             *trunc = 0;
             break;
         }
-        void *mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
         if (dentry == mnt_root) {
             void *parent_mnt = rd_ptr(mnt, OFF_MOUNT_MNT_PARENT);
             if (parent_mnt == mnt || !parent_mnt) {
@@ -297,22 +334,24 @@ static __always_inline void walk_path_fwd(struct path_buf *x, void *dentry, void
             dentry = rd_ptr(mnt, OFF_MOUNT_MNT_MOUNTPOINT);
             mnt = parent_mnt;
             vfsmnt = mnt + OFF_MOUNT_MNT;
+            mnt_root = rd_ptr(vfsmnt, OFF_VFSMOUNT_MNT_ROOT);
             continue;
         }
-        void *parent = rd_ptr(dentry, OFF_DENTRY_D_PARENT);
+        struct dent_step d;
+        rd_dent(dentry, &d);
+        void *parent = d.parent;
         if (parent == dentry || !parent) {
             *trunc = 0;
             if (i == 0)
                 lone = dentry;
             break;
         }
-        u32 len = rd_u32(dentry, OFF_DENTRY_D_NAME_LEN);
+        u32 len = d.len;
         if (len == 0 || len >= NAME_MAX_READ || len + 1 > pos)
             break;                      // no room left (or a nameless dentry): truncated
         asm volatile("" : "+r"(len));   // keep the mask below: it bounds the copy for the verifier
         pos -= len;
-        void *name = rd_ptr(dentry, OFF_DENTRY_D_NAME_NAME);
-        if (bpf_probe_read_kernel(&buf[pos & (FWD_END - 1)], len & (NAME_MAX_READ - 1), name))
+        if (bpf_probe_read_kernel(&buf[pos & (FWD_END - 1)], len & (NAME_MAX_READ - 1), d.name))
             break;
         pos -= 1;
         buf[pos & (FWD_END - 1)] = '/';

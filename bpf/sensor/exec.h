@@ -7,8 +7,11 @@
 // Per-CPU scratch for the executable's path: built once, before the prefilter judges it and
 // the record is reserved, then copied into the record.
 BPF_PERCPU_ARRAY(exe_scratch, struct path_buf, 1);
-BPF_PROG_ARRAY(exec_tail, 1);
-#define EXE_UNWALKED 2  // path_buf.trunc: the executable is not walked yet (exec_emit does)
+BPF_PERCPU_ARRAY(exec_verdict, u32, 1);  // the prefilter's first verdict, for exec_walk
+BPF_PROG_ARRAY(exec_tail, 3);
+#define EXEC_EMIT 0                 // exec_emit: builds the record
+#define EXEC_JUDGE 1                // exec_judge: the prefilter judges the path, then emits
+#define EXEC_WALK 2                 // exec_walk: walks the executable's path, then one of those
 
 // execve or execveat. The syscall number is gone by now (x86 resets the saved registers for
 // the new image), but an execveat that names its file by a directory fd (fexecve, fileless
@@ -96,8 +99,6 @@ static __always_inline void exec_facts(struct exec_ev *e, void *task, void *mm, 
 }
 
 RAW_TRACEPOINT_PROBE(sched_process_exec) {
-    void *task = (void *)ctx->args[0];
-    void *bprm = (void *)ctx->args[2];
     if (is_self())
         return 0;
     // The process's name from now on (whatever the prefilter decides about this event).
@@ -105,25 +106,35 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     bpf_get_current_comm(&name.comm, sizeof(name.comm));
     u32 tgid = bpf_get_current_pid_tgid() >> 32;
     exec_comm.update(&tgid, &name);
-    u32 t = exec_type(bprm);
+    u32 t = exec_type((void *)ctx->args[2]);
     struct pf_exec_state pst = {};
     int verdict = prefilter_exec_pre(&pst, t);
     u32 zero = 0;
+    u32 *v = exec_verdict.lookup(&zero);
+    if (!v)
+        return 0;
+    *v = verdict;
+    // Walking the executable's path, judging it, building the record: each in a program of
+    // its own, which the verifier checks once, alone. Inline, it checked the walk once per
+    // state the prefilter's first step left (0.5 s of start-up), the judgement once per way
+    // the walk can end (2.4 s), and the record passed the verifier's limit.
+    exec_tail.call(ctx, EXEC_WALK);
+    count(t, C_LOST);  // the tail call failed: the event is lost, and counted so
+    return 0;
+}
+
+// The executable's path (symlinks resolved), walked once into exe_scratch: the prefilter may
+// judge it, and the record carries it. An exec no rule wants is still walked and emitted, for
+// the process table only (FLAG_TABLE_ONLY: the facts of this process's later events stay true).
+int exec_walk(struct bpf_raw_tracepoint_args *ctx) {
+    void *task = (void *)ctx->args[0];
+    void *bprm = (void *)ctx->args[2];
+    u32 t = exec_type(bprm);
+    u32 zero = 0;
     struct path_buf *xb = exe_scratch.lookup(&zero);
-    if (!xb)
+    u32 *v = exec_verdict.lookup(&zero);
+    if (!xb || !v)
         return 0;
-    if (!verdict) {
-        // No rule wants it, but the process table does (FLAG_TABLE_ONLY: the facts of this
-        // process's later events stay true): exec_emit walks the executable itself.
-        count(t, C_FILTERED);
-        xb->flags = FLAG_TABLE_ONLY;
-        xb->trunc = EXE_UNWALKED;
-        exec_tail.call(ctx, 0);
-        count(t, C_LOST);
-        return 0;
-    }
-    // The executable's path (symlinks resolved), walked once: the prefilter may judge it, and
-    // the record carries it.
     void *fs = rd_ptr(task, OFF_TASK_FS);
     void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
     void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
@@ -134,23 +145,50 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (file)
         walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
                       rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
-    // Read back through memory (volatile), so the filter below works on one unknown length
-    // rather than on whatever clang can prove about each way the walk ends; every copy it
-    // makes is bounded by masks of its own.
+    u32 verdict = *(volatile u32 *)v;
+    if (verdict == 2) {
+        exec_tail.call(ctx, EXEC_JUDGE);
+        count(t, C_LOST);
+        return 0;
+    }
+    if (!verdict) {
+        count(t, C_FILTERED);
+        xb->flags = FLAG_TABLE_ONLY;
+    } else {
+        count(t, C_PASSED);
+    }
+    exec_tail.call(ctx, EXEC_EMIT);
+    count(t, C_LOST);  // the tail call failed: the event is lost, and counted so
+    return 0;
+}
+
+// An exec whose verdict depends on its executable's path (tail-called by exec_walk, on the
+// same CPU: the walk is in exe_scratch). The prefilter's first step is taken again (its state
+// holds a pointer into a map, which cannot wait in a map for this program): a comm and a uid
+// lookup, for execs only some rule's path test can keep.
+int exec_judge(struct bpf_raw_tracepoint_args *ctx) {
+    u32 t = exec_type((void *)ctx->args[2]);
+    u32 zero = 0;
+    struct path_buf *xb = exe_scratch.lookup(&zero);
+    if (!xb)
+        return 0;
+    // Read back through memory (volatile), so the filter works on one unknown length rather
+    // than on whatever clang can prove; every copy it makes is bounded by masks of its own.
     u32 exe_len = *(volatile u32 *)&xb->len;
     u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     u32 known = exe_trunc ? 0 : exe_len & (FWD_END - 1);
-    if (verdict == 2 && !prefilter_exec_path(&pst, xb->b + FWD_END - known, known)) {
+    struct pf_exec_state pst = {};
+    int verdict = prefilter_exec_pre(&pst, t);
+    if (verdict == 2)
+        verdict = prefilter_exec_path(&pst, xb->b + FWD_END - known, known);
+    if (!verdict) {
         count(t, C_FILTERED);
         xb->flags = FLAG_TABLE_ONLY;    // for the process table only: no rule wants it
     } else {
         count(t, C_PASSED);
     }
-    // The record is built by a program of its own (the verifier checks it once, alone:
-    // inline, its paths multiplied the prefilter's and the program exceeded the verifier's
-    // limit).
-    exec_tail.call(ctx, 0);
-    count(t, C_LOST);  // the tail call failed: the event is lost, and counted so
+    exec_tail.call(ctx, EXEC_EMIT);
+    count(t, C_LOST);
     return 0;
 }
 
@@ -168,13 +206,6 @@ int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
     void *root_mnt = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT);
     void *root_dentry = rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY);
     void *file = rd_ptr(bprm, OFF_BPRM_FILE);
-    if (xb->trunc == EXE_UNWALKED) {     // an exec the prefilter dropped before the walk
-        xb->len = 0;
-        xb->trunc = 0;
-        if (file)
-            walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
-                          rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
-    }
     u32 exe_len = *(volatile u32 *)&xb->len;
     u32 exe_trunc = *(volatile u32 *)&xb->trunc;
     struct exec_ev *e = events.ringbuf_reserve(sizeof(struct exec_ev));

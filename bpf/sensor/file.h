@@ -98,6 +98,13 @@ int open_done(void *ctx) {
     u32 t = e->h.type;
     long ret = e->res;
     u32 pflags = e->h.flags;
+    // Every dimension but the path first: an open they drop costs no walk.
+    int pre = prefilter_file_opened_pre(t, e->flags, e->path, ret);
+    if (!pre) {
+        count(t, C_FILTERED);
+        return 0;
+    }
+    xb->pad = pre;  // read back after the walk (through memory: one unknown, not a state each)
     void *task = (void *)bpf_get_current_task();
     void *file = fd_file(task, (s32)ret);
     xb->len = 0;
@@ -112,9 +119,12 @@ int open_done(void *ctx) {
     u32 klen = *(volatile u32 *)&xb->len;
     u32 ktrunc = *(volatile u32 *)&xb->trunc;
     u32 known = ktrunc ? 0 : klen & (FWD_END - 1);
-    if (!counted(t, prefilter_file_opened(t, e->flags, e->path, xb->b + FWD_END - known, known,
-                                          ret)))
+    if (*(volatile u32 *)&xb->pad == 2 &&
+        !prefilter_file_opened_path(xb->b + FWD_END - known, known)) {
+        count(t, C_FILTERED);
         return 0;
+    }
+    count(t, C_PASSED);
     fill_hdr(&e->h, t);
     e->h.flags |= pflags | FLAG_KPATH | (ktrunc ? FLAG_BASE_TRUNC : 0);
     asm volatile("" : "+r"(known));

@@ -206,6 +206,8 @@ def start_sensor(run: Run) -> bool:
         run.sensor.start(lambda raw: on_record(run, raw))
     except SensorError as exc:
         return run.fail(1, "sensor_failed", error=str(exc))
+    for note in run.sensor.sensor.notes:  # the program cache's problems (it compiled instead)
+        run.log.warning("BPF program cache", problem=note)
     if run.sensor.sensor.missing:
         run.log.warning(
             "syscalls this kernel has no tracepoint for are not traced",
@@ -246,6 +248,7 @@ def arm(run: Run) -> bool:
         syscalls=",".join(syscalls) or "none",
         processes=seeded,
         seconds=round(armed, 2),
+        bpf_cached=run.sensor.sensor.cached,
     )
     return True
 

@@ -26,10 +26,11 @@ ENV_PREFIX = "SENTINEL_"
 
 class EnforcementConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    unavailable: Literal["refuse", "alert"] = Field(
+    unavailable: Literal["refuse", "alert", "kill"] = Field(
         default="refuse",
         description="when BPF LSM is unavailable and deny rules are loaded: refuse to start, "
-        "or run them as alerts marked deny-unenforced",
+        "run them as alerts marked deny-unenforced, or kill the offending process from "
+        "tracepoint programs (alerts marked kill; see sentinel/enforcement/kill.py)",
     )
 
 

@@ -8,7 +8,9 @@ Supported shapes (macros and lists expand as usual; ``or`` and ``in`` make sever
   ``=``/``in`` (a file) or ``pmatch``/``startswith "<dir>/"`` (a tree). The hooks then deny
   every way of modifying it (open for write, truncate, rename, unlink, link, chmod, ...).
 * exec: exec event types with ``proc.exepath`` ``=``/``in`` (a binary) or
-  ``pmatch``/``startswith "<dir>/"`` (everything below a directory).
+  ``pmatch``/``startswith "<dir>/"`` (everything below a directory); or, alone in a term,
+  ``proc.is_exe_from_memfd = true`` (fileless execution) or ``proc.is_exe_upper_layer = true``
+  (a binary in a container's writable layer: drift).
 * connect: ``connect`` with ``fd.sip``/``fd.rip``/``fd.snet``/``fd.rnet`` (an address or CIDR)
   and/or ``fd.sport``/``fd.rport``/``fd.dport`` (ports).
 
@@ -23,6 +25,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from sentinel.compiler.fold import maybe_true, specialize
+from sentinel.enforcement.policy import ConnectDeny, DenyPolicy
 from sentinel.events import EVENT_TYPES
 from sentinel.language import ast, to_text
 
@@ -44,15 +47,17 @@ class DenySpec:
     exec_exact: dict[str, str] = field(default_factory=dict)
     exec_prefix: dict[str, str] = field(default_factory=dict)
     connect: list[tuple[str, str | None, tuple[int, ...]]] = field(default_factory=list)
+    exec_memfd: str | None = None
+    exec_upper: str | None = None
 
-    def to_policy(self) -> object:
-        from sentinel.enforcement.policy import ConnectDeny, DenyPolicy
-
+    def to_policy(self) -> DenyPolicy:
         return DenyPolicy(
             protect=dict(self.protect),
             exec_exact=dict(self.exec_exact),
             exec_prefix=dict(self.exec_prefix),
             connect=[ConnectDeny(rule, cidr, ports) for rule, cidr, ports in self.connect],
+            exec_memfd=self.exec_memfd,
+            exec_upper=self.exec_upper,
         )
 
 
@@ -133,7 +138,33 @@ def _file_term(rule: str, term: list[ast.Check], out: DenySpec) -> None:
         out.protect.setdefault(p, rule)
 
 
+# Boolean exec fields a term may consist of alone -> the DenySpec attribute they set.
+EXEC_FLAGS = {"proc.is_exe_from_memfd": "exec_memfd", "proc.is_exe_upper_layer": "exec_upper"}
+
+
+def _exec_flag(rule: str, term: list[ast.Check], out: DenySpec) -> bool:
+    """A term that is exactly ``<exec flag> = true``: recorded; False if it is not one."""
+    flags = [c for c in term if _field(c) in EXEC_FLAGS]
+    if not flags:
+        return False
+    c = flags[0]
+    values = [v.lower() for v in _values(rule, c)]
+    if len(term) != 1 or c.op not in ("=", "==") or values != ["true"]:
+        raise _fail(
+            rule,
+            f"'{_field(c)}' is decided in the kernel only as `{_field(c)} = true`, alone "
+            "in its term",
+            c,
+        )
+    attr = EXEC_FLAGS[_field(c) or ""]
+    if getattr(out, attr) is None:
+        setattr(out, attr, rule)
+    return True
+
+
 def _exec_term(rule: str, term: list[ast.Check], out: DenySpec) -> None:
+    if _exec_flag(rule, term, out):
+        return
     found = False
     for c in term:
         name = _field(c)
@@ -148,7 +179,8 @@ def _exec_term(rule: str, term: list[ast.Check], out: DenySpec) -> None:
         else:
             raise _fail(
                 rule,
-                f"'{to_text(c)}' is not a check the exec hook decides (use proc.exepath)",
+                f"'{to_text(c)}' is not a check the exec hook decides (use proc.exepath, "
+                "proc.is_exe_from_memfd or proc.is_exe_upper_layer)",
                 c,
             )
     if not found:

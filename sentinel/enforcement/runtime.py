@@ -1,5 +1,6 @@
 """Deny rules at run time: compiled to a BPF LSM policy and enforced, or, where BPF LSM is not
-available, refused or run as alerts (``enforcement.unavailable``); reloads replace the policy.
+available, refused, run as alerts, or enforced by killing the offending process
+(``enforcement.unavailable``); reloads replace the policy.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from typing import Any
 
 from sentinel.logging import get_logger
 
+KERNEL_MODES = ("enforced", "killing")  # deny rules decided by kernel programs
+
 
 class EnforcementError(Exception):
     """Deny rules that cannot be enforced as loaded (the message says why)."""
@@ -16,7 +19,7 @@ class EnforcementError(Exception):
 
 class Enforcement:
     """Deny rules: compiled to a BPF LSM policy and enforced, or, where BPF LSM is not
-    available, refused or run as alerts (``enforcement.unavailable``).
+    available, refused, run as alerts, or enforced by kills (``enforcement.unavailable``).
 
     A reload goes through :meth:`make_engine` too, with the same rules as at start: new deny
     rules that cannot be compiled or resolved, or that BPF LSM cannot enforce under
@@ -37,8 +40,8 @@ class Enforcement:
         self.build_engine = build_engine  # (compiled rules, config) -> engine
         self.log = log if log is not None else get_logger("sentinel.enforcement")
         self.ok = True
-        self.mode = "none"  # none | enforced | unenforced
-        self.plan: Any = None  # the MapPlan to enforce (enforced mode)
+        self.mode = "none"  # none | enforced | killing | unenforced
+        self.plan: Any = None  # the MapPlan to enforce (enforced and killing modes)
         self.enforcer: Any = None
         self._emit: Callable[[Any], Any] | None = None
         # (engine, rules by name), newest first: a denial of an older generation may still be
@@ -64,14 +67,14 @@ class Enforcement:
             mode, plan = self.mode, None
         rules = []
         for r in compiled.rules:
-            if r.action == "deny" and mode == "enforced":
+            if r.action == "deny" and mode in KERNEL_MODES:
                 r = dataclasses.replace(r, enabled=False)
             elif r.action == "deny":
                 r = dataclasses.replace(r, action="deny-unenforced")
             rules.append(r)
         engine = self.build_engine(dataclasses.replace(compiled, rules=rules), config)
-        if reloading and mode == "enforced":
-            self._apply(plan)
+        if reloading and mode in KERNEL_MODES:
+            self._apply(plan, mode)
         self.mode, self.plan = mode, plan
         self._engines = [(engine, {r.name: r for r in engine.compiled.rules}), *self._engines][:3]
         return engine
@@ -85,17 +88,17 @@ class Enforcement:
         mode = self.mode
         if not deny:
             # Nothing to deny: an attached enforcer keeps running with an empty policy.
-            return mode, (MapPlan() if mode == "enforced" else None)
+            return mode, (MapPlan() if mode in KERNEL_MODES else None)
         try:
             spec = compile_deny([(r.name, r.expr) for r in deny])
         except DenyCompileError as exc:
             raise EnforcementError(str(exc)) from None
         if mode == "none":
             mode = self._decide()
-        if mode != "enforced":
+        if mode not in KERNEL_MODES:
             return mode, None
         try:
-            return mode, build_plan(spec.to_policy())  # type: ignore[arg-type]
+            return mode, build_plan(spec.to_policy())
         except (PolicyError, LsmError) as exc:
             raise EnforcementError(str(exc)) from None
 
@@ -108,16 +111,25 @@ class Enforcement:
         if self.config.enforcement.unavailable == "refuse":
             raise EnforcementError(
                 f"deny rules are loaded but BPF LSM is unavailable: {why}; "
-                "set enforcement.unavailable: alert to run them as alerts"
+                "set enforcement.unavailable: alert to run them as alerts, or kill to kill "
+                "the offending process instead"
             )
+        if self.config.enforcement.unavailable == "kill":
+            self.log.warning(
+                f"BPF LSM is unavailable ({why}): deny rules are enforced by killing the "
+                "offending process after the system call (action kill); what that stops and "
+                "what it cannot is in the README (Enforcement)"
+            )
+            return "killing"
         self.log.warning(
             f"BPF LSM is unavailable ({why}): deny rules are NOT enforced, only "
             "alerted on (action deny-unenforced)"
         )
         return "unenforced"
 
-    def _apply(self, plan: Any) -> None:
+    def _apply(self, plan: Any, mode: str) -> None:
         """Install a reloaded policy: update the running enforcer, or attach one."""
+        from sentinel.enforcement.kill import KillError
         from sentinel.enforcement.lsm import LsmError
         from sentinel.enforcement.policy import PolicyError
 
@@ -130,9 +142,9 @@ class Enforcement:
                     generation=self.enforcer.generation,
                 )
             elif self._emit is not None:
-                self.log.info("attaching BPF LSM programs for the reloaded deny rules")
-                self._attach(plan)
-        except (LsmError, PolicyError) as exc:
+                self.log.info("attaching the enforcement programs for the reloaded deny rules")
+                self._attach(plan, mode)
+        except (LsmError, KillError, PolicyError) as exc:
             self.log.error(f"reload rejected, the old rules and deny policy stay: {exc}")
             raise EnforcementError(str(exc)) from None
 
@@ -141,26 +153,39 @@ class Enforcement:
         for engine, by_name in self._engines:
             rule = by_name.get(ev.rule)
             if rule is not None:
-                self._emit(engine.alert(rule, ev.fields(), action="deny"))
+                self._emit(engine.alert(rule, ev.fields(), action=ev.action))
                 return
 
-    def _attach(self, plan: Any) -> None:
-        from sentinel.enforcement.lsm import LsmEnforcer
+    def _attach(self, plan: Any, mode: str) -> None:
+        if mode == "killing":
+            from sentinel.enforcement.kill import KillEnforcer
 
-        self.enforcer = LsmEnforcer(plan, self._on_deny)
-        self.log.info("enforcing", rules=len(plan.rules), hooks=len(self.enforcer.attached_hooks))
+            self.enforcer = KillEnforcer(plan, self._on_deny)
+        else:
+            from sentinel.enforcement.lsm import LsmEnforcer
+
+            self.enforcer = LsmEnforcer(plan, self._on_deny)
+        for note in self.enforcer.notes:
+            self.log.warning(note)
+        self.log.info(
+            "enforcing",
+            rules=len(plan.rules),
+            programs=len(self.enforcer.attached),
+            action="kill" if mode == "killing" else "deny",
+        )
 
     def start(self, emit: Callable[[Any], Any]) -> bool:
         """Attach the programs if deny rules are enforced; False (logged) if that failed."""
+        from sentinel.enforcement.kill import KillError
         from sentinel.enforcement.lsm import LsmError
 
         self._emit = emit
-        if self.mode != "enforced" or self.plan is None or not self.plan.rules:
+        if self.mode not in KERNEL_MODES or self.plan is None or not self.plan.rules:
             return True
         try:
-            self._attach(self.plan)
-        except LsmError as exc:
-            self.log.error(f"BPF LSM enforcement did not start: {exc}")
+            self._attach(self.plan, self.mode)
+        except (LsmError, KillError) as exc:
+            self.log.error(f"enforcement did not start: {exc}")
             return False
         return True
 

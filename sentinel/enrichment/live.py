@@ -68,7 +68,9 @@ class Enricher:
         if name in PROCESS_TYPES:
             self.table.apply(rec)
         elif rec.evt.family is system_records.FAMILY:
-            # the capability sets after the call: credential changes (setuid, capset...)
+            # the capability sets after the call: credential changes (setuid, capset...); after
+            # unshare/setns of a user namespace, every capability in it (libsinsp's
+            # parse_unshare_setns_exit sets them to all before the rules see the event)
             self.table.set_caps(rec.pid, system_records.caps(rec))
         self.count += 1
         ev = LiveEvent(rec, self.table, self.clock, self.containers, self.count)

@@ -67,6 +67,7 @@ def constants() -> dict[str, int]:
     out.update(HEADER_FLAGS)
     out.update(SIZES)
     out["AT_FDCWD_VAL"] = AT_FDCWD
+    out["O_CREAT_VAL"] = file_family.O_CREAT
     out["F_NFAM"] = len(EVENT_TYPES)  # the prefilter's maps are keyed by event code
     out.update({f"D_{d.name}": code for d, code in DIM_CODES.items()})
     out["F_NDIM"] = len(DIM_CODES)

@@ -33,6 +33,7 @@ class Dim(StrEnum):
     RAW_DOTDOT = "raw_dotdot"  # the path as passed contains "../"
     ARG = "arg"  # the event type's key argument (ptrace request, socket domain...)
     CONNECTED = "connected"  # the socket is connected (TCP established, a connected UDP)
+    OPEN_CREAT = "open_creat"  # an open's flags & O_CREAT
 
 
 DIM_CODES: dict[Dim, int] = {d: i for i, d in enumerate(Dim)}
@@ -49,6 +50,8 @@ class Bind(StrEnum):
     PATH_BASE = "path_base"  # fd.filename = X: path suffix "/X"
     OPEN_WRITE = "open_write"  # evt.is_open_write = bool
     OPEN_READ = "open_read"  # evt.is_open_read = bool
+    OPEN_CREAT = "open_creat"  # evt.is_open_create = bool
+    OPEN_FLAGS = "open_flags"  # evt.arg.flags of a file event: `contains O_CREAT` only
     RESULT = "result"  # evt.res = SUCCESS / E..., evt.rawres with a number
     RESULT_FD = "result_fd"  # fd.num of an open (the result)
     RAW_DOTDOT = "raw_dotdot"  # the raw path contains "../"
@@ -70,6 +73,8 @@ BIND_DIMS: dict[Bind, tuple[Dim, ...]] = {
     Bind.PATH_BASE: (Dim.PATH_SUFFIX,),
     Bind.OPEN_WRITE: (Dim.OPEN_WRITE,),
     Bind.OPEN_READ: (Dim.OPEN_READ,),
+    Bind.OPEN_CREAT: (Dim.OPEN_CREAT,),
+    Bind.OPEN_FLAGS: (Dim.OPEN_CREAT,),
     Bind.RESULT: (Dim.FAILED,),
     Bind.RESULT_FD: (Dim.FAILED,),
     Bind.RAW_DOTDOT: (Dim.RAW_DOTDOT,),

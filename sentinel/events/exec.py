@@ -305,8 +305,14 @@ ENCODE = schema.buffers(
     }
 )
 KERNEL_FIELDS = {"proc.name": Bind.COMM, "user.uid": Bind.UID, "proc.exepath": Bind.PATH}
-# exec_emit builds the record sched_process_exec's program kept (bpf/sensor/exec.h).
-TAILS = (("exec_tail", 0, "exec_emit", "raw_tracepoint"),)
+# sched_process_exec's program tail-calls exec_walk (the executable's path), which calls
+# exec_judge (the prefilter judges that path) when needed, then exec_emit (the record); see
+# bpf/sensor/exec.h.
+TAILS = (
+    ("exec_tail", 0, "exec_emit", "raw_tracepoint"),
+    ("exec_tail", 1, "exec_judge", "raw_tracepoint"),
+    ("exec_tail", 2, "exec_walk", "raw_tracepoint"),
+)
 FAMILY = schema.Family(
     "exec",
     LAYOUT,

@@ -300,6 +300,8 @@ KERNEL_FIELDS = {
     "fd.filename": Bind.PATH_BASE,
     "evt.is_open_write": Bind.OPEN_WRITE,
     "evt.is_open_read": Bind.OPEN_READ,
+    "evt.is_open_create": Bind.OPEN_CREAT,
+    "evt.arg.flags": Bind.OPEN_FLAGS,  # the handler's flags: an open's, 0 or AT_*/MNT_* bits
     "evt.res": Bind.RESULT,
     "evt.rawres": Bind.RESULT,
     "fd.num": Bind.RESULT_FD,

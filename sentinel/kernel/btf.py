@@ -100,7 +100,8 @@ class Btf:
         self._offsets: list[int] = [0]
         self._by_name: dict[str, int] = {}
         self._typedefs: dict[str, int] = {}
-        self._enums: dict[str, int] = {}
+        self._enums: dict[str, int] | None = None
+        self._enum_types: dict[str, int] = {}
         self._index()
 
     @classmethod
@@ -125,7 +126,7 @@ class Btf:
         offsets = self._offsets
         by_name = self._by_name
         typedefs = self._typedefs
-        enums = self._enums
+        enums = self._enum_types
         unpack = _TYPE.unpack_from
         extra = _EXTRA
         type_id = 0
@@ -298,11 +299,28 @@ class Btf:
         kind, vlen, _ref, _pos = self._record(type_id)
         return vlen if kind == KIND_FUNC_PROTO else None
 
+    def enum_value(self, name: str) -> int | None:
+        """The value of an enumerator (``DCACHE_DISCONNECTED``...), or None if no enum of this
+        BTF declares it (many kernel constants are ``#define``s, which BTF does not carry)."""
+        if self._enums is None:
+            self._enums = {}
+            for type_id in range(1, len(self._offsets)):
+                kind, vlen, _size, pos = self._record(type_id)
+                if kind == KIND_ENUM:
+                    for i in range(vlen):
+                        n_off, val = struct.unpack_from("<Ii", self._data, pos + 12 + 8 * i)
+                        self._enums.setdefault(self._str(n_off), val)
+                elif kind == KIND_ENUM64:
+                    for i in range(vlen):
+                        n_off, lo, hi = struct.unpack_from("<III", self._data, pos + 12 + 12 * i)
+                        self._enums.setdefault(self._str(n_off), lo | (hi << 32))
+        return self._enums.get(name)
+
     def enum_values(self, enum_name: str) -> dict[str, int]:
         """The members of a named enum (``"bpf_func_id"``) and their values; empty when the
         kernel has no such enum. Used for feature detection: a kernel's ``enum bpf_func_id``
         lists exactly the BPF helpers it offers."""
-        type_id = self._enums.get(enum_name.removeprefix("enum "))
+        type_id = self._enum_types.get(enum_name.removeprefix("enum "))
         if type_id is None:
             return {}
         kind, vlen, _size, pos = self._record(type_id)
@@ -353,6 +371,40 @@ class Btf:
 
 
 _CACHE: dict[str, Btf] = {}
+MODULES = Path("/sys/kernel/btf")
+
+
+def with_module(base: Btf, module: bytes) -> Btf:
+    """``base`` (vmlinux) and a module's split BTF as one: a module's BTF continues vmlinux's
+    type ids and string offsets (Documentation/bpf/btf.rst, "split BTF"), so the two sections
+    laid end to end are one ordinary blob in which every reference already resolves."""
+    _m, _v, _f, b_hdr, b_toff, b_tlen, b_soff, b_slen = _HDR.unpack_from(base._data)
+    _m, _v, _f, m_hdr, m_toff, m_tlen, m_soff, m_slen = _HDR.unpack_from(module)
+    if _m != BTF_MAGIC:
+        raise BtfError("module BTF has a bad magic")
+    types = (
+        base._data[b_hdr + b_toff : b_hdr + b_toff + b_tlen]
+        + module[m_hdr + m_toff : m_hdr + m_toff + m_tlen]
+    )
+    strs = (
+        base._data[b_hdr + b_soff : b_hdr + b_soff + b_slen]
+        + module[m_hdr + m_soff : m_hdr + m_soff + m_slen]
+    )
+    hdr = _HDR.pack(BTF_MAGIC, 1, 0, _HDR.size, 0, len(types), len(types), len(strs))
+    return Btf(hdr + types + strs)
+
+
+def module_btf(module: str, base: Btf | None = None) -> Btf | None:
+    """vmlinux's BTF joined with a loaded module's (``/sys/kernel/btf/<module>``), or None when
+    that module is not loaded (or the kernel has no module BTF)."""
+    key = f"module:{module}"
+    if key not in _CACHE:
+        try:
+            data = (MODULES / module).read_bytes()
+        except OSError:
+            return None
+        _CACHE[key] = with_module(base or vmlinux_btf(), data)
+    return _CACHE[key]
 
 
 def vmlinux_btf(path: Path | str = VMLINUX) -> Btf:

@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sentinel.kernel.bpfcache import Handles
+
 # The kernel passes at most SCM_MAX_FD (253) descriptors in one message: every attached
 # program and map the sensor keeps must fit (all event types: ~70 today).
 MAX_FDS = 253
@@ -62,6 +64,8 @@ class Loaded:
     maps: dict[str, int]
     links: dict[str, int] = field(default_factory=dict)
     progs: dict[str, int] = field(default_factory=dict)  # loaded, not attached (``lsm``)
+    cached: bool = False  # loaded from the program cache (sentinel.kernel.bpfcache)
+    notes: list[str] = field(default_factory=list)  # the cache's problems, to warn about
 
     def close(self) -> None:
         for fd in [*self.links.values(), *self.progs.values(), *self.maps.values()]:
@@ -80,6 +84,9 @@ def load_in_child(
     prelude: str = "",
     lsm: list[str] | None = None,
     tail_calls: Sequence[tuple[str, int, str, str]] = (),
+    cache_dir: Path | None = None,
+    cache_key: str | None = None,
+    self_tgid: int | None = None,
 ) -> Loaded:
     """Run the child, wait for its fds. Raises :class:`LoaderError` with the child's error.
     ``source``: a C file, or the program text itself (a ``str``: the sensor assembles its
@@ -88,7 +95,9 @@ def load_in_child(
     attaching them (nothing else is autoloaded); their fds are in ``Loaded.progs``.
     ``tail_calls``: (program array, index, function) to load and install, for each program array
     the program defines (others are skipped); the array's fd comes back in ``maps``, since the
-    kernel empties a program array when its last user-space fd closes."""
+    kernel empties a program array when its last user-space fd closes. ``cache_dir`` and
+    ``cache_key``: record the compile there (sentinel.kernel.bpfcache). ``self_tgid``: the
+    process whose events the sensor drops."""
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     # The child's stderr goes to a file, not a pipe: a rejected program's verifier log is
     # often larger than a pipe holds, and the child would block writing it while we wait for
@@ -112,6 +121,9 @@ def load_in_child(
             "prelude": prelude,
             "lsm": lsm,
             "tail_calls": [list(t) for t in tail_calls],
+            "cache_dir": str(cache_dir) if cache_dir is not None else None,
+            "cache_key": cache_key,
+            "self_tgid": self_tgid,
         }
         parent_sock.sendall(json.dumps(request).encode() + b"\n")
         parent_sock.settimeout(timeout)
@@ -135,7 +147,7 @@ def load_in_child(
         raise LoaderError(reply["error"])
     names: list[str] = reply["names"]
     kinds: list[str] = reply["kinds"]
-    loaded = Loaded(maps={})
+    loaded = Loaded(maps={}, cached=bool(reply.get("cached")), notes=list(reply.get("notes", [])))
     for name, kind, fd in zip(names, kinds, fds, strict=True):
         if kind == "map":
             loaded.maps[name] = fd
@@ -158,6 +170,8 @@ def _child(sock_fd: int) -> int:
     names: list[str] = []
     kinds: list[str] = []
     fds: list[int] = []
+    notes: list[str] = []
+    cached = False
     try:
         from bcc import BPF
 
@@ -165,37 +179,21 @@ def _child(sock_fd: int) -> int:
         text = req.get("prelude", "").encode() + body
         if req.get("lsm") is not None:
             b = _load_lsm(BPF, text, req["cflags"], req["lsm"], names, kinds, fds)
+            for m in req["maps"]:
+                names.append(m)
+                kinds.append("map")
+                fds.append(b[m.encode()].map_fd)
         else:
-            b = _deferred(BPF)(text=text, cflags=req["cflags"])
-        tails: list[str] = []
-        for array, index, func, kind in req.get("tail_calls", []):
-            try:
-                table = b[array.encode()]
-            except KeyError:
-                continue  # not compiled in
-            ptype = BPF.RAW_TRACEPOINT if kind == "raw_tracepoint" else BPF.TRACEPOINT
-            prog = b.load_func(func.encode(), ptype)
-            table[ctypes.c_int(index)] = ctypes.c_int(prog.fd)
-            tails.append(array)
-        if req.get("lsm") is None and hasattr(BPF, "_trace_autoload"):
-            BPF._trace_autoload(b)  # attach, now that every tail call has its program
+            out, cached = _load_sensor(BPF, text, req, notes)
+            for name, (kind, fd) in out.items():
+                names.append(name)
+                kinds.append(kind)
+                fds.append(fd)
     except Exception as exc:  # the compile/verifier message is the useful part
         msg = str(exc) if req.get("lsm") is not None else f"loading the BPF sensor failed: {exc}"
         sock.sendall(json.dumps({"error": msg}).encode())
         sock.close()
         os._exit(0)
-    for tp, fd in b.raw_tracepoint_fds.items():
-        names.append("raw:" + tp.decode())
-        kinds.append("link")
-        fds.append(fd)
-    for tp, fd in b.tracepoint_fds.items():
-        names.append("tp:" + tp.decode())
-        kinds.append("link")
-        fds.append(fd)
-    for m in [*req["maps"], *tails]:
-        names.append(m)
-        kinds.append("map")
-        fds.append(b[m.encode()].map_fd)
     if len(fds) > MAX_FDS:
         msg = (
             f"loading the BPF sensor failed: {len(fds)} descriptors exceed the {MAX_FDS} "
@@ -204,10 +202,104 @@ def _child(sock_fd: int) -> int:
         sock.sendall(json.dumps({"error": msg}).encode())
         sock.close()
         os._exit(0)
-    socket.send_fds(sock, [json.dumps({"names": names, "kinds": kinds}).encode()], fds)
+    reply = {"names": names, "kinds": kinds, "cached": cached, "notes": notes}
+    socket.send_fds(sock, [json.dumps(reply).encode()], fds)
     sock.close()
     # No cleanup: bcc's atexit detach would undo what the parent now holds.
     os._exit(0)
+
+
+def _load_sensor(
+    bpf_cls: Any, text: bytes, req: dict[str, Any], notes: list[str]
+) -> tuple[Handles, bool]:
+    """Compile, load and attach the sensor; when the request names a cache key, record the
+    result there (sentinel.kernel.bpfcache: the next start with the same key skips this).
+    Returns (handles, cached=False)."""
+    tails = [list(t) for t in req.get("tail_calls", [])]
+    b = _deferred(bpf_cls)(text=text, cflags=req["cflags"])
+    installed: list[tuple[str, int, str]] = []
+    for array, index, func, kind in tails:
+        try:
+            table = b[array.encode()]
+        except KeyError:
+            continue  # not compiled in
+        ptype = bpf_cls.RAW_TRACEPOINT if kind == "raw_tracepoint" else bpf_cls.TRACEPOINT
+        prog = b.load_func(func.encode(), ptype)
+        table[ctypes.c_int(index)] = ctypes.c_int(prog.fd)
+        installed.append((array, index, func))
+    try:
+        self_map = b[b"self_tgid"]
+    except KeyError:
+        self_map = None  # a program set without one (the enforcement kill mode's)
+    if self_map is not None:
+        set_self(self_map.map_fd, req.get("self_tgid"))
+    if hasattr(bpf_cls, "_trace_autoload"):
+        bpf_cls._trace_autoload(b)  # attach, now that every tail call has its program
+    out: Handles = {}
+    for tp, fd in b.raw_tracepoint_fds.items():
+        out["raw:" + tp.decode()] = ("link", fd)
+    for tp, fd in b.tracepoint_fds.items():
+        out["tp:" + tp.decode()] = ("link", fd)
+    for m in [*req["maps"], *(a for a, _i, _f in installed)]:
+        out[m] = ("map", b[m.encode()].map_fd)
+    if req.get("cache_dir") and req.get("cache_key"):
+        from sentinel.kernel import bpfcache
+
+        cache = bpfcache.ProgramCache(Path(req["cache_dir"]))
+        cache.store(req["cache_key"], _entry_of(b, bpf_cls, tails, installed))
+        notes += cache.notes
+    return out, False
+
+
+def set_self(map_fd: int, tgid: int | None) -> None:
+    """The process whose events the sensor drops (its own; 0: none): a map value, not a
+    cflag, so the program text stays the same from one start to the next."""
+    err = bpf_map_op(BPF_MAP_UPDATE_ELEM, map_fd, ctypes.c_uint32(0), ctypes.c_uint32(tgid or 0))
+    if err:
+        raise OSError(err, f"setting the sensor's own pid: {os.strerror(err)}")
+
+
+def _entry_of(
+    b: Any, bpf_cls: Any, tails: list[list[Any]], installed: list[tuple[str, int, str]]
+) -> Any:
+    """What bcc produced, as a cache entry (the maps' attributes as the kernel has them)."""
+    from bcc import lib
+
+    from sentinel.kernel import bpfcache
+
+    kinds = {func: kind for _a, _i, func, kind in tails}
+    entry = bpfcache.Entry(
+        license=lib.bpf_module_license(b.module).decode(),
+        kern_version=int(lib.bpf_module_kern_version(b.module)),
+    )
+    for name in _table_names(b):
+        fd = b[name.encode()].map_fd
+        entry.maps.append(bpfcache.MapSpec(name=name, fd=fd, **map_info(fd)))
+    for fname in b.funcs:
+        f = fname.decode()
+        if f.startswith("raw_tracepoint__") or kinds.get(f) == "raw_tracepoint":
+            ptype = bpf_cls.RAW_TRACEPOINT
+        else:
+            ptype = bpf_cls.TRACEPOINT
+        entry.progs.append(bpfcache.ProgSpec(f, ptype, b.dump_func(fname)))
+    entry.tail_calls = list(installed)
+    for tp in b.raw_tracepoint_fds:
+        entry.attach.append(("raw", tp.decode(), f"raw_tracepoint__{tp.decode()}"))
+    for tp in b.tracepoint_fds:
+        cat, _, event = tp.decode().partition(":")
+        entry.attach.append(("tp", tp.decode(), f"tracepoint__{cat}__{event}"))
+    return entry
+
+
+def _table_names(b: Any) -> list[str]:
+    """Every map the module defines (bcc's ``tables`` only holds those opened so far)."""
+    from bcc import lib
+
+    lib.bpf_num_tables.restype = ctypes.c_ulonglong
+    lib.bpf_num_tables.argtypes = [ctypes.c_void_p]
+    lib.bpf_table_name.restype = ctypes.c_char_p
+    lib.bpf_table_name.argtypes = [ctypes.c_void_p, ctypes.c_ulonglong]
+    return [lib.bpf_table_name(b.module, i).decode() for i in range(lib.bpf_num_tables(b.module))]
 
 
 def _load_lsm(
@@ -289,6 +381,47 @@ def percpu_u64(map_fd: int, key: int, ncpus: int) -> list[int]:
     if err:
         raise OSError(err, os.strerror(err))
     return list(values)
+
+
+BPF_OBJ_GET_INFO_BY_FD = 15
+
+
+class _MapInfo(ctypes.Structure):
+    """The head of struct bpf_map_info (the kernel fills as much as info_len asks for)."""
+
+    _fields_ = [
+        ("type", ctypes.c_uint32),
+        ("id", ctypes.c_uint32),
+        ("key_size", ctypes.c_uint32),
+        ("value_size", ctypes.c_uint32),
+        ("max_entries", ctypes.c_uint32),
+        ("map_flags", ctypes.c_uint32),
+    ]
+
+
+class _InfoAttr(ctypes.Structure):
+    _fields_ = [
+        ("bpf_fd", ctypes.c_uint32),
+        ("info_len", ctypes.c_uint32),
+        ("info", ctypes.c_uint64),
+    ]
+
+
+def map_info(map_fd: int) -> dict[str, int]:
+    """A map's type, key and value sizes, max entries and flags, as the kernel has them."""
+    info = _MapInfo()
+    attr = _InfoAttr(map_fd, ctypes.sizeof(info), ctypes.addressof(info))
+    res = _libc.syscall(_NR_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr))
+    if res < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return {
+        "type": info.type,
+        "key_size": info.key_size,
+        "value_size": info.value_size,
+        "max_entries": info.max_entries,
+        "flags": info.map_flags,
+    }
 
 
 BPF_RAW_TRACEPOINT_OPEN = 17

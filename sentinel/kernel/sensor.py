@@ -30,7 +30,7 @@ from pathlib import Path
 
 from sentinel.events import EVENT_TYPES
 from sentinel.events.common import COUNTERS
-from sentinel.kernel import program
+from sentinel.kernel import bpfcache, program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.features import UnsupportedKernel
 from sentinel.kernel.loader import Loaded, LoaderError, load_in_child, percpu_u64, possible_cpus
@@ -72,12 +72,28 @@ def check_root() -> None:
         raise SensorError("sentinel must run as root to load BPF programs")
 
 
+def _flags_tag() -> str:
+    """The cache tag of the sensor's -D flags: the code that computes them is part of the key
+    (the flags of an older Sentinel, cached for the same BTF, lack what newer code needs)."""
+    import hashlib
+
+    from sentinel.kernel import features, offsets
+
+    h = hashlib.sha256()
+    for mod in (offsets, features):
+        h.update(Path(str(mod.__file__)).read_bytes())
+    return f"offsets-{h.hexdigest()[:16]}"
+
+
 def preflight(
     tracepoints: Iterable[tuple[str, str]],
     btf_path: Path | str = VMLINUX,
+    cache_dir: Path | None = None,
     disable_features: Iterable[str] = (),
 ) -> list[str]:
-    """Check everything that can be checked before compiling; returns the cflags.
+    """Check everything that can be checked before compiling; returns the cflags (the struct
+    offsets from BTF: from ``cache_dir`` when a BTF with the same digest was parsed before;
+    ``disable_features``: optional kernel features whose fallback is compiled instead).
 
     Raises :class:`SensorError` with one clear line for: not root, no BTF, bcc missing, a
     tracepoint that does not exist on this kernel.
@@ -101,7 +117,13 @@ def preflight(
             raise SensorError(f"tracepoint {category}:{name} does not exist on this kernel")
     try:
         # Parsed once and dropped: the raw BTF is ~5 MB the sensor does not need afterwards.
-        return sensor_cflags(Btf.load(btf_path), disable=disable_features)
+        if disable_features:  # a test's choice: never cached
+            return sensor_cflags(Btf.load(btf_path), disable=disable_features)
+        flags = bpfcache.cached_cflags(
+            cache_dir, Path(btf_path), lambda: sensor_cflags(Btf.load(btf_path)), _flags_tag()
+        )
+        assert flags is not None  # sensor_cflags raises rather than return None
+        return flags
     except BtfError as exc:
         raise SensorError(f"kernel BTF lacks what the sensor needs: {exc}") from None
     except (UnsupportedArch, UnsupportedKernel) as exc:
@@ -164,6 +186,7 @@ class Sensor:
         ignore_self: bool = True,
         prelude: str = "",
         maps: Iterable[str] = (),
+        cache_dir: Path | None = bpfcache.AUTO,
         disable_features: Iterable[str] = (),
     ) -> None:
         unknown = set(syscalls) - ALL_SYSCALLS
@@ -182,12 +205,14 @@ class Sensor:
         # extra map names whose fds the caller wants (see map_fd()).
         self.prelude = prelude
         self.extra_maps = list(maps)
+        # Our own events would feed back forever (see is_self() in the BPF source).
+        self.ignore_self = ignore_self
+        self.cache_dir = bpfcache.default_dir() if cache_dir is bpfcache.AUTO else cache_dir
+        self.cached = False  # loaded from the program cache, not compiled
+        self.notes: list[str] = []  # problems with the program cache (warnings)
         # Optional kernel features to leave unused (sentinel.kernel.features): their fallback
         # code is compiled instead, e.g. to test it on a kernel that has the feature.
         self.disable_features = tuple(disable_features)
-        if ignore_self:
-            # Our own events would feed back forever (see is_self() in the BPF source).
-            self.extra_cflags.append(f"-DSELF_TGID={os.getpid()}")
         self._loaded: Loaded | None = None
         self._ncpus = 1
         self._reader: RingBufferReader | None = None
@@ -202,23 +227,39 @@ class Sensor:
         _mount("tracefs", TRACEFS)
         self.missing = frozenset(absent_syscalls(self.syscalls))
         self.syscalls = self.syscalls - self.missing
-        cflags = preflight(program.tracepoints(self.syscalls), self.btf_path, self.disable_features)
+        cflags = preflight(
+            program.tracepoints(self.syscalls), self.btf_path, self.cache_dir, self.disable_features
+        )
         uring = self._uring_cflags() if self.syscalls & program.URING_TYPES else None
         self.uring = uring is not None
         cflags += uring or []
         cflags += [f"-DRINGBUF_PAGES={self.ringbuf_pages}", "-w"]
         cflags += self.extra_cflags
-        try:
-            # A child process runs bcc (compile, verify, attach) and passes back the fds.
-            self._loaded = load_in_child(
-                program.text(self.syscalls, self.prelude, uring=self.uring),
-                cflags,
-                ["events", "counts", *self.extra_maps],
-                timeout=LOAD_TIMEOUT_S,
-                tail_calls=program.tail_calls(self.syscalls),
-            )
-        except LoaderError as exc:
-            raise SensorError(str(exc)) from None
+        text = program.text(self.syscalls, self.prelude, uring=self.uring)
+        tails = program.tail_calls(self.syscalls)
+        maps = ["events", "counts", *self.extra_maps]
+        self_tgid = os.getpid() if self.ignore_self else None
+        key = None
+        if self.cache_dir is not None:
+            key = bpfcache.cache_key(text, cflags, [list(t) for t in tails])
+            self._loaded = self._load_cached(key, maps, self_tgid)
+        if self._loaded is None:
+            try:
+                # A child process runs bcc (compile, verify, attach) and passes back the fds.
+                self._loaded = load_in_child(
+                    text,
+                    cflags,
+                    maps,
+                    timeout=LOAD_TIMEOUT_S,
+                    tail_calls=tails,
+                    cache_dir=self.cache_dir,
+                    cache_key=key,
+                    self_tgid=self_tgid,
+                )
+            except LoaderError as exc:
+                raise SensorError(str(exc)) from None
+            self.notes += self._loaded.notes
+        self.cached = self._loaded.cached
         # Records are read straight from the mmapped ring in batches (see ringbuf.py): no
         # ctypes callback per record.
         self._reader = RingBufferReader(
@@ -226,6 +267,26 @@ class Sensor:
         )
         self._callback = callback
         self._ncpus = possible_cpus()
+
+    def _load_cached(self, key: str, maps: list[str], self_tgid: int | None) -> Loaded | None:
+        """The sensor from the program cache, when it holds this very compile (no bcc, no
+        child: sentinel.kernel.bpfcache); None otherwise, with the reason in ``notes`` when
+        it is a problem rather than a first start."""
+        assert self.cache_dir is not None
+        cache = bpfcache.ProgramCache(self.cache_dir)
+        entry = cache.load(key)
+        self.notes += cache.notes
+        if entry is None:
+            return None
+        try:
+            handles = bpfcache.load_entry(entry, maps, self_tgid)
+        except (OSError, bpfcache.CacheError) as exc:
+            self.notes.append(f"BPF cache entry not loadable ({exc}): compiled instead")
+            return None
+        loaded = Loaded(maps={}, cached=True)
+        for name, (kind, fd) in handles.items():
+            (loaded.maps if kind == "map" else loaded.links)[name] = fd
+        return loaded
 
     def _uring_cflags(self) -> list[str] | None:
         """io_uring's requests are traced when its tracepoints name the request (Linux 5.19+:
@@ -242,7 +303,12 @@ class Sensor:
                 self.uring_missing = f"{cat}:{name} does not name the request"
                 return None
         try:
-            flags = uring_cflags(Btf.load(self.btf_path))
+            flags = bpfcache.cached_cflags(
+                self.cache_dir,
+                Path(self.btf_path),
+                lambda: uring_cflags(Btf.load(self.btf_path)),
+                tag="uring",
+            )
         except BtfError as exc:
             self.uring_missing = str(exc)
             return None

@@ -136,10 +136,14 @@ static __always_inline int prefilter_file(u32 t, u32 oflags, const char *path, l
         return 0;
     return f_file_exit(&st, ret) != 0;  // F_NEED_BASE: prefilter_file_base decides
 }
-static __always_inline int prefilter_file_opened(u32 t, u32 oflags, const char *raw,
-                                                 const char *kpath, u32 klen, long ret) {
+static __always_inline int prefilter_file_opened_pre(u32 t, u32 oflags, const char *raw,
+                                                     long ret) {
     struct f_state st = {};
-    return f_file_opened(&st, t, oflags, raw, kpath, klen, ret);
+    return f_file_opened_pre(&st, t, oflags, raw, ret);
+}
+static __always_inline int prefilter_file_opened_path(const char *kpath, u32 klen) {
+    struct f_state st = {};
+    return f_file_opened_path(&st, kpath, klen);
 }
 static __always_inline int prefilter_file_base(const char *walk, const u16 *at, u32 nc, u32 bad) {
     return f_file_base(walk, at, nc, bad);

@@ -20,7 +20,7 @@ from sentinel.events import net as net_records
 from sentinel.events import system as system_records
 from sentinel.events.common import FLAG_BASE_AFTER, FLAG_EXE_TRUNC, FLAG_KPATH
 from sentinel.events.dims import PATH_DIMS, Dim
-from sentinel.events.file import O_ACCMODE, O_RDWR, O_WRONLY
+from sentinel.events.file import O_ACCMODE, O_CREAT, O_RDWR, O_WRONLY
 from sentinel.events.record import Record
 from sentinel.prefilter.layout import COMPOSED_MAX, LPM_PAYLOAD, PATH_READ_MAX
 from sentinel.prefilter.plan import DIMS_OF, FAMILY_OF
@@ -157,6 +157,8 @@ def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
         return ft.exact[dim].get((kv.flags & O_ACCMODE) in (O_WRONLY, O_RDWR), 0)
     if dim is Dim.OPEN_READ:
         return ft.exact[dim].get((kv.flags & O_ACCMODE) in (0, O_RDWR), 0)
+    if dim is Dim.OPEN_CREAT:
+        return ft.exact[dim].get(bool(kv.flags & O_CREAT), 0)
     if dim is Dim.FAILED:
         return ft.exact[dim].get(kv.ret < 0, 0)
     if dim is Dim.RAW_DOTDOT:

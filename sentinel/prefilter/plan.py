@@ -215,6 +215,12 @@ def abstract(
         return Constraint(Dim.RAW_DOTDOT, frozenset({True})) if "../" in literal else _UNKNOWN
     if bind is Bind.PATH:
         return _path(exact, op, vals)
+    if bind is Bind.OPEN_FLAGS:
+        # Falco's "Create files below dev" (incubating): without it every open below /dev,
+        # /dev/null's included, reached user space. Other flag names are not judged.
+        if op == "contains" and vals == ["O_CREAT"]:
+            return Constraint(Dim.OPEN_CREAT, frozenset({True}))
+        return _UNKNOWN
     if bind is Bind.ARG_ENUM:
         param = (params or {}).get(name)
         return _UNKNOWN if param is None else _enum(param, op, vals)
@@ -271,6 +277,7 @@ def _enum(param: Param, op: str, vals: list[str]) -> Constraint | object:
 _BOOL_DIMS = {
     Bind.OPEN_WRITE: Dim.OPEN_WRITE,
     Bind.OPEN_READ: Dim.OPEN_READ,
+    Bind.OPEN_CREAT: Dim.OPEN_CREAT,
     Bind.CONNECTED: Dim.CONNECTED,
 }
 

@@ -59,7 +59,23 @@ def test_file_exec_and_connect_shapes(tmp_path: Path) -> None:
     assert ("D4", "127.0.0.2/32", (22, 4444)) in spec.connect
     assert ("D5", None, (6667,)) in spec.connect
     policy = spec.to_policy()
-    assert policy.rules() == ["D0", "D1", "D2", "D3", "D4", "D5"]  # type: ignore[attr-defined]
+    assert policy.rules() == ["D0", "D1", "D2", "D3", "D4", "D5"]
+    assert (policy.exec_memfd, policy.exec_upper) == (None, None)
+
+
+def test_drift_and_fileless_exec_shapes(tmp_path: Path) -> None:
+    """What Sysdig and KubeArmor sell as drift control: decided at exec, in the kernel."""
+    spec = spec_for(
+        tmp_path,
+        "evt.type in (execve, execveat) and proc.is_exe_upper_layer = true",
+        "evt.type = execve and evt.dir = < and proc.is_exe_from_memfd=True",
+        "evt.type in (execve, execveat) and (proc.is_exe_from_memfd = true"
+        " or proc.exepath = /usr/bin/nc)",
+    )
+    policy = spec.to_policy()
+    assert (policy.exec_upper, policy.exec_memfd) == ("D0", "D1")  # the first rule names it
+    assert policy.exec_exact == {"/usr/bin/nc": "D2"}
+    assert policy.rules() == ["D2", "D1", "D0"]
 
 
 @pytest.mark.parametrize(
@@ -74,6 +90,11 @@ def test_file_exec_and_connect_shapes(tmp_path: Path) -> None:
         ("evt.type = connect and fd.sip = banana", "invalid value"),
         ("evt.type = ptrace", "event types the LSM hooks do not see"),
         ("open_write and fd.name contains secret", "not a check the LSM file hooks decide"),
+        ("evt.type = execve and proc.is_exe_from_memfd = false", "only as `proc.is_exe_"),
+        (
+            "evt.type = execve and proc.is_exe_upper_layer = true and proc.exepath = /bin/sh",
+            "alone in its term",
+        ),
     ],
 )
 def test_undecidable_deny_rules_fail_naming_rule_and_check(

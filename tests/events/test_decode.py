@@ -369,3 +369,17 @@ def test_a_credential_change_updates_the_capabilities_of_later_events(event: Mak
     later = event("open", path="/etc/hosts", res=3)
     assert later.get("thread.cap_effective") == "CAP_NET_ADMIN"
     assert later.get("thread.cap_permitted") == "CAP_NET_ADMIN"
+
+
+def test_unshare_and_setns_of_a_user_namespace_give_every_capability(event: Make) -> None:
+    """After unshare(CLONE_NEWUSER) the task has every capability in its new namespace: the
+    event and later ones carry the sets after the call, as libsinsp's thread.cap_* do (its
+    parser sets them to all on a successful unshare/setns of a user namespace, before any rule
+    sees the event: Falco's "Change namespace privileges via unshare" fires on refused calls)."""
+    full = (1 << 41) - 1
+    for name in ("unshare", "setns"):
+        event("execve", **{**SAMPLES["execve"], "cap_permitted": 1 << 12, "cap_effective": 1 << 12})
+        ev = event(name, **{**SAMPLES[name], "cap_permitted": full, "cap_effective": full})
+        assert "CAP_SYS_ADMIN" in ev.get("thread.cap_permitted").split(" "), name
+        later = event("open", path="/etc/hosts", res=3)
+        assert "CAP_SYS_ADMIN" in later.get("thread.cap_effective").split(" "), name

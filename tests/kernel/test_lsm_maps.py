@@ -2,9 +2,9 @@
 
 BPF LSM programs do not load here, but ``lsm.c``'s maps do: bcc compiles it and creates
 them without loading any program. The hooks' view is modelled exactly as ``read_policy`` and
-``walk`` in lsm.c do it: read ``config[1]`` once, take the parity of its bits as the slot,
-look the identity up with that slot. (That the real hooks deny what these maps say is proven
-in the VM: tests/vm/guest/test_run_reload.py.)
+``ident`` in bpf/enforcement/common.h do it: read the generation word once, take the parity of
+its bits as the slot, look the identity up with that slot. (That the real hooks deny what
+these maps say is proven in the VM: tests/vm/guest/test_run_reload.py.)
 """
 
 from __future__ import annotations
@@ -18,15 +18,20 @@ from typing import Any
 
 import pytest
 
-from sentinel.enforcement.lsm import ConnectDeny, DenyPolicy, _cflags
-from sentinel.enforcement.lsm_btf import lsm_hooks
-from sentinel.enforcement.lsm_maps import (
+from sentinel.enforcement import program
+from sentinel.enforcement.abi import (
+    CFG_GEN,
     F_CONNECT,
+    F_DEVS,
     F_WRITE,
     MAX_NETS,
-    POLICY_MAPS,
     IdentKey,
     IdentVal,
+)
+from sentinel.enforcement.lsm import ConnectDeny, DenyPolicy, lsm_cflags
+from sentinel.enforcement.lsm_btf import lsm_hooks
+from sentinel.enforcement.lsm_maps import (
+    POLICY_MAPS,
     MapsError,
     PolicyMaps,
     check_size,
@@ -36,7 +41,6 @@ from sentinel.enforcement.lsm_maps import (
 from sentinel.enforcement.policy import Ident, MapPlan, build_plan
 from sentinel.kernel.btf import vmlinux_btf
 from sentinel.kernel.loader import BPF_MAP_LOOKUP_ELEM, bpf_map_op
-from sentinel.paths import BPF_DIR
 from tests.kernel.conftest import require_root
 
 pytestmark = pytest.mark.kernel
@@ -46,33 +50,31 @@ pytestmark = pytest.mark.kernel
 def bpf() -> Iterator[Any]:
     require_root()
     btf = vmlinux_btf()
-    flags, _ = _cflags(btf, lsm_hooks(btf))
+    flags = lsm_cflags(btf, lsm_hooks(btf)).flags
     from bcc import BPF
 
     class NoAutoload(BPF):  # type: ignore[misc]
         def _trace_autoload(self) -> None:  # creates the maps, loads no program
             pass
 
-    b = NoAutoload(
-        src_file=str(BPF_DIR / "enforcement" / "lsm.c").encode(), cflags=[*flags, "-DRING_PAGES=4"]
-    )
+    b = NoAutoload(text=program.text("lsm").encode(), cflags=[*flags, "-DRING_PAGES=4"])
     yield b
     b.cleanup()
 
 
 @pytest.fixture
 def maps(bpf: Any) -> PolicyMaps:
-    for m in ("idents", "net_trie", "net_ports"):
+    for m in ("idents", "net_trie", "net_ports", "devs", "mounts"):
         bpf[m.encode()].clear()
     pm = PolicyMaps({m: bpf[m.encode()].map_fd for m in POLICY_MAPS})
-    pm.set_config(1, 0)
+    pm.set_config(CFG_GEN, 0)
     return pm
 
 
 def _hook_rule(maps: PolicyMaps, path: Path) -> int:
     """What a write hook finds for ``path``'s own identity (0: not protected)."""
     code = ctypes.c_uint32()
-    assert bpf_map_op(BPF_MAP_LOOKUP_ELEM, maps.fds["config"], ctypes.c_uint32(1), code) == 0
+    assert bpf_map_op(BPF_MAP_LOOKUP_ELEM, maps.fds["config"], ctypes.c_uint32(CFG_GEN), code) == 0
     ident = Ident.of(os.stat(path))
     val = IdentVal()
     key = IdentKey(ident.dev, slot_of(code.value), ident.ino)
@@ -105,18 +107,19 @@ def test_update_fills_the_idle_slot_then_switches(
         DenyPolicy(protect={str(b): "B"}, connect=[ConnectDeny("C", "10.0.0.0/8", (80,))])
     )
     maps.install(plan_a)
-    assert maps.config(1) == gray(0) and _hook_rule(maps, a) == 1 and _hook_rule(maps, b) == 0
+    assert maps.config(CFG_GEN) == gray(0) and _hook_rule(maps, a) == 1 and _hook_rule(maps, b) == 0
     maps.update(plan_b)
-    assert maps.config(1) == gray(1) and maps.gen == 1
+    assert maps.config(CFG_GEN) == gray(1) and maps.gen == 1
     assert _hook_rule(maps, a) == 0 and _hook_rule(maps, b) == 1
     slots = sorted(k.slot for k in bpf[b"idents"])
     # slot 0 (generation 0) is kept until the next reload: a hook may still be reading it.
     assert slots.count(0) == len(plan_a.idents) and slots.count(1) == len(plan_b.idents)
     cfg = {k.value: (v.flags, v.deep_exec_rule) for k, v in bpf[b"slot_cfg"].items()}
-    assert cfg == {0: (F_WRITE, 0), 1: (F_WRITE | F_CONNECT, 0)}
+    devs = F_DEVS if plan_a.devs else 0  # tmp_path is on a block device (or a tmpfs)
+    assert cfg == {0: (F_WRITE | devs, 0), 1: (F_WRITE | F_CONNECT | devs, 0)}
     assert [(k.slot, k.prefixlen) for k in bpf[b"net_trie"]] == [(1, 8 + 96 + 8)]
     maps.update(plan_a)
-    assert maps.config(1) == gray(2) and _hook_rule(maps, a) == 1 and _hook_rule(maps, b) == 0
+    assert maps.config(CFG_GEN) == gray(2) and _hook_rule(maps, a) == 1 and _hook_rule(maps, b) == 0
     slots = sorted(k.slot for k in bpf[b"idents"])
     assert slots.count(0) == len(plan_a.idents) and slots.count(1) == len(plan_b.idents)
     maps.update(MapPlan())  # no deny rules: the slot says there is nothing to check
@@ -181,7 +184,7 @@ def test_refused_write_leaves_the_old_policy_in_force(
         bad = build_plan(DenyPolicy(connect=[ConnectDeny("C", "10.0.0.0/8", (80, 443))]))
         with pytest.raises(MapsError, match="net_ports"):
             broken.update(bad)
-        assert broken.gen == 0 and broken.config(1) == gray(0)
+        assert broken.gen == 0 and broken.config(CFG_GEN) == gray(0)
         assert _hook_rule(maps, a) == 1
         assert sorted((k.slot, k.ino) for k in bpf[b"idents"]) == before
         assert [k.slot for k in bpf[b"net_trie"]] == [], "the half-written slot is emptied"
@@ -194,3 +197,29 @@ def test_a_policy_larger_than_one_slot_is_refused() -> None:
     plan = MapPlan(nets=[(128, bytes(16), i) for i in range(MAX_NETS + 1)])
     with pytest.raises(MapsError, match="CIDRs"):
         check_size(plan)
+
+
+def test_scan_after_the_switch_adds_late_files_and_drops_deleted_ones(
+    maps: PolicyMaps, tmp_path: Path
+) -> None:
+    """Between the scan and the switch a file may appear in (or vanish from) a protected
+    tree; once the policy is in force nothing can change there, and the second scan
+    makes the maps match the tree."""
+    prot = tmp_path / "prot"
+    prot.mkdir()
+    gone = prot / "gone.txt"
+    gone.write_text("deleted before the switch")
+    gone_ident = Ident.of(os.stat(gone))
+    plan = build_plan(DenyPolicy(protect={str(prot): "P"}))
+    late = prot / "late.txt"
+    late.write_text("created after the scan")
+    gone.unlink()
+    maps.install(plan)
+    assert _hook_rule(maps, prot) == 1 and _hook_rule(maps, late) == 0
+    maps.after_attach()
+    assert _hook_rule(maps, late) == 1
+    assert maps.rescan_added == 1
+    assert gone_ident not in maps.plan.idents
+    val = IdentVal()
+    key = IdentKey(gone_ident.dev, 0, gone_ident.ino)
+    assert bpf_map_op(BPF_MAP_LOOKUP_ELEM, maps.fds["idents"], key, val) != 0

@@ -124,3 +124,25 @@ def test_sends_on_a_connected_udp_socket_stay_in_the_kernel(
     finally:
         rx.close()
     assert recs == [] and dropped >= STORM
+
+
+def test_reads_below_dev_stay_in_the_kernel_and_creating_a_file_there_arrives(
+    sensor: tuple[Any, list[bytes]],
+) -> None:
+    """Falco's incubating 'Create files below dev' wants opens with O_CREAT below /dev: the
+    kernel judges the flag (it used to keep every open below /dev, /dev/null's included)."""
+
+    def reads() -> None:
+        for _ in range(STORM):
+            os.close(os.open("/dev/null", os.O_RDONLY))
+
+    recs, dropped = _run(sensor, "openat", reads)
+    assert recs == [] and dropped >= STORM
+    path = f"/dev/sentinel-test-{os.getpid()}"
+    try:
+        recs, _ = _run(sensor, "openat", lambda: os.close(os.open(path, os.O_CREAT | os.O_WRONLY)))
+        assert os.path.exists(path)  # the open really created the file
+        assert [r.evt.name for r in recs] == ["openat"]
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)

@@ -186,6 +186,33 @@ class LiveRun:
         self.proc.wait(timeout=30)
 
 
+def test_kill_mode_kills_the_writer_and_alerts_with_action_kill(tmp_path: Path) -> None:
+    """``enforcement.unavailable: kill``: the same deny rule, enforced by SIGKILL from a
+    tracepoint program (what that does and does not stop: tests/kernel/test_kill.py)."""
+    require_root()
+    protected = tmp_path / "protected"
+    protected.mkdir()
+    target = protected / "f.txt"
+    target.write_text("original\n")
+    _rules, cfg = _write(tmp_path, protected, "kill")
+    run = LiveRun(cfg)
+    try:
+        run.wait_err("enforced by killing", since=0)
+        r = subprocess.run(["sh", "-c", f"exec 3>>{target}; echo alive"], capture_output=True)
+        assert r.returncode == -signal.SIGKILL and r.stdout == b""
+        assert target.read_text() == "original\n"
+        alert = run.alert_for(target)
+        assert (alert["rule"], alert["action"]) == ("Protect sntl dir", "kill")
+        fields = alert["output_fields"]
+        assert isinstance(fields, dict) and fields["proc.name"] == "sh"
+        # Decided by the kill programs only: no second alert from the engine for that open.
+        time.sleep(1.0)
+        assert all(a["rule"] != "Protect sntl dir" for a in run.skipped)
+        assert all(a["rule"] != "Protect sntl dir" for a in list(run.alerts.queue))
+    finally:
+        run.close()
+
+
 def test_reload_adding_deny_rules_is_rejected_under_refuse(tmp_path: Path) -> None:
     require_root()
     protected = tmp_path / "protected"

@@ -169,6 +169,10 @@ ATOMS: dict[str, list[Any]] = {
         st.builds(lambda v: f"fd.name startswith {_q(v)}", st.sampled_from(["/etc", "/tmp/"])),
         st.builds(lambda v: f"fd.directory = {_q(v)}", st.sampled_from(["/etc", "/tmp"])),
         st.builds(lambda v: f"evt.is_open_write = {v}", st.sampled_from(["true", "false"])),
+        st.builds(lambda v: f"evt.is_open_create = {v}", st.sampled_from(["true", "false"])),
+        st.builds(
+            lambda v: f"evt.arg.flags contains {v}", st.sampled_from(["O_CREAT", "CREAT", "O_"])
+        ),
         st.just("fd.nameraw contains '../'"),
     ],
     "link": [

@@ -20,6 +20,8 @@ mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 mkdir -p /run/sentinel-vm
 mountpoint -q /run/sentinel-vm || mount -t tmpfs -o size=512M tmpfs /run/sentinel-vm
 export TMPDIR=/run/sentinel-vm
+# The BPF program cache on the tmpfs too: the guest sees the host's /var/cache read-only.
+export SENTINEL_BPF_CACHE=/run/sentinel-vm/bpf-cache
 export PYTHONDONTWRITEBYTECODE=1
 export SENTINEL_IN_VM=1
 export SENTINEL_VM_OUT="$out"

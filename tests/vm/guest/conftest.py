@@ -7,14 +7,18 @@ clears the event list, does one operation, and checks the result and the events 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import queue
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -181,3 +185,41 @@ def ev(enforcer: LsmEnforcer, events: Events) -> Events:
 
 
 Op = Callable[[], object]
+
+
+def denials(alerts: queue.Queue[dict[str, Any]], wait: float = 3.0) -> list[dict[str, Any]]:
+    """The alerts of ``sentinel run`` (parsed stdout lines) that arrive within ``wait`` seconds,
+    keeping the denials (``"action": "deny"``)."""
+    out: list[dict[str, Any]] = []
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            out.append(alerts.get(timeout=0.2))
+        except queue.Empty:
+            continue
+    return [a for a in out if a.get("action") == "deny"]
+
+
+def follow(
+    proc: subprocess.Popen[str], alerts: queue.Queue[dict[str, Any]], stderr: list[str]
+) -> threading.Event:
+    """Read a ``sentinel run``'s stdout (alerts, into ``alerts``) and stderr (into ``stderr``)
+    in two threads; the returned event is set once it logs that it is armed."""
+    armed = threading.Event()
+
+    def read_out() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                alerts.put(json.loads(line))
+
+    def read_err() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            stderr.append(line)
+            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
+                armed.set()
+
+    threading.Thread(target=read_out, daemon=True).start()
+    threading.Thread(target=read_err, daemon=True).start()
+    return armed

@@ -6,15 +6,12 @@ alert with ``"action": "deny"`` per denial on stdout. Then stopping Sentinel lif
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
 import socket
 import subprocess
 import sys
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +20,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_armed
+from tests.vm.guest.conftest import denials, follow
 
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-deny"
 
@@ -61,14 +59,7 @@ class Run:
     stderr: list[str] = field(default_factory=list)
 
     def deny_alerts(self, wait: float = 3.0) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                out.append(self.alerts.get(timeout=0.2))
-            except queue.Empty:
-                continue
-        return [a for a in out if a.get("action") == "deny"]
+        return denials(self.alerts, wait)
 
 
 def _lsm_progs() -> int:
@@ -100,23 +91,7 @@ def run() -> Iterator[Run]:
         text=True,
     )
     r = Run(proc, protected, tool, port, listener)
-    armed = threading.Event()
-
-    def read_out() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if line.startswith("{"):
-                r.alerts.put(json.loads(line))
-
-    def read_err() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            r.stderr.append(line)
-            if '"armed"' in line:  # the structlog JSON record {"event": "armed", ...}
-                armed.set()
-
-    threading.Thread(target=read_out, daemon=True).start()
-    threading.Thread(target=read_err, daemon=True).start()
+    armed = follow(proc, r.alerts, r.stderr)
     wait_armed(proc, armed, 600, r.stderr)  # bcc compiles twice (sensor, LSM) under emulation
     assert _lsm_progs() > before, "no LSM programs attached"
     r.before = before  # type: ignore[attr-defined]

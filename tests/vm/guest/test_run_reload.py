@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 
 from tests.helpers import wait_armed
+from tests.vm.guest.conftest import denials
 
 BASE = Path(os.environ.get("TMPDIR", "/run/sentinel-vm")) / "run-reload"
 
@@ -109,14 +110,7 @@ class Run:
         raise AssertionError(f"no {expect!r} after SIGHUP:\n" + "".join(self.stderr[-30:]))
 
     def deny_alerts(self, wait: float = 3.0) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            try:
-                out.append(self.alerts.get(timeout=0.2))
-            except queue.Empty:
-                continue
-        return [a for a in out if a.get("action") == "deny"]
+        return denials(self.alerts, wait)
 
     def drain(self, quiet: float = 2.0, timeout: float = 180.0) -> int:
         """Consume alerts until none came for ``quiet`` seconds; returns how many."""
