@@ -631,7 +631,7 @@ CALLS: dict[str, Call] = {
     ),
     "finit_module": Call(
         f"r = sc(313, -1, b'x=1', 0)\n{SAME})",
-        lambda f, t, m: {"evt.arg.fd": "EBADF", "evt.res": _r(f)},
+        lambda f, t, m: {"raw.fd": -1, "evt.res": _r(f)},
     ),
     "mount": Call(
         f"r = sc(165, b'none', f'{{T}}/nomnt-{{M}}'.encode(), b'tmpfs', 1, 0)\n{SAME})",
