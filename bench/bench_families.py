@@ -66,6 +66,14 @@ def traced_types(files: list[Path]) -> list[str]:
     )
 
 
+def private_config(workdir: Path) -> Path:
+    """A config with no metrics listener and a spool of its own: other sentinels on the
+    machine may hold the default port and spool."""
+    config = workdir / "bench-sentinel.yaml"
+    config.write_text(f'metrics_address: ""\nspool:\n  dir: {workdir / "spool"}\n')
+    return config
+
+
 def spread(xs: list[float]) -> dict[str, float]:
     return {"median": statistics.median(xs), "min": min(xs), "max": max(xs), "n": len(xs)}
 
@@ -99,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     files = falco_files()
     types = traced_types(files)
     ob, nb = build_open(), build_net()
-    config = ob.parent / "bench-families.yaml"
-    # other sentinels on the machine may hold the default metrics port and spool
-    config.write_text(f'metrics_address: ""\nspool:\n  dir: {config.parent / "spool"}\n')
+    config = private_config(ob.parent)
     loads: dict[str, tuple[int, Callable[[], int]]] = {
         "open": (args.opens, lambda: storm(ob, args.opens)),
         "udp": (args.udp, lambda: net_storm(nb, "udp", args.udp)),

@@ -112,7 +112,9 @@ class Sentinel:
         for line in self.proc.stderr:
             self.stderr.append(line.rstrip())
             rec = _log_record(line)
-            if rec.get("event") == "armed" and not self.armed.is_set():
+            # checkouts before the structlog change printed a plain "sentinel: armed ..."
+            armed = rec.get("event") == "armed" or line.startswith("sentinel: armed")
+            if armed and not self.armed.is_set():
                 self.armed_s = time.monotonic() - self.t0
                 self.armed_rec = rec
                 self.armed.set()
@@ -141,6 +143,12 @@ class Sentinel:
             t.join(10)
         # sentinel's log is structlog JSON on a pipe: {"event": "stopped", "lost": 0, ...}
         stopped = [r for r in map(_log_record, self.stderr) if r.get("event") == "stopped"]
+        # older checkouts: a plain "sentinel: stopped events=N lost=N ..." line
+        stopped += [
+            {k: int(v) for k, _, v in (w.partition("=") for w in line.split()[2:]) if v.isdigit()}
+            for line in self.stderr
+            if line.startswith("sentinel: stopped")
+        ]
         if not stopped:
             raise RuntimeError(f"no 'stopped' line: {self.stderr}")
         return {k: v for k, v in stopped[-1].items() if isinstance(v, int)}

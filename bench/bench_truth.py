@@ -30,20 +30,13 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.bench_families import falco_files, private_config, spread
 from bench.bench_kernel import REPO, BpfStats, Floor, Sentinel
 from bench.kernel_storm import build, storm
 
 RESULTS = REPO / "bench" / "results" / "truth.json"
 BEFORE = "3d064ec"  # main before the kernel-path work (truth) was merged
 FAMILIES = ["open", "openat", "openat2", "creat"]  # the storm's: the floor traces these
-
-
-def _falco_rules() -> Path:
-    for base in (REPO, *REPO.parents):
-        p = base / "shared" / "corpus" / "falco" / "falco_rules.yaml"
-        if p.exists():
-            return p
-    raise SystemExit("bench truth: Falco's falco_rules.yaml not found under ../shared/corpus")
 
 
 def checkout(ref: str) -> Path:
@@ -58,14 +51,9 @@ def checkout(ref: str) -> Path:
     return path
 
 
-def spread(xs: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
-
-
 def run(before: Path, after: Path, n: int, rounds: int, path: str, rules: Path) -> dict[str, Any]:
     binary = build()
-    config = binary.parent / "bench-truth.yaml"
-    config.write_text(f'metrics_address: ""\nspool:\n  dir: {config.parent / "spool"}\n')
+    config = private_config(binary.parent)
     storm(binary, n // 10, path)  # warm caches
     walls: dict[str, list[float]] = {"none": [], "floor": [], "before": [], "after": []}
     armed: dict[str, list[float]] = {"before": [], "after": []}
@@ -119,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("bench truth: SKIPPED, needs root (loads BPF programs)")
         return 0
-    rules = _falco_rules()
+    rules = falco_files()[0]  # falco_rules.yaml
     before = checkout(args.before)
     after = checkout(args.after) if args.after else REPO
     deep = Path("/tmp/sentinel-bench-truth") / "/".join("abcdefghij")

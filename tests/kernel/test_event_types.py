@@ -367,6 +367,7 @@ UDP_PAIR = (
     "u.sendto(b'abcd', s.getsockname())\n"
 )
 NULL_FD = "fd = os.open('/dev/null', os.O_RDONLY)\n"
+STDIO_CALLS = {"dup2", "dup3"}  # what a child makes of its stdio before exec (see run())
 SAME = "out(pid=os.getpid(), r=r"  # the child's facts line, closed by each entry
 
 
@@ -660,7 +661,17 @@ def call_case(evt: str) -> Callable[[Ctx], None]:
         prelude = f"T = {str(c.tmp)!r}\nM = {c.marker!r}\n"
         pid, facts = child(prelude + call.code)
         facts["pid"] = pid
-        mine = c.live.wait_for(lambda e: e["evt.type"] == evt and e["proc.pid"] == pid, timeout=20)
+
+        def ours(e: dict[str, Any]) -> bool:
+            return e["evt.type"] == evt and e["proc.pid"] == pid
+
+        if evt in STDIO_CALLS:
+            # subprocess sets the child's stdio up with dup2 between fork and exec, under the
+            # child's pid: those events come first, so wait for the one with the test's result
+            # (waiting for any dup2 of the pid returned before it was read: failed in full runs)
+            mine = c.live.wait_for(lambda e: ours(e) and e.get("evt.rawres") == facts["r"], 20)
+        else:
+            mine = c.live.wait_for(ours, timeout=20)
         # The child's interpreter may make the same call while starting (dup2 of stdio...):
         # the one the test made is the one with its result.
         if len(mine) > 1:

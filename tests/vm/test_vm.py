@@ -216,6 +216,9 @@ def boot(kernel: str) -> VmRun:
         capture_output=True,
         text=True,
         check=False,
+        # the whole guest suite in one boot: under software emulation on 2 cores it takes
+        # 20-40 min (vm-run.sh's own default, 900 s, is for one-off commands)
+        env={**os.environ, "SENTINEL_VM_TIMEOUT": os.environ.get("SENTINEL_VM_TIMEOUT", "3000")},
     )
     seconds = time.monotonic() - t0
     started = outdir / "vm-started"
