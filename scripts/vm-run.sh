@@ -15,9 +15,9 @@
 # there. The guest's /tmp is an overlay: use a tmpfs for test files (tests/vm/guest_entry.sh).
 # Uses KVM when the CPU offers it, software emulation (TCG) otherwise.
 # Env: SENTINEL_VM_MEMORY (default 2G), SENTINEL_VM_CPUS (default 2), SENTINEL_VM_TIMEOUT
-# (seconds, default 900; the exit status is then 124), SENTINEL_VM_LOCK (a file: wait for flock(1) on it before booting, so
-# that several users of one machine never run two VMs at once; a VM under software emulation
-# takes both cores of a 2-core machine).
+# (seconds, default 900; the exit status is then 124), SENTINEL_VM_LOCK (a file: wait for
+# flock(1) on it before booting, so that several users of one machine never run two VMs at
+# once; a VM under software emulation takes both cores of a 2-core machine).
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 usage="usage: $0 [--kernel NAME] RWDIR COMMAND..."

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import sentinel_env, wait_armed
-from tests.vm.test_vm import VM_TIMEOUT_S, VmRun
+from tests.vm.test_vm import VmRun, vm_timeout_s
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -80,7 +80,7 @@ def test_a_timed_out_vm_names_the_guest_test_it_was_in(tmp_path: Path) -> None:
     run = VmRun("5.10", proc.returncode, 10.0, tmp_path, "")
     assert run.running() == "test_g.py::test_hangs"
     assert run.stopped() == (
-        f"the 5.10 VM hit its {VM_TIMEOUT_S} s time-out while running test_g.py::test_hangs"
+        f"the 5.10 VM hit its {vm_timeout_s()} s time-out while running test_g.py::test_hangs"
     )
     # A finished suite names no test.
     log.write_text("test_g.py::test_quick PASSED\n")

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from sentinel.enforcement.lsm import REQUIRED_HOOKS, _cflags
+from sentinel.enforcement import cflags as enforcement_cflags
+from sentinel.enforcement.lsm import REQUIRED_HOOKS, lsm_cflags
 from sentinel.enforcement.lsm_btf import lsm_hooks
 from sentinel.kernel.btf import Btf
 from sentinel.kernel.features import detect
@@ -75,5 +76,10 @@ def test_lsm_hooks_exist(btf: tuple[str, Btf]) -> None:
     _name, b = btf
     hooks = lsm_hooks(b)
     assert [h for h in REQUIRED_HOOKS if h not in hooks] == []
-    _flags, missing = _cflags(b, hooks)
-    print(f"optional LSM hooks this kernel lacks: {missing}")
+    built = lsm_cflags(b, hooks)  # every offset and hook argument position lsm.c reads
+    print(f"optional LSM hooks this kernel lacks: {built.lacking}")
+
+
+def test_kill_mode_offsets_resolve(btf: tuple[str, Btf]) -> None:
+    _name, b = btf
+    assert enforcement_cflags.kill(b).flags
