@@ -22,6 +22,17 @@ mountpoint -q /run/sentinel-vm || mount -t tmpfs -o size=512M tmpfs /run/sentine
 export TMPDIR=/run/sentinel-vm
 # The BPF program cache on the tmpfs too: the guest sees the host's /var/cache read-only.
 export SENTINEL_BPF_CACHE=/run/sentinel-vm/bpf-cache
+# podman's storage on the tmpfs too: the guest's /var/lib/containers is on an overlayfs, over
+# which containers/storage refuses its overlay driver ("'overlay' is not supported over
+# overlayfs": every podman run failed in the 5.10 VM).
+mkdir -p /run/sentinel-vm/containers
+cat >/run/sentinel-vm/containers/storage.conf <<'CONF'
+[storage]
+driver = "overlay"
+graphroot = "/run/sentinel-vm/containers/storage"
+runroot = "/run/sentinel-vm/containers/run"
+CONF
+export CONTAINERS_STORAGE_CONF=/run/sentinel-vm/containers/storage.conf
 export PYTHONDONTWRITEBYTECODE=1
 export SENTINEL_IN_VM=1
 export SENTINEL_VM_OUT="$out"

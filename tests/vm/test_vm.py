@@ -49,7 +49,8 @@ KERNELS_CONF = REPO / "scripts" / "vm-kernels.conf"
 PORTABILITY = [
     "tests/kernel/test_event_types.py",  # every traced event type decodes with the right fields
     "tests/kernel/test_prefilter_kernel.py",  # the prefilter's BPF verdicts equal the model's
-    "tests/kernel/test_default_rules.py",  # the default rules fire on the live kernel
+    "tests/kernel/test_default_rules.py",  # the default rules fire on the live kernel: files
+    "tests/kernel/test_default_rules_proc.py",  # and processes (execs, in podman containers too)
     "tests/kernel/test_features.py::test_detected_helpers_match_bpftool",  # detection vs oracle
     "tests/vm/guest/test_enforcement.py",  # BPF LSM: each hook denies, neighbours allowed
 ]
