@@ -7,6 +7,7 @@ The mix is generated deterministically (seeded), so runs compare.
 
 from __future__ import annotations
 
+import argparse
 import json
 import random
 import sys
@@ -144,7 +145,8 @@ def run(n: int = 200_000) -> dict[str, Any]:
     }
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__).parse_args(argv if argv is not None else [])
     res = run()
     print(json.dumps(res))
     out = Path(__file__).parent / "results"
@@ -154,4 +156,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -16,6 +16,7 @@ path is walked only then), and kept (the full record is built).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -170,7 +171,8 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__).parse_args(argv if argv is not None else [])
     if os.geteuid() != 0:
         print("bench prefilter: needs root", file=sys.stderr)
         return 1
@@ -184,4 +186,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -77,6 +77,7 @@ class Run:
     enricher: Any = None
     resolver: Any = None
     waiter: Any = None
+    bpf_stats: bool = False  # kernel bpf_stats held on (sentinel.kernel.bpfstats)
     stats: dict[str, int] = field(default_factory=lambda: {"events": 0, "alerts": 0, "errors": 0})
     t0: float = field(default_factory=time.monotonic)
     stopping: bool = False
@@ -233,6 +234,28 @@ def start_enforcement(run: Run) -> bool:
     return True
 
 
+def watch_bpf_programs(run: Run) -> bool:
+    """Hold kernel bpf_stats on (config ``bpf_stats``, when /metrics is served) and export each
+    program's runs and run time there: what Sentinel costs the machine's CPUs, without a
+    benchmark. The switch is an fd, released when Sentinel exits however it exits."""
+    from sentinel.kernel import bpfstats
+
+    switch = None
+    if run.config.bpf_stats and run.config.metrics_address:  # nobody reads them otherwise
+        switch = bpfstats.StatsSwitch()
+        run.cleanup.callback(switch.close)
+        if not switch.on:
+            run.log.warning("BPF program statistics are off", reason=switch.why)
+
+    def programs() -> dict[tuple[str, str], int]:
+        progs = bpfstats.labelled("sensor", run.sensor.sensor.programs())
+        return progs | bpfstats.labelled("enforcement", run.enforcement.programs())
+
+    run.bpf_stats = switch is not None and switch.on
+    run.ops.metrics.collect_from(bpfstats.collector(programs, switch))
+    return True
+
+
 def arm(run: Run) -> bool:
     """Container metadata lookups, the process table from /proc (after the attach, so nothing
     falls in between), metrics and reload; then say we are armed."""
@@ -241,7 +264,12 @@ def arm(run: Run) -> bool:
     armed = time.monotonic() - run.t0
     run.engine.warm(run.engine.event_types() & WARM_TYPES)
     syscalls = sorted(run.sensor.syscalls)
-    run.ops.start(programs=syscalls, prefilter=run.opts.prefilter, **run.enforcement.summary())
+    run.ops.start(
+        programs=syscalls,
+        prefilter=run.opts.prefilter,
+        bpf_stats=run.bpf_stats,
+        **run.enforcement.summary(),
+    )
     run.log.info(
         "armed",
         rules=len(run.engine.rules),
@@ -323,6 +351,7 @@ STEPS: tuple[Step, ...] = (
     open_outputs,
     start_sensor,
     start_enforcement,
+    watch_bpf_programs,
     arm,
     event_loop,
     drain_and_report,

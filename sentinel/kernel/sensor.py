@@ -285,7 +285,10 @@ class Sensor:
             return None
         loaded = Loaded(maps={}, cached=True)
         for name, (kind, fd) in handles.items():
-            (loaded.maps if kind == "map" else loaded.links)[name] = fd
+            if kind == "prog":
+                loaded.progs[name.removeprefix(bpfcache.PROG_PREFIX)] = fd
+            else:
+                (loaded.maps if kind == "map" else loaded.links)[name] = fd
         return loaded
 
     def _uring_cflags(self) -> list[str] | None:
@@ -321,6 +324,11 @@ class Sensor:
         if self._loaded is None or name not in self._loaded.maps:
             raise SensorError(f"no map {name!r} (not started, or not asked for)")
         return self._loaded.maps[name]
+
+    def programs(self) -> dict[str, int]:
+        """The loaded programs' fds by function name (owned by the sensor; valid until close),
+        for their kernel statistics (sentinel.kernel.bpfstats)."""
+        return dict(self._loaded.progs) if self._loaded is not None else {}
 
     @property
     def attachments(self) -> list[str]:
