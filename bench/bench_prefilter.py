@@ -137,7 +137,7 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
     import tempfile
 
     from bench.bench_kernel import BpfStats
-    from sentinel.app.sensor import FilteredSensor
+    from sentinel.app.sensor import FilteredSensor, reads_env
 
     true = os.path.realpath("/bin/true")
     out: dict[str, Any] = {"execs": execs, "binary": true}
@@ -149,7 +149,11 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
                 "  output: o\n  priority: INFO\n"
             )
             engine = Engine(compile_rules(load_rules([rules])))
-        sensor = FilteredSensor([(r.name, r.expr) for r in engine.rules], syscalls=())
+        sensor = FilteredSensor(
+            [(r.name, r.expr) for r in engine.rules],
+            syscalls=(),
+            copy_env=reads_env(engine.rules),  # as sentinel run decides it
+        )
         stats = BpfStats()
         try:
             sensor.start(lambda _raw: None)

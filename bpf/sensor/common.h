@@ -173,7 +173,11 @@ static __always_inline int prefilter_sock(u32 t, u64 key, u32 famc, u32 port, co
 #endif
 
 static __always_inline u64 wakeup_flags(u32 evt) {
-    u64 flags = BPF_RB_FORCE_WAKEUP;
+    // An exec wakes the reader when it has read everything before it (the kernel's default:
+    // the reader is then waiting), never by force: a forced wakeup queues an irq_work, an
+    // interrupt per exec (~3 us of BPF time per exec in this VM, bench/bench_stages.py); a
+    // reader that is behind is busy, or wakes within its poll timeout (POLL_MS) anyway.
+    u64 flags = 0;
     if (evt != EVT_EXECVE && evt != EVT_EXECVEAT) {
         u32 zero = 0;
         u64 *n = pending.lookup(&zero);

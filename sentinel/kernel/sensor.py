@@ -21,6 +21,7 @@ Why this way:
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import mmap
 import os
@@ -237,7 +238,7 @@ class Sensor:
         cflags += self.extra_cflags
         text = program.text(self.syscalls, self.prelude, uring=self.uring)
         tails = program.tail_calls(self.syscalls)
-        maps = ["events", "counts", *self.extra_maps]
+        maps = ["events", "counts", "exec_opts", *self.extra_maps]
         self_tgid = os.getpid() if self.ignore_self else None
         key = None
         if self.cache_dir is not None:
@@ -318,6 +319,20 @@ class Sensor:
         if flags is None:
             self.uring_missing = "BTF lacks io_uring's request layout"
         return flags
+
+    def copy_env(self, wanted: bool) -> None:
+        """Whether execs copy their environment (proc.env): a page of user memory per exec,
+        worth copying only while some loaded rule reads it. Started sensors only."""
+        from sentinel.events.exec import EXEC_SKIP_ENV
+        from sentinel.kernel.loader import BPF_MAP_UPDATE_ELEM, bpf_map_op
+
+        if self._loaded is None or "exec_opts" not in self._loaded.maps:
+            raise SensorError("no exec_opts map (not started)")
+        value = ctypes.c_uint32(0 if wanted else EXEC_SKIP_ENV)
+        fd = self._loaded.maps["exec_opts"]
+        err = bpf_map_op(BPF_MAP_UPDATE_ELEM, fd, ctypes.c_uint32(0), value)
+        if err:
+            raise SensorError(f"setting exec_opts: {os.strerror(err)}")
 
     def map_fd(self, name: str) -> int:
         """The fd of a map named in ``maps=`` (owned by the sensor; valid until close)."""
