@@ -42,6 +42,7 @@ def blocks() -> list[Block]:
         Block("kernel benchmarks", benchdoc.kernel_table),
         Block("family benchmarks", benchdoc.families_table),
         Block("kernel path benchmarks", benchdoc.truth_table),
+        Block("stage benchmarks", benchdoc.stages_table),
     ]
 
 
