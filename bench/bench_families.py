@@ -66,12 +66,20 @@ def traced_types(files: list[Path]) -> list[str]:
     )
 
 
-def private_config(workdir: Path) -> Path:
+def private_config(workdir: Path, name: str = "bench-sentinel", **settings: Any) -> Path:
     """A config with no metrics listener and a spool of its own: other sentinels on the
-    machine may hold the default port and spool."""
-    config = workdir / "bench-sentinel.yaml"
-    config.write_text(f'metrics_address: ""\nspool:\n  dir: {workdir / "spool"}\n')
+    machine may hold the default port and spool. ``settings``: more keys (or these replaced)."""
+    config = workdir / f"{name}.yaml"
+    values = {"metrics_address": "", "spool": {"dir": str(workdir / "spool")}, **settings}
+    config.write_text(json.dumps(values) + "\n")  # JSON is YAML
     return config
+
+
+def write_result(path: Path, out: dict[str, Any]) -> None:
+    """The bench's result, as JSON under bench/results/ (or ``--out``)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"written {path}")
 
 
 def spread(xs: list[float]) -> dict[str, float]:
@@ -164,9 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{w}:", json.dumps(out[w]), flush=True)
     out["bpf_ns_per_run"] = {k: spread(v) for k, v in sorted(per_prog.items())}
     print("armed:", json.dumps(out["armed_s"]), "lost:", lost, flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_result(args.out, out)
     return 0
 
 

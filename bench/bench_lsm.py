@@ -232,13 +232,13 @@ def combine(after: Path, before: Path | None, out: Path = RESULTS) -> int:
     return 0
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     ap.add_argument("--inside-vm", action="store_true", help="measure here (BPF LSM must work)")
     ap.add_argument("--json", type=Path, help="write the result to this file")
     ap.add_argument("--combine", type=Path, help="a result of --inside-vm: write " + str(RESULTS))
     ap.add_argument("--before", type=Path, help="with --combine: main's result, same VM boot")
-    args = ap.parse_args()
+    args = ap.parse_args(argv if argv is not None else [])
     if args.combine is not None:
         return combine(args.combine, args.before)
     if args.inside_vm or lsm_available()[0]:
@@ -247,4 +247,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

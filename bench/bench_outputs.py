@@ -219,11 +219,11 @@ def run_one(
     return len(alerts) / (t1 - t0), len(alerts) / (t2 - t0)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--alerts", type=int, default=20000)
     ap.add_argument("--repeat", type=int, default=3, help="median of this many runs per case")
-    args = ap.parse_args()
+    args = ap.parse_args(argv if argv is not None else [])
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     alerts = _alerts(args.alerts)
     tmp = Path(tempfile.mkdtemp(prefix="bench-outputs-"))
@@ -306,4 +306,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

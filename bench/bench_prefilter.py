@@ -16,6 +16,7 @@ path is walked only then), and kept (the full record is built).
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -136,7 +137,7 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
     import tempfile
 
     from bench.bench_kernel import BpfStats
-    from sentinel.app.sensor import FilteredSensor
+    from sentinel.app.sensor import FilteredSensor, reads_env
 
     true = os.path.realpath("/bin/true")
     out: dict[str, Any] = {"execs": execs, "binary": true}
@@ -148,7 +149,11 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
                 "  output: o\n  priority: INFO\n"
             )
             engine = Engine(compile_rules(load_rules([rules])))
-        sensor = FilteredSensor([(r.name, r.expr) for r in engine.rules], syscalls=())
+        sensor = FilteredSensor(
+            [(r.name, r.expr) for r in engine.rules],
+            syscalls=(),
+            copy_env=reads_env(engine.rules),  # as sentinel run decides it
+        )
         stats = BpfStats()
         try:
             sensor.start(lambda _raw: None)
@@ -170,7 +175,8 @@ def exec_costs(execs: int = EXECS) -> dict[str, Any]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__).parse_args(argv if argv is not None else [])
     if os.geteuid() != 0:
         print("bench prefilter: needs root", file=sys.stderr)
         return 1
@@ -184,4 +190,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -30,7 +30,7 @@ from typing import Any
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_families import falco_files, private_config, spread
+from bench.bench_families import falco_files, private_config, spread, write_result
 from bench.bench_kernel import REPO, BpfStats, Floor, Sentinel
 from bench.kernel_storm import build, storm
 
@@ -122,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for label, path in (("shallow", "/dev/null"), ("deep", str(deep / "file"))):
         out[label] = run(before, after, args.opens, args.rounds, path, rules)
         print(f"{label}:", json.dumps(out[label]), flush=True)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(f"written {args.out}")
+    write_result(args.out, out)
     return 0
 
 

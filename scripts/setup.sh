@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything Sentinel and its tests need on a fresh Debian 12 machine (root):
-# apt packages, kernel headers for bcc's compile step, the virtualenv, and the mounts.
+# apt packages, kernel headers for bcc's compile step, the VM kernels (scripts/fetch-kernels.sh),
+# the virtualenv, and the mounts.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +12,7 @@ APT_PACKAGES=(
   podman runc busybox-static debootstrap      # real containers; debootstrap makes the image base
   containerd                                  # a real CRI runtime (Kubernetes node) for the tests
   rsyslog rsyslog-gnutls openssl              # real syslog receiver (TCP and TLS) for output tests
-  qemu-system-x86 linux-image-amd64           # the BPF LSM VM (Debian kernel with lsm=bpf)
+  qemu-system-x86 zstd xz-utils               # the VMs (kernels: scripts/fetch-kernels.sh)
   make iproute2 procps gcc liburing-dev       # gcc: C test programs (layouts, path racer, io_uring, ptrace victim), bench load generators
   strace kmod                                 # default-rules tests: a debugger near miss, insmod/modprobe
 )
@@ -37,6 +38,11 @@ if [ ! -e "$kdir/build" ]; then
   ln -sfn "$hdr" "$kdir/build"
   ln -sfn "$common" "$kdir/source"
 fi
+
+# The kernels the VM suites boot (scripts/vm-kernels.conf: Debian's 5.10, 6.1, 6.12), fetched
+# once into build/kernels through a private apt configuration (the host's sources are not
+# touched). A kernel that cannot be fetched fails setup, and so `make test`, naming it.
+bash scripts/fetch-kernels.sh
 
 # podman: runc runtime, cgroupfs manager, no default ulimits (see ../shared/KERNEL.md).
 if [ -d /etc/containers ] || mkdir -p /etc/containers; then

@@ -135,8 +135,9 @@ def kernel_table(path: Path = RESULTS) -> str:
     rows = ["| kernel benchmark | result | goal |", "|---|---|---|"]
     if "startup" in doc and "armed_s_warm_all" in doc["startup"]:
         rows += _startup(doc["startup"], goals)
-    if "storm" in doc:
-        rows += _storm(doc["storm"], goals)
+    for key in ("storm", "storm_default_rules"):
+        if key in doc:
+            rows += _storm(doc[key], goals)
     if "rates" in doc and "trials" in doc["rates"]:
         rows += _rates(doc["rates"], doc.get("drain"), goals)
     return "\n".join(rows)
@@ -186,6 +187,29 @@ def families_table(path: Path = FAMILIES) -> str:
 
 
 TRUTH_WALK = RESULTS.parent / "truth-walk.json"
+STAGES = RESULTS.parent / "stages.json"
+
+
+def stages_table(path: Path = STAGES) -> str:
+    """The rows of the last ``python -m bench stages`` run: an open's and an exec's BPF time,
+    program stage by program stage (sentinel.events.stages)."""
+    if not path.exists():
+        return "(no results: run python -m bench stages)"
+    doc = json.loads(path.read_text())
+    load = doc["load_avg_1min"]
+    rows = [
+        f"| event (program), {doc['rounds']} rounds, load average {load['median']:.1f} "
+        f"| stage: the work since the previous one | BPF ns up to its end (median, min-max) "
+        f"| this stage |",
+        "|---|---|---|---|",
+    ]
+    for fam, sec in doc["families"].items():
+        for row in sec["stages"]:
+            rows.append(
+                f"| {fam} (`{sec['program']}`) | {row['stage']}: {row['work']} "
+                f"| {_spread(row['ns_per_run_to_here'])} | {row['ns_of_this_stage']:,} |"
+            )
+    return "\n".join(rows)
 
 
 def truth_table(path: Path = TRUTH, walk: Path = TRUTH_WALK) -> str:

@@ -42,7 +42,14 @@ from sentinel.metrics import (
 )
 from sentinel.reload import RulesReloader, load_compiled_rules
 
-RESTART_KEYS = ("ringbuf_pages", "metrics_address", "outputs", "spool", "enforcement")
+RESTART_KEYS = (
+    "ringbuf_pages",
+    "metrics_address",
+    "outputs",
+    "spool",
+    "enforcement",
+    "bpf_stats",
+)
 STALL_SECS = 10.0
 
 

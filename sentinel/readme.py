@@ -43,6 +43,7 @@ def blocks() -> list[Block]:
         Block("engine benchmark", benchdoc.engine_table),
         Block("family benchmarks", benchdoc.families_table),
         Block("kernel path benchmarks", benchdoc.truth_table),
+        Block("stage benchmarks", benchdoc.stages_table),
     ]
 
 

@@ -29,6 +29,16 @@ REPO = Path(__file__).resolve().parents[1]
 Alert = dict[str, Any]
 
 
+def record_armed(rec: dict[str, Any]) -> None:
+    """In a VM suite, keep every ``armed`` log line (start-up seconds, rules, whether the BPF
+    program cache served it) for the kernel's report: tests/vm/test_vm.py reads them back for
+    the README's start-up column."""
+    out = os.environ.get("SENTINEL_VM_OUT")
+    if out:
+        with open(Path(out) / "armed.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+
 class LiveRun:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
@@ -58,7 +68,9 @@ class LiveRun:
         assert self.proc.stderr is not None
         for line in self.proc.stderr:
             self.stderr.append(line.rstrip())
-            if log_event(line, "armed"):
+            rec = log_event(line, "armed")
+            if rec is not None:
+                record_armed(rec)
                 self.armed.set()
 
     def matching(self, pred: Callable[[Alert], bool]) -> list[Alert]:

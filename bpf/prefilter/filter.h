@@ -42,6 +42,8 @@ struct f_fam_cfg {
     u32 pad;
     struct fmask all;       // the bits of every term
     struct fmask wild[F_NDIM];  // per dimension: the terms that do not constrain it
+    struct fmask bval[F_NDIM][2];  // per boolean dimension (F_BOOL_DIMS): the terms value
+                                   // 0 / 1 satisfies, wild ones included (no map lookup)
 };
 
 struct f_comm_key {
@@ -182,6 +184,17 @@ static __always_inline int f_comm_dim(struct f_state *st, u32 fam) {
 }
 
 static __always_inline int f_num_dim(struct f_state *st, u32 fam, u32 dim, u64 val) {
+    if ((F_BOOL_DIMS >> dim) & 1) {     // (dim is a constant at every call: folded)
+        // acc &= bval[dim][val]: the family's config already holds both answers
+        struct fmask *b = &st->cfg->bval[dim][val ? 1 : 0];
+        u64 any = 0;
+#pragma unroll
+        for (int i = 0; i < F_NWORDS; i++) {
+            st->acc.w[i] &= b->w[i];
+            any |= st->acc.w[i];
+        }
+        return any != 0;
+    }
     if (!f_needs(st, dim))
         return 1;
     u32 slot = st->gen & 1;
@@ -526,9 +539,12 @@ static __always_inline int f_file_opened_pre(struct f_state *st, u32 t, u32 ofla
     u32 acc = oflags & 3;
     int keep = f_alive(st) && f_num_dim(st, st->fam, D_OPEN_WRITE, acc == 1 || acc == 2) &&
                f_num_dim(st, st->fam, D_OPEN_READ, acc == 0 || acc == 2) &&
-               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0) &&
-               f_comm_dim(st, st->fam) &&
-               f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
+               f_num_dim(st, st->fam, D_OPEN_CREAT, (oflags & O_CREAT_VAL) != 0);
+    BENCH_STAGE(STAGE_OPEN_ACCESS);
+    keep = keep && f_comm_dim(st, st->fam);
+    BENCH_STAGE(STAGE_OPEN_COMM);
+    keep = keep && f_num_dim(st, st->fam, D_UID, (u32)bpf_get_current_uid_gid());
+    BENCH_STAGE(STAGE_OPEN_UID);
     if (keep && f_needs(st, D_RAW_DOTDOT)) {
         u32 zero = 0;
         struct f_scratch *s = f_scratch_map.lookup(&zero);

@@ -173,6 +173,11 @@ static __always_inline int prefilter_sock(u32 t, u64 key, u32 famc, u32 port, co
 #endif
 
 static __always_inline u64 wakeup_flags(u32 evt) {
+    // An exec wakes the reader at once: its alert (a shell in a container) should not wait
+    // for the poll timeout. The wakeup is an irq_work, an interrupt per exec: ~3 us of the
+    // exec's BPF time in this VM (bench/bench_stages.py: its last stage). Leaving it to the
+    // kernel's adaptive default saves that only when it does not wake a sleeping reader, which
+    // after the fork's record (not a wakeup) is always, and then the alert waits up to POLL_MS.
     u64 flags = BPF_RB_FORCE_WAKEUP;
     if (evt != EVT_EXECVE && evt != EVT_EXECVEAT) {
         u32 zero = 0;

@@ -9,6 +9,7 @@
 BPF_PERCPU_ARRAY(exe_scratch, struct path_buf, 1);
 BPF_PERCPU_ARRAY(exec_verdict, u32, 1);  // the prefilter's first verdict, for exec_walk
 BPF_PROG_ARRAY(exec_tail, 3);
+BPF_ARRAY(exec_opts, u32, 1);  // what user space wants copied (EXEC_SKIP_ENV...); 0: all
 #define EXEC_EMIT 0                 // exec_emit: builds the record
 #define EXEC_JUDGE 1                // exec_judge: the prefilter judges the path, then emits
 #define EXEC_WALK 2                 // exec_walk: walks the executable's path, then one of those
@@ -45,8 +46,14 @@ static __always_inline void exec_facts(struct exec_ev *e, void *task, void *mm, 
         e->h.flags |= FLAG_ENV_TRUNC;
     }
     e->env_len = 0;
+    u32 zero = 0;
+    u32 *opts = exec_opts.lookup(&zero);
+    if (opts && (*opts & EXEC_SKIP_ENV))
+        elen = 0;                       // no loaded rule reads proc.env
     if (elen > 0 && bpf_probe_read_user(&e->env, elen & (ENV_SIZE - 1) ? elen & (ENV_SIZE - 1) : ENV_SIZE, (void *)es) == 0)
         e->env_len = elen;
+    if (BENCH_CUT == STAGE_EXEC_ENV)
+        return;
 
     e->exe_ino = 0;
     e->exe_ctime = 0;
@@ -114,6 +121,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exec) {
     if (!v)
         return 0;
     *v = verdict;
+    BENCH_STAGE(STAGE_EXEC_PRE);
     // Walking the executable's path, judging it, building the record: each in a program of
     // its own, which the verifier checks once, alone. Inline, it checked the walk once per
     // state the prefilter's first step left (0.5 s of start-up), the judgement once per way
@@ -145,6 +153,7 @@ int exec_walk(struct bpf_raw_tracepoint_args *ctx) {
     if (file)
         walk_path_fwd(xb, rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_DENTRY),
                       rd_ptr(file, OFF_FILE_F_PATH + OFF_PATH_MNT), root_dentry, root_mnt);
+    BENCH_STAGE(STAGE_EXEC_WALK);
     u32 verdict = *(volatile u32 *)v;
     if (verdict == 2) {
         exec_tail.call(ctx, EXEC_JUDGE);
@@ -213,6 +222,10 @@ int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
         count(t, C_LOST);
         return 0;
     }
+    if (BENCH_CUT == STAGE_EXEC_RESERVE) {
+        events.ringbuf_discard(e, 0);
+        return 0;
+    }
     fill_hdr(&e->h, t);
     e->h.flags |= *(volatile u32 *)&xb->flags;
     e->old_pid = (u32)ctx->args[1];
@@ -235,6 +248,10 @@ int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
     e->args_len = 0;
     if (alen > 0 && bpf_probe_read_user(&e->args, alen & (ARGS_SIZE - 1) ? alen & (ARGS_SIZE - 1) : ARGS_SIZE, (void *)as) == 0)
         e->args_len = alen;
+    if (BENCH_CUT == STAGE_EXEC_ARGS) {
+        events.ringbuf_discard(e, 0);
+        return 0;
+    }
 
     // The executable's path, from the walk above; the cwd, as a dentry walk to the task's root.
     bpf_probe_read_kernel(e->exe, WALK_SIZE, xb->b);
@@ -247,6 +264,10 @@ int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
                            0, 0);
     if (trunc)
         e->h.flags |= FLAG_CWD_TRUNC;
+    if (BENCH_CUT == STAGE_EXEC_CWD) {
+        events.ringbuf_discard(e, 0);
+        return 0;
+    }
 
     // Controlling tty, session and process group (for proc.tty, proc.sname, vpgid leader).
     void *signal = rd_ptr(task, OFF_TASK_SIGNAL);
@@ -263,7 +284,15 @@ int exec_emit(struct bpf_raw_tracepoint_args *ctx) {
     void *pgidp = rd_ptr(signal, OFF_SIGNAL_PIDS + 8 * PIDTYPE_PGID_IDX);
     e->sid = sidp ? rd_u32(sidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
     e->pgid = pgidp ? rd_u32(pgidp, OFF_PID_NUMBERS + OFF_UPID_NR) : 0;
+    if (BENCH_CUT == STAGE_EXEC_TTY) {
+        events.ringbuf_discard(e, 0);
+        return 0;
+    }
     exec_facts(e, task, mm, file);
+    if (BENCH_CUT == STAGE_EXEC_ENV || BENCH_CUT == STAGE_EXEC_FACTS) {
+        events.ringbuf_discard(e, 0);
+        return 0;
+    }
     submit(e, t);
     return 0;
 }

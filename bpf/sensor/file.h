@@ -98,12 +98,14 @@ int open_done(void *ctx) {
     u32 t = e->h.type;
     long ret = e->res;
     u32 pflags = e->h.flags;
+    BENCH_STAGE(STAGE_OPEN_DONE);
     // Every dimension but the path first: an open they drop costs no walk.
     int pre = prefilter_file_opened_pre(t, e->flags, e->path, ret);
     if (!pre) {
         count(t, C_FILTERED);
         return 0;
     }
+    BENCH_STAGE(STAGE_OPEN_PRE);
     xb->pad = pre;  // read back after the walk (through memory: one unknown, not a state each)
     void *task = (void *)bpf_get_current_task();
     void *file = fd_file(task, (s32)ret);
@@ -116,6 +118,7 @@ int open_done(void *ctx) {
                       rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_DENTRY),
                       rd_ptr(fs, OFF_FS_ROOT + OFF_PATH_MNT));
     }
+    BENCH_STAGE(STAGE_OPEN_WALK);
     u32 klen = *(volatile u32 *)&xb->len;
     u32 ktrunc = *(volatile u32 *)&xb->trunc;
     u32 known = ktrunc ? 0 : klen & (FWD_END - 1);

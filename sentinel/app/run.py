@@ -77,8 +77,10 @@ class Run:
     enricher: Any = None
     resolver: Any = None
     waiter: Any = None
+    bpf_stats: bool = False  # kernel bpf_stats held on (sentinel.kernel.bpfstats)
     stats: dict[str, int] = field(default_factory=lambda: {"events": 0, "alerts": 0, "errors": 0})
     t0: float = field(default_factory=time.monotonic)
+    step_seconds: dict[str, float] = field(default_factory=dict)  # each step's time, so far
     stopping: bool = False
     cleanup: contextlib.ExitStack = field(default_factory=contextlib.ExitStack)
 
@@ -200,6 +202,7 @@ def start_sensor(run: Run) -> bool:
         syscalls=ALL_SYSCALLS if run.opts.all_syscalls else None,
         prefilter=run.opts.prefilter,
         ringbuf_pages=run.config.ringbuf_pages,
+        copy_env=_copy_env(run, engine.rules),
     )
     run.cleanup.callback(run.sensor.close)
     try:
@@ -219,6 +222,14 @@ def start_sensor(run: Run) -> bool:
     return True
 
 
+def _copy_env(run: Run, rules: Any) -> bool:
+    """Execs copy their environment while a rule reads proc.env, and for a capture (the
+    replay format keeps every field)."""
+    from sentinel.app.sensor import reads_env
+
+    return run.opts.capture is not None or reads_env(rules)
+
+
 def start_enforcement(run: Run) -> bool:
     """Attach the BPF LSM programs when deny rules are enforced."""
 
@@ -233,15 +244,46 @@ def start_enforcement(run: Run) -> bool:
     return True
 
 
+def watch_bpf_programs(run: Run) -> bool:
+    """Hold kernel bpf_stats on (config ``bpf_stats``, when /metrics is served) and export each
+    program's runs and run time there: what Sentinel costs the machine's CPUs, without a
+    benchmark. The switch is an fd, released when Sentinel exits however it exits."""
+    from sentinel.kernel import bpfstats
+
+    switch = None
+    if run.config.bpf_stats and run.config.metrics_address:  # nobody reads them otherwise
+        switch = bpfstats.StatsSwitch()
+        run.cleanup.callback(switch.close)
+        if not switch.on:
+            run.log.warning("BPF program statistics are off", reason=switch.why)
+
+    def programs() -> dict[tuple[str, str], int]:
+        progs = bpfstats.labelled("sensor", run.sensor.sensor.programs())
+        return progs | bpfstats.labelled("enforcement", run.enforcement.programs())
+
+    run.bpf_stats = switch is not None and switch.on
+    run.ops.metrics.collect_from(bpfstats.collector(programs, switch))
+    return True
+
+
 def arm(run: Run) -> bool:
     """Container metadata lookups, the process table from /proc (after the attach, so nothing
     falls in between), metrics and reload; then say we are armed."""
+    t_arm = time.monotonic()
     run.resolver.start()
     seeded = run.enricher.seed()
     armed = time.monotonic() - run.t0
     run.engine.warm(run.engine.event_types() & WARM_TYPES)
     syscalls = sorted(run.sensor.syscalls)
-    run.ops.start(programs=syscalls, prefilter=run.opts.prefilter, **run.enforcement.summary())
+    run.ops.start(
+        programs=syscalls,
+        prefilter=run.opts.prefilter,
+        bpf_stats=run.bpf_stats,
+        **run.enforcement.summary(),
+    )
+    # where the start-up went, step by step (Falco prints the same): arm's own share is the
+    # process table's seeding and the metadata resolver
+    steps = {**run.step_seconds, "arm": round(time.monotonic() - t_arm, 3)}
     run.log.info(
         "armed",
         rules=len(run.engine.rules),
@@ -249,6 +291,7 @@ def arm(run: Run) -> bool:
         processes=seeded,
         seconds=round(armed, 2),
         bpf_cached=run.sensor.sensor.cached,
+        step_seconds=steps,
     )
     return True
 
@@ -274,7 +317,8 @@ def event_loop(run: Run) -> bool:
         run.waiter.run_due()
         if run.ops.step():
             # reloaded rules: the prefilter follows; new syscalls need a restart
-            sensor.reload([(r.name, r.expr) for r in run.ops.engine.rules])
+            rules = run.ops.engine.rules
+            sensor.reload([(r.name, r.expr) for r in rules], copy_env=_copy_env(run, rules))
             _log_prefilter(run)
             wanted = syscalls_for(run.ops.engine.event_types())
             if not wanted <= sensor.syscalls:
@@ -323,6 +367,7 @@ STEPS: tuple[Step, ...] = (
     open_outputs,
     start_sensor,
     start_enforcement,
+    watch_bpf_programs,
     arm,
     event_loop,
     drain_and_report,
@@ -390,7 +435,10 @@ def execute(opts: RunOptions, steps: tuple[Step, ...] = STEPS) -> int:
     run = Run(opts)
     with run.cleanup:
         for step in steps:
-            if not step(run):
+            t = time.monotonic()
+            ok = step(run)
+            run.step_seconds[step.__name__] = round(time.monotonic() - t, 3)
+            if not ok:
                 break
     if opts.capture is not None:
         opts.capture.flush()

@@ -19,6 +19,19 @@ from sentinel.prefilter.maps import MAP_NAMES, Prefilter, nwords_for, sensor_pre
 from sentinel.prefilter.tables import KernelTables, build_tables
 
 RuleExprs = Sequence[tuple[str, ast.Expr]]  # (rule name, expanded condition) of enabled rules
+ENV_FIELDS = frozenset({"proc.env"})  # what the exec's copy of its environment fills
+
+
+def reads_env(rules: Iterable[Any]) -> bool:
+    """Whether any of these compiled rules reads the environment, in its condition or its
+    output: execs copy it (a page of user memory each) only then."""
+    from sentinel.app.coverage import condition_fields
+
+    for r in rules:
+        used = condition_fields(r.expr) | {p[1] for p in r.output.parts if isinstance(p, tuple)}
+        if used & ENV_FIELDS:
+            return True
+    return False
 
 
 class FilteredSensor:
@@ -39,6 +52,7 @@ class FilteredSensor:
         extra_cflags: Iterable[str] = (),
         ignore_self: bool = True,
         extra_maps: Iterable[str] = (),
+        copy_env: bool = True,
     ) -> None:
         self.tables: KernelTables = build_tables(rules)
         if syscalls is None:
@@ -55,16 +69,21 @@ class FilteredSensor:
         )
         self.prefilter: Prefilter | None = None
         self.loaded: dict[str, int] = {}
+        self.env_copied = copy_env  # execs copy their environment (proc.env)
 
     def start(self, callback: Callable[[bytes], None]) -> None:
         """Compile, load and attach; then publish the rules' prefilter tables."""
         self.sensor.start(callback)
+        self.sensor.copy_env(self.env_copied)
         if self.prefilter_on:
             self.prefilter = Prefilter({m: self.sensor.map_fd(m) for m in MAP_NAMES}, self.nwords)
             self.loaded = self.prefilter.load(self.tables)
 
-    def reload(self, rules: RuleExprs) -> dict[str, int]:
-        """Publish the prefilter tables of new rules (a no-op without the prefilter)."""
+    def reload(self, rules: RuleExprs, copy_env: bool = True) -> dict[str, int]:
+        """Publish the prefilter tables of new rules (a no-op without the prefilter), and
+        whether execs copy their environment for them."""
+        self.env_copied = copy_env
+        self.sensor.copy_env(copy_env)
         self.tables = build_tables(rules)
         if self.prefilter is not None:
             self.loaded = self.prefilter.load(self.tables)

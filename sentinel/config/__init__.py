@@ -95,6 +95,13 @@ class SentinelConfig(BaseModel):
         default="127.0.0.1:9376",
         description="HOST:PORT of /metrics and /healthz; an empty string turns them off",
     )
+    bpf_stats: bool = Field(
+        default=False,
+        description="hold the kernel's BPF statistics on and export each program's runs and "
+        "run time on /metrics (sentinel_bpf_program_*). Off by default: they are "
+        "system-wide, every BPF program on the machine pays them, and they cost ~3% of an "
+        "open()+close() storm's CPU time (bench/results/bpfstats.json, docs/operations.md)",
+    )
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
     reload: ReloadConfig = Field(default_factory=ReloadConfig)
 
@@ -122,7 +129,14 @@ class ConfigError(Exception):
     pass
 
 
-_SCALAR_KEYS = ("matching", "minimum_priority", "hostname", "ringbuf_pages", "metrics_address")
+_SCALAR_KEYS = (
+    "matching",
+    "minimum_priority",
+    "hostname",
+    "ringbuf_pages",
+    "metrics_address",
+    "bpf_stats",
+)
 _SECTION_KEYS: dict[str, tuple[str, ...]] = {
     "logging": ("format", "level"),
     "reload": ("watch", "interval"),

@@ -300,6 +300,12 @@ class Enforcer:
         """Operations stopped in the kernel since load."""
         return self._counter(1)
 
+    def programs(self) -> dict[str, int]:
+        """The programs' fds (LSM: by hook; kill: by function), for their kernel statistics
+        (sentinel.kernel.bpfstats); empty once closed."""
+        loaded = self._loaded
+        return {} if loaded is None or self._closed else dict(loaded.progs)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -189,6 +189,11 @@ class Enforcement:
             return False
         return True
 
+    def programs(self) -> dict[str, int]:
+        """The attached enforcer's program fds (none when nothing is enforced in the kernel)."""
+        enforcer = self.enforcer
+        return enforcer.programs() if enforcer is not None else {}
+
     def summary(self) -> dict[str, Any]:
         return {"deny_rules": self.mode}
 

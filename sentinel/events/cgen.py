@@ -28,8 +28,9 @@ from sentinel.events.common import (
     WALK_DEPTH,
     WALK_SIZE,
 )
-from sentinel.events.dims import DIM_CODES
+from sentinel.events.dims import BOOL_DIMS, DIM_CODES
 from sentinel.events.schema import EventType, TailCall
+from sentinel.events.stages import STAGES
 
 # Sizes the BPF sources use, by the name they use.
 SIZES = {
@@ -40,6 +41,7 @@ SIZES = {
     "FNAME_SIZE": exec_family.FNAME_SIZE,
     "ARGS_SIZE": exec_family.ARGS_SIZE,
     "ENV_SIZE": exec_family.ENV_SIZE,
+    "EXEC_SKIP_ENV": exec_family.EXEC_SKIP_ENV,
     "EXE_MEMFD": exec_family.EXE_MEMFD,
     "EXE_UPPER": exec_family.EXE_UPPER,
     "EXE_OVERLAY": exec_family.EXE_OVERLAY,
@@ -71,6 +73,8 @@ def constants() -> dict[str, int]:
     out["F_NFAM"] = len(EVENT_TYPES)  # the prefilter's maps are keyed by event code
     out.update({f"D_{d.name}": code for d, code in DIM_CODES.items()})
     out["F_NDIM"] = len(DIM_CODES)
+    out["F_BOOL_DIMS"] = sum(1 << DIM_CODES[d] for d in BOOL_DIMS)
+    out.update({f"STAGE_{s.name}": s.code for s in STAGES})
     return out
 
 
@@ -143,7 +147,15 @@ def defines() -> str:
     """The shared numbers as C macros (what bpf/prefilter/filter.h needs alone)."""
     lines = ["// Generated from sentinel/events (sentinel.events.cgen): do not edit."]
     lines += [f"#define {k} {v}" for k, v in constants().items()]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n" + BENCH_STAGE
+
+
+# A benchmark build stops at stage BENCH_CUT (sentinel.events.stages); 0 (production): never.
+BENCH_STAGE = """#ifndef BENCH_CUT
+#define BENCH_CUT 0
+#endif
+#define BENCH_STAGE(s) do { if (BENCH_CUT == (s)) return 0; } while (0)
+"""
 
 
 CALL_ARGS = (

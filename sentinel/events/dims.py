@@ -38,6 +38,11 @@ class Dim(StrEnum):
 
 DIM_CODES: dict[Dim, int] = {d: i for i, d in enumerate(Dim)}
 PATH_DIMS = (Dim.PATH, Dim.PATH_PREFIX, Dim.PATH_SUFFIX)
+# Dimensions whose value is 0 or 1: their two masks live in the family's config (one array
+# lookup per event, made anyway), not in the f_num hash (a lookup each).
+BOOL_DIMS = frozenset(
+    {Dim.OPEN_WRITE, Dim.OPEN_READ, Dim.OPEN_CREAT, Dim.FAILED, Dim.RAW_DOTDOT, Dim.CONNECTED}
+)
 
 
 class Bind(StrEnum):

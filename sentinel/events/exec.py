@@ -39,6 +39,10 @@ FAILED_EXEC_ARGS = 16  # argv entries a failed exec records
 # The environment: Falco's drivers keep a page of it; an attacker can pad the environment to
 # push a variable past it (FLAG_ENV_TRUNC says so: README, limits).
 ENV_SIZE = 4096  # a power of two, as ARGS_SIZE
+# exec_opts bits (a map, set by user space): EXEC_SKIP_ENV: do not copy the environment, when
+# no loaded rule reads proc.env (the copy is a page of user memory per exec; the bit is set
+# and cleared again as rules are loaded and reloaded).
+EXEC_SKIP_ENV = 1
 # exe_flags bits: what the kernel knows of the executable (bpf/sensor/exec.h): a memfd (its
 # dentry is "memfd:..." and it has no link), on overlayfs, in overlayfs's upper layer.
 EXE_MEMFD, EXE_UPPER, EXE_OVERLAY = 1, 2, 4

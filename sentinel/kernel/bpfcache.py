@@ -246,9 +246,8 @@ class ProgramCache:
 
 # ---- loading an entry -----------------------------------------------------------------------
 
-Handles = dict[
-    str, tuple[str, int]
-]  # "raw:<tp>" / "tp:<cat>:<tp>" -> ("link", fd); map -> ("map", fd)
+# "raw:<tp>" / "tp:<cat>:<tp>" -> ("link", fd); map -> ("map", fd); "prog:<func>" -> ("prog", fd)
+Handles = dict[str, tuple[str, int]]
 
 
 def _libbpf() -> Any:
@@ -275,7 +274,19 @@ def _libbpf() -> Any:
     return lib
 
 
+# Handles' key of a program fd: "prog:<function>" (maps and links are keyed by their own names).
+PROG_PREFIX = "prog:"
+
 _BCC_PREFIXES = ("raw_tracepoint__", "tracepoint__syscalls__", "tracepoint__")
+
+
+def short_name(func: str) -> str:
+    """A program's function name without bcc's section prefix ("sys_exit_openat" for
+    "tracepoint__syscalls__sys_exit_openat"): what tells the programs apart."""
+    for prefix in _BCC_PREFIXES:
+        if func.startswith(prefix):
+            return func[len(prefix) :]
+    return func
 
 
 def kernel_name(func: str) -> bytes:
@@ -283,17 +294,14 @@ def kernel_name(func: str) -> bytes:
     loaded without BTF (as these are) is listed by it (bpftool, bpf_stats): the END of the
     function's name without bcc's prefix ("sys_exit_openat", not bcc's "syscalls__sys_e",
     which every syscall program shares), so that each program can be told apart."""
-    for prefix in _BCC_PREFIXES:
-        if func.startswith(prefix):
-            func = func[len(prefix) :]
-            break
-    return func[-15:].encode()
+    return short_name(func)[-15:].encode()
 
 
 def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
     """Create the maps, load the programs relinked to them, install the tail calls, attach.
-    Returns the attachments and the maps asked for (and the tail calls' program arrays, which
-    the kernel empties when their last fd closes). Any failure closes what was made and
+    Returns the attachments, the programs (held for their statistics: sentinel.kernel.bpfstats)
+    and the maps asked for (and the tail calls' program arrays, which the kernel empties when
+    their last fd closes). Any failure closes what was made and
     raises (:class:`CacheError` or OSError): the caller compiles instead."""
     from sentinel.kernel.loader import BPF_MAP_UPDATE_ELEM, bpf_map_op, set_self
 
@@ -365,8 +373,10 @@ def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
             with contextlib.suppress(OSError):
                 os.close(fd)
         raise
+    for func, fd in progs.items():  # kept for their kernel statistics (bpfstats)
+        out[PROG_PREFIX + func] = ("prog", fd)
     keep = {fd for _k, fd in out.values()}
-    for fd in made:  # the programs: the attachments and program arrays hold them now
+    for fd in made:
         if fd not in keep:
             os.close(fd)
     return out

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sentinel.kernel.bpfcache import Handles
+from sentinel.kernel.bpfcache import PROG_PREFIX, Handles
 
 # The kernel passes at most SCM_MAX_FD (253) descriptors in one message: every attached
 # program and map the sensor keeps must fit (all event types: ~70 today).
@@ -63,7 +63,8 @@ class Loaded:
 
     maps: dict[str, int]
     links: dict[str, int] = field(default_factory=dict)
-    progs: dict[str, int] = field(default_factory=dict)  # loaded, not attached (``lsm``)
+    # by function name (``lsm``: by hook, loaded, not attached): read by sentinel.kernel.bpfstats
+    progs: dict[str, int] = field(default_factory=dict)
     cached: bool = False  # loaded from the program cache (sentinel.kernel.bpfcache)
     notes: list[str] = field(default_factory=list)  # the cache's problems, to warn about
 
@@ -152,7 +153,7 @@ def load_in_child(
         if kind == "map":
             loaded.maps[name] = fd
         elif kind == "prog":
-            loaded.progs[name] = fd
+            loaded.progs[name.removeprefix(PROG_PREFIX)] = fd
         else:
             loaded.links[name] = fd
     return loaded
@@ -242,6 +243,8 @@ def _load_sensor(
         out["tp:" + tp.decode()] = ("link", fd)
     for m in [*req["maps"], *(a for a, _i, _f in installed)]:
         out[m] = ("map", b[m.encode()].map_fd)
+    for fname, fn in b.funcs.items():  # held by the parent for their statistics (bpfstats)
+        out[PROG_PREFIX + fname.decode()] = ("prog", fn.fd)
     if req.get("cache_dir") and req.get("cache_key"):
         from sentinel.kernel import bpfcache
 

@@ -21,6 +21,7 @@ Why this way:
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import mmap
 import os
@@ -237,7 +238,7 @@ class Sensor:
         cflags += self.extra_cflags
         text = program.text(self.syscalls, self.prelude, uring=self.uring)
         tails = program.tail_calls(self.syscalls)
-        maps = ["events", "counts", *self.extra_maps]
+        maps = ["events", "counts", "exec_opts", *self.extra_maps]
         self_tgid = os.getpid() if self.ignore_self else None
         key = None
         if self.cache_dir is not None:
@@ -285,7 +286,10 @@ class Sensor:
             return None
         loaded = Loaded(maps={}, cached=True)
         for name, (kind, fd) in handles.items():
-            (loaded.maps if kind == "map" else loaded.links)[name] = fd
+            if kind == "prog":
+                loaded.progs[name.removeprefix(bpfcache.PROG_PREFIX)] = fd
+            else:
+                (loaded.maps if kind == "map" else loaded.links)[name] = fd
         return loaded
 
     def _uring_cflags(self) -> list[str] | None:
@@ -316,11 +320,30 @@ class Sensor:
             self.uring_missing = "BTF lacks io_uring's request layout"
         return flags
 
+    def copy_env(self, wanted: bool) -> None:
+        """Whether execs copy their environment (proc.env): a page of user memory per exec,
+        worth copying only while some loaded rule reads it. Started sensors only."""
+        from sentinel.events.exec import EXEC_SKIP_ENV
+        from sentinel.kernel.loader import BPF_MAP_UPDATE_ELEM, bpf_map_op
+
+        if self._loaded is None or "exec_opts" not in self._loaded.maps:
+            raise SensorError("no exec_opts map (not started)")
+        value = ctypes.c_uint32(0 if wanted else EXEC_SKIP_ENV)
+        fd = self._loaded.maps["exec_opts"]
+        err = bpf_map_op(BPF_MAP_UPDATE_ELEM, fd, ctypes.c_uint32(0), value)
+        if err:
+            raise SensorError(f"setting exec_opts: {os.strerror(err)}")
+
     def map_fd(self, name: str) -> int:
         """The fd of a map named in ``maps=`` (owned by the sensor; valid until close)."""
         if self._loaded is None or name not in self._loaded.maps:
             raise SensorError(f"no map {name!r} (not started, or not asked for)")
         return self._loaded.maps[name]
+
+    def programs(self) -> dict[str, int]:
+        """The loaded programs' fds by function name (owned by the sensor; valid until close),
+        for their kernel statistics (sentinel.kernel.bpfstats)."""
+        return dict(self._loaded.progs) if self._loaded is not None else {}
 
     @property
     def attachments(self) -> list[str]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from sentinel.events import EVENT_TYPES, PREFILTER_CODES
 from sentinel.events.cgen import defines as event_defines
-from sentinel.events.dims import DIM_CODES, Dim
+from sentinel.events.dims import BOOL_DIMS, DIM_CODES, Dim
 from sentinel.kernel.loader import (
     BPF_MAP_DELETE_ELEM,
     BPF_MAP_GET_NEXT_KEY,
@@ -59,9 +59,12 @@ def nwords_for(tables: KernelTables) -> int:
 # f_active  u32 0 -> u32 generation (0: nothing loaded, every event passes)
 # f_fam     u32 slot * NFAM + family -> { u32 filter (0: pass all), u32 pad,
 #                                         mask all (every term), mask wild[NDIM] (per
-#                                         dimension, the terms it does not constrain) }
+#                                         dimension, the terms it does not constrain),
+#                                         mask bval[NDIM][2] (per boolean dimension,
+#                                         BOOL_DIMS: the terms value 0 / 1 satisfies, wild
+#                                         ones included; zero for the other dimensions) }
 # f_comm    { u32 gf = slot << 8 | family, char comm[16] (NUL-padded) } -> mask
-# f_num     { u32 gf, u32 dim (D_*), u64 value } -> mask     uid, booleans, port, family char
+# f_num     { u32 gf, u32 dim (D_*), u64 value } -> mask     uid, port, family char, arg
 # f_path    { u32 gf, char path[F_PATH] (NUL-padded) } -> mask    the family's exact path
 # f_lpm     { u32 prefixlen (bits), u8 data[F_LPM_DATA] } -> mask, LPM trie:
 #             data = slot, family, dim, then for D_PATH_PREFIX the path's first bytes, for
@@ -81,6 +84,7 @@ def _fam_cfg_type(nwords: int) -> type[ctypes.Structure]:
             ("pad", ctypes.c_uint32),
             ("all", words),
             ("wild", words * NDIM),
+            ("bval", (words * 2) * NDIM),
         ]
 
     return FamCfg
@@ -259,6 +263,13 @@ class Prefilter:
             cfg.all = _u64s(ft.all_bits, n)
             for dim, dcode in DIM_CODES.items():
                 cfg.wild[dcode] = _u64s(ft.wild.get(dim, 0), n)
+            for dim in BOOL_DIMS:  # both answers of a boolean dimension, in the config
+                for v in (0, 1):
+                    terms = ft.wild.get(dim, 0)
+                    for value, mask in ft.exact.get(dim, {}).items():
+                        if _num_value(dim, value) == v:
+                            terms |= mask
+                    cfg.bval[DIM_CODES[dim]][v] = _u64s(terms, n)
             map_update(self.fds["f_fam"], ctypes.c_uint32(slot * NFAM + code), cfg)
             if not ft.pass_all:
                 self._write_family(ft, (slot << 8) | code, slot, code, counts)
@@ -270,6 +281,8 @@ class Prefilter:
         self, ft: TypeTables, gf: int, slot: int, code: int, counts: dict[str, int]
     ) -> None:
         for dim, entries in ft.exact.items():
+            if dim in BOOL_DIMS:
+                continue  # in the family's config (load)
             for value, mask in entries.items():
                 leaf = _u64s(mask, self.nwords)
                 if dim is Dim.COMM:

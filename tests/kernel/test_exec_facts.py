@@ -123,3 +123,22 @@ def test_a_capability_drop_shows_in_later_events(live: LiveSensor, tmp_path: Pat
     caps = live.wait_for(lambda e: e["evt.type"] == "capset" and e["proc.pid"] == evs[0][
         "proc.pid"])  # fmt: skip
     assert len(caps) == 1 and caps[0]["evt.arg.cap_effective"] == "0x1000"
+
+
+def test_the_environment_is_copied_only_while_wanted(live: LiveSensor) -> None:
+    """copy_env(False) (no loaded rule reads proc.env): the exec's record carries no
+    environment, and everything else as before; copy_env(True) brings it back."""
+    marker = f"v{uuid.uuid4().hex[:8]}"
+    env = {"PATH": "/usr/bin:/bin", "SENTINEL_MARK": marker}
+    live.sensor.copy_env(False)
+    try:
+        subprocess.run(["/bin/sh", "-c", f"exit 0 # {marker}-off"], env=env, check=True)
+        off = _exec_of(live, f"{marker}-off")
+    finally:
+        live.sensor.copy_env(True)
+    subprocess.run(["/bin/sh", "-c", f"exit 0 # {marker}-on"], env=env, check=True)
+    on = _exec_of(live, f"{marker}-on")
+    assert f"SENTINEL_MARK={marker}" not in str(off["proc.env"])
+    assert not off["proc.env"]
+    assert off["proc.exepath"] == on["proc.exepath"] == os.path.realpath("/bin/sh")
+    assert f"SENTINEL_MARK={marker}" in str(on["proc.env"]).split(" ")

@@ -348,3 +348,30 @@ def test_every_kill_was_delivered_once(killing: Killing) -> None:
     assert killing.enforcer is not None
     assert killing.enforcer.lost_events == 0
     assert killing.enforcer.denials == 1 + 1 + 1 + 10 + 2
+
+
+def test_enforcement_programs_are_on_the_cost_metrics(killing: Killing, bins: Bins) -> None:
+    """The kill programs' fds, read the way /metrics reads them (sentinel.kernel.bpfstats):
+    allowed execs run the enforcement's exec program, and its kernel run count says so."""
+    from sentinel.kernel import bpfstats
+    from tests.ops.test_metrics import value
+
+    assert killing.enforcer is not None
+    progs = bpfstats.labelled("enforcement", killing.enforcer.programs())
+    assert ("enforcement", "sched_process_exec") in progs
+    with bpfstats.StatsSwitch() as switch:
+        assert switch.on, switch.why
+        collect = bpfstats.collector(lambda: progs, switch)
+        key = {"component": "enforcement", "program": "sched_process_exec"}
+
+        def runs() -> float | None:
+            text = "".join(f.render() for f in collect())
+            return value(text, "sentinel_bpf_program_runs_total", **key)
+
+        before = runs()
+        for _ in range(5):
+            assert subprocess.run([str(bins.marker)], capture_output=True).stdout == b"RAN\n"
+        after = runs()
+    assert before is not None and after is not None
+    assert after - before >= 5
+    assert killing.take(0, timeout=0) == []
