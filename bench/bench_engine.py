@@ -3,15 +3,24 @@ files loaded, over a realistic syscall mix (mostly opens, then execs, connects, 
 
 Engine only: events are decoded and normalised before the clock starts, as the issue asks.
 The mix is generated deterministically (seeded), so runs compare.
+
+Each trial runs in a fresh process (no warm state carried between trials); ``--before
+CHECKOUT`` runs another checkout's engine over the same events in the same rounds, after and
+before interleaved, so the ratio is measured under the same machine load (this machine is
+shared, and load moves the absolute figures by 2x or more).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
+import statistics
+import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -145,9 +154,86 @@ def run(n: int = 200_000) -> dict[str, Any]:
     }
 
 
+def _trial(checkout: Path, n: int) -> dict[str, Any]:
+    """One :func:`run` in a fresh interpreter that imports ``sentinel`` from ``checkout``
+    (this file's event mix either way, so both sides replay the same events)."""
+    env = {**os.environ, "PYTHONPATH": str(checkout)}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--worker", "--events", str(n)],
+        env=env,
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    res: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    imported = Path(res.pop("sentinel_from")).resolve()
+    if not imported.is_relative_to(checkout.resolve()):
+        raise RuntimeError(f"trial for {checkout} imported sentinel from {imported}")
+    return res
+
+
+def _commit(checkout: Path) -> str:
+    out = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return out.stdout.strip() or "?"
+
+
+def measure(trials: int, n: int, before: Path | None) -> dict[str, Any]:
+    """``trials`` rounds; each runs this checkout (and ``before``) once, alternating which
+    goes first."""
+    here = Path(__file__).resolve().parents[1]
+    sides = {"after": here} | ({"before": before} if before is not None else {})
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    for i in range(trials):
+        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        for side in order:
+            res = _trial(sides[side], n)
+            runs[side].append(res)
+            print(f"  trial {i + 1} {side}: {res['events_per_second']:,} events/s", flush=True)
+    eps = {k: [r["events_per_second"] for r in v] for k, v in runs.items()}
+    out: dict[str, Any] = {
+        "measured_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%MZ"),
+        "load_avg_1min": os.getloadavg()[0],
+        "events": n,
+        "trials": trials,
+        "rules_enabled": runs["after"][0]["rules_enabled"],
+        "alerts": runs["after"][0]["alerts"],
+        "events_per_second": statistics.median(eps["after"]),
+        "events_per_second_all": eps["after"],
+        "commit": _commit(here),
+    }
+    if before is not None:
+        if runs["before"][0]["alerts"] != out["alerts"]:
+            before_alerts = runs["before"][0]["alerts"]
+            raise RuntimeError(f"alerts differ: before {before_alerts}, after {out['alerts']}")
+        out["before_commit"] = _commit(before)
+        out["before_events_per_second"] = statistics.median(eps["before"])
+        out["before_events_per_second_all"] = eps["before"]
+        ratios = [a / b for a, b in zip(eps["after"], eps["before"], strict=True)]
+        out["after_vs_before"] = round(statistics.median(ratios), 3)
+        out["after_vs_before_all"] = [round(r, 3) for r in ratios]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(description=__doc__).parse_args(argv if argv is not None else [])
-    res = run()
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--before", type=Path, help="a checkout to compare with, same rounds")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv if argv is not None else [])
+    if args.worker:
+        import sentinel
+
+        print(json.dumps({**run(args.events), "sentinel_from": sentinel.__file__}))
+        return 0
+    res = measure(max(1, args.trials), args.events, args.before)
     print(json.dumps(res))
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)

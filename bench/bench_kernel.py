@@ -9,6 +9,9 @@
     one fresh sentinel per rate), and the loss counters above it.
 (c) exec -> alert latency p50/p99: the alert's evt.time (kernel timestamp of the exec) to the
     moment the alert line is read from sentinel's stdout.
+(drain) user space's own ceiling: a full ring drained by the reader alone (decode, process
+    table, engine), 3 trials in fresh processes; with ``--before CHECKOUT`` that checkout's
+    reader drains the same storms in the same rounds (``--only drain``; (b) also runs one).
 (d) start-up time from launching ``sentinel run`` to armed, and peak RSS (VmHWM): with the
     BPF program cache off, cold (an empty cache: compiled, then recorded) and warm (loaded from
     the cache), interleaved in each round.
@@ -39,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    # after PYTHONPATH: a --before worker imports the other checkout's sentinel
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from bench.kernel_storm import build, paced, storm
 from sentinel.kernel.program import syscall_names as syscalls
@@ -50,6 +54,7 @@ RESULTS = REPO / "bench" / "results" / "kernel.json"
 GOALS = {
     "floor_ratio": 1.02,
     "rate": 300_000,
+    "drain": 500_000,
     "p99_ms": 5.0,
     "armed_s_cold": 2.0,
     "armed_s_warm": 1.0,
@@ -476,6 +481,63 @@ def bench_drain(binary: Path, n: int) -> dict[str, Any]:
     }
 
 
+def _drain_trial(checkout: Path, n: int) -> dict[str, Any]:
+    """One :func:`bench_drain` in a fresh interpreter importing ``sentinel`` from
+    ``checkout`` (this file's harness on both sides)."""
+    proc = subprocess.run(
+        [sys.executable, __file__, "--drain-worker", str(n)],
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=600,
+    )
+    res: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
+    imported = Path(res.pop("sentinel_from")).resolve()
+    if not imported.is_relative_to(checkout.resolve()):
+        raise RuntimeError(f"drain trial for {checkout} imported sentinel from {imported}")
+    return res
+
+
+def bench_drain_trials(n: int, trials: int, before: Path | None) -> dict[str, Any]:
+    """:func:`bench_drain` ``trials`` times (and ``before``'s, alternating which goes first):
+    medians with every trial kept."""
+    sides = {"after": REPO} | ({"before": before} if before is not None else {})
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    for i in range(trials):
+        for side in list(sides) if i % 2 == 0 else list(reversed(sides)):
+            runs[side].append(_drain_trial(sides[side], n))
+            rate = runs[side][-1]["drain_events_per_s"]
+            print(f"  drain trial {i + 1} {side}: {rate:,.0f} events/s", flush=True)
+    rates = {k: [round(r["drain_events_per_s"]) for r in v] for k, v in runs.items()}
+    out: dict[str, Any] = {
+        "storm_opens": n,
+        "trials": trials,
+        "drained_events_all": [r["drained_events"] for r in runs["after"]],
+        "drain_events_per_s": statistics.median(rates["after"]),
+        "drain_events_per_s_all": rates["after"],
+    }
+    if before is not None:
+        out["before_commit"] = _commit(before)
+        out["before_drain_events_per_s"] = statistics.median(rates["before"])
+        out["before_drain_events_per_s_all"] = rates["before"]
+        ratios = [a / b for a, b in zip(rates["after"], rates["before"], strict=True)]
+        out["after_vs_before"] = round(statistics.median(ratios), 3)
+        out["after_vs_before_all"] = [round(r, 3) for r in ratios]
+    return out
+
+
+def _commit(checkout: Path) -> str:
+    res = subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return res.stdout.strip() or "?"
+
+
 # ---- (c) -----------------------------------------------------------------------------------
 
 
@@ -561,10 +623,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate-secs", type=float, default=4.0)
     ap.add_argument("--trials", type=int, default=3, help="trials per rate in (b)")
     ap.add_argument("--falco", type=Path, default=FALCO_DIR, help="Falco's rules, for (a), (d)")
-    ap.add_argument("--before", type=Path, help="a checkout to compare (a) with, same run")
+    ap.add_argument("--before", type=Path, help="a checkout to compare (a), drain with")
     ap.add_argument("--execs", type=int, default=200)
     ap.add_argument("--only", default="a,b,c,d")
+    ap.add_argument("--drain-worker", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args(argv if argv is not None else [])
+    if args.drain_worker:
+        import sentinel
+
+        res = bench_drain(build(), args.drain_worker)
+        print(json.dumps({**res, "sentinel_from": sentinel.__file__}))
+        return 0
     if os.geteuid() != 0:
         print("bench kernel: SKIPPED, needs root (loads BPF programs)")
         return 0
@@ -597,8 +666,9 @@ def main(argv: list[str] | None = None) -> int:
         rates = [int(r) for r in args.rates.split(",")]
         out["rates"] = {**stamp, **bench_rates(binary, rates, args.rate_secs, args.trials)}
         print("(b) max zero-loss rate:", out["rates"]["max_rate_zero_loss"], flush=True)
-        out["drain"] = {**stamp, **bench_drain(binary, 100_000)}
-        print("(b) drain:", json.dumps(out["drain"]), flush=True)
+    if "b" in only or "drain" in only:
+        out["drain"] = {**stamp, **bench_drain_trials(100_000, args.trials, args.before)}
+        print("(drain):", json.dumps(out["drain"]), flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(out, indent=2) + "\n")
     print(f"written {RESULTS}")

@@ -67,17 +67,63 @@ def _rates(sec: dict[str, Any], drain: dict[str, Any] | None, goals: dict[str, A
         f"{r['lost_open_all']}"
         for r in sec["rows"]
     )
-    drained = ""
-    if drain is not None:
-        drained = (
-            f" Drain of a full ring, reader alone: {drain['drain_events_per_s']:,.0f} events/s."
-        )
+    drained = f" {_drain(drain, goals)}" if drain is not None else ""
     return [
         f"| highest open rate with zero lost events (`--no-prefilter`: every open through "
         f"decode, process table, engine; {sec['trials']} trials of {sec['seconds_per_rate']:.0f} s "
         f"per rate, {sec['measured_at']}) | **{sec['max_rate_zero_loss']:,} events/s** "
         f"(lost per trial, by rate: {losses}).{drained} | ≥ {goals.get('rate', 300_000):,} |"
     ]
+
+
+def _drain(drain: dict[str, Any], goals: dict[str, Any]) -> str:
+    """The drain of a full ring (reader alone), with its trials and the before checkout's."""
+    text = f"Drain of a full ring, reader alone: {drain['drain_events_per_s']:,.0f} events/s"
+    if "drain_events_per_s_all" not in drain:
+        return text + "."
+    text += (
+        f" (median of {drain['trials']}: {_ints(drain['drain_events_per_s_all'])}; "
+        f"{drain['measured_at']}, load average {drain['load_avg_1min']:.1f} on 2 cores"
+    )
+    if "before_commit" in drain:
+        text += (
+            f"; commit {drain['before_commit']} in the same rounds "
+            f"{drain['before_drain_events_per_s']:,.0f} "
+            f"({_ints(drain['before_drain_events_per_s_all'])})"
+        )
+    return text + f"; goal ≥ {goals.get('drain', 500_000):,})."
+
+
+def _ints(values: list[float]) -> str:
+    return ", ".join(f"{v:,.0f}" for v in values)
+
+
+ENGINE = RESULTS.parent / "engine.json"
+
+
+def engine_table(path: Path = ENGINE) -> str:
+    """The replay engine's row, from ``python -m bench engine``."""
+    if not path.exists():
+        return "(no results: run python -m bench engine)"
+    e = json.loads(path.read_text())
+    rows = [
+        "| engine benchmark | result | goal |",
+        "|---|---|---|",
+        f"| engine replay throughput, three Falco files ({e['rules_enabled']} enabled rules), "
+        f"realistic mix (62% openat, 18% execve, 10% connect, 10% clone/exit), one core; "
+        f"median of {e['trials']} fresh processes, {e['measured_at']}, load average "
+        f"{e['load_avg_1min']:.1f} on 2 cores "
+        f"| **{e['events_per_second']:,.0f} events/s** ({_ints(e['events_per_second_all'])})"
+        + (
+            f"; commit {e['before_commit']} in the same rounds "
+            f"{e['before_events_per_second']:,.0f} ({_ints(e['before_events_per_second_all'])})"
+            f", this/that **{e['after_vs_before']:.2f}x** ({e['after_vs_before_all']})"
+            if "before_commit" in e
+            else ""
+        )
+        + " | ≥ 400,000 |",
+    ]
+    return "\n".join(rows)
 
 
 def kernel_table(path: Path = RESULTS) -> str:

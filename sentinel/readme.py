@@ -40,6 +40,7 @@ def blocks() -> list[Block]:
         Block("event types and fields", doc.types_and_fields),
         Block("truth table", doc.truth_table),
         Block("kernel benchmarks", benchdoc.kernel_table),
+        Block("engine benchmark", benchdoc.engine_table),
         Block("family benchmarks", benchdoc.families_table),
         Block("kernel path benchmarks", benchdoc.truth_table),
         Block("stage benchmarks", benchdoc.stages_table),

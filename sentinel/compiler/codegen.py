@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from sentinel.compiler import runtime
+from sentinel.compiler import merge, runtime
 from sentinel.compiler.values import convert, glob_to_regex
 from sentinel.fields import FIELDS, FieldType, Kind
 from sentinel.language import ast
@@ -62,8 +62,11 @@ def operand_type(o: ast.Operand) -> tuple[FieldType, Kind]:
 class CodeGen:
     """Accumulates constants while turning checks into expressions."""
 
-    def __init__(self, memo_fields: bool = False) -> None:
+    def __init__(self, memo_fields: bool = False, merge_checks: bool = True) -> None:
         self.consts: dict[str, Any] = dict(RUNTIME_NAMES)
+        # merge_checks: sibling checks on one field become one test (:mod:`.merge`); off only
+        # for the reference evaluation the tests compare the engine with
+        self.merge_checks = merge_checks
         self._by_key: dict[Any, str] = {}
         self._n = 0
         # With memo_fields, each field is fetched at most once per call: the first use stores
@@ -98,9 +101,11 @@ class CodeGen:
     # -- boolean structure -----------------------------------------------------------------
     def expr(self, e: ast.Expr) -> str:
         if isinstance(e, ast.And):
-            return "(" + " and ".join(self.expr(c) for c in e.children) + ")"
+            parts = self._parts(e.children, negated=True)
+            return "(" + " and ".join(self._part(p, negated=True) for p in parts) + ")"
         if isinstance(e, ast.Or):
-            return "(" + " or ".join(self.expr(c) for c in e.children) + ")"
+            parts = self._parts(e.children, negated=False)
+            return "(" + " or ".join(self._part(p, negated=False) for p in parts) + ")"
         if isinstance(e, ast.Not):
             return f"(not {self.expr(e.child)})"
         if isinstance(e, ast.Const):
@@ -109,17 +114,48 @@ class CodeGen:
             return self.check(e)
         raise TypeError(f"unexpanded node {e!r}")
 
+    def _parts(self, children: tuple[ast.Expr, ...], negated: bool) -> list[ast.Expr | merge.Group]:
+        if not self.merge_checks:
+            return list(children)
+        return merge.group(children, negated)
+
+    def _part(self, p: ast.Expr | merge.Group, negated: bool) -> str:
+        if not isinstance(p, merge.Group):
+            return self.expr(p)
+        test = self._group(p)
+        return f"(not {test})" if negated else test
+
+    def _group(self, g: merge.Group) -> str:
+        """One test for several checks of a field (:mod:`.merge`): any of them holds."""
+        ltype, _kind = operand_type(g.field)
+        v = self.tmp()
+        lhs = self.operand(g.field)
+        if g.kind == "eq":
+            values: set[Any] = set()
+            for c in g.checks:
+                if isinstance(c.rhs, ast.ListValue):
+                    values.update(convert(i.text, ltype, c.op) for i in c.rhs.items)
+                elif isinstance(c.rhs, ast.Value):
+                    values.add(convert(c.rhs.text, ltype, c.op))
+            return f"(({v} := {lhs}) is not None and {v} in {self.const(frozenset(values))})"
+        texts = [c.rhs.text for c in g.checks if isinstance(c.rhs, ast.Value)]
+        affixes = tuple(dict.fromkeys(convert(t, ltype, g.kind) for t in texts))
+        return f"(({v} := {lhs}) is not None and {v}.{g.kind}({self.const(affixes)}))"
+
     # -- operands --------------------------------------------------------------------------
     def operand(self, o: ast.Operand) -> str:
         if isinstance(o, ast.FieldRef):
             if o.arg is None:
-                if not self.memo_fields:
-                    return f"g({o.name!r})"
-                var = self.field_vars.get(o.name)
-                if var is None:
-                    var = self.field_vars[o.name] = f"_f{len(self.field_vars)}"
-                return f"({var} if {var} is not _U else ({var} := g({o.name!r})))"
-            return f"_field_arg(e, {o.name!r}, {o.arg!r}, {o.key!r})"
+                fetch = f"g({o.name!r})"
+            else:
+                fetch = f"_field_arg(e, {o.name!r}, {o.arg!r}, {o.key!r})"
+            if not self.memo_fields:
+                return fetch
+            # proc.aname[2] & co are memoised too: a call to a helper is dearer than a get
+            var = self.field_vars.get(o.key)
+            if var is None:
+                var = self.field_vars[o.key] = f"_f{len(self.field_vars)}"
+            return f"({var} if {var} is not _U else ({var} := {fetch}))"
         if isinstance(o, ast.Literal):
             return repr(o.value)
         if o.name == "val":
@@ -247,7 +283,8 @@ class CodeGen:
 def compile_function(name: str, body: list[str], gen: CodeGen) -> Callable[..., Any]:
     """Exec ``def name(e): <body>`` with the generator's constants as globals."""
     lines = gen.prologue() + body
-    src = f"def {name}(e):\n    g = e.get\n" + "".join(f"    {line}\n" for line in lines)
+    # _U as a default argument: a local (LOAD_FAST) rather than a global on every memo test
+    src = f"def {name}(e, _U=_U):\n    g = e.get\n" + "".join(f"    {line}\n" for line in lines)
     namespace: dict[str, Any] = dict(gen.consts)
     namespace["_U"] = _UNSET
     exec(compile(src, f"<sentinel:{name}>", "exec"), namespace)

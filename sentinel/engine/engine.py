@@ -1,9 +1,10 @@
 """The matching engine: events in, alerts out.
 
 Rules are indexed by the event types they can match (:func:`sentinel.compiler.maybe_true`).
-The first event of each type builds one generated function that tests, in rule order, every
-candidate rule's condition specialised to that type (``evt.type`` tests folded away), so an
-event costs one dict lookup plus the checks that can still fail for it.
+The first event of each type builds one generated function that tests every candidate rule's
+condition specialised to that type (``evt.type`` tests folded away), with the tests rules share
+done once for all of them (:mod:`.plan`), so an event costs one dict lookup plus the checks
+that can still fail for it.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sentinel.compiler import (
     specialize,
 )
 from sentinel.compiler.codegen import CodeGen, compile_function
+from sentinel.engine.plan import Block, Node, plan
 from sentinel.fields import EVENT_TYPES
 from sentinel.language import ast
 from sentinel.loader import RuleSet, priority_rank
@@ -93,17 +95,16 @@ class Engine:
     # -- matching --------------------------------------------------------------------------
     def _build(self, evt_type: str | None) -> Matcher:
         gen = CodeGen(memo_fields=True)
-        body: list[str] = ["r = []"] if self.matching == "all" else []
+        rules: list[tuple[int, ast.Expr]] = []
         for rule in self.candidates(evt_type):
             cond = specialize(rule.expr, evt_type)
-            if isinstance(cond, ast.Const) and not cond.value:
-                continue
-            code = gen.expr(cond)
-            if self.matching == "all":
-                body.append(f"if {code}: r.append({rule.index})")
-            else:
-                body.append(f"if {code}: return {gen.const((rule.index,))}")
-        body.append("return r" if self.matching == "all" else "return ()")
+            if not (isinstance(cond, ast.Const) and not cond.value):
+                rules.append((rule.index, cond))
+        body = ["h = []", *_emit(plan(rules), gen, "")]
+        # hits come out in plan order: rule order is restored here (the first one wins)
+        body.append("return (min(h),) if h else ()" if self.matching == "first" else "h.sort()")
+        if self.matching == "all":
+            body.append("return h")
         fn: Matcher = compile_function("match", body, gen)  # generated: typed by contract
         self._matchers[evt_type] = fn
         return fn
@@ -191,3 +192,18 @@ class Engine:
             self.alerts_by_rule[r.name] = self.alerts_by_rule.get(r.name, 0) + 1
             out.append(self.alert(r, event))
         return out
+
+
+def _emit(nodes: Sequence[Node], gen: CodeGen, indent: str) -> list[str]:
+    """Source lines appending each matching rule's index to ``h``."""
+    lines: list[str] = []
+    for n in nodes:
+        if isinstance(n, Block):
+            lines.append(f"{indent}if {gen.expr(n.guard)}:")
+            lines.extend(_emit(n.body, gen, indent + "    "))
+        elif n.rest:
+            rest = n.rest[0] if len(n.rest) == 1 else ast.And(n.rest)
+            lines.append(f"{indent}if {gen.expr(rest)}: h.append({n.index})")
+        else:
+            lines.append(f"{indent}h.append({n.index})")
+    return lines
