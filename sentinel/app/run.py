@@ -14,6 +14,7 @@ import json
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -78,6 +79,7 @@ class Run:
     resolver: Any = None
     waiter: Any = None
     bpf_stats: bool = False  # kernel bpf_stats held on (sentinel.kernel.bpfstats)
+    kernel_summary: Any = None  # a Future: the started line's kernel features (see start_sensor)
     stats: dict[str, int] = field(default_factory=lambda: {"events": 0, "alerts": 0, "errors": 0})
     t0: float = field(default_factory=time.monotonic)
     step_seconds: dict[str, float] = field(default_factory=dict)  # each step's time, so far
@@ -187,6 +189,7 @@ def open_outputs(run: Run) -> bool:
 def start_sensor(run: Run) -> bool:
     """Compile, load and attach the sensor for the rules' event types, with the prefilter."""
     from sentinel.app.sensor import FilteredSensor
+    from sentinel.doctor import kernel_features
     from sentinel.enrichment.containers import ContainerResolver, MetadataWaiter
     from sentinel.enrichment.live import Enricher
     from sentinel.kernel.sensor import ALL_SYSCALLS, SensorError
@@ -205,6 +208,11 @@ def start_sensor(run: Run) -> bool:
         copy_env=_copy_env(run, engine.rules),
     )
     run.cleanup.callback(run.sensor.close)
+    # The started line's kernel features parse the kernel's BTF (~0.3 s): in a thread, while
+    # the kernel verifies the programs (its calls release the GIL), not after.
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="kernel-features")
+    run.cleanup.callback(pool.shutdown, wait=False)
+    run.kernel_summary = pool.submit(kernel_features)
     try:
         run.sensor.start(lambda raw: on_record(run, raw))
     except SensorError as exc:
@@ -279,6 +287,7 @@ def arm(run: Run) -> bool:
         programs=syscalls,
         prefilter=run.opts.prefilter,
         bpf_stats=run.bpf_stats,
+        kernel=run.kernel_summary.result(),
         **run.enforcement.summary(),
     )
     # where the start-up went, step by step (Falco prints the same): arm's own share is the
