@@ -273,3 +273,17 @@ def test_stop_flush_and_replay_gives_same_alerts(session: Session) -> None:
 
     assert len(live) >= 5
     assert sorted(map(key, replayed)) == sorted(map(key, live))
+
+
+def test_the_armed_line_says_where_the_start_up_went(session: Session) -> None:
+    """Each step before arming, by name, with its seconds: what an operator reads to see why
+    a start was slow (the BPF verifier, the rules' parse, the process table)."""
+    armed = [r for r in log_records(session.stderr) if r.get("event") == "armed"]
+    assert len(armed) == 1, session.stderr
+    steps = armed[0]["step_seconds"]
+    assert list(steps)[:3] == ["check_privileges", "load_config", "load_rules"]
+    assert {"start_sensor", "arm"} <= set(steps)
+    assert all(isinstance(v, float | int) and v >= 0 for v in steps.values())
+    assert steps["start_sensor"] > 0  # a load, compiled or cached, takes the kernel some time
+    before_arm = sum(v for k, v in steps.items() if k != "arm")
+    assert before_arm <= armed[0]["seconds"] + 0.01
