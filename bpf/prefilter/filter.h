@@ -44,6 +44,8 @@ struct f_fam_cfg {
     struct fmask wild[F_NDIM];  // per dimension: the terms that do not constrain it
     struct fmask bval[F_NDIM][2];  // per boolean dimension (F_BOOL_DIMS): the terms value
                                    // 0 / 1 satisfies, wild ones included (no map lookup)
+    struct fmask miss[F_NDIM];  // per dimension: the terms a lookup that finds nothing
+                                // satisfies (negative constraints: "none of these values")
 };
 
 struct f_comm_key {
@@ -135,13 +137,15 @@ static __always_inline int f_alive(struct f_state *st) {
     return any != 0;
 }
 
-// acc &= (m | wild[dim]); returns whether a bit survives.
+// acc &= ((m, or the miss mask when the lookup found nothing) | wild[dim]); returns whether a
+// bit survives.
 static __always_inline int f_and_st(struct f_state *st, struct fmask *m, u32 dim) {
     struct fmask *w = &st->cfg->wild[dim];
+    struct fmask *x = m ? m : &st->cfg->miss[dim];
     u64 any = 0;
 #pragma unroll
     for (int i = 0; i < F_NWORDS; i++) {
-        u64 v = (m ? m->w[i] : 0) | w->w[i];
+        u64 v = x->w[i] | w->w[i];
         st->acc.w[i] &= v;
         any |= st->acc.w[i];
     }

@@ -62,7 +62,10 @@ def nwords_for(tables: KernelTables) -> int:
 #                                         dimension, the terms it does not constrain),
 #                                         mask bval[NDIM][2] (per boolean dimension,
 #                                         BOOL_DIMS: the terms value 0 / 1 satisfies, wild
-#                                         ones included; zero for the other dimensions) }
+#                                         ones included; zero for the other dimensions),
+#                                         mask miss[NDIM] (per dimension, the terms a
+#                                         lookup that finds no entry satisfies: negative
+#                                         constraints, see tables) }
 # f_comm    { u32 gf = slot << 8 | family, char comm[16] (NUL-padded) } -> mask
 # f_num     { u32 gf, u32 dim (D_*), u64 value } -> mask     uid, port, family char, arg
 # f_path    { u32 gf, char path[F_PATH] (NUL-padded) } -> mask    the family's exact path
@@ -85,6 +88,7 @@ def _fam_cfg_type(nwords: int) -> type[ctypes.Structure]:
             ("all", words),
             ("wild", words * NDIM),
             ("bval", (words * 2) * NDIM),
+            ("miss", words * NDIM),
         ]
 
     return FamCfg
@@ -263,6 +267,7 @@ class Prefilter:
             cfg.all = _u64s(ft.all_bits, n)
             for dim, dcode in DIM_CODES.items():
                 cfg.wild[dcode] = _u64s(ft.wild.get(dim, 0), n)
+                cfg.miss[dcode] = _u64s(ft.miss.get(dim, 0), n)
             for dim in BOOL_DIMS:  # both answers of a boolean dimension, in the config
                 for v in (0, 1):
                     terms = ft.wild.get(dim, 0)

@@ -91,16 +91,17 @@ def kernel_path(kv: KernelView) -> str | None:
     return full if len(full.encode("utf-8", "surrogateescape")) <= COMPOSED_MAX else None
 
 
-def _lpm(table: Mapping[bytes, int], key: bytes) -> int:
-    best, best_len = 0, -1
+def _lpm(table: Mapping[bytes, int], key: bytes, miss: int) -> int:
+    """The mask of the longest stored prefix of ``key``; ``miss`` when none is stored."""
+    best, best_len = miss, -1
     for k, m in table.items():
         if len(k) > best_len and key.startswith(k):
             best, best_len = m, len(k)
     return best
 
 
-def _lpm_net(table: Mapping[tuple[bytes, int], int], addr: bytes) -> int:
-    best, best_len = 0, -1
+def _lpm_net(table: Mapping[tuple[bytes, int], int], addr: bytes, miss: int) -> int:
+    best, best_len = miss, -1
     a = int.from_bytes(addr, "big")
     bits = len(addr) * 8
     for (net, plen), m in table.items():
@@ -129,18 +130,20 @@ def passes(tables: KernelTables, kv: KernelView) -> bool:
 def _exe_mask(ft: TypeTables, dim: Dim, exe: str | None) -> int | None:
     """proc.exepath: the kernel has exactly the string user space reports (any length the walk
     fits, canonical by construction), or nothing (a failed exec, a walk cut short)."""
+    miss = ft.miss.get(dim, 0)  # a lookup that finds nothing (see tables: negative terms)
     if not exe:
         return None
     if dim is Dim.PATH:
-        return ft.exact[dim].get(exe, 0)  # exact values are <= 255 bytes: a longer path is none
-    return _lpm(ft.lpm[dim], key_bytes(dim, exe)[:LPM_PAYLOAD])
+        return ft.exact[dim].get(exe, miss)  # exact values are <= 255 bytes: a longer path is none
+    return _lpm(ft.lpm[dim], key_bytes(dim, exe)[:LPM_PAYLOAD], miss)
 
 
 def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
+    miss = ft.miss.get(dim, 0)  # a lookup that finds nothing (see tables: negative terms)
     if dim is Dim.COMM:
-        return ft.exact[dim].get(kv.comm[:15], 0)
+        return ft.exact[dim].get(kv.comm[:15], miss)
     if dim is Dim.UID:
-        return ft.exact[dim].get(kv.uid, 0)
+        return ft.exact[dim].get(kv.uid, miss)
     if FAMILY_OF[kv.evt_type] == "exec" and dim in PATH_DIMS:
         return _exe_mask(ft, dim, kv.path)
     if kv.kpath is not None and dim in PATH_DIMS:
@@ -150,36 +153,36 @@ def _dim_mask(ft: TypeTables, dim: Dim, kv: KernelView) -> int | None:
         if path is None:
             return None
         if dim is Dim.PATH:
-            return ft.exact[dim].get(path, 0)
+            return ft.exact[dim].get(path, miss)
         key = key_bytes(dim, path)[:LPM_PAYLOAD]  # the kernel looks up at most this many bytes
-        return _lpm(ft.lpm[dim], key)
+        return _lpm(ft.lpm[dim], key, miss)
     if dim is Dim.OPEN_WRITE:
-        return ft.exact[dim].get((kv.flags & O_ACCMODE) in (O_WRONLY, O_RDWR), 0)
+        return ft.exact[dim].get((kv.flags & O_ACCMODE) in (O_WRONLY, O_RDWR), miss)
     if dim is Dim.OPEN_READ:
-        return ft.exact[dim].get((kv.flags & O_ACCMODE) in (0, O_RDWR), 0)
+        return ft.exact[dim].get((kv.flags & O_ACCMODE) in (0, O_RDWR), miss)
     if dim is Dim.OPEN_CREAT:
-        return ft.exact[dim].get(bool(kv.flags & O_CREAT), 0)
+        return ft.exact[dim].get(bool(kv.flags & O_CREAT), miss)
     if dim is Dim.FAILED:
-        return ft.exact[dim].get(kv.ret < 0, 0)
+        return ft.exact[dim].get(kv.ret < 0, miss)
     if dim is Dim.RAW_DOTDOT:
         if not kv.path or len(kv.path.encode("utf-8", "surrogateescape")) > PATH_READ_MAX:
             return None  # empty or not read whole: the kernel judges no path dimension
-        return ft.exact[dim].get("../" in kv.path, 0)
+        return ft.exact[dim].get("../" in kv.path, miss)
     if dim is Dim.ARG:
-        return None if kv.arg is None else ft.exact[dim].get(kv.arg, 0)
+        return None if kv.arg is None else ft.exact[dim].get(kv.arg, miss)
     if dim is Dim.CONNECTED:
-        return None if kv.connected is None else ft.exact[dim].get(kv.connected, 0)
+        return None if kv.connected is None else ft.exact[dim].get(kv.connected, miss)
     if dim is Dim.DPORT:
-        return None if kv.dport is None else ft.exact[dim].get(kv.dport, 0)
+        return None if kv.dport is None else ft.exact[dim].get(kv.dport, miss)
     if dim is Dim.FAMILY:
-        return None if kv.sock_family is None else ft.exact[dim].get(kv.sock_family, 0)
+        return None if kv.sock_family is None else ft.exact[dim].get(kv.sock_family, miss)
     if dim is Dim.DADDR:
         if kv.daddr is None:
             return None
         ip = ipaddress.ip_address(kv.daddr)
         if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped  # user space shows a v4-mapped peer as IPv4
-        return _lpm_net(ft.nets.get(ip.version, {}), ip.packed)
+        return _lpm_net(ft.nets.get(ip.version, {}), ip.packed, miss)
     return None
 
 

@@ -4,8 +4,11 @@ For every event type the prefilter judges (those of the exec, file and connect f
 sentinel.events), a rule's condition is specialised to the type and abstracted: each check on a
 field the event table binds to a kernel dimension for that type (comm, uid, the family's path
 exact/prefix/suffix, open intent, result, destination port, address, socket family) becomes a
-*constraint* on that dimension; every other check, and every negated check, becomes "unknown"
-(true). The result is put in
+*constraint* on that dimension; every other check becomes "unknown" (true). A negated check
+becomes a *negative* constraint (the value must NOT be one of these: ``not proc.name in
+(...)``, ``fd.net != 127.0.0.0/8``) where the kernel's value is exactly the field's and the
+check an exact equivalence (equality, a path's startswith/endswith, a CIDR); a negated boolean
+is the other value; any other negated check is unknown. The result is put in
 disjunctive normal form: a list of *terms*, each a conjunction of per-dimension constraints
 ("boxes"). Dropping a check only widens a term, so the kernel part is an over-approximation:
 whenever the full condition can be true, some term is true. That is the invariant the kernel
@@ -16,6 +19,7 @@ Encoding the terms into map contents is :mod:`.tables`' job; :mod:`.maps` writes
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from collections.abc import Iterable, Mapping
@@ -96,6 +100,10 @@ class Constraint:
 
     dim: Dim
     values: frozenset[Value]
+    negated: bool = False  # the value must be none of ``values`` (see tables: miss masks)
+    # a positive prefix/suffix/network constraint's exceptions: the value must also be under
+    # none of these ("fd.name startswith /etc and not fd.name startswith /etc/ssl/")
+    excluded: frozenset[Value] = frozenset()
 
     def describe(self, evt_type: str | None = None) -> str:
         shown = sorted(str(v) for v in self.values)
@@ -106,6 +114,15 @@ class Constraint:
             Dim.PATH_SUFFIX: "ends with",
             Dim.DADDR: "in",
         }.get(self.dim, "is")
+        if self.negated:
+            verb = {
+                "is": "is not",
+                "in": "not in",
+                "starts with": "does not start with",
+                "ends with": "does not end with",
+            }[verb]
+        if self.excluded:
+            verb = f"{verb} (but none of {sorted(str(v) for v in self.excluded)})"
         name = dim_label(self.dim, evt_type)
         if self.dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX) and evt_type in PATH_FIELD:
             name = PATH_FIELD[evt_type]  # "proc.exepath starts with ..."
@@ -200,6 +217,8 @@ def abstract(
     if not isinstance(c.lhs, ast.FieldRef) or c.lhs.arg is not None or c.modifier:
         return _UNKNOWN
     name, op = c.lhs.name, c.op
+    if op == "!=":  # a != b: not (a = b)
+        return abstract_negated(dataclasses.replace(c, op="="), binds, params)
     bind = binds.get(name)
     vals = _values(c)
     if bind is None or vals is None:
@@ -254,6 +273,54 @@ def abstract(
     if bind in _FAMILY_VALUES:
         table = _FAMILY_VALUES[bind]
         return Constraint(Dim.FAMILY, frozenset(f for v in vals for f in table.get(v, ())))
+    return _UNKNOWN
+
+
+def abstract_negated(
+    c: ast.Check, binds: Mapping[str, Bind], params: Mapping[str, Param] | None = None
+) -> Constraint | object:
+    """A negated check -> a negative constraint (or a boolean's other value), or _UNKNOWN.
+
+    Only where the positive abstraction is an exact equivalence: a widened positive (a comm
+    cut to 15 bytes, a prefix capped to the trie's key, pmatch read as a prefix, a glob's
+    head, fd.directory as a prefix) would, negated, exclude events the rule matches. Values
+    the kernel cannot hold exactly are left out of the excluded set (excluding less is safe)."""
+    if not isinstance(c.lhs, ast.FieldRef) or c.lhs.arg is not None or c.modifier:
+        return _UNKNOWN
+    name, op = c.lhs.name, c.op
+    bind = binds.get(name)
+    vals = _values(c)
+    if bind is None or vals is None:
+        return _UNKNOWN
+    if op == "!=":  # not (a != b): a = b
+        return abstract(dataclasses.replace(c, op="="), binds, params)
+    exact = op in ("=", "==", "in")
+    if bind in _BOOL_DIMS:
+        pos = abstract(c, binds, params)
+        if not isinstance(pos, Constraint) or len(pos.values) != 1:
+            return _UNKNOWN
+        return Constraint(pos.dim, frozenset({not next(iter(pos.values))}))
+    if bind is Bind.PATH:
+        if exact:
+            keep = frozenset(v for v in vals if len(v.encode()) <= PATH_MAX_KEY)
+            return Constraint(Dim.PATH, keep, negated=True)
+        if op in ("startswith", "endswith"):
+            dim = Dim.PATH_PREFIX if op == "startswith" else Dim.PATH_SUFFIX
+            keep = frozenset(v for v in vals if 0 < len(v.encode()) <= LPM_PAYLOAD)
+            return Constraint(dim, keep, negated=True)
+        return _UNKNOWN
+    if not exact:
+        return _UNKNOWN
+    if bind is Bind.PATH_BASE:
+        keep = frozenset("/" + v for v in vals if len(("/" + v).encode()) <= LPM_PAYLOAD)
+        return Constraint(Dim.PATH_SUFFIX, keep, negated=True)
+    if bind is Bind.COMM:
+        return Constraint(Dim.COMM, frozenset(v for v in vals if len(v) <= COMM_LEN), True)
+    if bind in (Bind.UID, Bind.PORT, Bind.ADDR, Bind.ARG_ENUM) or bind in _FAMILY_VALUES:
+        pos = abstract(c, binds, params)
+        if not isinstance(pos, Constraint):
+            return _UNKNOWN
+        return Constraint(pos.dim, pos.values, negated=True)
     return _UNKNOWN
 
 
@@ -340,6 +407,17 @@ def _intersect(a: Term, b: Term) -> Term | None:
         old = out.get(dim)
         if old is None:
             out[dim] = c
+        elif old.negated and c.negated:
+            out[dim] = Constraint(dim, old.values | c.values, negated=True)  # none of either
+        elif old.negated or c.negated:
+            pos, neg = (c, old) if old.negated else (old, c)
+            if dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX, Dim.DADDR):
+                out[dim] = dataclasses.replace(pos, excluded=pos.excluded | neg.values)
+                continue
+            left = pos.values - neg.values
+            if not left:
+                return None
+            out[dim] = Constraint(dim, left)
         elif dim in (Dim.PATH_PREFIX, Dim.PATH_SUFFIX, Dim.DADDR):
             # two prefix sets: keeping one of them is a weaker, still necessary condition
             continue
@@ -357,22 +435,27 @@ def _dnf(
     notes: list[str],
     negated: bool = False,
     params: Mapping[str, Param] | None = None,
+    negations: bool = True,
 ) -> list[Term]:
     if isinstance(e, ast.Const):
         return [{}] if e.value != negated else []
     if isinstance(e, ast.Not):
-        return _dnf(e.child, binds, notes, not negated, params)
+        return _dnf(e.child, binds, notes, not negated, params, negations)
     if isinstance(e, ast.Check):
-        if negated:
+        if negated and not negations:
             return [{}]  # a negated check widens to "unknown"
-        c = abstract(e, binds, params)
+        c = abstract_negated(e, binds, params) if negated else abstract(e, binds, params)
+        if not negations and isinstance(c, Constraint) and c.negated:
+            return [{}]  # ("!=": a negation too)
         if c is _UNKNOWN:
             return [{}]
         assert isinstance(c, Constraint)
+        if c.negated:
+            return [{c.dim: c}] if c.values else [{}]  # excluding nothing is no constraint
         return [{c.dim: c}] if c.values else []
     assert isinstance(e, ast.And | ast.Or)
     conj = isinstance(e, ast.And) != negated  # De Morgan under negation
-    parts = [_dnf(k, binds, notes, negated, params) for k in e.children]
+    parts = [_dnf(k, binds, notes, negated, params, negations) for k in e.children]
     if not conj:
         out: list[Term] = []
         for p in parts:
@@ -408,14 +491,25 @@ def _dedupe(terms: Iterable[Term]) -> list[Term]:
     return seen
 
 
-def plan_rule(name: str, expr: ast.Expr, evt_type: str) -> RulePlan:
-    """The rule's kernel part for one event type."""
+def plan_rule(name: str, expr: ast.Expr, evt_type: str, negations: bool = True) -> RulePlan:
+    """The rule's kernel part for one event type. Negated checks multiply terms (``not (a
+    and b)`` is a disjunction): when they make more than MAX_TERMS_PER_RULE, the rule is
+    planned again with negated checks widened to "unknown" (``negations=False``)."""
     plan = RulePlan(name, evt_type)
     cond = specialize(expr, evt_type)
+    binds, params = bindings(evt_type), _params(evt_type)
     try:
-        terms = _dnf(cond, bindings(evt_type), plan.approximated, params=_params(evt_type))
+        terms = _dnf(cond, binds, plan.approximated, params=params, negations=negations)
     except _TooBig:
-        plan.approximated.append(f"more than {MAX_TERMS_PER_RULE} terms: widened to 'always'")
-        terms = [{}]
+        try:
+            terms = _dnf(cond, binds, plan.approximated, params=params, negations=False)
+            if negations:
+                plan.approximated.append(
+                    f"more than {MAX_TERMS_PER_RULE} terms with its negated checks: "
+                    "planned without them"
+                )
+        except _TooBig:
+            plan.approximated.append(f"more than {MAX_TERMS_PER_RULE} terms: widened to 'always'")
+            terms = [{}]
     plan.terms = _dedupe(terms)
     return plan

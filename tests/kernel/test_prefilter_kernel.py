@@ -149,6 +149,10 @@ RULES = [
     "evt.type = openat and fd.nameraw contains '../' and fd.directory = /etc",
     "evt.type = connect and fd.sport = 4444 and fd.sip = 127.0.0.2",
     "evt.type = connect and fd.snet in (127.0.9.0/24) and proc.name = sntl-c",
+    # negative constraints: an excluded network, an excluded prefix (and comm, R3 above)
+    'evt.type = connect and fd.sport = 5555 and fd.snet != "127.0.0.0/8"',
+    "evt.type = openat and fd.name startswith /tmp/sntl-n/ and not fd.name startswith"
+    " /tmp/sntl-n/skip/",
 ]
 
 
@@ -220,18 +224,22 @@ OPEN_CASES = [
     ("sntl-x", "relative-file", os.O_RDONLY),
     ("sntl-x", "/tmp/sntl-x/.hidden.key", os.O_RDONLY),
     ("sntl-x", "/tmp/sntl-x/", os.O_RDONLY),
+    ("sntl-x", "/tmp/sntl-n/keep", os.O_RDONLY),
+    ("sntl-x", "/tmp/sntl-n/skip/a", os.O_RDONLY),
 ]
 
 
 def test_open_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> None:
     bpf, tables = probe
-    for d in ("/tmp/sntl-w", "/tmp/sntl-exact", "/tmp/sntl-x"):
+    for d in ("/tmp/sntl-w", "/tmp/sntl-exact", "/tmp/sntl-x", "/tmp/sntl-n/skip"):
         os.makedirs(d, exist_ok=True)
     for f in (
         "/tmp/sntl-exact/secret",
         "/tmp/sntl-x/target.conf",
         "/tmp/sntl-x/server.key",
         "/tmp/sntl-x/.hidden.key",
+        "/tmp/sntl-n/keep",
+        "/tmp/sntl-n/skip/a",
     ):
         Path(f).write_text("x")
     _drain(bpf)
@@ -263,6 +271,8 @@ def test_open_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> None:
     # the sample exercises both verdicts on every dimension
     assert "/usr/lib/os-release" not in kept and "/tmp/sntl-w/a" in kept
     assert "relative-file" in kept  # relative, and no base walked here: kept
+    assert "/tmp/sntl-n/keep" in kept and "/tmp/sntl-n/skip/a" not in kept  # negative prefix
+    assert "/tmp/sntl-x/server.key" in kept  # sntl-x is not the excluded comm (sntl-b is)
     # (relative paths judged on the walked base: tests/kernel/test_prefilter_relative.py)
 
 
@@ -276,6 +286,8 @@ def test_connect_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> No
         ("sntl-x", "127.0.9.9", 80),
         ("sntl-x", "::ffff:127.0.0.2", 4444),
         ("sntl-x", "::1", 4444),
+        ("sntl-x", "127.0.0.2", 5555),  # in the excluded network
+        ("sntl-x", "::1", 5555),  # outside it (another family)
     ]
     old = Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
     expected = []
@@ -305,6 +317,7 @@ def test_connect_verdicts_match_the_model(probe: tuple[Any, KernelTables]) -> No
     got = [bool(k) for fam, k, _r, _p in _drain(bpf) if fam == EVENT_CODES["connect"]]
     assert got == expected
     assert got[0] and not got[1] and got[2] and not got[3] and got[4]
+    assert not got[6] and got[7]
 
 
 def test_reload_swaps_tables_and_counts(probe: tuple[Any, KernelTables]) -> None:
