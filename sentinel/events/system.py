@@ -116,6 +116,17 @@ def v(i: int, name: str, kind: schema.ParamType = P.UINT, **kw: Any) -> schema.P
     return schema.Param(name, kind, lambda e: value(e.rec, i), **kw)
 
 
+def fd_arg(i: int, name: str = "fd") -> schema.Param:
+    """A descriptor argument (an int: the handler's u64 holds the register, so -1 arrives
+    as 2**64 - 1; libsinsp shows it signed)."""
+
+    def get(e: Any) -> int:
+        x = value(e.rec, i) & 0xFFFFFFFF
+        return x - (1 << 32) if x & 0x80000000 else x
+
+    return schema.Param(name, P.FD, get)
+
+
 def s(i: int, name: str, kind: schema.ParamType = P.CHARBUF) -> schema.Param:
     """Parameter ``name`` is the handler's i-th string."""
     return schema.Param(name, kind, lambda e: string(e.rec, i))
@@ -145,7 +156,7 @@ RESUID = [v(0, "ruid", P.UID), v(1, "euid", P.UID), v(2, "suid", P.UID)]
 PTRACE = [v(2, "addr", P.HEX), v(3, "data", P.HEX)]
 PTRACE += [v(0, "request", P.ENUM, names=PTRACE_REQUESTS), v(1, "pid", P.PID)]
 MEMFD = [s(0, "name"), v(0, "flags", P.FLAGS, names=MEMFD_FLAGS)]
-FINIT = [v(0, "fd", P.FD), s(0, "uargs"), v(1, "flags", P.FLAGS, names=MODULE_FLAGS)]
+FINIT = [fd_arg(0), s(0, "uargs"), v(1, "flags", P.FLAGS, names=MODULE_FLAGS)]
 MOUNT = [s(0, "dev"), s(1, "dir", P.PATH), s(2, "type"), v(0, "flags", P.FLAGS, names=MOUNT_FLAGS)]
 URING = [v(0, "entries"), v(1, "sq_entries"), v(2, "cq_entries")]
 URING += [v(3, "flags", P.FLAGS, names=IO_URING_FLAGS), v(4, "sq_thread_cpu")]
@@ -173,7 +184,7 @@ EVENT_TYPES = [
     call("setreuid", [RES, v(0, "ruid", P.UID), v(1, "euid", P.UID)], "a0, a1"),
     call("setregid", [RES, v(0, "rgid", P.GID), v(1, "egid", P.GID)], "a0, a1"),
     call("capset", [RES, *CAPSET], ""),
-    call("setns", [RES, v(0, "fd", P.FD), NSTYPE], "a0, a1"),
+    call("setns", [RES, fd_arg(0), NSTYPE], "a0, a1"),
     call("unshare", [RES, v(0, "flags", P.FLAGS, names=NS_FLAGS)], "a0"),
     call("ptrace", [RES, *PTRACE], "a0, a1, a2, a3", key="request"),
     call(

@@ -383,3 +383,15 @@ def test_unshare_and_setns_of_a_user_namespace_give_every_capability(event: Make
         assert "CAP_SYS_ADMIN" in ev.get("thread.cap_permitted").split(" "), name
         later = event("open", path="/etc/hosts", res=3)
         assert "CAP_SYS_ADMIN" in later.get("thread.cap_effective").split(" "), name
+
+
+def test_a_descriptor_argument_is_signed(event: Make) -> None:
+    """finit_module(-1, ...) and setns(-1, ...): the handler keeps the register as a u64, so
+    the descriptor arrives as 2**64 - 1 (seen on 5.10, whose module syscalls the host lacks);
+    it is an int: -1, which libsinsp renders as an errno name (a negative PT_FD), not the
+    number 18446744073709551615."""
+    for name in ("finit_module", "setns"):
+        ev = event(name, **{**SAMPLES[name], "res": -9, "v0": (1 << 64) - 1})
+        assert ev.get("evt.arg.fd") == "EPERM", name
+        ok = event(name, **{**SAMPLES[name], "v0": 3})
+        assert str(ok.get("evt.arg.fd")).startswith("3"), name
