@@ -54,8 +54,13 @@ def same_fs_dir(other: str) -> Path:
     """A scratch directory on the file system of ``other`` (renames and hard links do not
     cross file systems)."""
     dev = os.stat(other).st_dev
-    for base in ("/var/tmp", "/root", "/tmp", "/"):
-        if os.path.isdir(base) and os.stat(base).st_dev == dev:
+    bases = ["/var/tmp", "/root", "/tmp", "/"]
+    if os.environ.get("SENTINEL_IN_VM"):
+        # the VM guest's /etc and /usr/local/bin are overlays of their own (its / is the host's,
+        # read-only): a throwaway directory in that directory itself
+        bases.append(other if os.path.isdir(other) else os.path.dirname(other) or "/")
+    for base in bases:
+        if os.path.isdir(base) and os.stat(base).st_dev == dev and os.access(base, os.W_OK):
             return Path(tempfile.mkdtemp(prefix="sentinel-rules-", dir=base))
     raise AssertionError(f"no writable directory on the file system of {other}")
 
