@@ -102,7 +102,17 @@ def main(argv: list[str] | None = None) -> int:
         "exec": lambda: subprocess.run(["sh", "-c", loop], check=True),
     }
     families = args.only or sorted(FAMILIES)
-    builds = {f: [*FAMILIES[f], Stage("WHOLE", 0, "the rest: the whole program")] for f in families}
+    builds = {
+        f: [
+            *FAMILIES[f],
+            Stage(
+                "WHOLE",
+                0,
+                "the rest: the path judgement (opens), the submit and forced wakeup (execs)",
+            ),
+        ]
+        for f in families
+    }
     if args.stages:
         keep = {n.strip().upper() for n in args.stages.split(",")}
         builds = {f: [s for s in b if s.name in keep] for f, b in builds.items()}

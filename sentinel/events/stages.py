@@ -26,7 +26,7 @@ class Stage:
 # two steps (bpf/prefilter/filter.h).
 OPEN = (
     Stage("OPEN_DONE", 1, "exit stub, handler tail call, path argument copy, tail call"),
-    Stage("OPEN_ACCESS", 2, "prefilter: generation, access-mode dimensions (3 lookups)"),
+    Stage("OPEN_ACCESS", 2, "prefilter: generation, access mode and O_CREAT (family config)"),
     Stage("OPEN_COMM", 3, "prefilter: the process name's lookup"),
     Stage("OPEN_UID", 4, "prefilter: the uid's lookup"),
     Stage("OPEN_PRE", 5, "prefilter: the raw path's '..' scan, the result's lookup"),
