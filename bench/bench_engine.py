@@ -17,12 +17,15 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+if __package__ in (None, ""):
+    # after PYTHONPATH: a --before worker imports the other checkout's sentinel
+    sys.path.append(str(Path(__file__).resolve().parents[1]))
 
 from sentinel.compiler import compile_rules
 from sentinel.engine import Engine, normalize_event
@@ -157,36 +160,16 @@ def run(n: int = 200_000) -> dict[str, Any]:
 def _trial(checkout: Path, n: int) -> dict[str, Any]:
     """One :func:`run` in a fresh interpreter that imports ``sentinel`` from ``checkout``
     (this file's event mix either way, so both sides replay the same events)."""
-    env = {**os.environ, "PYTHONPATH": str(checkout)}
-    proc = subprocess.run(
-        [sys.executable, __file__, "--worker", "--events", str(n)],
-        env=env,
-        cwd=checkout,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    res: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
-    imported = Path(res.pop("sentinel_from")).resolve()
-    if not imported.is_relative_to(checkout.resolve()):
-        raise RuntimeError(f"trial for {checkout} imported sentinel from {imported}")
-    return res
+    from bench.checkout import worker
 
-
-def _commit(checkout: Path) -> str:
-    out = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return out.stdout.strip() or "?"
+    return worker(__file__, ["--worker", "--events", str(n)], checkout, "trial")
 
 
 def measure(trials: int, n: int, before: Path | None) -> dict[str, Any]:
     """``trials`` rounds; each runs this checkout (and ``before``) once, alternating which
     goes first."""
+    from bench.checkout import commit
+
     here = Path(__file__).resolve().parents[1]
     sides = {"after": here} | ({"before": before} if before is not None else {})
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
@@ -206,13 +189,13 @@ def measure(trials: int, n: int, before: Path | None) -> dict[str, Any]:
         "alerts": runs["after"][0]["alerts"],
         "events_per_second": statistics.median(eps["after"]),
         "events_per_second_all": eps["after"],
-        "commit": _commit(here),
+        "commit": commit(here),
     }
     if before is not None:
         if runs["before"][0]["alerts"] != out["alerts"]:
             before_alerts = runs["before"][0]["alerts"]
             raise RuntimeError(f"alerts differ: before {before_alerts}, after {out['alerts']}")
-        out["before_commit"] = _commit(before)
+        out["before_commit"] = commit(before)
         out["before_events_per_second"] = statistics.median(eps["before"])
         out["before_events_per_second_all"] = eps["before"]
         ratios = [a / b for a, b in zip(eps["after"], eps["before"], strict=True)]

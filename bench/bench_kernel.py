@@ -484,20 +484,9 @@ def bench_drain(binary: Path, n: int) -> dict[str, Any]:
 def _drain_trial(checkout: Path, n: int) -> dict[str, Any]:
     """One :func:`bench_drain` in a fresh interpreter importing ``sentinel`` from
     ``checkout`` (this file's harness on both sides)."""
-    proc = subprocess.run(
-        [sys.executable, __file__, "--drain-worker", str(n)],
-        env={**os.environ, "PYTHONPATH": str(checkout)},
-        cwd=checkout,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    res: dict[str, Any] = json.loads(proc.stdout.splitlines()[-1])
-    imported = Path(res.pop("sentinel_from")).resolve()
-    if not imported.is_relative_to(checkout.resolve()):
-        raise RuntimeError(f"drain trial for {checkout} imported sentinel from {imported}")
-    return res
+    from bench.checkout import worker
+
+    return worker(__file__, ["--drain-worker", str(n)], checkout, "drain trial")
 
 
 def bench_drain_trials(n: int, trials: int, before: Path | None) -> dict[str, Any]:
@@ -519,23 +508,15 @@ def bench_drain_trials(n: int, trials: int, before: Path | None) -> dict[str, An
         "drain_events_per_s_all": rates["after"],
     }
     if before is not None:
-        out["before_commit"] = _commit(before)
+        from bench.checkout import commit
+
+        out["before_commit"] = commit(before)
         out["before_drain_events_per_s"] = statistics.median(rates["before"])
         out["before_drain_events_per_s_all"] = rates["before"]
         ratios = [a / b for a, b in zip(rates["after"], rates["before"], strict=True)]
         out["after_vs_before"] = round(statistics.median(ratios), 3)
         out["after_vs_before_all"] = [round(r, 3) for r in ratios]
     return out
-
-
-def _commit(checkout: Path) -> str:
-    res = subprocess.run(
-        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return res.stdout.strip() or "?"
 
 
 # ---- (c) -----------------------------------------------------------------------------------

@@ -175,42 +175,37 @@ def _under(ft: TypeTables, dim: Dim, heads: frozenset[Any]) -> list[Any]:
     return [k for k in ft.lpm[dim] if any(k.startswith(h) for h in keys)]
 
 
+def _trie_tables(ft: TypeTables, dim: Dim) -> list[dict[Any, int]]:
+    """The stored entries of a trie dimension: one table per IP version for addresses."""
+    return list(ft.nets.values()) if dim is Dim.DADDR else [ft.lpm[dim]]
+
+
 def _clear_under(ft: TypeTables, mask: int, c: Constraint) -> None:
     """A positive trie constraint's exceptions: the term's bit (folded into every entry under
     its prefixes) taken out of the entries under the excepted ones. A value under an
     exception finds an entry under it (each exception is stored): the longest stored prefix."""
-    for k in _under(ft, c.dim, c.excluded):
-        if c.dim is Dim.DADDR:
-            ver = 4 if len(k[0]) == 4 else 6
-            ft.nets[ver][k] &= ~mask
-        else:
-            ft.lpm[c.dim][k] &= ~mask
+    under = set(_under(ft, c.dim, c.excluded))
+    for table in _trie_tables(ft, c.dim):
+        for k in table:
+            if k in under:
+                table[k] &= ~mask
 
 
 def _add_negative(ft: TypeTables, mask: int, c: Constraint) -> None:
     """The term (``mask``) passes a miss and every entry outside the excluded values."""
     dim = c.dim
     ft.miss[dim] = ft.miss.get(dim, 0) | mask
-    if dim is Dim.DADDR:
-        excluded = [
-            n for n in c.values if isinstance(n, ipaddress.IPv4Network | ipaddress.IPv6Network)
-        ]
-        for nets in ft.nets.values():
-            for k in nets:
-                net = ipaddress.ip_network((k[0], k[1]))
-                if not any(net.version == x.version and net.subnet_of(x) for x in excluded):  # type: ignore[arg-type]
-                    nets[k] |= mask
-    elif dim in LPM_DIMS:
-        heads = [key_bytes(dim, v) for v in c.values]
-        table = ft.lpm[dim]
-        for key in table:
-            if not any(key.startswith(h) for h in heads):
-                table[key] |= mask
+    if dim is Dim.DADDR or dim in LPM_DIMS:
+        under = set(_under(ft, dim, c.values))
+        for table in _trie_tables(ft, dim):
+            for k in table:
+                if k not in under:
+                    table[k] |= mask
     else:
-        table2 = ft.exact[dim]
-        for v in table2:
+        exact = ft.exact[dim]
+        for v in exact:
             if v not in c.values:
-                table2[v] |= mask
+                exact[v] |= mask
 
 
 def _fold_prefixes(table: dict[bytes, int]) -> None:
