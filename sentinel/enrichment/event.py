@@ -102,7 +102,8 @@ class LiveEvent(Mapping[str, Any]):
         self.clock = clock
         self.num = num
         self._containers = containers
-        self._cache: dict[str, Any] = {}
+        # evt.type is asked of every event (the engine's dispatch), so it starts cached
+        self._cache: dict[str, Any] = {"evt.type": rec.evt.name}
         self._proc: Proc | None = None
         # field -> its function for this event type: ``get`` uses it, and the engine calls
         # them directly (sentinel.engine: one matcher per type, no lookup per field)

@@ -172,7 +172,8 @@ def _resolve(e: Any) -> str:
 def path_name(e: Any) -> str:
     """The absolute, normalised path the operation names (``fs.path.name``, an open's
     ``fd.name``); computed once per event (fd.name, fd.filename, fd.directory share it)."""
-    return str(e.memo_call("file.path", _resolve))
+    path: str = e.memo_call("file.path", _resolve)
+    return path
 
 
 def _raw(e: Any) -> str:
@@ -271,24 +272,28 @@ FIELDS("fd.name", only=OPENS)(path_name)
 FIELDS("fd.nameraw", only=OPENS)(_raw)
 FIELDS("fd.directory", only=OPENS)(lambda e: os.path.dirname(path_name(e)) or "/")
 FIELDS("fd.filename", only=OPENS)(lambda e: path_name(e).rpartition("/")[2])  # basename
-FIELDS("fd.num", only=OPENS)(lambda e: r if (r := _res(e)) >= 0 else -1)
-FIELDS("evt.is_open_write", only=OPENS)(lambda e: (_flags(e) & O_ACCMODE) in (O_WRONLY, O_RDWR))
-FIELDS("evt.is_open_read", only=OPENS)(lambda e: (_flags(e) & O_ACCMODE) in (0, O_RDWR))
-FIELDS("evt.is_open_create", only=OPENS)(lambda e: bool(_flags(e) & O_CREAT))
+# The hot fields (every open that reaches a rule asks for several) index the record's members
+# themselves rather than through _flags/_res: one call per field, not two or three.
+FIELDS("fd.num", only=OPENS)(lambda e: r if (r := e.rec.fixed[_RES]) >= 0 else -1)
+FIELDS("evt.is_open_write", only=OPENS)(
+    lambda e: (e.rec.fixed[_FLAGS] & O_ACCMODE) in (O_WRONLY, O_RDWR)
+)
+FIELDS("evt.is_open_read", only=OPENS)(lambda e: (e.rec.fixed[_FLAGS] & O_ACCMODE) in (0, O_RDWR))
+FIELDS("evt.is_open_create", only=OPENS)(lambda e: bool(e.rec.fixed[_FLAGS] & O_CREAT))
 FIELDS("evt.is_open_exec", only=OPENS)(
     lambda e: bool(_flags(e) & O_CREAT) and bool(_mode(e) & 0o111)
 )
 
 
-def _fd_kind(e: Any) -> tuple[str, str]:
-    f = _flags(e)
-    if f & O_DIRECTORY and f & O_TMPFILE != O_TMPFILE:
-        return "directory", "d"
-    return "file", "f"
+def _is_dir(flags: int) -> bool:
+    """Opened as a directory (O_DIRECTORY, but not O_TMPFILE, which contains its bit)."""
+    return bool(flags & O_DIRECTORY) and flags & O_TMPFILE != O_TMPFILE
 
 
-FIELDS("fd.type", only=OPENS)(lambda e: _fd_kind(e)[0])
-FIELDS("fd.typechar", only=OPENS)(lambda e: _fd_kind(e)[1])
+FIELDS("fd.type", only=OPENS)(lambda e: "directory" if _is_dir(e.rec.fixed[_FLAGS]) else "file")
+FIELDS("fd.typechar", only=OPENS)(
+    lambda e: "d" if e.rec.fixed[_FLAGS] & O_DIRECTORY and _is_dir(e.rec.fixed[_FLAGS]) else "f"
+)
 
 
 KERNEL_FIELDS = {

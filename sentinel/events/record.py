@@ -103,7 +103,8 @@ class Record:
         # property cost more in its accesses than the unpack it saved).
         fam = evt.family
         assert fam is not None
-        self.fixed: tuple[Any, ...] = fam.layout.unpack(raw)
+        layout = fam.layout
+        self.fixed: tuple[Any, ...] = layout.fixed.unpack_from(raw, layout.fixed_offset)
 
     # comm: the process's name at its last exec (proc.name); tcomm: the thread's current name
     # (thread.comm), which prctl(PR_SET_NAME) changes. Decoded on first use: most events that
