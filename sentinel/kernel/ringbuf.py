@@ -100,7 +100,7 @@ class RingBufferReader:
         self.received += n
         return out
 
-    def wait(self, timeout_ms: int) -> None:
+    def wait(self, timeout_ms: float) -> None:
         """Sleep until the kernel signals data or the timeout passes."""
         if self._cons_pos[0] < self._prod_pos[0]:
             return
