@@ -97,6 +97,7 @@ class Operations:
             interval=config.reload.interval,
             extra_watch=[config_path] if config_path is not None else [],
             logger=get_logger("sentinel.reload"),
+            on_reject=self.run.reloads.labels("rejected").inc,
         )
 
     # -- engine ------------------------------------------------------------------------------
@@ -193,11 +194,7 @@ class Operations:
     def step(self) -> bool:
         """Call once per loop iteration. True when reloaded rules were swapped in."""
         self.last_step = time.monotonic()
-        failures = self.reloader.failures
-        swapped = self.reloader.poll()
-        if self.reloader.failures > failures:
-            self.run.reloads.labels("rejected").inc()
-        return swapped
+        return self.reloader.poll()
 
     def alert(self, alert: Any) -> None:
         self.run.alert(alert)
