@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
             Stage(
                 "WHOLE",
                 0,
-                "the rest: the path judgement (opens), the submit and forced wakeup (execs)",
+                "the rest: the path judgement (opens); the submit, with the reader's wakeup "
+                "when no exec woke it in the last millisecond (execs)",
             ),
         ]
         for f in families

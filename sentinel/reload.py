@@ -90,8 +90,12 @@ class RulesReloader(Generic[T]):
         interval: float = 2.0,
         extra_watch: Iterable[Path] = (),
         logger: Any = None,
+        on_reject: Callable[[], None] | None = None,
     ) -> None:
         self.paths = list(paths)
+        # called once per rejected reload, wherever it is delivered (poll or wait): a metric
+        # counted by the caller around poll() alone missed the rejections wait() delivered
+        self.on_reject = on_reject
         self.swap = swap
         self.load: Callable[[list[Path]], Any] = load or load_compiled_rules
         self.watch = watch
@@ -171,7 +175,7 @@ class RulesReloader(Generic[T]):
             return False
         ok, value = result
         if not ok:
-            self.failures += 1
+            self._rejected()
             exc = value
             if isinstance(exc, RulesError):
                 problems = [p.to_dict() for p in exc.problems]
@@ -194,7 +198,7 @@ class RulesReloader(Generic[T]):
         try:
             self.swap(new)
         except Exception as exc:
-            self.failures += 1
+            self._rejected()
             self.last_error = f"swap failed: {exc!r}"
             self.log.error(
                 "rules_reload_rejected",
@@ -206,6 +210,11 @@ class RulesReloader(Generic[T]):
         self.last_error = None
         self.log.info("rules_reloaded", seconds=round(secs, 3), reloads=self.reloads)
         return True
+
+    def _rejected(self) -> None:
+        self.failures += 1
+        if self.on_reject is not None:
+            self.on_reject()
 
     def wait(self, timeout: float = 30.0) -> bool:
         """Block until a running reload finishes, then deliver it (tests, shutdown)."""

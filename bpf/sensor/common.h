@@ -22,7 +22,8 @@
 // load under half a second. A deeper path is flagged truncated and user space falls back to
 // /proc.
 
-// Wakeups: only exec records wake the reader at once. A wakeup is an irq_work self-IPI, which
+// Wakeups: only exec records wake the reader at once (at most one per WAKE_GAP_NS: see
+// wakeup_flags). A wakeup is an irq_work self-IPI, which
 // in a VM is a VM exit costing microseconds: measured here, waking every 64th open record
 // cost ~300 ns per record on average. Other records wake the reader once per WAKEUP_EVERY per
 // CPU (a safety net); otherwise user space finds them at its next poll, whose timeout bounds
@@ -39,6 +40,7 @@ struct sc_args {
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(counts, u64, EVT_MAX * C_N);
 BPF_PERCPU_ARRAY(pending, u64, 1);
+BPF_ARRAY(last_wake, u64, 1);  // when an exec last woke the reader (ns; any CPU)
 
 static __always_inline void count(u32 t, u32 what) {
     u32 i = t * C_N + what;
@@ -174,17 +176,28 @@ static __always_inline int prefilter_sock(u32 t, u64 key, u32 famc, u32 port, co
 
 static __always_inline u64 wakeup_flags(u32 evt) {
     // An exec wakes the reader at once: its alert (a shell in a container) should not wait
-    // for the poll timeout. The wakeup is an irq_work, an interrupt per exec: ~3 us of the
-    // exec's BPF time in this VM (bench/bench_stages.py: its last stage). Leaving it to the
-    // kernel's adaptive default saves that only when it does not wake a sleeping reader, which
-    // after the fork's record (not a wakeup) is always, and then the alert waits up to POLL_MS.
-    u64 flags = BPF_RB_FORCE_WAKEUP;
-    if (evt != EVT_EXECVE && evt != EVT_EXECVEAT) {
-        u32 zero = 0;
-        u64 *n = pending.lookup(&zero);
-        if (n && ((++*n) % WAKEUP_EVERY) != 0)
-            flags = BPF_RB_NO_WAKEUP;
+    // for the poll timeout. The wakeup is an irq_work, an interrupt per exec: ~10 us of the
+    // exec's BPF time in this VM (bench/bench_stages.py: its last stage). So only when no
+    // exec woke the reader in the last WAKE_GAP_NS: after a batch the reader looks again
+    // within that gap (Sensor.poll), so a record that skipped its wakeup waits at most about
+    // the gap (the kernel's adaptive default was tried: a sleeping reader never woke for an
+    // exec that followed the fork's unwoken record, and the alert waited up to POLL_MS).
+    // Racing CPUs may both wake it: harmless. Counted as C_WOKEN per event type.
+    u32 zero = 0;
+    if (evt == EVT_EXECVE || evt == EVT_EXECVEAT) {
+        u64 *last = last_wake.lookup(&zero);
+        u64 now = bpf_ktime_get_ns();
+        if (last && now - *last < WAKE_GAP_NS)
+            return BPF_RB_NO_WAKEUP;
+        if (last)
+            *last = now;
+        count(evt, C_WOKEN);
+        return BPF_RB_FORCE_WAKEUP;
     }
+    u64 flags = BPF_RB_FORCE_WAKEUP;
+    u64 *n = pending.lookup(&zero);
+    if (n && ((++*n) % WAKEUP_EVERY) != 0)
+        flags = BPF_RB_NO_WAKEUP;
     return flags;
 }
 

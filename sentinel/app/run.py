@@ -405,10 +405,11 @@ def evaluate(run: Run, event: Any) -> None:
 def on_record(run: Run, raw: bytes) -> None:
     try:
         ev = run.enricher.event(raw)
-        if ev.rec.flags & FLAG_TABLE_ONLY:
+        rec = ev.rec
+        if rec.flags & FLAG_TABLE_ONLY:
             return  # an exec no rule wants: it updated the process table, nothing more
         run.stats["events"] += 1
-        info = run.enricher.containers.info(ev.rec.cgroup_id, ev.rec.pid)
+        info = run.enricher.containers.info(rec.cgroup_id, rec.pid)
         if run.waiter.needs_wait(info):
             # A new container's first events can precede the runtime's answer about it:
             # freeze the event now, evaluate it when its name/image are known (bounded).

@@ -105,7 +105,7 @@ class FilteredSensor:
 
     # -- the sensor's own interface -------------------------------------------------------------
 
-    def poll(self, timeout_ms: int = POLL_MS) -> int:
+    def poll(self, timeout_ms: float = POLL_MS) -> int:
         return self.sensor.poll(timeout_ms)
 
     def drain(self) -> int:

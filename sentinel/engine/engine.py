@@ -47,6 +47,7 @@ def default_append_output(kubernetes: bool) -> tuple[str, ...]:
 
 
 Matcher = Callable[[Mapping[str, Any]], Sequence[int]]
+Getters = Mapping[str, Callable[[Any], Any]]
 _NONE: tuple[int, ...] = ()
 
 
@@ -70,6 +71,8 @@ class Engine:
         self.matching: Matching = matching
         self.hostname = hostname if hostname is not None else socket.gethostname()
         self._matchers: dict[str | None, Matcher] = {}
+        # per event type, for events that bring their own field functions (``getters``)
+        self._direct: dict[str | None, Matcher] = {}
         self._single: dict[int, Matcher] = {}
         self.events = 0
         self.type_errors = 0
@@ -93,8 +96,10 @@ class Engine:
         return [r for r in self.rules if key in r.event_types]
 
     # -- matching --------------------------------------------------------------------------
-    def _build(self, evt_type: str | None) -> Matcher:
-        gen = CodeGen(memo_fields=True)
+    def _build(self, evt_type: str | None, getters: Getters | None = None) -> Matcher:
+        """The matcher of one event type; with ``getters`` (the field functions of the events
+        it will see), one that calls them directly (:class:`CodeGen`'s ``direct``)."""
+        gen = CodeGen(memo_fields=True, direct=getters)
         rules: list[tuple[int, ast.Expr]] = []
         for rule in self.candidates(evt_type):
             cond = specialize(rule.expr, evt_type)
@@ -106,7 +111,7 @@ class Engine:
         if self.matching == "all":
             body.append("return h")
         fn: Matcher = compile_function("match", body, gen)  # generated: typed by contract
-        self._matchers[evt_type] = fn
+        (self._matchers if getters is None else self._direct)[evt_type] = fn
         return fn
 
     def warm(self, evt_types: set[str]) -> None:
@@ -124,9 +129,17 @@ class Engine:
         """Rules that match ``event`` (at most one with matching 'first')."""
         self.events += 1
         t = event.get("evt.type")
-        fn = self._matchers.get(t)
-        if fn is None:
-            fn = self._build(t)
+        # A live event names the functions behind its fields (one table per event type, so
+        # per type one matcher); a plain mapping (replay, a deferred event) has none.
+        getters: Getters | None = getattr(event, "getters", None)
+        if getters is None:
+            fn = self._matchers.get(t)
+            if fn is None:
+                fn = self._build(t)
+        else:
+            fn = self._direct.get(t)
+            if fn is None:
+                fn = self._build(t, getters)
         try:
             hits = fn(event)
         except (TypeError, AttributeError):

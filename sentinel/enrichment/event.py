@@ -87,7 +87,7 @@ _FILLED = frozenset(sensor_fields())
 class LiveEvent(Mapping[str, Any]):
     """A live event. ``get(name)`` computes a Falco field on demand; unknown fields are None."""
 
-    __slots__ = ("_cache", "_containers", "_getters", "_proc", "clock", "num", "rec", "table")
+    __slots__ = ("_cache", "_containers", "_proc", "clock", "getters", "num", "rec", "table")
 
     def __init__(
         self,
@@ -102,9 +102,12 @@ class LiveEvent(Mapping[str, Any]):
         self.clock = clock
         self.num = num
         self._containers = containers
-        self._cache: dict[str, Any] = {}
+        # evt.type is asked of every event (the engine's dispatch), so it starts cached
+        self._cache: dict[str, Any] = {"evt.type": rec.evt.name}
         self._proc: Proc | None = None
-        self._getters = GETTERS[rec.type]
+        # field -> its function for this event type: ``get`` uses it, and the engine calls
+        # them directly (sentinel.engine: one matcher per type, no lookup per field)
+        self.getters = GETTERS[rec.type]
 
     # -- Mapping ----------------------------------------------------------------------------
 
@@ -124,7 +127,7 @@ class LiveEvent(Mapping[str, Any]):
         cache = self._cache
         if name in cache:
             return cache[name]
-        fn = self._getters.get(name)
+        fn = self.getters.get(name)
         if fn is not None:
             value = fn(self)
         elif name.endswith("]") and "[" in name and not name.startswith(("container.", "k8s.")):
@@ -150,6 +153,15 @@ class LiveEvent(Mapping[str, Any]):
             cache[key] = fn()
         return cache[key]
 
+    def memo_call(self, key: str, fn: Callable[[LiveEvent], Any]) -> Any:
+        """:meth:`memo` of ``fn(self)``: the hot paths' form (no closure made per call)."""
+        cache = self._cache
+        try:
+            return cache[key]
+        except KeyError:
+            value = cache[key] = fn(self)
+            return value
+
     def to_dict(self) -> dict[str, Any]:
         """Every field this event carries (those that do not apply are left out): the replay
         format that ``sentinel capture`` writes.
@@ -161,7 +173,7 @@ class LiveEvent(Mapping[str, Any]):
         version = self.table.version
         if proc.memo is None or proc.memo_version != version:
             memo: dict[str, Any] = {}
-            getters = self._getters
+            getters = self.getters
             for name in _PROC_FIELDS:
                 value = getters[name](self)
                 if value is not None:

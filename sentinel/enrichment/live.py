@@ -12,11 +12,26 @@ from typing import Any
 from sentinel.enrichment.containers import ContainerInfo, ContainerResolver
 from sentinel.enrichment.event import Clock, LiveEvent
 from sentinel.enrichment.proctable import PROCESS_TYPES, ProcessTable
-from sentinel.events import decode
+from sentinel.events import EVENT_TYPES
 from sentinel.events import file as file_records
 from sentinel.events import system as system_records
+from sentinel.events.record import Record
 
 _HOST = {"container.id": "host", "container.full_id": "host", "container.name": "host"}
+
+# What a record does to the state before it becomes an event, per event code (one tuple index
+# per record instead of a set test and two family comparisons).
+_PROCESS, _CREDS, _CWD, _NOTHING = range(4)
+_STATE_STEP: tuple[int, ...] = tuple(
+    _PROCESS
+    if t.name in PROCESS_TYPES
+    else _CREDS
+    if t.family is system_records.FAMILY
+    else _CWD
+    if t.family is file_records.FAMILY
+    else _NOTHING
+    for t in EVENT_TYPES
+)
 
 
 class ContainerFields:
@@ -63,23 +78,21 @@ class Enricher:
         return self.table.seed()
 
     def event(self, raw: bytes) -> LiveEvent:
-        rec = decode(raw)
-        name = rec.evt.name
-        if name in PROCESS_TYPES:
+        rec = Record(raw, EVENT_TYPES)  # sentinel.events.decode, without its call
+        step = _STATE_STEP[rec.type]
+        if step == _PROCESS:
             self.table.apply(rec)
-        elif rec.evt.family is system_records.FAMILY:
+        elif step == _CREDS:
             # the capability sets after the call: credential changes (setuid, capset...); after
             # unshare/setns of a user namespace, every capability in it (libsinsp's
             # parse_unshare_setns_exit sets them to all before the rules see the event)
             self.table.set_caps(rec.pid, system_records.caps(rec))
-        self.count += 1
-        ev = LiveEvent(rec, self.table, self.clock, self.containers, self.count)
-        fam = rec.evt.family
-        if fam is file_records.FAMILY:
+        elif step == _CWD:
             # A relative path from AT_FDCWD carries the kernel's walk of the current
             # directory: the freshest cwd we can know without tracing chdir(), so proc.cwd
             # follows `cd`.
             cwd = file_records.cwd_walk(rec)
             if cwd is not None:
                 self.table.set_cwd(rec.pid, cwd)
-        return ev
+        self.count += 1
+        return LiveEvent(rec, self.table, self.clock, self.containers, self.count)

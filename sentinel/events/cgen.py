@@ -42,6 +42,7 @@ SIZES = {
     "ARGS_SIZE": exec_family.ARGS_SIZE,
     "ENV_SIZE": exec_family.ENV_SIZE,
     "EXEC_SKIP_ENV": exec_family.EXEC_SKIP_ENV,
+    "WAKE_GAP_NS": exec_family.WAKE_GAP_NS,
     "EXE_MEMFD": exec_family.EXE_MEMFD,
     "EXE_UPPER": exec_family.EXE_UPPER,
     "EXE_OVERLAY": exec_family.EXE_OVERLAY,

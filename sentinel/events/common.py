@@ -44,7 +44,7 @@ HEADER_FLAGS = {name: value for name, value in globals().items() if name.startsw
 # Per event type, the kernel counts events the prefilter dropped (filtered), those it passed
 # towards user space, and those of them lost to a full ring buffer: counter index
 # code * len(COUNTERS) + position.
-COUNTERS = ("filtered", "passed", "lost")
+COUNTERS = ("filtered", "passed", "lost", "woken")
 
 # A dentry walk buffer (NUL-separated components, leaf first; or a forward path right-aligned
 # to end at FWD_END), shared by the families that walk paths (bpf/sensor/common.h).

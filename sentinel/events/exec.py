@@ -43,6 +43,12 @@ ENV_SIZE = 4096  # a power of two, as ARGS_SIZE
 # no loaded rule reads proc.env (the copy is a page of user memory per exec; the bit is set
 # and cleared again as rules are loaded and reloaded).
 EXEC_SKIP_ENV = 1
+# An exec's record wakes the reader at once (its alert should not wait for the poll timeout),
+# unless another exec woke it less than WAKE_GAP_NS ago: a forced wakeup is an interrupt inside
+# the exec's BPF time (~10 us in this VM), and in an exec storm one per gap is enough, because
+# after a batch the reader waits at most this gap before it looks again
+# (sentinel.kernel.sensor.Sensor.poll). So an exec's record is read within about the gap.
+WAKE_GAP_NS = 1_000_000
 # exe_flags bits: what the kernel knows of the executable (bpf/sensor/exec.h): a memfd (its
 # dentry is "memfd:..." and it has no link), on overlayfs, in overlayfs's upper layer.
 EXE_MEMFD, EXE_UPPER, EXE_OVERLAY = 1, 2, 4

@@ -37,6 +37,7 @@ LAYOUT = schema.Layout(
     f"char path[{PATH_SIZE}], char base[{WALK_SIZE}]",
     base=HDR,
 )
+_BASE_OFF = LAYOUT.offsets["base"]
 _RES, _DIRFD, _FLAGS, _MODE, _PATH_LEN, _BASE_LEN = (
     LAYOUT.index[n] for n in ("res", "dirfd", "flags", "mode", "path_len", "base_len")
 )
@@ -109,7 +110,7 @@ def kernel_path(rec: Record) -> str | None:
     n = int(rec.fixed[_BASE_LEN])
     if n == 0:
         return "/"
-    raw: bytes = rec.buf("base", n)
+    raw: bytes = rec.raw[_BASE_OFF : _BASE_OFF + min(n, WALK_SIZE)]  # rec.buf("base", n)
     return raw.decode("utf-8", "surrogateescape")
 
 
@@ -127,9 +128,8 @@ def base_dir(rec: Record) -> str | None:
 def cwd_walk(rec: Record) -> str | None:
     """The cwd, when this record carries the kernel's walk of it (a relative path from
     AT_FDCWD, or any chdir/fchdir: the cwd after the call)."""
-    if rec.fixed[_DIRFD] != AT_FDCWD or len(rec.raw) <= LAYOUT.offsets["base"]:
-        return None
-    if rec.flags & FLAG_KPATH:
+    # cheapest test first: every successful open carries its file, not a walk (FLAG_KPATH)
+    if rec.flags & FLAG_KPATH or rec.fixed[_DIRFD] != AT_FDCWD or len(rec.raw) <= _BASE_OFF:
         return None
     if rec.flags & FLAG_BASE_AFTER:
         if rec.flags & FLAG_BASE_TRUNC:
@@ -171,8 +171,9 @@ def _resolve(e: Any) -> str:
 
 def path_name(e: Any) -> str:
     """The absolute, normalised path the operation names (``fs.path.name``, an open's
-    ``fd.name``)."""
-    return str(e.memo("file.path", lambda: _resolve(e)))
+    ``fd.name``); computed once per event (fd.name, fd.filename, fd.directory share it)."""
+    path: str = e.memo_call("file.path", _resolve)
+    return path
 
 
 def _raw(e: Any) -> str:
@@ -270,25 +271,29 @@ FIELDS("fs.path.nameraw")(_raw)
 FIELDS("fd.name", only=OPENS)(path_name)
 FIELDS("fd.nameraw", only=OPENS)(_raw)
 FIELDS("fd.directory", only=OPENS)(lambda e: os.path.dirname(path_name(e)) or "/")
-FIELDS("fd.filename", only=OPENS)(lambda e: os.path.basename(path_name(e)))
-FIELDS("fd.num", only=OPENS)(lambda e: r if (r := _res(e)) >= 0 else -1)
-FIELDS("evt.is_open_write", only=OPENS)(lambda e: (_flags(e) & O_ACCMODE) in (O_WRONLY, O_RDWR))
-FIELDS("evt.is_open_read", only=OPENS)(lambda e: (_flags(e) & O_ACCMODE) in (0, O_RDWR))
-FIELDS("evt.is_open_create", only=OPENS)(lambda e: bool(_flags(e) & O_CREAT))
+FIELDS("fd.filename", only=OPENS)(lambda e: path_name(e).rpartition("/")[2])  # basename
+# The hot fields (every open that reaches a rule asks for several) index the record's members
+# themselves rather than through _flags/_res: one call per field, not two or three.
+FIELDS("fd.num", only=OPENS)(lambda e: r if (r := e.rec.fixed[_RES]) >= 0 else -1)
+FIELDS("evt.is_open_write", only=OPENS)(
+    lambda e: (e.rec.fixed[_FLAGS] & O_ACCMODE) in (O_WRONLY, O_RDWR)
+)
+FIELDS("evt.is_open_read", only=OPENS)(lambda e: (e.rec.fixed[_FLAGS] & O_ACCMODE) in (0, O_RDWR))
+FIELDS("evt.is_open_create", only=OPENS)(lambda e: bool(e.rec.fixed[_FLAGS] & O_CREAT))
 FIELDS("evt.is_open_exec", only=OPENS)(
     lambda e: bool(_flags(e) & O_CREAT) and bool(_mode(e) & 0o111)
 )
 
 
-def _fd_kind(e: Any) -> tuple[str, str]:
-    f = _flags(e)
-    if f & O_DIRECTORY and f & O_TMPFILE != O_TMPFILE:
-        return "directory", "d"
-    return "file", "f"
+def _is_dir(flags: int) -> bool:
+    """Opened as a directory (O_DIRECTORY, but not O_TMPFILE, which contains its bit)."""
+    return bool(flags & O_DIRECTORY) and flags & O_TMPFILE != O_TMPFILE
 
 
-FIELDS("fd.type", only=OPENS)(lambda e: _fd_kind(e)[0])
-FIELDS("fd.typechar", only=OPENS)(lambda e: _fd_kind(e)[1])
+FIELDS("fd.type", only=OPENS)(lambda e: "directory" if _is_dir(e.rec.fixed[_FLAGS]) else "file")
+FIELDS("fd.typechar", only=OPENS)(
+    lambda e: "d" if e.rec.fixed[_FLAGS] & O_DIRECTORY and _is_dir(e.rec.fixed[_FLAGS]) else "f"
+)
 
 
 KERNEL_FIELDS = {

@@ -1,9 +1,9 @@
 """One ring-buffer record, decoded through the event table.
 
 Why this shape: user space must keep up with hundreds of thousands of events per second in
-Python, so a record costs one ``struct.unpack_from`` of its 64-byte header when it arrives;
-the family's scalar members are unpacked on first use (:attr:`Record.fixed`), and strings,
-argv and walks are sliced out of the raw bytes only when a field asks for them.
+Python, so a record costs two ``struct.unpack_from`` when it arrives (its 64-byte header, its
+family's scalar members: :attr:`Record.fixed`); the comm strings are decoded on first use,
+and paths, argv and walks are sliced out of the raw bytes only when a field asks for them.
 """
 
 from __future__ import annotations
@@ -56,17 +56,19 @@ class Record:
 
     __slots__ = (
         "__dict__",
-        "_fixed",
+        "_comm",
+        "_comm_raw",
+        "_tcomm",
+        "_tcomm_raw",
         "cgroup_id",
-        "comm",
         "evt",
+        "fixed",
         "flags",
         "gid",
         "loginuid",
         "pid",
         "ppid",
         "raw",
-        "tcomm",
         "tid",
         "ts",
         "type",
@@ -86,31 +88,44 @@ class Record:
             self.loginuid,
             self.flags,
             self.cgroup_id,
-            comm,
-            tcomm,
+            self._comm_raw,
+            self._tcomm_raw,
         ) = _HDR_UNPACK(raw)
-        # comm: the process's name at its last exec (proc.name); tcomm: the thread's current
-        # name (thread.comm), which prctl(PR_SET_NAME) changes
-        self.comm: str = comm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-        self.tcomm: str = tcomm.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        self._comm: str | None = None
+        self._tcomm: str | None = None
         try:
-            self.evt: EventType = by_code[self.type]
+            evt = by_code[self.type]
         except IndexError:
             raise UnknownEvent(f"record with unknown event code {self.type}") from None
-        self._fixed: tuple[Any, ...] | None = None
+        self.evt: EventType = evt
+        # The family's scalar members, in layout order (index with ``Layout.index``): unpacked
+        # now, in one call, because nearly every record that reaches a rule reads one (a lazy
+        # property cost more in its accesses than the unpack it saved).
+        fam = evt.family
+        assert fam is not None
+        layout = fam.layout
+        self.fixed: tuple[Any, ...] = layout.fixed.unpack_from(raw, layout.fixed_offset)
+
+    # comm: the process's name at its last exec (proc.name); tcomm: the thread's current name
+    # (thread.comm), which prctl(PR_SET_NAME) changes. Decoded on first use: most events that
+    # reach user space are judged without them.
+    @property
+    def comm(self) -> str:
+        if self._comm is None:
+            self._comm = self._comm_raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        return self._comm
+
+    @property
+    def tcomm(self) -> str:
+        if self._tcomm is None:
+            self._tcomm = self._tcomm_raw.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        return self._tcomm
 
     @property
     def layout(self) -> Layout:
         fam = self.evt.family
         assert fam is not None
         return fam.layout
-
-    @property
-    def fixed(self) -> tuple[Any, ...]:
-        """The family's scalar members, in layout order (index with ``Layout.index``)."""
-        if self._fixed is None:
-            self._fixed = self.layout.unpack(self.raw)
-        return self._fixed
 
     def buf(self, name: str, length: int) -> bytes:
         """``length`` bytes of the buffer member ``name`` (clipped to the record)."""

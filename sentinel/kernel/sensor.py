@@ -32,6 +32,7 @@ from pathlib import Path
 
 from sentinel.events import EVENT_TYPES
 from sentinel.events.common import COUNTERS
+from sentinel.events.exec import WAKE_GAP_NS
 from sentinel.kernel import bpfcache, pins, program
 from sentinel.kernel.btf import VMLINUX, Btf, BtfError
 from sentinel.kernel.features import UnsupportedKernel
@@ -52,6 +53,7 @@ syscalls_for = program.syscall_types
 LOAD_TIMEOUT_S = 600.0
 DEFAULT_RINGBUF_PAGES = 4096  # 16 MiB: ~140k open records of burst at ~120 bytes each
 POLL_MS = 5  # wakeups are batched in the kernel; this bounds a lone event's delay
+LINGER_MS = WAKE_GAP_NS / 1e6  # the wait after a poll that delivered records (see poll)
 
 
 class SensorError(Exception):
@@ -224,6 +226,7 @@ class Sensor:
         self._loaded: Loaded | None = None
         self._ncpus = 1
         self._reader: RingBufferReader | None = None
+        self._busy = False  # the last poll delivered records (poll lingers after it)
         self._callback: RawCallback = _ignore
 
     def start(self, callback: RawCallback) -> None:
@@ -370,11 +373,19 @@ class Sensor:
         """What is attached, e.g. ``raw:sched_process_exec``, ``tp:syscalls:sys_exit_openat``."""
         return sorted(self._loaded.links) if self._loaded is not None else []
 
-    def poll(self, timeout_ms: int = POLL_MS) -> int:
-        """Wait up to ``timeout_ms`` for records and deliver all that are ready."""
+    def poll(self, timeout_ms: float = POLL_MS) -> int:
+        """Wait up to ``timeout_ms`` for records and deliver all that are ready.
+
+        After a poll that delivered records, the wait is at most the exec wakeup gap: an exec
+        whose record skipped its wakeup (another exec woke the reader less than the gap ago,
+        bpf/sensor/common.h wakeup_flags) is then read within about the gap, not POLL_MS."""
         assert self._reader is not None, "sensor not started"
+        if self._busy:
+            timeout_ms = min(timeout_ms, LINGER_MS)
         self._reader.wait(timeout_ms)
-        return self.drain()
+        n = self.drain()
+        self._busy = n > 0
+        return n
 
     def drain(self) -> int:
         """Deliver whatever is in the ring buffer now, without waiting; returns the count."""

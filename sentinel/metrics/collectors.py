@@ -112,6 +112,8 @@ KERNEL_COUNTERS = (
     ("filtered", "events dropped in the kernel by the rules' prefilter, by Falco event type"),
     ("passed", "events the kernel's prefilter passed towards user space, by Falco event type"),
     ("lost", "events lost in the kernel (ring buffer full), by Falco event type"),
+    # an interrupt each: how often execs woke the reader at once (at most one per gap)
+    ("woken", "records that woke the reader at once (execs), by Falco event type"),
 )
 
 

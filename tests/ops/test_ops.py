@@ -124,6 +124,28 @@ def test_bad_config_on_reload_is_rejected(tmp_path: Path) -> None:
     assert f"{cfg_path}:5: matching: " in rej["error"]
 
 
+def test_a_rejection_delivered_by_wait_is_counted_too(tmp_path: Path) -> None:
+    """The shutdown path (and tests) deliver a finished reload with ``reloader.wait()``, not
+    the loop's step: its rejection must reach the metric as the log line does (it did not:
+    the metric was counted around step's poll only)."""
+    cfg_path, ops, logs = setup(tmp_path)
+    ops.start()
+    try:
+        cfg_path.write_text(cfg_path.read_text() + "matching: sometimes\n")
+        os.kill(os.getpid(), signal.SIGHUP)
+        ops.step()  # starts the reload in its thread
+        assert ops.reloader.busy()
+        ops.reloader.wait()  # delivers the rejection here, outside step
+        assert ops.reloader.failures == 1
+        assert ops.server is not None
+        _, text = scrape(ops.server.url + "/metrics")
+    finally:
+        ops.close()
+    assert value(text, "sentinel_rules_reloads_total", result="rejected") == 1
+    entries = [json.loads(ln) for ln in logs.getvalue().splitlines()]
+    assert len([e for e in entries if e["event"] == "rules_reload_rejected"]) == 1
+
+
 def test_health_turns_503_when_the_loop_stalls(tmp_path: Path) -> None:
     _, ops, _ = setup(tmp_path)
     ops.stall_secs = 0.3
