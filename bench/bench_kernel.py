@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
@@ -63,6 +64,7 @@ GOALS = {
 FALCO_DIR = Path("/work/shared/corpus/falco")
 FALCO_FILES = ("falco_rules.yaml", "falco-incubating_rules.yaml", "falco-sandbox_rules.yaml")
 CACHE_ENV = "SENTINEL_BPF_CACHE"  # sentinel.kernel.bpfcache.ENV (not imported: no bcc here)
+PINS_ENV = "SENTINEL_BPF_PINS"  # sentinel.kernel.pins.ENV
 
 
 # The storms' sentinels compile their programs (the cache off): bcc loads them with BTF, so
@@ -567,31 +569,57 @@ def bench_latency(count: int) -> dict[str, Any]:
 
 def bench_startup(rounds: int, rules: list[str]) -> dict[str, Any]:
     """Launch to armed with the BPF program cache off, cold (an empty cache directory: the
-    programs are compiled, then recorded) and warm (a directory a previous start filled: the
-    programs are loaded from it), in turn in each round so that load from elsewhere falls on
-    all three alike."""
-    armed: dict[str, list[float]] = {"uncached": [], "cold": [], "warm": []}
+    programs are compiled, then recorded; no pins apply without the cache's entry), warm
+    without pins (a directory a previous start filled: the programs are loaded from it, and
+    the kernel verifies them) and warm (the same, reusing the programs and maps the previous
+    warm start pinned in bpffs: no verifier), in turn in each round so that load from
+    elsewhere falls on all alike. The pinned sets live in a bpffs directory of the bench's
+    own, removed at the end."""
+    modes = ("uncached", "cold", "warm_unpinned", "warm")
+    # Bytecode, as an installed Sentinel has it (pip compiles at install): this machine sets
+    # PYTHONDONTWRITEBYTECODE, and without .pyc files every start compiles ~300 modules
+    # (~0.3-0.5 s here), which is not Sentinel's start-up.
+    subprocess.run([PY, "-m", "compileall", "-q", str(REPO / "sentinel")], check=True)
+    armed: dict[str, list[float]] = {m: [] for m in modes}
+    steps: dict[str, list[dict[str, float]]] = {m: [] for m in modes}
     rss: list[float] = []
+    pin_root = Path("/sys/fs/bpf") / f"sentinel-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory(prefix="sentinel-bench-") as d:
         warm = Path(d) / "warm"
-        s = Sentinel(*rules, env={CACHE_ENV: str(warm)})  # fills it
-        s.wait_armed()
-        s.stop()
-        for i in range(rounds):
-            for mode in armed:
-                cache = {"uncached": "", "cold": str(Path(d) / f"cold{i}"), "warm": str(warm)}
-                s = Sentinel(*rules, env={CACHE_ENV: cache[mode]})
-                armed[mode].append(round(s.wait_armed(), 3))
-                cached = s.armed_rec.get("bpf_cached")
-                time.sleep(1.0)
-                rss.append(s.hwm_mb())
+        try:
+            # fills the cache (a compile), then pins what a start from the cache loads
+            for _ in range(2):
+                s = Sentinel(*rules, env={CACHE_ENV: str(warm), PINS_ENV: str(pin_root)})
+                s.wait_armed()
+                time.sleep(1.0)  # its signal handlers are set just after the armed line
                 s.stop()
-                if cached is not (mode == "warm"):
-                    raise RuntimeError(f"{mode} start: bpf_cached={cached!r}")
+            for i in range(rounds):
+                for mode in modes:
+                    cache = str(warm) if mode.startswith("warm") else str(Path(d) / f"cold{i}")
+                    env = {
+                        CACHE_ENV: "" if mode == "uncached" else cache,
+                        PINS_ENV: str(pin_root) if mode == "warm" else "",
+                    }
+                    s = Sentinel(*rules, env=env)
+                    armed[mode].append(round(s.wait_armed(), 3))
+                    steps[mode].append(s.armed_rec.get("step_seconds", {}))
+                    got = (s.armed_rec.get("bpf_cached"), s.armed_rec.get("bpf_reused"))
+                    time.sleep(1.0)
+                    rss.append(s.hwm_mb())
+                    s.stop()
+                    want = (mode.startswith("warm"), mode == "warm")
+                    if got != want:
+                        raise RuntimeError(f"{mode} start: (bpf_cached, bpf_reused)={got!r}")
+        finally:
+            shutil.rmtree(pin_root, ignore_errors=True)
     out: dict[str, Any] = {"rules": [Path(a).name for a in rules[1::2]] or "default"}
     for mode, values in armed.items():
         out[f"armed_s_{mode}_median"] = statistics.median(values)
         out[f"armed_s_{mode}_all"] = values
+        out[f"step_seconds_{mode}"] = {
+            k: statistics.median(st.get(k, 0.0) for st in steps[mode])
+            for k in sorted({k for st in steps[mode] for k in st})
+        }
     out["peak_rss_mb_idle"] = max(rss)
     return out
 

@@ -21,13 +21,26 @@ def _s(values: list[float]) -> str:
 
 
 def _startup(sec: dict[str, Any], goals: dict[str, Any]) -> list[str]:
+    def fig(mode: str) -> str:
+        return f"{sec[f'armed_s_{mode}_median']:.2f} s** ({_s(sec[f'armed_s_{mode}_all'])})"
+
+    steps = sec.get("step_seconds_warm", {})
+    where = ", ".join(
+        f"{k} {v:.2f}" for k, v in steps.items() if k in ("load_rules", "start_sensor", "arm")
+    )
+    unpinned = (
+        f"; warm without the pins (the kernel verifies every program again) **"
+        f"{fig('warm_unpinned')}"
+        if "armed_s_warm_unpinned_all" in sec
+        else ""
+    )
     return [
         f"| start-up to armed, {_rules(sec)}, every traced event type attached; median of "
-        f"{len(sec['armed_s_warm_all'])} (runs), {sec['measured_at']} "
-        f"| warm (BPF program cache hit) **{sec['armed_s_warm_median']:.2f} s** "
-        f"({_s(sec['armed_s_warm_all'])}); cold (empty cache: compiled, then recorded) "
-        f"**{sec['armed_s_cold_median']:.2f} s** ({_s(sec['armed_s_cold_all'])}); cache off "
-        f"{sec['armed_s_uncached_median']:.2f} s ({_s(sec['armed_s_uncached_all'])}); peak RSS "
+        f"{len(sec['armed_s_warm_all'])} (runs), {sec['measured_at']}, load "
+        f"{sec.get('load_avg_1min', 0):.1f} "
+        f"| warm (nothing changed: the programs the last start pinned, reused) **{fig('warm')}"
+        f"{f' (steps, s: {where})' if where else ''}{unpinned}; cold (empty cache: compiled, "
+        f"then recorded) **{fig('cold')}; cache off **{fig('uncached')}; peak RSS "
         f"{sec['peak_rss_mb_idle']:.0f} MB "
         f"| ≤ {goals.get('armed_s_warm', 1.0)} s warm, ≤ {goals.get('armed_s_cold', 2.0)} s cold |"
     ]

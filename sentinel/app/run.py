@@ -300,6 +300,7 @@ def arm(run: Run) -> bool:
         processes=seeded,
         seconds=round(armed, 2),
         bpf_cached=run.sensor.sensor.cached,
+        bpf_reused=run.sensor.sensor.reused,
         step_seconds=steps,
     )
     return True

@@ -32,7 +32,10 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sentinel.kernel.pins import PinSet
 
 FORMAT = 1
 DEFAULT_DIR = Path("/var/cache/sentinel/bpf")
@@ -152,24 +155,41 @@ class Entry:
             raise CacheError(f"malformed entry: {exc!r}") from None
 
 
-def relink(insns: bytes, fds: dict[int, int]) -> bytes:
-    """The instructions with every map reference (``ld_imm64`` of a map fd or map value)
-    pointing at the new map fds (old fd -> new fd)."""
+def map_slots(insns: bytes | bytearray) -> list[int]:
+    """The byte offsets of the instructions that load a map reference (``ld_imm64`` of a map
+    fd or a map value: the first of its two slots)."""
     if len(insns) % 8:
         raise CacheError("instructions are not a whole number of 8-byte slots")
-    out = bytearray(insns)
+    out = []
     i = 0
-    while i < len(out):
-        if out[i] == BPF_LD_IMM64:
-            src = out[i + 1] >> 4
-            if src in (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE):
-                old = int.from_bytes(out[i + 4 : i + 8], "little", signed=True)
-                if old not in fds:
-                    raise CacheError(f"an instruction references map fd {old}, not recorded")
-                out[i + 4 : i + 8] = fds[old].to_bytes(4, "little", signed=True)
+    while i < len(insns):
+        if insns[i] == BPF_LD_IMM64:
+            if insns[i + 1] >> 4 in (PSEUDO_MAP_FD, PSEUDO_MAP_VALUE):
+                out.append(i)
             i += 16
         else:
             i += 8
+    return out
+
+
+def _map_fd_at(insns: bytes | bytearray, i: int) -> int:
+    return int.from_bytes(insns[i + 4 : i + 8], "little", signed=True)
+
+
+def map_refs(insns: bytes) -> set[int]:
+    """The map fds (as recorded) the instructions reference."""
+    return {_map_fd_at(insns, i) for i in map_slots(insns)}
+
+
+def relink(insns: bytes, fds: dict[int, int]) -> bytes:
+    """The instructions with every map reference (``ld_imm64`` of a map fd or map value)
+    pointing at the new map fds (old fd -> new fd)."""
+    out = bytearray(insns)
+    for i in map_slots(out):
+        old = _map_fd_at(out, i)
+        if old not in fds:
+            raise CacheError(f"an instruction references map fd {old}, not recorded")
+        out[i + 4 : i + 8] = fds[old].to_bytes(4, "little", signed=True)
     return bytes(out)
 
 
@@ -297,16 +317,9 @@ def kernel_name(func: str) -> bytes:
     return short_name(func)[-15:].encode()
 
 
-def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
-    """Create the maps, load the programs relinked to them, install the tail calls, attach.
-    Returns the attachments, the programs (held for their statistics: sentinel.kernel.bpfstats)
-    and the maps asked for (and the tail calls' program arrays, which the kernel empties when
-    their last fd closes). Any failure closes what was made and
-    raises (:class:`CacheError` or OSError): the caller compiles instead."""
-    from sentinel.kernel.loader import BPF_MAP_UPDATE_ELEM, bpf_map_op, set_self
-
-    lib = _libbpf()
-    made: list[int] = []
+def _create(lib: Any, entry: Entry, made: list[int]) -> tuple[dict[str, int], dict[str, int]]:
+    """Create ``entry``'s maps and load its programs relinked to them: (maps by name, programs
+    by function). Every fd made is appended to ``made`` (the caller closes them on failure)."""
 
     def check(fd: int, what: str) -> int:
         if fd < 0:
@@ -315,47 +328,72 @@ def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
         made.append(fd)
         return fd
 
+    by_name: dict[str, int] = {}
+    relocs: dict[int, int] = {}
+    for m in entry.maps:
+        fd = lib.bcc_create_map(
+            m.type, m.name.encode(), m.key_size, m.value_size, m.max_entries, m.flags
+        )
+        by_name[m.name] = relocs[m.fd] = check(fd, f"creating map {m.name}")
+    license_ = entry.license.encode()
+
+    def load(p: ProgSpec) -> tuple[int, int]:
+        insns = ctypes.create_string_buffer(relink(p.insns, relocs), len(p.insns))
+        fd = lib.bcc_prog_load(
+            p.type, kernel_name(p.name), insns, len(p.insns), license_, entry.kern_version,
+            0, None, 0,
+        )  # fmt: skip
+        return fd, ctypes.get_errno()  # ctypes' errno is per thread
+
+    # The kernel verifies each program (most of a warm start without pins: ~1.4 s of ~2, a
+    # few large programs taking most of it); the calls release the GIL, so one thread per CPU
+    # verifies in parallel, the largest programs first.
+    order = sorted(entry.progs, key=lambda p: -len(p.insns))
+    with ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0)))) as pool:
+        results = list(pool.map(load, order))
+    progs: dict[str, int] = {}
+    for p, (fd, _err) in zip(order, results, strict=True):
+        if fd >= 0:
+            made.append(fd)
+            progs[p.name] = fd
+    for p, (fd, err) in zip(order, results, strict=True):
+        if fd < 0:
+            raise OSError(err, f"loading {p.name}: {os.strerror(err)}")
+    return by_name, progs
+
+
+def load_entry(
+    entry: Entry, maps: list[str], self_tgid: int | None, pins: PinSet | None = None
+) -> Handles:
+    """Create the maps, load the programs relinked to them, install the tail calls, attach.
+    With ``pins`` (a :class:`sentinel.kernel.pins.PinSet` whose lock is held): reuse the set
+    pinned there when it is exactly this entry's (verified and reset: no verifier run), else
+    load fresh and pin what was loaded. Returns the attachments, the programs (held for their
+    statistics: sentinel.kernel.bpfstats) and the maps asked for (and the tail calls' program
+    arrays, which the kernel empties when their last fd closes). Any failure closes what was
+    made and raises (:class:`CacheError` or OSError): the caller compiles instead."""
+    from sentinel.kernel.loader import BPF_MAP_UPDATE_ELEM, bpf_map_op, set_self
+
+    lib = _libbpf()
+    made: list[int] = []
     try:
-        by_name: dict[str, int] = {}
-        relocs: dict[int, int] = {}
-        for m in entry.maps:
-            fd = lib.bcc_create_map(
-                m.type, m.name.encode(), m.key_size, m.value_size, m.max_entries, m.flags
-            )
-            by_name[m.name] = relocs[m.fd] = check(fd, f"creating map {m.name}")
+        reused = pins.reuse(entry) if pins is not None else None
+        if reused is not None:
+            by_name, progs = reused
+            made += [*by_name.values(), *progs.values()]
+        else:
+            by_name, progs = _create(lib, entry, made)
         if "self_tgid" not in by_name:
             raise CacheError("no self_tgid map")
         set_self(by_name["self_tgid"], self_tgid)
-        license_ = entry.license.encode()
-
-        def load(p: ProgSpec) -> tuple[int, int]:
-            insns = ctypes.create_string_buffer(relink(p.insns, relocs), len(p.insns))
-            fd = lib.bcc_prog_load(
-                p.type, kernel_name(p.name), insns, len(p.insns), license_, entry.kern_version,
-                0, None, 0,
-            )  # fmt: skip
-            return fd, ctypes.get_errno()  # ctypes' errno is per thread
-
-        # The kernel verifies each program (most of a warm start: ~1.4 s of ~2, a few large
-        # programs taking most of it); the calls release the GIL, so one thread per CPU
-        # verifies in parallel, the largest programs first.
-        order = sorted(entry.progs, key=lambda p: -len(p.insns))
-        with ThreadPoolExecutor(max_workers=max(1, len(os.sched_getaffinity(0)))) as pool:
-            results = list(pool.map(load, order))
-        progs: dict[str, int] = {}
-        for p, (fd, _err) in zip(order, results, strict=True):
-            if fd >= 0:
-                made.append(fd)
-                progs[p.name] = fd
-        for p, (fd, err) in zip(order, results, strict=True):
-            if fd < 0:
-                raise OSError(err, f"loading {p.name}: {os.strerror(err)}")
-        for array, index, func in entry.tail_calls:
+        for array, index, func in entry.tail_calls if reused is None else ():  # (reuse: set)
             err = bpf_map_op(
                 BPF_MAP_UPDATE_ELEM, by_name[array], ctypes.c_int(index), ctypes.c_int(progs[func])
             )
             if err:
                 raise OSError(err, f"installing tail call {func}: {os.strerror(err)}")
+        if pins is not None and reused is None:
+            pins.pin(entry, by_name, progs)  # before attaching: nothing has run in them
         out: Handles = {}
         for kind, tp, func in entry.attach:
             if kind == "raw":
@@ -363,7 +401,11 @@ def load_entry(entry: Entry, maps: list[str], self_tgid: int | None) -> Handles:
             else:
                 cat, _, event = tp.partition(":")
                 fd = lib.bpf_attach_tracepoint(progs[func], cat.encode(), event.encode())
-            out[f"{kind}:{tp}"] = ("link", check(fd, f"attaching {tp}"))
+            if fd < 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"attaching {tp}: {os.strerror(err)}")
+            made.append(fd)
+            out[f"{kind}:{tp}"] = ("link", fd)
         for name in [*maps, *sorted({a for a, _i, _f in entry.tail_calls})]:
             if name not in by_name:
                 raise CacheError(f"no map {name}")

@@ -277,7 +277,9 @@ def _entry_of(
     )
     for name in _table_names(b):
         fd = b[name.encode()].map_fd
-        entry.maps.append(bpfcache.MapSpec(name=name, fd=fd, **map_info(fd)))
+        info = map_info(fd)
+        del info["id"]
+        entry.maps.append(bpfcache.MapSpec(name=name, fd=fd, **info))
     for fname in b.funcs:
         f = fname.decode()
         if f.startswith("raw_tracepoint__") or kinds.get(f) == "raw_tracepoint":
@@ -410,16 +412,28 @@ class _InfoAttr(ctypes.Structure):
     ]
 
 
-def map_info(map_fd: int) -> dict[str, int]:
-    """A map's type, key and value sizes, max entries and flags, as the kernel has them."""
-    info = _MapInfo()
-    attr = _InfoAttr(map_fd, ctypes.sizeof(info), ctypes.addressof(info))
-    res = _libc.syscall(_NR_BPF, BPF_OBJ_GET_INFO_BY_FD, ctypes.byref(attr), ctypes.sizeof(attr))
+def bpf_call(cmd: int, attr: ctypes.Structure, what: str) -> int:
+    """One bpf(2) command on an attribute struct; returns its result (an fd for some), raises
+    OSError naming ``what``."""
+    res = _libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr))
     if res < 0:
         err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+    return int(res)
+
+
+def map_info(map_fd: int) -> dict[str, int]:
+    """A map's type, key and value sizes, max entries and flags, as the kernel has them (and
+    its kernel ``id``)."""
+    info = _MapInfo()
+    bpf_call(
+        BPF_OBJ_GET_INFO_BY_FD,
+        _InfoAttr(map_fd, ctypes.sizeof(info), ctypes.addressof(info)),
+        "reading a map's info",
+    )
     return {
         "type": info.type,
+        "id": info.id,
         "key_size": info.key_size,
         "value_size": info.value_size,
         "max_entries": info.max_entries,
