@@ -15,8 +15,12 @@
 (d) start-up time from launching ``sentinel run`` to armed, and peak RSS (VmHWM): with the
     BPF program cache off, cold (an empty cache: compiled, then recorded) and warm (loaded from
     the cache), interleaved in each round.
+(e) an exec storm (two shells exec /bin/true 1,000 times in all) through ``sentinel run`` with
+    Falco's three files and a probe rule on the storm: BPF ns per exec (bpf_stats), how many
+    execs woke the reader, each storm exec's alert latency; ``--before CHECKOUT`` runs that
+    checkout in the same rounds, taking turns (``--only e``; not in the default set).
 
-(a) and (d) run with Falco's three rules files (``--falco DIR``; the default rules when the
+(a), (d) and (e) run with Falco's three rules files (``--falco DIR``; the default rules when the
 directory does not exist), (b) and (c) with the default rules. Every figure is the median of at
 least 3 trials, with every trial kept in the results; (b)'s zero-loss rate is the highest rate
 at which every trial, at it and at every rate below it, lost nothing.
@@ -564,6 +568,84 @@ def bench_latency(count: int) -> dict[str, Any]:
     }
 
 
+# ---- (e) -----------------------------------------------------------------------------------
+
+
+def _probes(s: Sentinel) -> int:
+    return sum(a.get("rule") == "Exec storm probe" for _, a in s.alerts)
+
+
+def _exec_storm_round(repo: Path, rules: list[str], execs: int, loops: int) -> dict[str, Any]:
+    """One ``sentinel run`` of ``repo`` with ``rules`` plus a probe rule on the storm's execs;
+    ``loops`` shells exec /bin/true ``execs`` times in all, back to back: the BPF time per
+    exec (bpf_stats), how many woke the reader, and each storm exec's alert latency."""
+    marker = f"xs{os.getpid()}"
+    true = os.path.realpath("/bin/true")
+    with tempfile.TemporaryDirectory() as d:
+        probe = Path(d) / "probe.yaml"
+        cond = f'evt.type = execve and proc.args contains "{marker}"'
+        probe.write_text(
+            f"- rule: Exec storm probe\n  desc: x\n  condition: {cond}\n"
+            "  output: exec %proc.pid\n  priority: Notice\n"
+        )
+        stats = BpfStats()
+        s = Sentinel(*rules, "--rules", str(probe), repo=repo, env=COMPILED)  # names: see COMPILED
+        try:
+            s.wait_armed()
+            per = execs // loops
+            loop = f"i=0; while [ $i -lt {per} ]; do {true} {marker}-$i; i=$((i+1)); done"
+            shells = [subprocess.Popen(["sh", "-c", loop]) for _ in range(loops)]
+            for p in shells:
+                p.wait(120)
+            deadline = time.monotonic() + 10
+            while _probes(s) < per * loops and time.monotonic() < deadline:
+                time.sleep(0.05)
+            ns = stats.ns_per_run("sched_process_exec")
+        finally:
+            stats.close()
+            s.stop()
+    got = [(recv, a) for recv, a in s.alerts if a.get("rule") == "Exec storm probe"]
+    lat_ms = sorted((recv - _parse_time(a["time"])) / 1e6 for recv, a in got)
+    stopped = [r for r in map(_log_record, s.stderr) if r.get("event") == "stopped"]
+    woken = int(stopped[-1].get("woken_execve", 0)) if stopped else None  # before: no counter
+    q = statistics.quantiles(lat_ms, n=100) if len(lat_ms) > 1 else [float("nan")] * 99
+    return {
+        "execs": per * loops,
+        "alerts": len(lat_ms),
+        "bpf_ns_per_exec": ns,
+        "woken_execve": woken,
+        "p50_ms": statistics.median(lat_ms) if lat_ms else None,
+        "p99_ms": q[98],
+    }
+
+
+def bench_exec_storm(
+    rules: list[str], execs: int, rounds: int, before: Path | None, loops: int = 2
+) -> dict[str, Any]:
+    """(e) An exec storm through ``sentinel run`` (Falco's files and a probe rule): BPF ns per
+    exec, wakeups, alert latency; with ``before``, that checkout in the same rounds, the two
+    taking turns (which goes first alternates)."""
+    sides = {"after": REPO} | ({"before": before} if before is not None else {})
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in sides}
+    for i in range(rounds):
+        for side in list(sides) if i % 2 == 0 else list(reversed(sides)):
+            r = _exec_storm_round(sides[side], rules, execs, loops)
+            runs[side].append(r)
+            print(f"  exec storm round {i + 1} {side}: {json.dumps(r)}", flush=True)
+    out: dict[str, Any] = {"execs": execs, "loops": loops, "rounds": rounds}
+    for side, rs in runs.items():
+        pre = "" if side == "after" else "before_"
+        for key in ("bpf_ns_per_exec", "p50_ms", "p99_ms", "woken_execve", "alerts"):
+            vals = [r[key] for r in rs if r[key] is not None]
+            out[f"{pre}{key}"] = statistics.median(vals) if vals else None
+            out[f"{pre}{key}_all"] = vals
+    if before is not None:
+        from bench.checkout import commit
+
+        out["before_commit"] = commit(before)
+    return out
+
+
 # ---- (d) -----------------------------------------------------------------------------------
 
 
@@ -675,6 +757,9 @@ def main(argv: list[str] | None = None) -> int:
         rates = [int(r) for r in args.rates.split(",")]
         out["rates"] = {**stamp, **bench_rates(binary, rates, args.rate_secs, args.trials)}
         print("(b) max zero-loss rate:", out["rates"]["max_rate_zero_loss"], flush=True)
+    if "e" in only:
+        out["exec_storm"] = {**stamp, **bench_exec_storm(rules, 1000, args.trials, args.before)}
+        print("(e) exec storm:", json.dumps(out["exec_storm"]), flush=True)
     if "b" in only or "drain" in only:
         out["drain"] = {**stamp, **bench_drain_trials(100_000, args.trials, args.before)}
         print("(drain):", json.dumps(out["drain"]), flush=True)

@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
                 "WHOLE",
                 0,
                 "the rest: the path judgement (opens); the submit, with the reader's wakeup "
-                "when no exec woke it in the last millisecond (execs)",
+                "when no exec woke it in the last 2 ms (execs)",
             ),
         ]
         for f in families

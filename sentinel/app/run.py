@@ -277,11 +277,13 @@ def watch_bpf_programs(run: Run) -> bool:
 def arm(run: Run) -> bool:
     """Container metadata lookups, the process table from /proc (after the attach, so nothing
     falls in between), metrics and reload; then say we are armed."""
+    from sentinel.enrichment.event import live_getters
+
     t_arm = time.monotonic()
     run.resolver.start()
     seeded = run.enricher.seed()
     armed = time.monotonic() - run.t0
-    run.engine.warm(run.engine.event_types() & WARM_TYPES)
+    run.engine.warm(run.engine.event_types() & WARM_TYPES, getters=live_getters)
     syscalls = sorted(run.sensor.syscalls)
     run.ops.start(
         programs=syscalls,

@@ -114,11 +114,19 @@ class Engine:
         (self._matchers if getters is None else self._direct)[evt_type] = fn
         return fn
 
-    def warm(self, evt_types: set[str]) -> None:
-        """Build the matchers for these event types now rather than on first sight."""
+    def warm(
+        self, evt_types: set[str], getters: Callable[[str], Getters | None] | None = None
+    ) -> None:
+        """Build the matchers for these event types now rather than on first sight: with
+        ``getters`` (an event type's field functions, as its live events bring them), the
+        matchers live events use."""
         for t in evt_types:
-            if t not in self._matchers:
-                self._build(t)
+            table = getters(t) if getters is not None else None
+            if table is None:
+                if t not in self._matchers:
+                    self._build(t)
+            elif t not in self._direct:
+                self._build(t, table)
 
     def _rule_fn(self, rule: CompiledRule, evt_type: str | None) -> Matcher:
         gen = CodeGen()

@@ -23,7 +23,7 @@ from sentinel.enrichment.containers import CONTAINER_FIELDS
 from sentinel.enrichment.dns import name_getters
 from sentinel.enrichment.process_fields import INDEXED, PROCESS, RECORD_DEPENDENT
 from sentinel.enrichment.proctable import Proc, ProcessTable
-from sentinel.events import EVENT_TYPES, EventType, getters_for
+from sentinel.events import BY_NAME, EVENT_TYPES, EventType, getters_for
 from sentinel.events.args import indexed_arg
 from sentinel.events.record import Record
 from sentinel.events.schema import Getter
@@ -61,6 +61,13 @@ _PROC_FIELDS = tuple(n for n in PROCESS.fns if n.startswith("proc.") and n not i
 _EVENT_FIELDS: tuple[tuple[str, ...], ...] = tuple(
     tuple(n for n in g if n not in _PROC_FIELDS) for g in GETTERS
 )
+
+
+def live_getters(evt_type: str) -> dict[str, Getter] | None:
+    """The field functions live events of this type bring (``LiveEvent.getters``), for the
+    engine to build their matchers before the first one arrives."""
+    t = BY_NAME.get(evt_type)
+    return None if t is None else GETTERS[t.code]
 
 
 def sensor_fields(event_types: set[str] | frozenset[str] | None = None) -> dict[str, set[str]]:

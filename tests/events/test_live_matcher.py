@@ -13,7 +13,7 @@ import pytest
 
 from sentinel.compiler import compile_rules
 from sentinel.engine import Engine
-from sentinel.enrichment.event import LiveEvent
+from sentinel.enrichment.event import LiveEvent, live_getters
 from sentinel.language import ast
 from sentinel.loader import load_rules
 from tests.events.conftest import SAMPLES
@@ -93,3 +93,16 @@ def test_direct_and_get_matchers_agree_on_falco_rules(
     # both paths were taken (one matcher per event type each) and the events reach rules
     assert every._direct and every._matchers
     assert len(matched) >= 10, sorted(matched)
+
+
+def test_warm_with_live_getters_builds_the_matcher_live_events_use(
+    event: Make, engines: tuple[Engine, Engine]
+) -> None:
+    every, _first = engines
+    engine = Engine(every.compiled, hostname="t")
+    engine.warm({"openat", "execve"}, getters=live_getters)
+    built = dict(engine._direct)
+    assert set(built) == {"openat", "execve"} and not engine._matchers
+    ev = event("openat", path="/etc/shadow", flags=0, res=3)
+    assert [r.index for r in engine.match(ev)] == [r.index for r in every.match(Plain(ev))][:1]
+    assert engine._direct == built  # the first live event built nothing more
