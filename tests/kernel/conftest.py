@@ -8,9 +8,11 @@ would otherwise observe its own reads forever), so every action runs in a child 
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -95,6 +97,15 @@ class LiveSensor:
                     print(f"NOTE: the sensor lost events meanwhile: {lost}")
                 return got
             time.sleep(0.02)
+
+
+@pytest.fixture
+def cache(seeded: Path, tmp_path: Path) -> Path:
+    """A private copy of the program cache the requesting module's ``seeded`` fixture filled
+    (one compile per module; each test may corrupt or extend its own copy)."""
+    d = tmp_path / "cache"
+    shutil.copytree(seeded, d)
+    return d
 
 
 @pytest.fixture(scope="module")

@@ -56,13 +56,6 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-@pytest.fixture
-def cache(seeded: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "cache"
-    shutil.copytree(seeded, d)
-    return d
-
-
 def test_a_start_with_nothing_changed_loads_the_cache(cache: Path, tmp_path: Path) -> None:
     from sentinel.events import decode
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import ctypes
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,9 +27,9 @@ from sentinel.kernel.loader import (
     map_info,
     possible_cpus,
 )
-from tests.helpers import log_records, sentinel_env, wait_armed
 from tests.kernel.conftest import require_root
 from tests.kernel.test_bpfcache import _opens_seen
+from tests.live import sentinel_run
 
 pytestmark = pytest.mark.kernel
 
@@ -53,13 +52,6 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("pinseed") / "cache"
     s, _ = _sensor(d, None)
     s.close()  # type: ignore[attr-defined]
-    return d
-
-
-@pytest.fixture
-def cache(seeded: Path, tmp_path: Path) -> Path:
-    d = tmp_path / "cache"
-    shutil.copytree(seeded, d)
     return d
 
 
@@ -260,36 +252,15 @@ RULE = """
 """
 
 
-def _run_once(rules: Path, env: dict[str, str], target: Path) -> tuple[dict[str, object], str]:
-    """``sentinel run`` until armed, one write-open of ``target``, stop: (armed line, stdout)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "sentinel", "run", "--rules", str(rules)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    stderr: list[str] = []
-    armed = threading.Event()
-
-    def read_err() -> None:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            stderr.append(line)
-            if '"armed"' in line:
-                armed.set()
-
-    threading.Thread(target=read_err, daemon=True).start()
-    try:
-        wait_armed(proc, armed, 120, stderr)
+def _run_once(rules: Path, env: dict[str, str], target: Path) -> tuple[dict[str, Any], str]:
+    """``sentinel run`` until armed, one write-open of ``target``, stop: (armed line, the
+    outputs of the alerts naming ``target``)."""
+    with sentinel_run("--rules", str(rules), env=env) as run:
         subprocess.run([sys.executable, "-c", f"open({str(target)!r}, 'w').close()"], check=True)
-        proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    (rec,) = [r for r in log_records(stderr) if r.get("event") == "armed"]
-    return rec, out
+        hits = run.wait(lambda a: str(target) in a.get("output", ""))
+        rec = run.log("armed")
+    assert rec is not None
+    return rec, "\n".join(a["output"] for a in hits)
 
 
 def test_sentinel_run_alerts_after_a_reuse(tmp_path: Path, root: Path) -> None:
@@ -299,7 +270,11 @@ def test_sentinel_run_alerts_after_a_reuse(tmp_path: Path, root: Path) -> None:
     workdir.mkdir()
     rules = tmp_path / "rules.yaml"
     rules.write_text(RULE.format(workdir=workdir))
-    env = sentinel_env({**os.environ, bpfcache.ENV: str(tmp_path / "c"), pins.ENV: str(root)})
+    env = {
+        **os.environ,
+        bpfcache.ENV: str(tmp_path / "c"),
+        pins.ENV: str(root),
+    }  # sentinel_run adds sentinel_env
     seen = []
     for i in range(3):  # compile; load from the cache and pin; reuse
         rec, out = _run_once(rules, env, workdir / f"w{i}")
