@@ -12,10 +12,9 @@ from typing import Any
 from sentinel.enrichment.containers import ContainerInfo, ContainerResolver
 from sentinel.enrichment.event import Clock, LiveEvent
 from sentinel.enrichment.proctable import PROCESS_TYPES, ProcessTable
-from sentinel.events import EVENT_TYPES
+from sentinel.events import EVENT_TYPES, decode
 from sentinel.events import file as file_records
 from sentinel.events import system as system_records
-from sentinel.events.record import Record
 
 _HOST = {"container.id": "host", "container.full_id": "host", "container.name": "host"}
 
@@ -78,7 +77,7 @@ class Enricher:
         return self.table.seed()
 
     def event(self, raw: bytes) -> LiveEvent:
-        rec = Record(raw, EVENT_TYPES)  # sentinel.events.decode, without its call
+        rec = decode(raw)
         step = _STATE_STEP[rec.type]
         if step == _PROCESS:
             self.table.apply(rec)

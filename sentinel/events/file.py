@@ -291,9 +291,7 @@ def _is_dir(flags: int) -> bool:
 
 
 FIELDS("fd.type", only=OPENS)(lambda e: "directory" if _is_dir(e.rec.fixed[_FLAGS]) else "file")
-FIELDS("fd.typechar", only=OPENS)(
-    lambda e: "d" if e.rec.fixed[_FLAGS] & O_DIRECTORY and _is_dir(e.rec.fixed[_FLAGS]) else "f"
-)
+FIELDS("fd.typechar", only=OPENS)(lambda e: "d" if _is_dir(e.rec.fixed[_FLAGS]) else "f")
 
 
 KERNEL_FIELDS = {
