@@ -534,16 +534,27 @@ def _parse_time(stamp: str) -> int:
     return int(secs) * 1_000_000_000 + int(frac.ljust(9, "0"))
 
 
+def _probe_rules(d: Path, name: str, cond: str) -> Path:
+    """A rules file in ``d`` holding one probe rule: ``name`` on ``cond``, Notice."""
+    path = d / "probe.yaml"
+    path.write_text(
+        f"- rule: {name}\n  desc: x\n  condition: {cond}\n"
+        "  output: exec %proc.pid\n  priority: Notice\n"
+    )
+    return path
+
+
+def _latencies_ms(alerts: list[tuple[int, dict[str, Any]]]) -> list[float]:
+    """Each alert's delay, sorted: its evt.time (the kernel's stamp of the event) to the moment
+    its line was read from sentinel's stdout."""
+    return sorted((recv - _parse_time(a["time"])) / 1e6 for recv, a in alerts)
+
+
 def bench_latency(count: int) -> dict[str, Any]:
     marker = f"lat{os.getpid()}"
     with tempfile.TemporaryDirectory() as d:
-        rules = Path(d) / "lat.yaml"
         cond = f'evt.type = execve and proc.name = true and proc.args contains "{marker}"'
-        rules.write_text(
-            "- rule: Latency probe\n  desc: x\n"
-            f"  condition: {cond}\n"
-            "  output: exec %proc.pid\n  priority: Notice\n"
-        )
+        rules = _probe_rules(Path(d), "Latency probe", cond)
         s = Sentinel("--rules", str(rules))
         s.wait_armed()
         try:
@@ -555,15 +566,14 @@ def bench_latency(count: int) -> dict[str, Any]:
                 time.sleep(0.05)
         finally:
             s.stop()
-    lat_ms = sorted((recv - _parse_time(a["time"])) / 1e6 for recv, a in s.alerts)
+    lat_ms = _latencies_ms(s.alerts)
     if not lat_ms:
         return {"alerts": 0}
-    q = statistics.quantiles(lat_ms, n=100)
     return {
         "execs": count,
         "alerts": len(lat_ms),
         "p50_ms": statistics.median(lat_ms),
-        "p99_ms": q[98],
+        "p99_ms": statistics.quantiles(lat_ms, n=100)[98],
         "max_ms": lat_ms[-1],
     }
 
@@ -582,12 +592,8 @@ def _exec_storm_round(repo: Path, rules: list[str], execs: int, loops: int) -> d
     marker = f"xs{os.getpid()}"
     true = os.path.realpath("/bin/true")
     with tempfile.TemporaryDirectory() as d:
-        probe = Path(d) / "probe.yaml"
         cond = f'evt.type = execve and proc.args contains "{marker}"'
-        probe.write_text(
-            f"- rule: Exec storm probe\n  desc: x\n  condition: {cond}\n"
-            "  output: exec %proc.pid\n  priority: Notice\n"
-        )
+        probe = _probe_rules(Path(d), "Exec storm probe", cond)
         stats = BpfStats()
         s = Sentinel(*rules, "--rules", str(probe), repo=repo, env=COMPILED)  # names: see COMPILED
         try:
@@ -604,8 +610,7 @@ def _exec_storm_round(repo: Path, rules: list[str], execs: int, loops: int) -> d
         finally:
             stats.close()
             s.stop()
-    got = [(recv, a) for recv, a in s.alerts if a.get("rule") == "Exec storm probe"]
-    lat_ms = sorted((recv - _parse_time(a["time"])) / 1e6 for recv, a in got)
+    lat_ms = _latencies_ms([(t, a) for t, a in s.alerts if a.get("rule") == "Exec storm probe"])
     stopped = [r for r in map(_log_record, s.stderr) if r.get("event") == "stopped"]
     woken = int(stopped[-1].get("woken_execve", 0)) if stopped else None  # before: no counter
     q = statistics.quantiles(lat_ms, n=100) if len(lat_ms) > 1 else [float("nan")] * 99
