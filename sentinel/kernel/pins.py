@@ -62,6 +62,7 @@ from sentinel.kernel.loader import (
     map_info,
     possible_cpus,
 )
+from sentinel.kernel.ringbuf import position
 
 DEFAULT_ROOT = Path("/sys/fs/bpf/sentinel")
 ENV = "SENTINEL_BPF_PINS"  # a directory on bpffs, or "" to pin nothing
@@ -345,7 +346,11 @@ def skip_ring(fd: int) -> None:
     cons = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     prod = mmap.mmap(fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
     try:
-        cons[0:8] = prod[0:8]
+        # the reader's own accessors: one aligned 8-byte access each (ringbuf.position)
+        cons_pos, prod_pos = position(cons), position(prod)
+        cons_pos[0] = prod_pos[0]
+        cons_pos.release()
+        prod_pos.release()
     finally:
         cons.close()
         prod.close()
