@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from sentinel.kernel.loader import _NR_BPF, BPF_OBJ_GET_INFO_BY_FD, _InfoAttr, _libc
+from sentinel.kernel.loader import BPF_OBJ_GET_INFO_BY_FD, _InfoAttr, bpf_call
 from sentinel.metrics.registry import Collector, Family
 
 BPF_PROG_GET_NEXT_ID = 11
@@ -93,14 +93,6 @@ class _IdAttr(ctypes.Structure):
     ]
 
 
-def _bpf(cmd: int, attr: ctypes.Structure) -> int:
-    res = int(_libc.syscall(_NR_BPF, cmd, ctypes.byref(attr), ctypes.sizeof(attr)))
-    if res < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return res
-
-
 @dataclass(frozen=True)
 class ProgStats:
     """One program as the kernel accounts it. ``name`` is the kernel's (15 bytes at most)."""
@@ -115,7 +107,8 @@ class ProgStats:
 def prog_stats(prog_fd: int) -> ProgStats:
     """The kernel's counters of the program ``prog_fd`` refers to (OSError if it is none)."""
     info = _ProgInfo()
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(prog_fd, ctypes.sizeof(info), ctypes.addressof(info)))
+    attr = _InfoAttr(prog_fd, ctypes.sizeof(info), ctypes.addressof(info))
+    bpf_call(BPF_OBJ_GET_INFO_BY_FD, attr, "reading a program's statistics")
     return ProgStats(
         id=info.id,
         name=info.name.decode("utf-8", "replace"),
@@ -133,12 +126,12 @@ def all_programs() -> dict[int, ProgStats]:
     while True:
         attr = _IdAttr(start, 0, 0)
         try:
-            _bpf(BPF_PROG_GET_NEXT_ID, attr)
+            bpf_call(BPF_PROG_GET_NEXT_ID, attr, "listing programs")
         except FileNotFoundError:  # ENOENT: no program after ``start``
             return out
         start = attr.next_id
         try:
-            fd = _bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(start, 0, 0))
+            fd = bpf_call(BPF_PROG_GET_FD_BY_ID, _IdAttr(start, 0, 0), "opening a program")
         except FileNotFoundError:
             continue
         try:
@@ -165,11 +158,11 @@ class StatsSwitch:
         self.fd: int | None = None
         self.why = ""
         try:
-            self.fd = _bpf(BPF_ENABLE_STATS, _StatsAttr(BPF_STATS_RUN_TIME))
-        except OSError as exc:
-            self.why = (
-                f"BPF_ENABLE_STATS refused: {exc.strerror} (needs Linux 5.8+ and CAP_SYS_ADMIN)"
+            self.fd = bpf_call(
+                BPF_ENABLE_STATS, _StatsAttr(BPF_STATS_RUN_TIME), "BPF_ENABLE_STATS refused"
             )
+        except OSError as exc:
+            self.why = f"{exc.strerror} (needs Linux 5.8+ and CAP_SYS_ADMIN)"
 
     @property
     def on(self) -> bool:
