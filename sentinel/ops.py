@@ -81,9 +81,7 @@ class Operations:
         self.log = get_logger("sentinel")
         self.metrics = Metrics()
         self.run = RunMetrics(self.metrics)
-        # per event: the event-type counter's own update, bound here (a method that delegated
-        # to RunMetrics.event cost two calls more on every event)
-        self.event: Callable[[str | None], None] = self.run.event_counts.seen
+        self.event = self.run.event  # per event: the counter's update itself (RunMetrics)
         self.engine: Any = None
         self._engine_stats: EngineCollector | None = None
         self.server: MetricsServer | None = None
